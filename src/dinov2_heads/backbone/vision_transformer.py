@@ -1,0 +1,267 @@
+"""The DINOv2 vision transformer, written to be a drop-in for the official model."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from dinov2_heads.backbone.config import BackboneConfig, variant_name
+from dinov2_heads.layers import Block, Mlp, PatchEmbed, SwiGLUFFNFused
+
+BlockSelection = int | Sequence[int]
+
+
+class DinoVisionTransformer(nn.Module):
+    """DINOv2 ViT with the official parameter names, outputs and position-embedding resizing.
+
+    An official ``*_pretrain.pth`` state dict loads with ``strict=True``. Inputs of any size whose
+    sides are multiples of the patch size P work; the 37x37 position table is resized the way the
+    official code does it for the variant (see :class:`BackboneConfig`).
+
+    Build it from a config (``DinoVisionTransformer(get_config("dinov2_vits14"))``) or with keyword
+    overrides (``DinoVisionTransformer(embed_dim=384, depth=2, num_heads=6)``); most users call
+    :func:`~dinov2_heads.create_backbone` instead.
+
+    Args:
+        config: Architecture; defaults to ViT-B/14 settings.
+        **overrides: Fields of :class:`BackboneConfig` to change.
+    """
+
+    def __init__(self, config: BackboneConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        config = (config or BackboneConfig()).replace(**overrides)
+        self.config = config
+        self.embed_dim = self.num_features = dim = config.embed_dim
+        self.patch_size = config.patch_size
+        self.num_register_tokens = config.num_register_tokens
+        self.n_blocks = config.depth
+        self.num_heads = config.num_heads
+        self.interpolate_antialias = config.interpolate_antialias
+        self.interpolate_offset = config.interpolate_offset
+
+        self.patch_embed = PatchEmbed(config.patch_size, 3, dim)
+        grid = config.pos_grid
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, dim))
+        self.register_tokens = (
+            nn.Parameter(torch.zeros(1, config.num_register_tokens, dim))
+            if config.num_register_tokens
+            else None
+        )
+        hidden = int(dim * config.mlp_ratio)
+
+        def feed_forward() -> nn.Module:
+            if config.ffn_layer == "swiglufused":
+                return SwiGLUFFNFused(dim, hidden, bias=config.ffn_bias)
+            return Mlp(dim, hidden, bias=config.ffn_bias)
+
+        self.blocks = nn.ModuleList(
+            Block(
+                dim,
+                config.num_heads,
+                feed_forward(),
+                init_values=config.init_values,
+                qkv_bias=config.qkv_bias,
+                proj_bias=config.proj_bias,
+            )
+            for _ in range(config.depth)
+        )
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Identity()
+        self.mask_token = nn.Parameter(torch.zeros(1, dim))
+        self.init_weights()
+
+    @property
+    def variant(self) -> str | None:
+        """The official variant name of this architecture, or ``None`` for a custom one."""
+        return variant_name(self.config)
+
+    def init_weights(self) -> None:
+        """Random initialisation as in the official code (for tests and training from scratch)."""
+        if self.pos_embed.is_meta:
+            return
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        if self.register_tokens is not None:
+            nn.init.normal_(self.register_tokens, std=1e-6)
+        nn.init.zeros_(self.mask_token)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    # ------------------------------------------------------------------ tokens
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is a valid non-empty (B, 3, H, W) image batch."""
+        if x.ndim != 4:
+            raise ValueError(
+                f"expected images of shape (B, 3, H, W), got a {x.ndim}-D tensor of shape "
+                f"{tuple(x.shape)}; add a batch dimension with x.unsqueeze(0) for one image"
+            )
+        batch, channels, height, width = x.shape
+        if batch == 0:
+            raise ValueError("got an empty batch (B = 0); pass at least one image")
+        if channels != 3:
+            raise ValueError(
+                f"expected 3 colour channels, got {channels} (shape {tuple(x.shape)}); "
+                "convert grey or RGBA images to RGB first"
+            )
+        p = self.patch_size
+        if height % p or width % p:
+            raise ValueError(
+                f"image size {height}x{width} is not a multiple of patch size {p}; resize to "
+                f"{_nearest_multiple(height, p)}x{_nearest_multiple(width, p)} or pad"
+            )
+
+    def interpolate_pos_encoding(self, x: Tensor, height: int, width: int) -> Tensor:
+        """Position embeddings for an image of ``height`` x ``width`` pixels: (1, 1 + N, D).
+
+        Follows the official resizing exactly: the plain models use bicubic with
+        ``scale_factor = (grid + offset) / 37`` and no antialias; the register models resize to
+        the exact grid with antialias. The stored table is returned as is when the patch count
+        equals the table's and the image is square (518x518 for the released weights).
+        """
+        previous_dtype = x.dtype
+        num_patches = x.shape[1] - 1
+        num_positions = self.pos_embed.shape[1] - 1
+        if num_patches == num_positions and height == width:
+            return self.pos_embed
+        pos_embed = self.pos_embed.float()
+        side = math.isqrt(num_positions)
+        grid_h, grid_w = height // self.patch_size, width // self.patch_size
+        table = rearrange(pos_embed[:, 1:], "1 (gh gw) d -> 1 d gh gw", gh=side)
+        if self.interpolate_offset:
+            scale = (
+                (grid_h + self.interpolate_offset) / side,
+                (grid_w + self.interpolate_offset) / side,
+            )
+            table = F.interpolate(
+                table, scale_factor=scale, mode="bicubic", antialias=self.interpolate_antialias
+            )
+        else:
+            table = F.interpolate(
+                table, size=(grid_h, grid_w), mode="bicubic", antialias=self.interpolate_antialias
+            )
+        patch_pos = rearrange(table, "1 d h w -> 1 (h w) d")
+        return torch.cat((pos_embed[:, :1], patch_pos), dim=1).to(previous_dtype)
+
+    def prepare_tokens_with_masks(self, x: Tensor, masks: Tensor | None = None) -> Tensor:
+        """(B, 3, H, W) -> (B, 1 + R + N, D): class token, registers, then patch tokens.
+
+        ``masks`` (B, N) bool replaces the chosen patches by ``mask_token`` before the position
+        embeddings are added, as in DINOv2 training.
+        """
+        self.check_input(x)
+        _, _, height, width = x.shape
+        tokens = self.patch_embed(x)
+        if masks is not None:
+            if masks.shape != tokens.shape[:2]:
+                raise ValueError(
+                    f"masks must have shape (B, N) = {tuple(tokens.shape[:2])}, "
+                    f"got {tuple(masks.shape)}"
+                )
+            tokens = torch.where(masks.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
+        tokens = torch.cat((self.cls_token.expand(tokens.shape[0], -1, -1), tokens), dim=1)
+        tokens = tokens + self.interpolate_pos_encoding(tokens, height, width)
+        if self.register_tokens is not None:
+            registers = self.register_tokens.expand(tokens.shape[0], -1, -1)
+            tokens = torch.cat((tokens[:, :1], registers, tokens[:, 1:]), dim=1)
+        return tokens
+
+    # ------------------------------------------------------------------ outputs
+
+    def forward_features(self, x: Tensor, masks: Tensor | None = None) -> dict[str, Any]:
+        """The official output dict.
+
+        Returns:
+            ``x_norm_clstoken`` (B, D), ``x_norm_regtokens`` (B, R, D), ``x_norm_patchtokens``
+            (B, N, D), ``x_prenorm`` (B, 1 + R + N, D) before the final norm, and ``masks``.
+        """
+        tokens = self.prepare_tokens_with_masks(x, masks)
+        for block in self.blocks:
+            tokens = block(tokens)
+        normed = self.norm(tokens)
+        r = self.num_register_tokens
+        return {
+            "x_norm_clstoken": normed[:, 0],
+            "x_norm_regtokens": normed[:, 1 : r + 1],
+            "x_norm_patchtokens": normed[:, r + 1 :],
+            "x_prenorm": tokens,
+            "masks": masks,
+        }
+
+    def get_intermediate_layers(
+        self,
+        x: Tensor,
+        n: BlockSelection = 1,
+        reshape: bool = False,
+        return_class_token: bool = False,
+        norm: bool = True,
+    ) -> tuple[Any, ...]:
+        """Outputs of chosen blocks, in block order, with the official meaning.
+
+        Args:
+            x: Images (B, 3, H, W).
+            n: The last ``n`` blocks (int) or these block indices (sequence; negative indices
+                count from the end).
+            reshape: Return patch tokens as (B, D, h, w) maps instead of (B, N, D).
+            return_class_token: Return ``(patch_tokens, class_token)`` pairs.
+            norm: Apply the final LayerNorm to each output.
+
+        Returns:
+            A tuple with one entry per chosen block, oldest first. Register tokens are dropped.
+        """
+        taken = self._blocks_to_take(n)
+        tokens = self.prepare_tokens_with_masks(x)
+        outputs = []
+        # Blocks after the last one asked for cannot change the result, so they are skipped.
+        for index, block in enumerate(self.blocks[: taken[-1] + 1]):
+            tokens = block(tokens)
+            if index in taken:
+                outputs.append(self.norm(tokens) if norm else tokens)
+        class_tokens = [out[:, 0] for out in outputs]
+        patches = [out[:, 1 + self.num_register_tokens :] for out in outputs]
+        if reshape:
+            grid_h = x.shape[-2] // self.patch_size
+            patches = [rearrange(p, "b (h w) d -> b d h w", h=grid_h).contiguous() for p in patches]
+        if return_class_token:
+            return tuple(zip(patches, class_tokens, strict=True))
+        return tuple(patches)
+
+    def _blocks_to_take(self, n: BlockSelection) -> list[int]:
+        depth = len(self.blocks)
+        if isinstance(n, bool) or not isinstance(n, int | Sequence):
+            raise TypeError(f"n must be an int or a sequence of block indices, got {n!r}")
+        if isinstance(n, int):
+            if not 1 <= n <= depth:
+                raise ValueError(f"n must be between 1 and the depth {depth}, got {n}")
+            return list(range(depth - n, depth))
+        if len(n) == 0:
+            raise ValueError("n is an empty sequence; pass at least one block index")
+        taken = []
+        for index in n:
+            if not -depth <= index < depth:
+                raise ValueError(
+                    f"block index {index} is out of range for a backbone of depth {depth}"
+                )
+            taken.append(index % depth)
+        return sorted(set(taken))
+
+    def forward(self, x: Tensor, *, is_training: bool = False) -> Tensor | dict[str, Any]:
+        """The normalised class token (B, D), or the full output dict when ``is_training``."""
+        features = self.forward_features(x)
+        if is_training:
+            return features
+        return self.head(features["x_norm_clstoken"])  # type: ignore[no-any-return]
+
+
+def _nearest_multiple(value: int, multiple: int) -> int:
+    return max(multiple, round(value / multiple) * multiple)
