@@ -260,7 +260,7 @@ class DinoVisionTransformer(nn.Module):
         features = self.forward_features(x)
         if is_training:
             return features
-        return self.head(features["x_norm_clstoken"])  # type: ignore[no-any-return]
+        return self.head(features["x_norm_clstoken"])
 
 
 def _nearest_multiple(value: int, multiple: int) -> int:
