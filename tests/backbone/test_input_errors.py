@@ -1,0 +1,50 @@
+"""Bad inputs are clear ValueErrors, not deep stack traces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dinov2_heads import DinoVisionTransformer
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((3, 224, 224), "expected images of shape \\(B, 3, H, W\\), got a 3-D tensor"),
+        ((2, 1, 224, 224), "expected 3 colour channels, got 1"),
+        ((2, 4, 224, 224), "expected 3 colour channels, got 4"),
+        ((0, 3, 224, 224), "empty batch"),
+        ((1, 3, 125, 250), "125x250 is not a multiple of patch size 14; resize to 126x252"),
+        ((1, 3, 224, 230), "resize to 224x224"),
+        ((1, 3, 5, 14), "resize to 14x14"),
+    ],
+)
+def test_bad_images(tiny: DinoVisionTransformer, shape: tuple[int, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tiny.forward_features(torch.zeros(shape))
+    with pytest.raises(ValueError, match=message):
+        tiny.get_intermediate_layers(torch.zeros(shape))
+
+
+@pytest.mark.parametrize(
+    ("n", "error", "message"),
+    [
+        (0, ValueError, "between 1 and the depth 2"),
+        (3, ValueError, "between 1 and the depth 2"),
+        ([5], ValueError, "out of range"),
+        ([], ValueError, "empty"),
+        (1.5, TypeError, "int or a sequence"),
+        (True, TypeError, "int or a sequence"),
+    ],
+)
+def test_bad_block_selection(
+    tiny: DinoVisionTransformer, n: object, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        tiny.get_intermediate_layers(torch.zeros(1, 3, 28, 28), n=n)  # type: ignore[arg-type]
+
+
+def test_bad_mask_shape(tiny: DinoVisionTransformer) -> None:
+    with pytest.raises(ValueError, match="masks must have shape"):
+        tiny.forward_features(torch.zeros(1, 3, 28, 28), masks=torch.zeros(1, 5, dtype=torch.bool))
