@@ -49,7 +49,9 @@ def test_forward_features_any_size(variant: str, height: int, width: int) -> Non
     ("depth", "embed_dim", "num_heads", "ffn_layer"),
     [(1, 32, 1, "mlp"), (3, 96, 4, "mlp"), (2, 48, 3, "swiglufused"), (4, 128, 8, "mlp")],
 )
-def test_depths_widths_and_swiglu(depth: int, embed_dim: int, num_heads: int, ffn_layer: str) -> None:
+def test_depths_widths_and_swiglu(
+    depth: int, embed_dim: int, num_heads: int, ffn_layer: str
+) -> None:
     model = _build(
         "dinov2_vits14", depth=depth, embed_dim=embed_dim, num_heads=num_heads, ffn_layer=ffn_layer
     )
@@ -122,9 +124,7 @@ def test_intermediate_layers_selection_reshape_and_norm() -> None:
     patch_map, cls = maps[0]
     assert patch_map.shape == (2, 64, 5, 8)
     assert patch_map.is_contiguous()
-    torch.testing.assert_close(
-        patch_map.flatten(2).transpose(1, 2), last_two[1], atol=0, rtol=0
-    )
+    torch.testing.assert_close(patch_map.flatten(2).transpose(1, 2), last_two[1], atol=0, rtol=0)
     assert cls.shape == (2, 64)
 
 
