@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FENCE = re.compile(r"^```python[ \t]*(?P<flags>[^\n]*)\n(?P<code>.*?)^```", re.M | re.S)
-PRINTS = re.compile(r"\A\s*prints\s*\n\s*```text\n(?P<text>.*?)^```", re.M | re.S)
+PRINTS = re.compile(r"\s*prints\s*\n\s*```text\n(?P<text>.*?)^```", re.M | re.S)
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
