@@ -1,17 +1,36 @@
 """Reading checkpoints from local files and copying weights between models."""
 
-from __future__ import annotations
+from dinov2_heads.checkpoints.errors import (
+    ArchitectureMismatchError,
+    CheckpointError,
+    CheckpointFileError,
+    CheckpointIsADirectoryError,
+    CheckpointNotFoundError,
+    Dinov2HeadsError,
+    PartialLoadError,
+    UnknownFormatError,
+    UnsafeCheckpointError,
+)
+from dinov2_heads.checkpoints.loading import read_backbone_state_dict
+from dinov2_heads.checkpoints.partial import LoadReport, ShapeMismatch, load_partial
+from dinov2_heads.checkpoints.reading import read_checkpoint_file
+from dinov2_heads.checkpoints.unwrap import Unwrapped, unwrap_state_dict
 
-from collections.abc import Mapping
-from os import PathLike
-from typing import Any
-
-import torch
-from torch import Tensor
-
-
-def read_backbone_state_dict(source: str | PathLike[str] | Mapping[str, Any]) -> dict[str, Tensor]:
-    """A backbone state dict in the official key layout, from a path or a mapping."""
-    if isinstance(source, Mapping):
-        return dict(source)
-    return dict(torch.load(source, map_location="cpu", weights_only=True, mmap=True))
+__all__ = [
+    "ArchitectureMismatchError",
+    "CheckpointError",
+    "CheckpointFileError",
+    "CheckpointIsADirectoryError",
+    "CheckpointNotFoundError",
+    "Dinov2HeadsError",
+    "LoadReport",
+    "PartialLoadError",
+    "ShapeMismatch",
+    "UnknownFormatError",
+    "UnsafeCheckpointError",
+    "Unwrapped",
+    "load_partial",
+    "read_backbone_state_dict",
+    "read_checkpoint_file",
+    "unwrap_state_dict",
+]

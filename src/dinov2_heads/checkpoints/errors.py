@@ -1,0 +1,45 @@
+"""The errors raised while reading checkpoints and copying weights.
+
+Every error the library raises on purpose derives from :class:`Dinov2HeadsError`, so a caller can
+catch that one class and never needs to know about pickle, zip or ``KeyError`` exceptions.
+Problems with a file's content are also ``ValueError``; problems with the file system are also
+``OSError`` (and ``FileNotFoundError`` / ``IsADirectoryError`` where that is what happened).
+"""
+
+from __future__ import annotations
+
+
+class Dinov2HeadsError(Exception):
+    """Base class of every error the library raises deliberately."""
+
+
+class CheckpointError(Dinov2HeadsError, ValueError):
+    """A checkpoint's content cannot be used: corrupted, unsafe, unknown layout, wrong model."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The file needs arbitrary unpickling (it would run code); nothing in it was executed."""
+
+
+class UnknownFormatError(CheckpointError):
+    """The keys match no known layout, or more than one."""
+
+
+class ArchitectureMismatchError(CheckpointError):
+    """The weights do not fit the architecture that was asked for."""
+
+
+class PartialLoadError(CheckpointError):
+    """``load_partial`` loaded nothing, or skipped something with ``strict=True``."""
+
+
+class CheckpointFileError(Dinov2HeadsError, OSError):
+    """The file system refused: the path is missing, a directory, or unreadable."""
+
+
+class CheckpointNotFoundError(CheckpointFileError, FileNotFoundError):
+    """No file exists at the path."""
+
+
+class CheckpointIsADirectoryError(CheckpointFileError, IsADirectoryError):
+    """The path names a directory, not a file."""

@@ -1,0 +1,183 @@
+"""Reading a checkpoint file from disk safely: no code runs, memory-mapped where possible."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from dinov2_heads.checkpoints.errors import (
+    CheckpointError,
+    CheckpointFileError,
+    CheckpointIsADirectoryError,
+    CheckpointNotFoundError,
+    UnsafeCheckpointError,
+)
+
+logger = logging.getLogger(__name__)
+
+#: File name endings that usually hold weights; the content decides, these only help messages.
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+
+FileKind = Literal["torch-zip", "torch-legacy", "safetensors"]
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = 0x80
+_SAFETENSORS_MAX_HEADER = 100_000_000
+_UNSAFE_GLOBAL = re.compile(r"(?:Unsupported global|GLOBAL)\W+([\w.]+)")
+
+
+def read_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The top-level mapping stored in a checkpoint file, without running any code from it.
+
+    PyTorch zip files (``torch.save`` since 1.6) are memory-mapped, so tensors are read from disk
+    when used and a 4.5 GB ViT-g file does not need twice its size in RAM. Older PyTorch files are
+    read whole; ``.safetensors`` files are read tensor by tensor. The format is recognised from the
+    first bytes, not from the file name. Everything lands on the CPU.
+
+    Args:
+        path: A local file.
+
+    Returns:
+        The mapping saved in the file, as stored: a state dict or a container around one
+        (see :func:`~dinov2_heads.checkpoints.unwrap_state_dict`).
+
+    Raises:
+        CheckpointNotFoundError: Nothing exists at ``path``.
+        CheckpointIsADirectoryError: ``path`` is a directory.
+        CheckpointFileError: The file cannot be opened.
+        UnsafeCheckpointError: Reading it would need arbitrary unpickling.
+        CheckpointError: The file is empty, truncated, corrupted or holds no mapping.
+    """
+    file = _existing_file(path)
+    kind = sniff_file_kind(file)
+    logger.debug("reading %s as %s", file, kind)
+    if kind == "safetensors":
+        return _read_safetensors(file)
+    content = _torch_load(file, mmap=kind == "torch-zip")
+    if not isinstance(content, Mapping):
+        raise CheckpointError(
+            f"{file} holds a {type(content).__name__}, not a state dict (a mapping from names to "
+            "tensors); save model.state_dict() instead of the model or a single tensor"
+        )
+    return dict(content)
+
+
+def sniff_file_kind(path: Path) -> FileKind:
+    """Tell the storage format from a file's first bytes.
+
+    Raises:
+        CheckpointError: The bytes are not those of a PyTorch or safetensors file.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as stream:
+            head = stream.read(64)
+    except OSError as error:
+        raise CheckpointFileError(f"cannot read {path}: {error.strerror or error}") from error
+    if size == 0:
+        raise CheckpointError(
+            f"{path} is empty (0 bytes); the download or copy was probably interrupted"
+        )
+    if head.startswith(_ZIP_MAGIC):
+        return "torch-zip"
+    if head[0] == _PICKLE_PROTO:
+        return "torch-legacy"
+    if len(head) > 8:
+        header_size = int.from_bytes(head[:8], "little")
+        if 0 < header_size <= min(size - 8, _SAFETENSORS_MAX_HEADER) and head[8:9] == b"{":
+            return "safetensors"
+    raise CheckpointError(f"{path} is not a PyTorch or safetensors checkpoint: {_describe(head)}")
+
+
+def _existing_file(path: str | os.PathLike[str]) -> Path:
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"expected a file path (str or os.PathLike), got {type(path).__name__}")
+    file = Path(path).expanduser()
+    if not file.exists():
+        hint = ""
+        if file.parent.is_dir():
+            nearby = _checkpoints_in(file.parent)
+            if nearby:
+                hint = f"; checkpoints in {file.parent}: {', '.join(nearby)}"
+        raise CheckpointNotFoundError(f"no checkpoint file at {file}{hint}")
+    if file.is_dir():
+        nearby = _checkpoints_in(file)
+        hint = f"; it contains {', '.join(nearby)}" if nearby else ""
+        raise CheckpointIsADirectoryError(
+            f"{file} is a directory; pass the path of the checkpoint file inside it{hint}"
+        )
+    return file
+
+
+def _checkpoints_in(folder: Path, limit: int = 5) -> list[str]:
+    try:
+        names = sorted(p.name for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
+    except OSError:
+        return []
+    return names[:limit] + (["..."] if len(names) > limit else [])
+
+
+def _describe(head: bytes) -> str:
+    if head.startswith(b"version https://git-lfs"):
+        return "it is a Git LFS pointer; run `git lfs pull` to fetch the real file"
+    if head.lstrip().startswith((b"<", b"{")):
+        return "it looks like text (an HTML page or JSON?); the download probably failed"
+    return f"it starts with the bytes {head[:8]!r}"
+
+
+def _torch_load(path: Path, *, mmap: bool) -> Any:
+    try:
+        with warnings.catch_warnings():
+            # TorchScript archives make torch.load warn before it refuses them; the error says it.
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as error:
+        message = str(error)
+        if "Weights only load failed" in message:
+            found = _UNSAFE_GLOBAL.search(message)
+            if found:
+                raise UnsafeCheckpointError(
+                    f"{path} needs arbitrary unpickling to load (it refers to "
+                    f"{found.group(1)!r}), which can run code, so it was refused and nothing in "
+                    "it was executed. If you trust the file, re-save only its tensors: "
+                    "torch.save(torch.load(path, weights_only=False)['model'], 'clean.pth')"
+                ) from None
+        if "TorchScript" in message:
+            raise CheckpointError(
+                f"{path} is a TorchScript archive, not a state dict; load it with torch.jit.load "
+                "and save model.state_dict() with torch.save"
+            ) from None
+        raise CheckpointError(
+            f"{path} could not be read as a PyTorch checkpoint; it is truncated or corrupted "
+            f"({type(error).__name__}: {_first_line(message)})"
+        ) from error
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    try:
+        from safetensors import safe_open
+    except ImportError as error:
+        raise ImportError(
+            f"reading {path.name} needs the safetensors package: "
+            "pip install 'dinov2-heads[safetensors]'"
+        ) from error
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as stream:
+            return {name: stream.get_tensor(name) for name in stream.keys()}  # noqa: SIM118
+    except Exception as error:
+        raise CheckpointError(
+            f"{path} could not be read as a safetensors file; it is truncated or corrupted "
+            f"({type(error).__name__}: {_first_line(str(error))})"
+        ) from error
+
+
+def _first_line(message: str, limit: int = 200) -> str:
+    line = message.strip().splitlines()[0] if message.strip() else "no details"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
