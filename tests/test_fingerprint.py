@@ -24,7 +24,7 @@ def test_module_and_state_dict_agree_and_are_hex() -> None:
     int(digest, 16)
 
 
-def test_same_weights_same_fingerdigestacross_instances_and_key_order() -> None:
+def test_same_weights_same_fingerprint_across_instances_and_key_order() -> None:
     torch.manual_seed(0)
     a = _tiny()
     b = _tiny()
