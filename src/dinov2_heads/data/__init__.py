@@ -1,0 +1,92 @@
+"""Images in, without torchvision: loading, preprocessing, augmentation, datasets, synthetic data.
+
+Pillow (the ``images`` extra) is imported only by the functions that read or draw images.
+"""
+
+from dinov2_heads.data._dataset import ImageDataset
+from dinov2_heads.data.augment import (
+    ColorJitter,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    TrainTransform,
+)
+from dinov2_heads.data.folder import IMAGE_EXTENSIONS, ImageFolderDataset
+from dinov2_heads.data.functional import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    center_crop,
+    check_valid_size,
+    denormalize,
+    grid_size,
+    nearest_valid_size,
+    normalize,
+    pil_to_tensor,
+    resize,
+    resize_shorter_side,
+    tensor_to_pil,
+    to_float,
+)
+from dinov2_heads.data.loading import (
+    ImageBatch,
+    OnError,
+    SkippedImage,
+    UnreadableImageError,
+    check_images,
+    load_batch,
+    load_image,
+)
+from dinov2_heads.data.manifest import MISSING_LABEL, ManifestDataset, read_manifest
+from dinov2_heads.data.preprocess import PRESETS, Preprocess, get_preset, list_presets
+from dinov2_heads.data.synthetic import (
+    ATTRIBUTES,
+    BODY_TYPES,
+    BRANDS,
+    COLOURS,
+    ORIENTATIONS,
+    SyntheticVehicles,
+    Vehicle,
+)
+
+__all__ = [
+    "ATTRIBUTES",
+    "BODY_TYPES",
+    "BRANDS",
+    "COLOURS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_EXTENSIONS",
+    "MISSING_LABEL",
+    "ORIENTATIONS",
+    "PRESETS",
+    "ColorJitter",
+    "ImageBatch",
+    "ImageDataset",
+    "ImageFolderDataset",
+    "ManifestDataset",
+    "OnError",
+    "Preprocess",
+    "RandomHorizontalFlip",
+    "RandomResizedCrop",
+    "SkippedImage",
+    "SyntheticVehicles",
+    "TrainTransform",
+    "UnreadableImageError",
+    "Vehicle",
+    "center_crop",
+    "check_images",
+    "check_valid_size",
+    "denormalize",
+    "get_preset",
+    "grid_size",
+    "list_presets",
+    "load_batch",
+    "load_image",
+    "nearest_valid_size",
+    "normalize",
+    "pil_to_tensor",
+    "read_manifest",
+    "resize",
+    "resize_shorter_side",
+    "tensor_to_pil",
+    "to_float",
+]

@@ -1,0 +1,210 @@
+"""Reading image files with Pillow: RGB, EXIF orientation, and explicit handling of bad files.
+
+An image that cannot be read (missing, not an image, truncated, corrupt) is never dropped
+silently: with ``on_error="raise"`` it raises :class:`UnreadableImageError` naming the path; with
+``on_error="skip"`` it is left out, a warning naming the path is logged, and a
+:class:`SkippedImage` record is returned so the caller can report or retry it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+#: What to do with an image that cannot be read: raise, or skip it with a warning and a record.
+OnError = Literal["raise", "skip"]
+
+PathLike = str | os.PathLike[str]
+
+
+def require_pillow() -> ModuleType:
+    """The ``PIL`` package with ``Image``, ``ImageOps`` and ``ImageDraw`` loaded.
+
+    Raises:
+        ImportError: Pillow is not installed; the message names the extra to install.
+    """
+    try:
+        import PIL
+        import PIL.Image
+        import PIL.ImageDraw
+        import PIL.ImageOps
+    except ImportError as error:
+        raise ImportError(
+            "reading and writing images needs Pillow: pip install 'dinov2-heads[images]'"
+        ) from error
+    return PIL
+
+
+class UnreadableImageError(OSError):
+    """An image file could not be opened or decoded.
+
+    Attributes:
+        path: The file that failed.
+        reason: What went wrong, as Pillow or the operating system said it.
+    """
+
+    def __init__(self, path: PathLike, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(
+            f"cannot read image {self.path}: {reason}; fix or remove the file, or pass "
+            "on_error='skip' to leave unreadable images out with a warning"
+        )
+
+    def __reduce__(self) -> tuple[type[UnreadableImageError], tuple[Path, str]]:
+        # Keeps the error picklable, so it crosses DataLoader worker processes intact.
+        return (type(self), (self.path, self.reason))
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    """The record of an image left out under ``on_error="skip"``.
+
+    Attributes:
+        path: The file that was skipped.
+        reason: Why it could not be read.
+    """
+
+    path: Path
+    reason: str
+
+
+def check_on_error(on_error: str) -> None:
+    """Raise ``ValueError`` unless ``on_error`` is ``"raise"`` or ``"skip"``."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+
+
+def load_image(path: PathLike) -> Image.Image:
+    """Open and fully decode an image as RGB, turned upright by its EXIF orientation tag.
+
+    Grey, palette, RGBA and CMYK images are converted with Pillow's ``convert("RGB")`` (an alpha
+    channel is dropped, as the official DINOv2 data pipeline does).
+
+    Raises:
+        UnreadableImageError: The file is missing, not an image, truncated or corrupt.
+    """
+    pil = require_pillow()
+    try:
+        with pil.Image.open(path) as opened:
+            # Decoding now, not lazily, is what surfaces a truncated file here, by its path.
+            opened.load()
+            upright = pil.ImageOps.exif_transpose(opened)
+            image: Image.Image = upright.convert("RGB")
+    except Exception as error:
+        raise UnreadableImageError(path, f"{type(error).__name__}: {error}") from error
+    return image
+
+
+def _skip(path: PathLike, error: UnreadableImageError) -> SkippedImage:
+    logger.warning("skipping unreadable image %s: %s", path, error.reason)
+    return SkippedImage(Path(path), error.reason)
+
+
+def check_images(
+    paths: Iterable[PathLike], *, on_error: OnError = "raise"
+) -> tuple[list[Path], list[SkippedImage]]:
+    """Decode every image once and sort them into readable ones and skipped ones.
+
+    Args:
+        paths: Image files.
+        on_error: ``"raise"`` stops at the first unreadable file; ``"skip"`` logs a warning for
+            each one and returns it in the skipped list.
+
+    Returns:
+        The readable paths (input order) and the records of the skipped ones.
+    """
+    check_on_error(on_error)
+    good: list[Path] = []
+    skipped: list[SkippedImage] = []
+    for path in paths:
+        try:
+            load_image(path)
+        except UnreadableImageError as error:
+            if on_error == "raise":
+                raise
+            skipped.append(_skip(path, error))
+        else:
+            good.append(Path(path))
+    if skipped:
+        total = len(good) + len(skipped)
+        logger.warning("skipped %d unreadable image(s) of %d", len(skipped), total)
+    return good, skipped
+
+
+@dataclass(frozen=True, eq=False)
+class ImageBatch:
+    """Images loaded and preprocessed into one batch.
+
+    Attributes:
+        images: (B, 3, H, W) float32, ready for the backbone.
+        paths: The B files in the batch, in order.
+        skipped: The files left out under ``on_error="skip"``.
+    """
+
+    images: Tensor
+    paths: tuple[Path, ...]
+    skipped: tuple[SkippedImage, ...]
+
+
+def load_batch(
+    paths: Iterable[PathLike],
+    transform: Callable[[Image.Image], Tensor] | None = None,
+    *,
+    on_error: OnError = "raise",
+) -> ImageBatch:
+    """Load, preprocess and stack image files into one (B, 3, H, W) batch.
+
+    Args:
+        paths: Image files.
+        transform: PIL image -> (3, H, W); default the ``"official_eval"`` preset
+            (resize 256, centre crop 224, ImageNet normalisation).
+        on_error: ``"raise"`` or ``"skip"`` (see :func:`check_images`).
+
+    Returns:
+        The batch, the paths it holds, and any skipped files.
+
+    Raises:
+        ValueError: No image could be read, or the transform gave different sizes.
+    """
+    from dinov2_heads.data.preprocess import get_preset
+
+    check_on_error(on_error)
+    transform = transform if transform is not None else get_preset("official_eval")
+    tensors: list[Tensor] = []
+    kept: list[Path] = []
+    skipped: list[SkippedImage] = []
+    for path in paths:
+        try:
+            image = load_image(path)
+        except UnreadableImageError as error:
+            if on_error == "raise":
+                raise
+            skipped.append(_skip(path, error))
+            continue
+        tensors.append(transform(image))
+        kept.append(Path(path))
+    if not tensors:
+        raise ValueError(
+            f"no image could be read ({len(skipped)} skipped); check the paths and the log"
+        )
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"the transform produced images of different shapes {sorted(shapes)}; use a "
+            "transform with a fixed output size, such as a preset"
+        )
+    return ImageBatch(torch.stack(tensors), tuple(kept), tuple(skipped))

@@ -1,0 +1,151 @@
+"""``Preprocess``: the evaluation transform (resize, centre crop, normalise) and named presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+from dinov2_heads.data.functional import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PATCH_SIZE,
+    _as_pair,
+    center_crop,
+    check_valid_size,
+    nearest_valid_size,
+    normalize,
+    pil_to_tensor,
+    resize,
+    resize_shorter_side,
+)
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Image -> normalised float32 tensor of a fixed size that the backbone accepts.
+
+    The steps are those of the official DINOv2 evaluation transform: resize (antialiased
+    bicubic), centre crop, ImageNet mean/std normalisation. Decoded ``uint8`` pixels are resized
+    as ``uint8`` on the CPU, so the result matches torchvision + Pillow to within one grey level.
+
+    Attributes:
+        resize: An int resizes the shorter side to that length, keeping the aspect ratio (the
+            official ``Resize(256)``); an (H, W) pair resizes to exactly that size, which may
+            change the aspect ratio (the usual choice for fixed-size crops).
+        crop: The centre crop (H, W) taken after resizing, or ``None`` for no crop.
+        mean: Per-channel mean (RGB) subtracted after scaling to [0, 1].
+        std: Per-channel standard deviation (RGB) divided by.
+        patch_size: The output sides must be multiples of it (14 for DINOv2).
+
+    Example:
+        ``Preprocess(resize=(126, 252))(image)`` gives a (3, 126, 252) tensor; a
+        ``Preprocess`` with a size that is not a multiple of 14 raises ``ValueError`` that
+        names the nearest valid size (:meth:`for_size` rounds for you).
+    """
+
+    resize: int | tuple[int, int]
+    crop: tuple[int, int] | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    patch_size: int = PATCH_SIZE
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.resize, int):
+            object.__setattr__(self, "resize", _as_pair(self.resize, "resize"))
+        elif self.resize <= 0:
+            raise ValueError(f"resize must be positive, got {self.resize}")
+        if self.crop is not None:
+            object.__setattr__(self, "crop", _as_pair(self.crop, "crop"))
+        elif isinstance(self.resize, int):
+            raise ValueError(
+                f"resize={self.resize} (shorter side) without a crop gives a size that depends "
+                "on each image; add crop=(H, W) or pass resize=(H, W)"
+            )
+        for name in ("mean", "std"):
+            value = tuple(float(v) for v in getattr(self, name))
+            if len(value) != 3:
+                raise ValueError(f"{name} needs one value per RGB channel, got {value}")
+            object.__setattr__(self, name, value)
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std values must be positive, got {self.std}")
+        check_valid_size(self.output_size, self.patch_size)
+
+    @classmethod
+    def for_size(cls, size: int | tuple[int, int], **kwargs: Any) -> Preprocess:
+        """A plain resize to ``size`` (H, W), rounded to the nearest valid size (logged if so)."""
+        patch_size = int(kwargs.get("patch_size", PATCH_SIZE))
+        return cls(resize=nearest_valid_size(size, patch_size), **kwargs)
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """The (H, W) of every output."""
+        if self.crop is not None:
+            return self.crop
+        assert not isinstance(self.resize, int)  # __post_init__ requires a crop then
+        return self.resize
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The patch grid (h, w) of the output."""
+        height, width = self.output_size
+        return height // self.patch_size, width // self.patch_size
+
+    def replace(self, **changes: Any) -> Preprocess:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    def __call__(self, image: Image.Image | Tensor) -> Tensor:
+        """Preprocess one image or a batch.
+
+        Args:
+            image: A Pillow image, or a tensor (3, H, W) / (B, 3, H, W) that is either
+                ``uint8`` or float in [0, 1] (not yet normalised).
+
+        Returns:
+            (3, H, W) or (B, 3, H, W) float32, normalised.
+        """
+        x = image if isinstance(image, Tensor) else pil_to_tensor(image)
+        if isinstance(self.resize, int):
+            x = resize_shorter_side(x, self.resize)
+        else:
+            x = resize(x, self.resize)
+        if x.is_floating_point():
+            # Bicubic overshoots; the uint8 path clips the same way.
+            x = x.clamp(0, 1)
+        if self.crop is not None:
+            x = center_crop(x, self.crop)
+        return normalize(x, self.mean, self.std)
+
+
+#: Named presets: ``official_eval`` is the official DINOv2 evaluation transform (shorter side
+#: 256, centre crop 224x224); ``vehicle_crop`` resizes a vehicle front/rear crop to 126x252
+#: (H x W), a 9x18 patch grid.
+PRESETS: dict[str, Preprocess] = {
+    "official_eval": Preprocess(resize=256, crop=(224, 224)),
+    "vehicle_crop": Preprocess(resize=(126, 252)),
+}
+
+
+def list_presets() -> list[str]:
+    """The names of the preprocessing presets."""
+    return sorted(PRESETS)
+
+
+def get_preset(name: str) -> Preprocess:
+    """The preset called ``name`` (see :data:`PRESETS`).
+
+    Raises:
+        ValueError: Unknown name; the message lists the known ones.
+    """
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown preprocessing preset {name!r}; choose one of {list_presets()} or build "
+            "Preprocess(resize=(H, W)) yourself"
+        ) from None
