@@ -1,0 +1,1 @@
+"""Subcommands of the ``dinov2-heads`` command line, one module each."""

@@ -1,0 +1,32 @@
+"""``dinov2-heads inspect``: what a checkpoint file holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+EXAMPLE = """\
+example:
+  dinov2-heads inspect dinov2_vits14_pretrain.pth
+  dinov2-heads inspect teacher_checkpoint.pth --json
+"""
+
+
+def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    parser = subparsers.add_parser(
+        "inspect",
+        help="describe a checkpoint: format, variant, parameters, dtype, unwrapped containers",
+        description="Describe a DINOv2 checkpoint file without building a model.\n\n" + EXAMPLE,
+        formatter_class=formatter,
+    )
+    parser.add_argument("checkpoint", help="a .pth, .pt, .bin or .safetensors file")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dinov2_heads.checkpoints import describe_checkpoint
+
+    summary = describe_checkpoint(args.checkpoint)
+    print(json.dumps(summary.to_dict(), indent=2) if args.json else str(summary))
+    return 0
