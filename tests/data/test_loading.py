@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dinov2_heads.data import (
+    Preprocess,
+    SkippedImage,
+    UnreadableImageError,
+    check_images,
+    load_batch,
+    load_image,
+    pil_to_tensor,
+)
+from dinov2_heads.data.loading import require_pillow
+
+from .conftest import noise_image, write_image, write_truncated
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK"])
+def test_load_image_gives_rgb(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / ("image.jpg" if mode == "CMYK" else "image.png")
+    noise_image(6, 8).convert(mode).save(path)
+    image = load_image(path)
+    assert image.mode == "RGB"
+    assert image.size == (8, 6)
+
+
+def test_load_image_applies_exif_orientation(tmp_path: Path) -> None:
+    pixels = Image.new("RGB", (4, 2), (0, 0, 0))
+    pixels.putpixel((0, 0), (255, 255, 255))  # top-left marker
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: display needs a 90 degree clockwise turn
+    path = tmp_path / "rotated.png"
+    pixels.save(path, exif=exif)
+    upright = load_image(path)
+    assert upright.size == (2, 4)
+    # Turning clockwise moves the top-left corner to the top-right.
+    assert pil_to_tensor(upright)[:, 0, 1].tolist() == [255, 255, 255]
+    assert pil_to_tensor(upright)[:, 0, 0].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("kind", ["truncated", "missing", "text", "empty"])
+def test_unreadable_images_raise_with_their_path(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / f"{kind}.jpg"
+    if kind == "truncated":
+        write_truncated(path)
+    elif kind == "text":
+        path.write_text("hello")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    with pytest.raises(UnreadableImageError, match=re.escape(str(path))) as info:
+        load_image(path)
+    assert info.value.path == path
+    assert "on_error='skip'" in str(info.value)
+    assert isinstance(info.value, OSError)
+
+
+def test_unreadable_image_error_pickles(tmp_path: Path) -> None:
+    error = UnreadableImageError(tmp_path / "x.png", "broken")
+    copy = pickle.loads(pickle.dumps(error))
+    assert copy.path == error.path
+    assert copy.reason == "broken"
+    assert str(copy) == str(error)
+
+
+def test_check_images_skips_and_records(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    good = write_image(tmp_path / "good.png")
+    bad = write_truncated(tmp_path / "bad.jpg")
+    other = write_image(tmp_path / "other.png", seed=1)
+    with caplog.at_level(logging.WARNING):
+        kept, skipped = check_images([good, bad, other], on_error="skip")
+    assert kept == [good, other]
+    assert len(skipped) == 1
+    assert isinstance(skipped[0], SkippedImage)
+    assert skipped[0].path == bad
+    assert "truncated" in skipped[0].reason.lower()
+    assert str(bad) in caplog.text
+    with pytest.raises(UnreadableImageError, match=r"bad\.jpg"):
+        check_images([good, bad], on_error="raise")
+    with pytest.raises(ValueError, match="'raise' or 'skip'"):
+        check_images([good], on_error="ignore")  # type: ignore[arg-type]
+
+
+def test_load_batch(tmp_path: Path) -> None:
+    paths = [write_image(tmp_path / f"{i}.png", 30, 40, seed=i) for i in range(3)]
+    broken = write_truncated(tmp_path / "broken.jpg")
+    files = [paths[0], broken, paths[1], paths[2]]
+    batch = load_batch(files, Preprocess(resize=(14, 28)), on_error="skip")
+    assert batch.images.shape == (3, 3, 14, 28)
+    assert batch.paths == tuple(paths)
+    assert [s.path for s in batch.skipped] == [broken]
+    default = load_batch(paths[:1])
+    assert default.images.shape == (1, 3, 224, 224)
+    with pytest.raises(UnreadableImageError):
+        load_batch([broken])
+    with pytest.raises(ValueError, match="no image could be read"):
+        load_batch([broken], on_error="skip")
+    smaller = write_image(tmp_path / "smaller.png", 20, 30)
+    with pytest.raises(ValueError, match="different shapes"):
+        load_batch([paths[0], smaller], pil_to_tensor)
+
+
+def test_missing_pillow_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(ImportError, match=r"pip install 'dinov2-heads\[images\]'"):
+        require_pillow()
+
+
+def test_importing_the_data_package_does_not_import_pillow() -> None:
+    code = "import sys, dinov2_heads.data, dinov2_heads.viz; print('PIL' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
+    assert result.stderr == ""

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dinov2_heads import create_backbone
+from dinov2_heads.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocess,
+    get_preset,
+    list_presets,
+    pil_to_tensor,
+)
+
+from .conftest import noise_image
+
+
+def official_eval_reference(image: Image.Image) -> torch.Tensor:
+    """The official evaluation transform, spelled out with Pillow and NumPy.
+
+    torchvision's Resize(256, BICUBIC) on a PIL image is Pillow's resize to a shorter side of
+    256 (longer side truncated); CenterCrop(224) rounds its offsets; ToTensor divides by 255.
+    """
+    width, height = image.size
+    size = (int(256 * width / height), 256) if height <= width else (256, int(256 * height / width))
+    resized = image.resize(size, Image.Resampling.BICUBIC)
+    top = round((resized.height - 224) / 2.0)
+    left = round((resized.width - 224) / 2.0)
+    pixels = np.asarray(resized, dtype=np.float32)[top : top + 224, left : left + 224] / 255
+    normalised = (pixels - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    return torch.from_numpy(normalised.astype(np.float32)).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("size", [(375, 500), (520, 300), (300, 300)])
+def test_official_eval_matches_the_official_transform(size: tuple[int, int]) -> None:
+    image = noise_image(*size)
+    ours = get_preset("official_eval")(image)
+    reference = official_eval_reference(image)
+    assert ours.shape == reference.shape == (3, 224, 224)
+    assert ours.dtype == torch.float32
+    # One grey level, after dividing by the smallest std.
+    assert (ours - reference).abs().max() <= 1 / 255 / min(IMAGENET_STD) + 1e-5
+
+
+def test_vehicle_crop_preset() -> None:
+    preset = get_preset("vehicle_crop")
+    assert preset.output_size == (126, 252)
+    assert preset.grid == (9, 18)
+    out = preset(noise_image(100, 260))
+    assert out.shape == (3, 126, 252)
+    create_backbone("dinov2_vits14", depth=1, embed_dim=32, num_heads=2).check_input(out[None])
+
+
+def test_presets_listed_and_unknown_names_rejected() -> None:
+    assert list_presets() == ["official_eval", "vehicle_crop"]
+    with pytest.raises(ValueError, match=r"unknown preprocessing preset 'imagenet'.*official_eval"):
+        get_preset("imagenet")
+
+
+def test_tensor_inputs_match_pil_input() -> None:
+    image = noise_image(60, 90)
+    preprocess = Preprocess(resize=(28, 42))
+    from_pil = preprocess(image)
+    pixels = pil_to_tensor(image)
+    assert torch.equal(preprocess(pixels), from_pil)
+    batch = preprocess(torch.stack([pixels, pixels]))
+    assert batch.shape == (2, 3, 28, 42)
+    assert torch.equal(batch[1], from_pil)
+    as_float = preprocess(pixels.float() / 255)
+    assert (as_float - from_pil).abs().mean() < 0.01
+
+
+def test_invalid_sizes_name_the_fix() -> None:
+    with pytest.raises(ValueError, match="125x250 is not a multiple of patch size 14; use 126x252"):
+        Preprocess(resize=(125, 250))
+    with pytest.raises(ValueError, match="add crop"):
+        Preprocess(resize=256)
+    with pytest.raises(ValueError, match="one value per RGB channel"):
+        Preprocess(resize=(14, 14), mean=(0.5, 0.5))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="positive"):
+        Preprocess(resize=(14, 14), std=(0.2, 0.0, 0.2))
+
+
+def test_for_size_rounds_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        preprocess = Preprocess.for_size((125, 250))
+    assert preprocess.output_size == (126, 252)
+    assert "126x252" in caplog.text
+    assert Preprocess(resize=(28, 28)).replace(crop=(14, 14)).output_size == (14, 14)
