@@ -1,6 +1,24 @@
 """Heads that read :class:`~dinov2_heads.features.Features`, their losses and predictions."""
 
 from dinov2_heads.heads.class_names import ClassNamesMixin
+from dinov2_heads.heads.conv1d_neck import Conv1dNeck
 from dinov2_heads.heads.linear import LinearHead, linear_input
+from dinov2_heads.heads.losses import IGNORE_INDEX, HeadLoss, LossOutput, MultiHeadLoss, head_loss
+from dinov2_heads.heads.multi import MultiHead
+from dinov2_heads.heads.predict import Prediction, predict, predict_logits
 
-__all__ = ["ClassNamesMixin", "LinearHead", "linear_input"]
+__all__ = [
+    "IGNORE_INDEX",
+    "ClassNamesMixin",
+    "Conv1dNeck",
+    "HeadLoss",
+    "LinearHead",
+    "LossOutput",
+    "MultiHead",
+    "MultiHeadLoss",
+    "Prediction",
+    "head_loss",
+    "linear_input",
+    "predict",
+    "predict_logits",
+]

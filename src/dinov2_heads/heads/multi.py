@@ -1,0 +1,64 @@
+"""``MultiHead``: several named heads on one set of features."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import Tensor, nn
+
+from dinov2_heads.features import Features
+
+
+class MultiHead(nn.ModuleDict):
+    """Named heads that all read the same :class:`Features` (one backbone pass, many outputs).
+
+    ``MultiHead({"brand": LinearHead(...), "colour": Conv1dNeck(...)})`` returns
+    ``{"brand": (B, K1), "colour": (B, K2)}``. State dict keys are ``"{name}.{key}"`` (for
+    example ``brand.weight``), so the heads of a blog-style model
+    (``country_cls.conv1.conv.weight``) load under the same names. It is a ``ModuleDict``:
+    ``multi["brand"]``, ``len``, iteration and ``items()`` work as usual.
+
+    Args:
+        heads: Names to heads; each head takes a :class:`Features` and returns logits (B, K).
+            Names must be identifiers without dots that do not shadow a ``ModuleDict``
+            attribute (``"brand"``, ``"country_cls"``; not ``"type.1"`` or ``"keys"``).
+    """
+
+    def __init__(self, heads: Mapping[str, nn.Module]) -> None:
+        if not isinstance(heads, Mapping) or not heads:
+            raise ValueError(
+                f"MultiHead needs a non-empty mapping of names to heads, got {heads!r}; "
+                'pass e.g. {"brand": LinearHead(384, 178)}'
+            )
+        super().__init__()
+        for name, head in heads.items():
+            self[name] = head
+
+    def __setitem__(self, name: str, head: nn.Module) -> None:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(
+                f"head name {name!r} is not usable as a state dict prefix; use a Python "
+                "identifier such as 'brand' or 'vehicle_type'"
+            )
+        if hasattr(self, name) and name not in self._modules:
+            raise ValueError(
+                f"head name {name!r} would shadow the MultiHead attribute of the same name; "
+                f"rename it, e.g. {name + '_head'!r}"
+            )
+        if not isinstance(head, nn.Module):
+            raise TypeError(f"head {name!r} must be an nn.Module, got {type(head).__name__}")
+        super().__setitem__(name, head)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Head names in order."""
+        return tuple(self.keys())
+
+    @property
+    def class_names(self) -> dict[str, tuple[str, ...] | None]:
+        """Each head's class names (``None`` for a head without names)."""
+        return {name: getattr(head, "class_names", None) for name, head in self.items()}
+
+    def forward(self, features: Features) -> dict[str, Tensor]:
+        """``{name: logits (B, K_name)}`` for every head, in order."""
+        return {name: head(features) for name, head in self.items()}
