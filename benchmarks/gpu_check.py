@@ -1,0 +1,347 @@
+"""One run on a lent GPU: bf16/fp16 feature accuracy against fp32, then the throughput table.
+
+Run on a CUDA machine (about 3 to 4 minutes on one H100; stops starting new cases after
+``--budget-s``)::
+
+    python benchmarks/gpu_check.py                     # table
+    python benchmarks/gpu_check.py --json > gpu.json   # everything as JSON
+    python benchmarks/gpu_check.py --compare-official ~/src/dinov2
+
+1. Accuracy: ViT-S/14 and ViT-L/14 with random weights, 224x224 images; the class token and the
+   patch tokens (after the final norm) of each reduced-precision mode against float32 (TF32
+   off): relative error ``||y - y32|| / ||y32||`` and max abs error.
+2. Throughput at 224x224, ViT-S/14 batch 256 and ViT-L/14 batch 128: official-style fp16
+   autocast, bf16 and fp16 stored weights, and compiled bf16, with the reference figures of
+   the performance issue (one H100) and the targets next to them.
+
+``--smoke`` runs the same code on CPU with one block, tiny images and no compilation, in a few
+seconds (the test suite does this).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dinov2_heads import create_backbone
+
+
+def _load_throughput_module() -> ModuleType:
+    # The benchmarks folder is not a package; load the sibling script by path.
+    path = Path(__file__).resolve().with_name("backbone_throughput.py")
+    spec = importlib.util.spec_from_file_location("backbone_throughput", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("backbone_throughput", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+bt = _load_throughput_module()
+
+#: Images/s at 224x224 on one H100 with random weights, from the performance issue.
+REFERENCE: dict[tuple[str, int], dict[str, float]] = {
+    ("dinov2_vits14", 256): {
+        "official autocast-fp16": 11_700,
+        "timm": 12_200,
+        "transformers": 10_800,
+        "official bf16": 15_100,
+        "official compiled": 20_100,
+    },
+    ("dinov2_vitl14", 128): {
+        "official autocast-fp16": 1_900,
+        "timm": 1_930,
+        "transformers": 1_800,
+        "official bf16": 2_280,
+        "official compiled": 2_680,
+    },
+}
+#: The default GPU path must reach this multiple of the official autocast figure.
+DEFAULT_PATH_SPEEDUP = 1.4
+
+MODES = ["fp32", "autocast-fp16", "bf16", "fp16", "compiled-bf16"]
+#: Seconds of budget a compiled mode needs left to start.
+COMPILE_RESERVE_S = 75.0
+
+
+def check_case(
+    variant: str,
+    batch: int,
+    *,
+    modes: Sequence[str],
+    device: torch.device,
+    size: tuple[int, int],
+    overrides: dict[str, Any],
+    warmup: int,
+    iters: int,
+    official: ModuleType | None,
+    deadline: float,
+    log: Callable[[str], None],
+) -> tuple[list[dict[str, Any]], list[Any], list[str]]:
+    """Accuracy and throughput of one (variant, batch) case in every mode.
+
+    One float32 reference (TF32 off) is computed first; each mode's first forward pass (which
+    also compiles, for the compiled modes) is compared with it, then the same prepared model is
+    timed, so each model is compiled once. Cases that would start after ``deadline`` are skipped.
+
+    Returns:
+        Accuracy rows, throughput rows and the names of skipped cases.
+    """
+    torch.manual_seed(0)
+    base = create_backbone(variant, **overrides)
+    config = base.config
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    images = torch.randn(batch, 3, *size, device=device)
+    with torch.no_grad(), _exact_fp32():
+        out = base.to(device).forward_features(images)
+        reference = {key: out[key].float() for key in _TOKENS.values()}
+    del base, out
+    flops = bt.vit_forward_flops(config, *size)
+    builders: list[tuple[str, Callable[[], torch.nn.Module]]] = [
+        ("dinov2-heads", partial(bt._build_ours, variant, overrides, state))
+    ]
+    if official is not None:
+        builders.append(("official", partial(bt._build_official, official, config, state)))
+    accuracy_rows: list[dict[str, Any]] = []
+    rows: list[Any] = []
+    skipped: list[str] = []
+    for mode in modes:
+        for implementation, build in builders:
+            name = f"{implementation} {variant} b{batch} {mode}"
+            # Compiling takes a minute or more on a large model: keep that much in hand.
+            reserve = COMPILE_RESERVE_S if bt.MODES[mode].compiled else 0.0
+            if time.monotonic() + reserve > deadline:
+                skipped.append(name)
+                continue
+            log(f"checking {name}")
+            row = bt.Row(implementation, variant, mode, size[0], size[1], batch)
+            accuracy: dict[str, Any] = {"implementation": implementation, "variant": variant}
+            accuracy.update(mode=mode, batch=batch)
+            try:
+                timing = _check_mode(
+                    build, mode, device, images, reference, accuracy, warmup, iters
+                )
+            except (RuntimeError, NotImplementedError) as error:
+                row.error = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                accuracy.setdefault("error", row.error)
+            else:
+                bt.fill_row(row, timing, flops)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            accuracy_rows.append(accuracy)
+            rows.append(row)
+    return accuracy_rows, rows, skipped
+
+
+_TOKENS = {"class": "x_norm_clstoken", "patch": "x_norm_patchtokens"}
+
+
+def _check_mode(
+    build: Callable[[], torch.nn.Module],
+    mode: str,
+    device: torch.device,
+    images: Tensor,
+    reference: dict[str, Tensor],
+    accuracy: dict[str, Any],
+    warmup: int,
+    iters: int,
+) -> Any:
+    # The first call compiles (compiled modes) and gives the accuracy; the timing follows.
+    run = bt.prepare(build(), bt.MODES[mode], device)
+    accuracy.update(_errors(run(images), reference))
+    return bt.measure(run, images, warmup=warmup, iters=iters)
+
+
+def _errors(out: dict[str, Any], reference: dict[str, Tensor]) -> dict[str, Any]:
+    errors: dict[str, Any] = {}
+    for token, key in _TOKENS.items():
+        got, want = out[key].float(), reference[key]
+        errors[f"{token}_rel"] = float((got - want).norm() / want.norm())
+        errors[f"{token}_max_abs"] = float((got - want).abs().max())
+        errors[f"{token}_finite"] = bool(torch.isfinite(got).all())
+    return errors
+
+
+@contextlib.contextmanager
+def _exact_fp32() -> Iterator[None]:
+    """Switch TF32 off for a float32 reference, and restore the previous settings."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def targets(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """Measured images/s against the issue's targets, for the cases that ran.
+
+    The default GPU path (bf16 stored weights) must reach 1.4x the official fp16-autocast
+    figure, and the compiled path must beat the official compiled figure. When the official
+    model was timed in the same run its autocast figure is used; otherwise the H100 reference.
+    """
+    measured = {
+        (r.implementation, r.variant, r.batch, r.mode): r.images_per_s for r in rows if not r.error
+    }
+    out = []
+    for (variant, batch), reference in REFERENCE.items():
+        official_autocast = measured.get(("official", variant, batch, "autocast-fp16"))
+        base = official_autocast or reference["official autocast-fp16"]
+        source = "this run" if official_autocast else "H100 reference"
+        goals = [
+            ("bf16", DEFAULT_PATH_SPEEDUP * base, f"1.4x official autocast ({source})"),
+            ("compiled-bf16", reference["official compiled"], "official compiled (H100 reference)"),
+        ]
+        for mode, goal, meaning in goals:
+            value = measured.get(("dinov2-heads", variant, batch, mode))
+            if value is None:
+                continue
+            out.append(
+                {
+                    "variant": variant,
+                    "batch": batch,
+                    "mode": mode,
+                    "images_per_s": value,
+                    "target": goal,
+                    "target_meaning": meaning,
+                    "met": value >= goal,
+                }
+            )
+    return out
+
+
+def format_accuracy(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of the accuracy rows."""
+    lines = [
+        "| implementation | variant | batch | mode | class rel | class max abs | patch rel "
+        "| patch max abs | finite |",
+        "|" + " --- |" * 9,
+    ]
+    for row in rows:
+        case = f"| {row['implementation']} | {row['variant']} | {row['batch']} | {row['mode']}"
+        if "class_rel" not in row:
+            lines.append(f"{case} | failed: {row.get('error', '')} | | | | |")
+            continue
+        finite = row["class_finite"] and row["patch_finite"]
+        lines.append(
+            f"{case} | {row['class_rel']:.2e} "
+            f"| {row['class_max_abs']:.2e} | {row['patch_rel']:.2e} "
+            f"| {row['patch_max_abs']:.2e} | {'yes' if finite else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def format_targets(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of measured figures against the targets."""
+    lines = ["| variant | batch | mode | images/s | target | met |", "|" + " --- |" * 6]
+    for row in rows:
+        lines.append(
+            f"| {row['variant']} | {row['batch']} | {row['mode']} | {row['images_per_s']:,.0f} "
+            f"| >= {row['target']:,.0f} ({row['target_meaning']}) "
+            f"| {'yes' if row['met'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny CPU run of the same code")
+    parser.add_argument("--device", help="default: cuda (cpu with --smoke)")
+    parser.add_argument("--budget-s", type=float, default=270.0, help="start no case after this")
+    parser.add_argument("--compare-official", metavar="PATH", help="dinov2 checkout to time too")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the check; returns what ``--json`` prints."""
+    args = build_parser().parse_args(argv)
+    start = time.monotonic()
+    device = torch.device(args.device or ("cpu" if args.smoke else "cuda"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device; run with --smoke for the CPU dry run")
+    log = print if not args.json else (lambda text: print(text, file=sys.stderr))
+    if args.smoke:
+        overrides: dict[str, Any] = {"depth": 1}
+        size, warmup, iters = (28, 42), 0, 1
+        cases = [("dinov2_vits14", 2), ("dinov2_vitl14", 2)]
+        modes = [m for m in MODES if not bt.MODES[m].compiled]
+    else:
+        overrides = {}
+        size, warmup, iters = (224, 224), 3, 10
+        cases = [("dinov2_vits14", 256), ("dinov2_vitl14", 128)]
+        modes = MODES
+    notes: list[str] = []
+    official = None
+    if args.compare_official:
+        official, message = bt.load_official(args.compare_official)
+        notes.append(message)
+    env = bt.environment(device)
+    log(f"# GPU check on {env.get('gpu', 'CPU')} (torch {env['torch']})")
+
+    accuracy_rows: list[dict[str, Any]] = []
+    rows: list[Any] = []
+    skipped: list[str] = []
+    for variant, batch in cases:
+        case_accuracy, case_rows, case_skipped = check_case(
+            variant,
+            batch,
+            modes=modes,
+            device=device,
+            size=size,
+            overrides=overrides,
+            warmup=warmup,
+            iters=iters,
+            official=official,
+            deadline=start + args.budget_s,
+            log=lambda text: print(text, file=sys.stderr),
+        )
+        accuracy_rows += case_accuracy
+        rows += case_rows
+        skipped += case_skipped
+    log(f"\n## Accuracy against float32 with TF32 off ({size[0]}x{size[1]}, random weights)\n")
+    log(format_accuracy(accuracy_rows))
+    if skipped:
+        notes.append(f"out of time budget, not run: {', '.join(skipped)}")
+    if args.smoke:
+        notes.append("smoke run: one block, tiny images, no compilation; not a measurement")
+    goal_rows = targets(rows) if not args.smoke else []
+    log(f"\n## Throughput ({size[0]}x{size[1]}, median of {iters} after {warmup} warm-up)\n")
+    log(bt.format_table(rows))
+    if goal_rows:
+        log("\n## Targets\n")
+        log(format_targets(goal_rows))
+    for note in notes:
+        log(f"- {note}")
+    log(f"\ntotal {time.monotonic() - start:.0f} s")
+    result = {
+        "environment": env,
+        "accuracy": accuracy_rows,
+        "throughput": bt.rows_as_dicts(rows),
+        "targets": goal_rows,
+        "reference_h100": {f"{v} b{b}": ref for (v, b), ref in REFERENCE.items()},
+        "notes": notes,
+        "seconds": time.monotonic() - start,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    return result
+
+
+if __name__ == "__main__":
+    main()
