@@ -71,7 +71,7 @@ BRANDS: dict[str, str] = {
     "ion": "star",
     "juno": "bars",
     "kestrel": "chevron",
-    "lumen": "hexagon",
+    "lumen": "bowtie",
 }
 
 _SUPERSAMPLE = 2
@@ -227,8 +227,11 @@ def _emblem_shapes(shape: str) -> list[tuple[str, list[Point]]]:
                 [(-0.9, -0.6), (0.0, 0.25), (0.9, -0.6), (0.9, 0.05), (0.0, 0.9), (-0.9, 0.05)],
             )
         ]
-    if shape == "hexagon":
-        return [("polygon", _regular(6, 0.9, 0.0))]
+    if shape == "bowtie":
+        return [
+            ("polygon", [(-0.95, -0.75), (0.0, 0.0), (-0.95, 0.75)]),
+            ("polygon", [(0.95, -0.75), (0.0, 0.0), (0.95, 0.75)]),
+        ]
     raise ValueError(f"unknown emblem shape {shape!r}")
 
 
