@@ -1,5 +1,13 @@
-"""Reading checkpoints from local files and copying weights between models."""
+"""Reading DINOv2 checkpoints from local files, converting them, and copying weights.
 
+- :func:`load_backbone`: any DINOv2 checkpoint -> a working backbone, architecture inferred.
+- :func:`describe_checkpoint`: what a checkpoint holds, as a table or as data.
+- :func:`load_partial`: copy every matching tensor into a module and report the rest.
+- :func:`convert_huggingface`, :func:`convert_timm`: pure state-dict converters.
+"""
+
+from dinov2_heads.checkpoints.architecture import infer_config
+from dinov2_heads.checkpoints.describe import CheckpointSummary, describe_checkpoint
 from dinov2_heads.checkpoints.errors import (
     ArchitectureMismatchError,
     CheckpointError,
@@ -11,17 +19,29 @@ from dinov2_heads.checkpoints.errors import (
     UnknownFormatError,
     UnsafeCheckpointError,
 )
-from dinov2_heads.checkpoints.loading import read_backbone_state_dict
+from dinov2_heads.checkpoints.formats import CheckpointFormat, Converted, detect_format, to_official
+from dinov2_heads.checkpoints.huggingface import convert_huggingface
+from dinov2_heads.checkpoints.loading import (
+    BackboneWeights,
+    load_backbone,
+    read_backbone,
+    read_backbone_state_dict,
+)
 from dinov2_heads.checkpoints.partial import LoadReport, ShapeMismatch, load_partial
 from dinov2_heads.checkpoints.reading import read_checkpoint_file
+from dinov2_heads.checkpoints.timm import convert_timm
 from dinov2_heads.checkpoints.unwrap import Unwrapped, unwrap_state_dict
 
 __all__ = [
     "ArchitectureMismatchError",
+    "BackboneWeights",
     "CheckpointError",
     "CheckpointFileError",
+    "CheckpointFormat",
     "CheckpointIsADirectoryError",
     "CheckpointNotFoundError",
+    "CheckpointSummary",
+    "Converted",
     "Dinov2HeadsError",
     "LoadReport",
     "PartialLoadError",
@@ -29,8 +49,16 @@ __all__ = [
     "UnknownFormatError",
     "UnsafeCheckpointError",
     "Unwrapped",
+    "convert_huggingface",
+    "convert_timm",
+    "describe_checkpoint",
+    "detect_format",
+    "infer_config",
+    "load_backbone",
     "load_partial",
+    "read_backbone",
     "read_backbone_state_dict",
     "read_checkpoint_file",
+    "to_official",
     "unwrap_state_dict",
 ]

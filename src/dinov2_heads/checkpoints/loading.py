@@ -1,21 +1,190 @@
-"""From a checkpoint source to a backbone state dict in the official layout."""
+"""From any DINOv2 checkpoint to a working backbone, with the architecture read from the weights."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
+from dinov2_heads.backbone.config import get_config, variant_name
+from dinov2_heads.backbone.vision_transformer import DinoVisionTransformer
+from dinov2_heads.checkpoints.architecture import check_variant, describe_config, infer_config
+from dinov2_heads.checkpoints.errors import ArchitectureMismatchError
+from dinov2_heads.checkpoints.formats import CheckpointFormat, to_official
+from dinov2_heads.checkpoints.nonfinite import nonfinite_names
 from dinov2_heads.checkpoints.reading import read_checkpoint_file
 from dinov2_heads.checkpoints.unwrap import unwrap_state_dict
+
+logger = logging.getLogger(__name__)
 
 #: A checkpoint path or an in-memory state dict (or a container around one).
 CheckpointSource = str | os.PathLike[str] | Mapping[str, Any]
 
+_SHOWN = 6
+
+
+@dataclass(frozen=True)
+class BackboneWeights:
+    """Backbone weights in the official layout and how they were obtained.
+
+    Attributes:
+        state_dict: Official names to tensors, as stored (dtype unchanged).
+        format: The layout the weights came in.
+        unwrapped: Containers and prefixes removed, step by step.
+        set_aside: Parts stored next to the backbone and not loaded (projection heads,
+            classifiers), under their names in the file.
+        unexpected: Names that are not part of a DINOv2 backbone, after conversion.
+        from_file: Whether the tensors were read from a file (and may be memory-mapped).
+    """
+
+    state_dict: dict[str, Tensor]
+    format: CheckpointFormat
+    unwrapped: tuple[str, ...] = ()
+    set_aside: dict[str, Tensor] = field(default_factory=dict)
+    unexpected: dict[str, Tensor] = field(default_factory=dict)
+    from_file: bool = False
+
+
+def read_backbone(source: CheckpointSource) -> BackboneWeights:
+    """Read, unwrap, detect the layout and convert to official names.
+
+    Args:
+        source: A checkpoint path, or a state dict / container around one.
+
+    Raises:
+        CheckpointError: Anything wrong with the content (see :mod:`~dinov2_heads.checkpoints`).
+        CheckpointFileError: The file cannot be opened.
+    """
+    from_file = not isinstance(source, Mapping)
+    content = source if isinstance(source, Mapping) else read_checkpoint_file(source)
+    unwrapped = unwrap_state_dict(content)
+    converted = to_official(unwrapped.state_dict)
+    return BackboneWeights(
+        state_dict=converted.state_dict,
+        format=converted.format,
+        unwrapped=unwrapped.steps,
+        set_aside={**unwrapped.set_aside, **converted.set_aside},
+        unexpected=converted.unexpected,
+        from_file=from_file,
+    )
+
 
 def read_backbone_state_dict(source: CheckpointSource) -> dict[str, Tensor]:
-    """A backbone state dict in the official key layout, from a path or a mapping."""
-    content = source if isinstance(source, Mapping) else read_checkpoint_file(source)
-    return unwrap_state_dict(content).state_dict
+    """A backbone state dict in the official layout, from a path or a mapping.
+
+    Names that are not part of a backbone stay in, so a strict load reports them.
+    """
+    weights = read_backbone(source)
+    return {**weights.state_dict, **weights.unexpected}
+
+
+def load_backbone(
+    source: CheckpointSource, *, variant: str | None = None, **overrides: Any
+) -> DinoVisionTransformer:
+    """Build the backbone that a checkpoint holds, with its weights, in eval mode.
+
+    Width, depth, registers, FFN type, patch size and the position grid are read from the
+    tensor shapes, so ``load_backbone("dinov2_vitl14_reg4_pretrain.pth")`` is the whole call. A
+    depth or width that is not an official variant still loads (``model.variant`` is then
+    ``None``, a custom architecture). Official, Hugging Face and timm layouts are converted.
+
+    Weights read from a PyTorch zip file stay memory-mapped and become the model's parameters
+    without a copy, so a ViT-g needs about its size in RAM rather than twice it. Half-precision
+    weights are converted to float32.
+
+    Args:
+        source: A checkpoint path, or a state dict / container around one (its tensors are
+            copied, never shared with the model).
+        variant: An official name (``"dinov2_vitb14_reg"``) to check the weights against; the
+            error names both architectures when they differ. It also sets the head count,
+            which the weights cannot tell (D / 64 is assumed otherwise).
+        **overrides: :class:`~dinov2_heads.BackboneConfig` fields to change, e.g.
+            ``num_heads=2`` for a custom model whose heads are not 64 wide.
+
+    Returns:
+        The backbone in eval mode, float32, on the CPU.
+
+    Raises:
+        ArchitectureMismatchError: ``variant`` disagrees with the weights, or the weights hold
+            names that a backbone does not have.
+        CheckpointError: The checkpoint cannot be read or is not a DINOv2 backbone.
+    """
+    weights = read_backbone(source)
+    if variant is None:
+        config = infer_config(weights.state_dict, num_heads=overrides.get("num_heads"))
+    else:
+        requested = get_config(variant)
+        # The head count is the variant's; the shapes are compared without it.
+        found = infer_config(weights.state_dict, num_heads=1)
+        check_variant(found, variant, requested)
+        config = requested.replace(img_size=found.img_size)
+    config = config.replace(**overrides)
+    if weights.unexpected:
+        names = list(weights.unexpected)
+        raise ArchitectureMismatchError(
+            f"the checkpoint holds {len(names)} tensors that a DINOv2 backbone does not have: "
+            f"{', '.join(names[:_SHOWN])}{', ...' if len(names) > _SHOWN else ''}; to take the "
+            "backbone part only, use load_partial(create_backbone(...), path)"
+        )
+    state_dict = _prepared(weights.state_dict, config_dtype=torch.get_default_dtype())
+    with torch.device("meta"):
+        model = DinoVisionTransformer(config)
+    _check_fit(model, state_dict)
+    # Tensors read from a file become the parameters as they are (memory-mapped, no copy);
+    # tensors from a caller's mapping are copied so the two never share storage.
+    if not weights.from_file:
+        state_dict = {key: value.clone() for key, value in state_dict.items()}
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    logger.info(
+        "loaded %s (%s layout): %s",
+        variant_name(config) or "a custom backbone",
+        weights.format,
+        describe_config(config),
+    )
+    return model.eval()
+
+
+def _prepared(state_dict: Mapping[str, Tensor], *, config_dtype: torch.dtype) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    cast: set[str] = set()
+    nonfinite = nonfinite_names(state_dict)
+    for key, tensor in state_dict.items():
+        if tensor.dtype != config_dtype:
+            cast.add(str(tensor.dtype).removeprefix("torch."))
+            tensor = tensor.to(config_dtype)
+        out[key] = tensor
+    if nonfinite:
+        logger.warning(
+            "%d backbone tensors contain NaN or inf: %s%s",
+            len(nonfinite),
+            ", ".join(nonfinite[:_SHOWN]),
+            ", ..." if len(nonfinite) > _SHOWN else "",
+        )
+    if cast:
+        logger.info("converted %s weights to %s", "/".join(sorted(cast)), config_dtype)
+    return out
+
+
+def _check_fit(model: DinoVisionTransformer, state_dict: Mapping[str, Tensor]) -> None:
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    mismatched = [
+        f"{key} {tuple(state_dict[key].shape)} vs {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state_dict and state_dict[key].shape != value.shape
+    ]
+    extra = [key for key in state_dict if key not in expected]
+    if missing or mismatched or extra:
+        lines = [f"the weights do not fit the architecture ({describe_config(model.config)}):"]
+        if mismatched:
+            lines.append(f"  shapes, weights vs model: {'; '.join(mismatched[:3])}")
+        if missing:
+            lines.append(f"  missing from the weights: {', '.join(missing[:_SHOWN])}")
+        if extra:
+            lines.append(f"  not in the model: {', '.join(extra[:_SHOWN])}")
+        raise ArchitectureMismatchError("\n".join(lines))

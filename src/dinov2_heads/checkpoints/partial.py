@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from dinov2_heads.checkpoints.errors import CheckpointError, PartialLoadError
+from dinov2_heads.checkpoints.nonfinite import nonfinite_names
 from dinov2_heads.checkpoints.reading import read_checkpoint_file
 from dinov2_heads.checkpoints.unwrap import unwrap_state_dict
 
@@ -162,11 +163,7 @@ def load_partial(
         else:
             loaded.append(name)
     missing = [name for name in targets if name not in renamed]
-    nonfinite = [
-        name
-        for name in loaded
-        if renamed[name].is_floating_point() and not bool(torch.isfinite(renamed[name]).all())
-    ]
+    nonfinite = nonfinite_names(renamed, loaded)
     cast = [name for name in loaded if renamed[name].dtype != targets[name].dtype]
     report = LoadReport(
         loaded=tuple(loaded),

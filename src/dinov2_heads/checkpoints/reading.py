@@ -30,7 +30,7 @@ FileKind = Literal["torch-zip", "torch-legacy", "safetensors"]
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80
 _SAFETENSORS_MAX_HEADER = 100_000_000
-_UNSAFE_GLOBAL = re.compile(r"(?:Unsupported global|GLOBAL)\W+([\w.]+)")
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL\s+([\w.]+)")
 
 
 def read_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -146,9 +146,14 @@ def _torch_load(path: Path, *, mmap: bool) -> Any:
                 raise UnsafeCheckpointError(
                     f"{path} needs arbitrary unpickling to load (it refers to "
                     f"{found.group(1)!r}), which can run code, so it was refused and nothing in "
-                    "it was executed. If you trust the file, re-save only its tensors: "
-                    "torch.save(torch.load(path, weights_only=False)['model'], 'clean.pth')"
+                    "it was executed. If you trust the file, load it once with "
+                    "torch.load(path, weights_only=False) and torch.save only the state dict "
+                    "(model.state_dict(), a mapping of names to tensors) to a new file"
                 ) from None
+            raise CheckpointError(
+                f"{path} could not be read safely: it is corrupted, or it needs arbitrary "
+                f"unpickling, which is refused ({_weights_only_reason(message)})"
+            ) from None
         if "TorchScript" in message:
             raise CheckpointError(
                 f"{path} is a TorchScript archive, not a state dict; load it with torch.jit.load "
@@ -176,6 +181,13 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
             f"{path} could not be read as a safetensors file; it is truncated or corrupted "
             f"({type(error).__name__}: {_first_line(str(error))})"
         ) from error
+
+
+def _weights_only_reason(message: str) -> str:
+    # torch's message starts with generic advice; the specific reason is on a later line.
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    specific = [line for line in lines if "error" in line.lower() or "unsupported" in line.lower()]
+    return _first_line(specific[-1] if specific else lines[-1] if lines else "")
 
 
 def _first_line(message: str, limit: int = 200) -> str:

@@ -1,0 +1,135 @@
+"""What a checkpoint holds, without building a model: for people and for the command line."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dinov2_heads.backbone.config import variant_name
+from dinov2_heads.checkpoints.architecture import infer_config
+from dinov2_heads.checkpoints.formats import CheckpointFormat
+from dinov2_heads.checkpoints.loading import CheckpointSource, read_backbone
+from dinov2_heads.checkpoints.nonfinite import nonfinite_names
+
+_SHOWN = 8
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    """A description of a backbone checkpoint. ``str(summary)`` is a short readable table.
+
+    Attributes:
+        source: The path, or ``"<state dict>"`` for an in-memory mapping.
+        format: The layout: ``"official"``, ``"huggingface"`` or ``"timm"``.
+        variant: The official variant name, or ``None`` for a custom architecture.
+        config: The inferred :class:`~dinov2_heads.BackboneConfig` as plain data.
+        num_parameters: Elements in the backbone tensors (``mask_token`` included).
+        num_tensors: Backbone tensors.
+        dtypes: Tensor count per dtype, e.g. ``{"float16": 175}``.
+        unwrapped: Containers and prefixes removed, step by step.
+        set_aside: Names stored next to the backbone and not part of it (projection heads).
+        unexpected: Names that are neither backbone nor a known head.
+        nonfinite: Backbone tensors that contain NaN or infinity.
+    """
+
+    source: str
+    format: CheckpointFormat
+    variant: str | None
+    config: dict[str, Any]
+    num_parameters: int
+    num_tensors: int
+    dtypes: dict[str, int]
+    unwrapped: tuple[str, ...]
+    set_aside: tuple[str, ...]
+    unexpected: tuple[str, ...]
+    nonfinite: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-serialisable)."""
+        return {
+            "source": self.source,
+            "format": self.format,
+            "variant": self.variant,
+            "config": dict(self.config),
+            "num_parameters": self.num_parameters,
+            "num_tensors": self.num_tensors,
+            "dtypes": dict(self.dtypes),
+            "unwrapped": list(self.unwrapped),
+            "set_aside": list(self.set_aside),
+            "unexpected": list(self.unexpected),
+            "nonfinite": list(self.nonfinite),
+        }
+
+    def __str__(self) -> str:
+        c = self.config
+        rows = [
+            ("checkpoint", self.source),
+            ("format", self.format),
+            ("variant", self.variant or "custom"),
+            (
+                "architecture",
+                f"D={c['embed_dim']}, depth={c['depth']}, heads={c['num_heads']}, "
+                f"{c['ffn_layer']} FFN, {c['num_register_tokens']} registers",
+            ),
+            (
+                "position grid",
+                f"{c['img_size'] // c['patch_size']}x"
+                f"{c['img_size'] // c['patch_size']} (img_size {c['img_size']}, "
+                f"patch {c['patch_size']})",
+            ),
+            ("parameters", f"{self.num_parameters:,} in {self.num_tensors} tensors"),
+            ("dtype", ", ".join(f"{k} ({v})" for k, v in self.dtypes.items())),
+            ("unwrapped", "; ".join(self.unwrapped) or "nothing"),
+            ("set aside", _names(self.set_aside)),
+            ("unexpected", _names(self.unexpected)),
+        ]
+        if self.nonfinite:
+            rows.append(("NaN/inf in", _names(self.nonfinite)))
+        width = max(len(label) for label, _ in rows)
+        return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def describe_checkpoint(
+    source: CheckpointSource, *, num_heads: int | None = None
+) -> CheckpointSummary:
+    """Read a backbone checkpoint and say what it is, without building the model.
+
+    Args:
+        source: A checkpoint path, or a state dict / container around one.
+        num_heads: The head count, when the heads are not 64 wide (the weights cannot tell).
+
+    Returns:
+        The summary; ``print(summary)`` shows it as a table, ``summary.to_dict()`` as data.
+
+    Raises:
+        CheckpointError: The checkpoint cannot be read or is not a DINOv2 backbone.
+        CheckpointFileError: The file cannot be opened.
+    """
+    weights = read_backbone(source)
+    config = infer_config(weights.state_dict, num_heads=num_heads)
+    tensors = weights.state_dict.values()
+    dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in tensors)
+    nonfinite = tuple(nonfinite_names(weights.state_dict))
+    return CheckpointSummary(
+        source=os.fspath(source) if not isinstance(source, Mapping) else "<state dict>",
+        format=weights.format,
+        variant=variant_name(config),
+        config=config.to_dict(),
+        num_parameters=sum(t.numel() for t in tensors),
+        num_tensors=len(weights.state_dict),
+        dtypes=dict(dtypes.most_common()),
+        unwrapped=weights.unwrapped,
+        set_aside=tuple(weights.set_aside),
+        unexpected=tuple(weights.unexpected),
+        nonfinite=nonfinite,
+    )
+
+
+def _names(names: tuple[str, ...]) -> str:
+    if not names:
+        return "none"
+    shown = ", ".join(names[:_SHOWN])
+    return f"{len(names)}: {shown}{', ...' if len(names) > _SHOWN else ''}"

@@ -1,0 +1,219 @@
+"""Reading checkpoint files: every storage format, and a clear error for each bad file."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dinov2_heads.checkpoints import (
+    CheckpointError,
+    CheckpointFileError,
+    CheckpointIsADirectoryError,
+    CheckpointNotFoundError,
+    Dinov2HeadsError,
+    UnsafeCheckpointError,
+    read_checkpoint_file,
+)
+from dinov2_heads.checkpoints.reading import sniff_file_kind
+
+
+def small_state() -> dict[str, torch.Tensor]:
+    return {"weight": torch.arange(6.0).reshape(2, 3), "bias": torch.tensor([1.0, -1.0])}
+
+
+def assert_same(got: dict[str, object], expected: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert isinstance(got[key], torch.Tensor)
+        assert torch.equal(got[key], tensor)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".pt", ".bin", ".ckpt", ".weights"])
+def test_zip_format_any_suffix(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"model{suffix}"
+    torch.save(small_state(), path)
+    assert sniff_file_kind(path) == "torch-zip"
+    assert_same(read_checkpoint_file(path), small_state())
+
+
+def test_legacy_format(tmp_path: Path) -> None:
+    path = tmp_path / "old.pth"
+    torch.save(small_state(), path, _use_new_zipfile_serialization=False)
+    assert sniff_file_kind(path) == "torch-legacy"
+    assert_same(read_checkpoint_file(path), small_state())
+
+
+def test_safetensors(tmp_path: Path) -> None:
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    path = tmp_path / "model.safetensors"
+    safetensors_torch.save_file(small_state(), str(path))
+    assert sniff_file_kind(path) == "safetensors"
+    assert_same(read_checkpoint_file(path), small_state())
+
+
+def test_zip_format_is_memory_mapped(tmp_path: Path) -> None:
+    path = tmp_path / "model.pth"
+    torch.save({"big": torch.ones(1000)}, path)
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("needs /proc/self/maps (Linux) to see the mapping")
+    tensor = read_checkpoint_file(path)["big"]
+    # The file now appears among the process's memory mappings, while the tensor lives.
+    assert str(path.resolve()) in maps.read_text()
+    assert torch.equal(tensor, torch.ones(1000))
+
+
+def test_path_like_and_user_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    torch.save(small_state(), tmp_path / "w.pth")
+    assert_same(read_checkpoint_file("~/w.pth"), small_state())
+
+
+def test_missing_file_lists_checkpoints_nearby(tmp_path: Path) -> None:
+    torch.save(small_state(), tmp_path / "dinov2_vits14_pretrain.pth")
+    with pytest.raises(CheckpointNotFoundError, match=r"checkpoints in .*dinov2_vits14_pretrain"):
+        read_checkpoint_file(tmp_path / "dinov2_vits14.pth")
+    with pytest.raises(FileNotFoundError):
+        read_checkpoint_file(tmp_path / "nothing" / "here.pth")
+
+
+def test_directory(tmp_path: Path) -> None:
+    torch.save(small_state(), tmp_path / "a.pth")
+    with pytest.raises(CheckpointIsADirectoryError, match=r"is a directory.*contains a.pth"):
+        read_checkpoint_file(tmp_path)
+    with pytest.raises(IsADirectoryError):
+        read_checkpoint_file(tmp_path)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.pth"
+    path.touch()
+    with pytest.raises(CheckpointError, match=r"is empty \(0 bytes\)"):
+        read_checkpoint_file(path)
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.9, 0.999])
+def test_truncated_zip_file(tmp_path: Path, keep: float) -> None:
+    path = tmp_path / "cut.pth"
+    torch.save({"w": torch.randn(64, 64)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(CheckpointError, match=r"truncated or corrupted"):
+        read_checkpoint_file(path)
+
+
+def test_truncated_safetensors(tmp_path: Path) -> None:
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    path = tmp_path / "cut.safetensors"
+    safetensors_torch.save_file({"w": torch.randn(64, 64)}, str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+    with pytest.raises(CheckpointError, match=r"safetensors file; it is truncated or corrupted"):
+        read_checkpoint_file(path)
+
+
+def test_random_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "noise.pth"
+    path.write_bytes(bytes(range(7, 250)) * 10)
+    with pytest.raises(CheckpointError, match=r"not a PyTorch or safetensors checkpoint"):
+        read_checkpoint_file(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "hint"),
+    [
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\n", "git lfs pull"),
+        (b"<!DOCTYPE html><html>Not found</html>", "download probably failed"),
+    ],
+)
+def test_text_files_get_a_hint(tmp_path: Path, content: bytes, hint: str) -> None:
+    path = tmp_path / "model.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=hint):
+        read_checkpoint_file(path)
+
+
+class _Payload:
+    """Unpickling this would create a marker file, proving that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.mkdir, (str(self.marker),))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_code_payload_is_refused_and_not_run(tmp_path: Path, legacy: bool) -> None:
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pth"
+    payload = {"weight": torch.zeros(2), "extra": _Payload(marker)}
+    torch.save(payload, path, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(
+        UnsafeCheckpointError, match=r"arbitrary unpickling to load \(it refers to 'posix.mkdir'\)"
+    ) as caught:
+        read_checkpoint_file(path)
+    assert "nothing in it was executed" in str(caught.value)
+    assert not marker.exists()
+
+
+def test_plain_pickle_with_payload_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps(_Payload(marker), protocol=2))
+    with pytest.raises(Dinov2HeadsError):
+        read_checkpoint_file(path)
+    assert not marker.exists()
+
+
+def test_whole_module_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "module.pth"
+    torch.save(nn.Linear(2, 2), path)
+    with pytest.raises(UnsafeCheckpointError, match=r"torch.nn.modules.linear.Linear"):
+        read_checkpoint_file(path)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torchscript_archive(tmp_path: Path) -> None:
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(nn.Linear(2, 2)), path)
+    with pytest.raises(CheckpointError, match=r"TorchScript archive.*torch.jit.load"):
+        read_checkpoint_file(path)
+
+
+def test_not_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(CheckpointError, match=r"holds a Tensor, not a state dict"):
+        read_checkpoint_file(path)
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    path = tmp_path / "locked.pth"
+    torch.save(small_state(), path)
+    path.chmod(0)
+    try:
+        if os.access(path, os.R_OK):
+            pytest.skip("running as a user who can read any file (root)")
+        with pytest.raises(CheckpointFileError, match=r"cannot read"):
+            read_checkpoint_file(path)
+    finally:
+        path.chmod(0o644)
+
+
+def test_error_classes_are_value_and_os_errors() -> None:
+    assert issubclass(CheckpointError, ValueError)
+    assert issubclass(CheckpointFileError, OSError)
+    assert issubclass(CheckpointNotFoundError, FileNotFoundError)
+    for error in (CheckpointError, CheckpointFileError, UnsafeCheckpointError):
+        assert issubclass(error, Dinov2HeadsError)
+
+
+def test_path_must_be_a_path() -> None:
+    with pytest.raises(TypeError, match=r"expected a file path"):
+        read_checkpoint_file(3)  # type: ignore[arg-type]
