@@ -23,11 +23,11 @@ def fresh_dynamo() -> Any:
 
 
 def check_compiled_matches_eager(options: dict[str, Any] | bool, registers: int) -> None:
-    backbone = tiny_backbone(registers=registers, depth=2)
-    eager = FrozenBackbone(backbone, n_last_blocks=2)
-    compiled = FrozenBackbone(backbone, n_last_blocks=2, compile=options)
+    backbone = tiny_backbone(registers=registers, depth=1)
+    eager = FrozenBackbone(backbone)
+    compiled = FrozenBackbone(backbone, compile=options)
     graphs = []
-    for batch in (3, 5, 4, 5):
+    for batch in (3, 5, 4):
         x = torch.randn(batch, 3, 28, 42)
         got, expected = compiled(x), eager(x)
         graphs.append(compiled_graphs())
@@ -46,7 +46,7 @@ def check_compiled_matches_eager(options: dict[str, Any] | bool, registers: int)
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:torch")
 def test_compile_dynamic_batch_no_recompile() -> None:
     # The "eager" backend runs the captured graph without code generation: it checks what is
-    # captured and when it is recaptured, in a fraction of a second.
+    # captured and when it is recaptured, in seconds instead of the C++ build of inductor.
     check_compiled_matches_eager({"backend": "eager"}, registers=4)
 
 

@@ -20,8 +20,8 @@ class MultiHead(nn.ModuleDict):
 
     Args:
         heads: Names to heads; each head takes a :class:`Features` and returns logits (B, K).
-            Names must be identifiers without dots that do not shadow a ``ModuleDict``
-            attribute (``"brand"``, ``"country_cls"``; not ``"type.1"`` or ``"keys"``).
+            Names are state dict prefixes, so they cannot be empty or contain dots. Reach a
+            head as ``multi[name]`` (``multi.type`` is still ``nn.Module.type``).
     """
 
     def __init__(self, heads: Mapping[str, nn.Module]) -> None:
@@ -35,18 +35,19 @@ class MultiHead(nn.ModuleDict):
             self[name] = head
 
     def __setitem__(self, name: str, head: nn.Module) -> None:
-        if not isinstance(name, str) or not name.isidentifier():
+        if not isinstance(name, str) or not name or "." in name:
             raise ValueError(
-                f"head name {name!r} is not usable as a state dict prefix; use a Python "
-                "identifier such as 'brand' or 'vehicle_type'"
-            )
-        if hasattr(self, name) and name not in self._modules:
-            raise ValueError(
-                f"head name {name!r} would shadow the MultiHead attribute of the same name; "
-                f"rename it, e.g. {name + '_head'!r}"
+                f"head name {name!r} is not usable as a state dict prefix; use a non-empty "
+                "name without dots, such as 'brand' or 'vehicle_type'"
             )
         if not isinstance(head, nn.Module):
             raise TypeError(f"head {name!r} must be an nn.Module, got {type(head).__name__}")
+        if hasattr(self, name) and name not in self._modules:
+            # Names such as "type" (a vehicle attribute) are also nn.Module methods, which
+            # add_module refuses. The head is still registered, so it is in the state dict as
+            # "type.*" and reached as multi["type"]; only attribute access keeps the method.
+            self._modules[name] = head
+            return
         super().__setitem__(name, head)
 
     @property
