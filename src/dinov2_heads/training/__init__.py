@@ -1,0 +1,37 @@
+"""Training heads: the grid of linear heads, training loops, distributed helpers, progress."""
+
+from dinov2_heads.training import distributed
+from dinov2_heads.training.grid import (
+    OFFICIAL_LEARNING_RATES,
+    GridResult,
+    GridResults,
+    HeadSpec,
+    LinearProbeGrid,
+)
+from dinov2_heads.training.loop import (
+    FitHistory,
+    evaluate_grid,
+    features_of,
+    fit_grid,
+    split_batch,
+    train_one_epoch,
+)
+from dinov2_heads.training.optim import GridSGD
+from dinov2_heads.training.progress import Progress
+
+__all__ = [
+    "OFFICIAL_LEARNING_RATES",
+    "FitHistory",
+    "GridResult",
+    "GridResults",
+    "GridSGD",
+    "HeadSpec",
+    "LinearProbeGrid",
+    "Progress",
+    "distributed",
+    "evaluate_grid",
+    "features_of",
+    "fit_grid",
+    "split_batch",
+    "train_one_epoch",
+]

@@ -1,0 +1,323 @@
+"""Training and evaluation loops that run the same on live images and on cached features."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from dinov2_heads.cache.dataset import FeatureDataset, collate_features
+from dinov2_heads.features import Features
+from dinov2_heads.training import distributed
+from dinov2_heads.training.progress import Progress
+
+if TYPE_CHECKING:
+    from dinov2_heads.training.grid import GridResults, LinearProbeGrid
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FitHistory",
+    "evaluate_grid",
+    "features_of",
+    "fit_grid",
+    "split_batch",
+    "train_one_epoch",
+]
+
+
+def features_of(
+    inputs: Features | Tensor, frozen: nn.Module | None = None, device: torch.device | None = None
+) -> Features:
+    """The ``Features`` of a batch, whether it holds images or cached features.
+
+    Args:
+        inputs: Images (B, 3, H, W), run through ``frozen``; or ``Features`` (from a
+            :class:`~dinov2_heads.cache.FeatureDataset`), used as they are.
+        frozen: The :class:`~dinov2_heads.features.FrozenBackbone`, needed for images.
+        device: Where the features should end up (by default where they are computed).
+    """
+    if isinstance(inputs, Features):
+        return inputs.to(device) if device is not None else inputs
+    if isinstance(inputs, Tensor):
+        if frozen is None:
+            raise ValueError(
+                "the data yields images, so a backbone is needed: pass "
+                "frozen=FrozenBackbone(backbone), or train from a FeatureDataset"
+            )
+        parameter = next(frozen.parameters(), None)
+        images = inputs.to(parameter.device) if parameter is not None else inputs
+        features = frozen(images)
+        return features.to(device) if device is not None else features
+    raise TypeError(
+        f"expected images (B, 3, H, W) or Features, got {type(inputs).__name__}; the data "
+        "must yield (images, labels) or (features, labels)"
+    )
+
+
+def split_batch(batch: Any, label: str | None = None) -> tuple[Features | Tensor, Tensor]:
+    """(inputs, labels) of a training batch; ``label`` picks one column of dict labels."""
+    if not isinstance(batch, tuple | list) or len(batch) < 2:
+        raise TypeError(
+            "training needs labelled batches: (images, labels) or (features, labels), got "
+            f"{type(batch).__name__}"
+        )
+    inputs, labels = batch[0], batch[1]
+    if isinstance(labels, Mapping):
+        if label is None or label not in labels:
+            raise ValueError(
+                f"the labels are columns {list(labels)}; choose one with label=..., e.g. "
+                f"label={next(iter(labels))!r}"
+            )
+        labels = labels[label]
+    elif label is not None:
+        raise ValueError(f"label={label!r} was given but the labels are not columns (a dict)")
+    return inputs, torch.as_tensor(labels)
+
+
+@dataclass
+class FitHistory:
+    """What :func:`fit_grid` did: optimizer steps and the mean per-head loss of each epoch."""
+
+    steps: int = 0
+    epoch_loss: list[float] = field(default_factory=list)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable[Any],
+    optimizer: Optimizer,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    *,
+    frozen: nn.Module | None = None,
+    scheduler: LRScheduler | None = None,
+    label: str | None = None,
+    progress: Progress | None = None,
+) -> tuple[float, int]:
+    """One pass over ``batches`` for any head: live images or cached features alike.
+
+    Args:
+        model: The head (or grid, or its DistributedDataParallel wrapper): Features -> logits.
+        batches: A DataLoader of (images, labels) or (features, labels).
+        optimizer: Steps after every batch.
+        loss_fn: ``(logits, labels) -> loss``.
+        frozen: The frozen backbone, when the batches hold images.
+        scheduler: Stepped after every optimizer step (per-iteration schedule).
+        label: The label column, for dict labels.
+        progress: Counts the images.
+
+    Returns:
+        (mean loss over the batches, number of steps).
+    """
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else None
+    total = torch.zeros((), dtype=torch.float64)
+    steps = 0
+    for batch in batches:
+        inputs, labels = split_batch(batch, label)
+        features = features_of(inputs, frozen, device)
+        logits = model(features)
+        loss = loss_fn(logits, labels.to(logits.device))
+        optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(loss)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.detach().to("cpu", torch.float64)
+        steps += 1
+        if progress is not None:
+            progress.update(int(labels.shape[0]))
+    return (float(total) / steps if steps else float("nan")), steps
+
+
+def _collate_for(dataset: Any) -> Callable[[Any], Any] | None:
+    return collate_features if isinstance(dataset, FeatureDataset) else None
+
+
+def fit_grid(
+    grid: LinearProbeGrid,
+    data: Dataset[Any] | DataLoader[Any],
+    *,
+    epochs: int = 10,
+    batch_size: int = 256,
+    frozen: nn.Module | None = None,
+    label: str | None = None,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> FitHistory:
+    """Train every head of ``grid`` with the official recipe.
+
+    SGD with momentum 0.9, no weight decay, each head at ``lr * batch_size / 256`` annealed
+    to 0 by a per-step cosine schedule, the sum of the heads' cross-entropies as the loss,
+    incomplete last batches dropped. Under ``torchrun`` the grid is wrapped in
+    ``DistributedDataParallel`` and each process takes ``batch_size / world_size`` samples of
+    every global batch, so the run matches a single process with the same global batch.
+
+    Args:
+        grid: The grid (its device is used).
+        data: A :class:`~dinov2_heads.cache.FeatureDataset` (cached features), a ``Dataset``
+            of (image, label) with ``frozen`` (live features), or a ``DataLoader`` of either
+            (used as it is; its batch size is per process).
+        epochs: Passes over the data.
+        batch_size: Global batch size (divisible by the number of processes).
+        frozen: The :class:`~dinov2_heads.features.FrozenBackbone` for live images.
+        label: The label column, for dict labels.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        seed: Seed of the shuffling (the same in every process).
+        num_workers: DataLoader workers.
+        progress: Show a progress bar per epoch (rank 0 only).
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    world = distributed.world_size() if distributed.is_distributed() else 1
+    rank = distributed.rank() if world > 1 else 0
+    sampler: DistributedSampler[Any] | None = None
+    if isinstance(data, DataLoader):
+        loader = data
+        global_batch = int(data.batch_size or batch_size) * world
+    else:
+        if batch_size % world:
+            raise ValueError(
+                f"batch_size {batch_size} is the global batch and must be divisible by the "
+                f"{world} processes"
+            )
+        # One shuffled order for everyone; each process takes every world-th sample of it,
+        # so a global batch holds the same samples whatever the number of processes. The tail
+        # that does not divide evenly is dropped rather than padded with repeated samples.
+        sampler = DistributedSampler(
+            data, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+        loader = DataLoader(
+            data,
+            batch_size=batch_size // world,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=num_workers,
+            collate_fn=_collate_for(data),
+        )
+        global_batch = batch_size
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"no full batch of {global_batch} samples in the data; use a smaller batch_size"
+        )
+    model = distributed.wrap_ddp(grid)
+    optimizer = grid.make_optimizer(global_batch, momentum=momentum, weight_decay=weight_decay)
+    scheduler = CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch, eta_min=0)
+    history = FitHistory()
+    for epoch in range(epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        with Progress(
+            steps_per_epoch * global_batch,
+            f"epoch {epoch + 1}/{epochs}",
+            enabled=progress and rank == 0,
+        ) as bar:
+            loss, steps = train_one_epoch(
+                model,
+                loader,
+                optimizer,
+                grid.loss,
+                frozen=frozen,
+                scheduler=scheduler,
+                label=label,
+                progress=bar,
+            )
+        history.steps += steps
+        history.epoch_loss.append(loss / len(grid))
+        logger.info("epoch %d/%d: mean loss per head %.4f", epoch + 1, epochs, loss / len(grid))
+    return history
+
+
+@torch.no_grad()
+def evaluate_grid(
+    grid: LinearProbeGrid,
+    data: Any,
+    *,
+    frozen: nn.Module | None = None,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    label: str | None = None,
+    progress: bool = False,
+) -> GridResults:
+    """Top-1 accuracy and mean cross-entropy of every head (see ``LinearProbeGrid.evaluate``).
+
+    Samples with a negative label are not counted.
+    """
+    from dinov2_heads.training.grid import GridResult, GridResults
+
+    world = distributed.world_size() if distributed.is_distributed() else 1
+    rank = distributed.rank() if world > 1 else 0
+    if isinstance(data, Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        shard = data
+        if world > 1:
+            shard = Subset(data, list(distributed.shard_range(len(data), rank, world)))  # type: ignore[arg-type]
+        batches: Iterable[Any] = DataLoader(
+            shard,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=_collate_for(data),
+        )
+    else:
+        batches = data
+    parameter = next(grid.parameters())
+    heads = len(grid)
+    correct = torch.zeros(heads, dtype=torch.float64)
+    loss_sum = torch.zeros(heads, dtype=torch.float64)
+    count = 0
+    was_training = grid.training
+    grid.eval()
+    try:
+        with Progress(None, "evaluating", enabled=progress and rank == 0) as bar:
+            for batch in batches:
+                inputs, labels = split_batch(batch, label)
+                features = features_of(inputs, frozen, parameter.device)
+                logits = grid(features)  # (B, G, K)
+                labels = labels.to(logits.device).long()
+                valid = labels >= 0
+                logits, labels = logits[valid], labels[valid]
+                if labels.numel() == 0:
+                    continue
+                hits = logits.argmax(dim=-1) == labels[:, None]  # (B, G)
+                # A diverged head (inf or NaN logits) is wrong, whatever argmax makes of NaN.
+                hits &= torch.isfinite(logits).all(dim=-1)
+                correct += hits.sum(dim=0).to("cpu", torch.float64)
+                losses = F.cross_entropy(
+                    logits.transpose(1, 2), labels[:, None].expand(-1, heads), reduction="none"
+                )
+                loss_sum += losses.sum(dim=0).to("cpu", torch.float64)
+                count += int(labels.shape[0])
+                bar.update(int(valid.shape[0]))
+    finally:
+        grid.train(was_training)
+    if world > 1:
+        parts = distributed.gather_objects((correct, loss_sum, count))
+        correct = torch.stack([p[0] for p in parts]).sum(0)
+        loss_sum = torch.stack([p[1] for p in parts]).sum(0)
+        count = sum(p[2] for p in parts)
+    if count == 0:
+        raise ValueError("no labelled samples to evaluate on")
+    rows = tuple(
+        GridResult(
+            index=index,
+            spec=spec,
+            accuracy=float(correct[index]) / count,
+            loss=float(loss_sum[index]) / count,
+            count=count,
+        )
+        for index, spec in enumerate(grid.specs)
+    )
+    return GridResults(rows)

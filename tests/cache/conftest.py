@@ -1,0 +1,84 @@
+"""Tiny backbones and image datasets for the feature-cache tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from dinov2_heads import create_backbone
+from dinov2_heads.features import FrozenBackbone
+
+
+def tiny_frozen(
+    *, registers: int = 0, depth: int = 2, n_last_blocks: int = 2, seed: int = 0
+) -> FrozenBackbone:
+    """A 32-wide, 2-block ViT with a 4x4 position table, wrapped frozen."""
+    torch.manual_seed(seed)
+    name = "dinov2_vits14_reg" if registers else "dinov2_vits14"
+    backbone = create_backbone(name, depth=depth, embed_dim=32, num_heads=2, img_size=56)
+    return FrozenBackbone(backbone, n_last_blocks=n_last_blocks)
+
+
+class Images(Dataset[Any]):
+    """``count`` deterministic random images (3, 28, 42) with labels of several kinds.
+
+    ``labels``: ``"int"`` (class index), ``"columns"`` (a dict of two columns), ``"multi"``
+    (a multi-hot vector of 5), ``"none"`` (images only). ``fail_at`` raises ``error`` from
+    inside the data, as an interruption would, the first time that index is read.
+    """
+
+    def __init__(
+        self,
+        count: int = 12,
+        *,
+        labels: str = "int",
+        size: tuple[int, int] = (28, 42),
+        fail_at: int | None = None,
+        error: type[BaseException] = RuntimeError,
+        on_read: Callable[[int], None] | None = None,
+    ) -> None:
+        self.count = count
+        self.labels = labels
+        self.size = size
+        self.fail_at = fail_at
+        self.error = error
+        self.on_read = on_read
+        self.reads: list[int] = []
+
+    def __len__(self) -> int:
+        return self.count
+
+    def image(self, index: int) -> Tensor:
+        generator = torch.Generator().manual_seed(1000 + index)
+        return torch.randn(3, *self.size, generator=generator)
+
+    def __getitem__(self, index: int) -> Any:
+        if index == self.fail_at:
+            self.fail_at = None
+            raise self.error(f"interrupted while reading sample {index}")
+        if self.on_read is not None:
+            self.on_read(index)
+        self.reads.append(index)
+        image = self.image(index)
+        if self.labels == "int":
+            return image, index % 3
+        if self.labels == "columns":
+            return image, {"colour": index % 3, "type": index % 2}
+        if self.labels == "multi":
+            return image, torch.tensor([(index >> bit) & 1 for bit in range(5)])
+        return image
+
+
+@pytest.fixture(scope="module")
+def frozen() -> FrozenBackbone:
+    return tiny_frozen()
+
+
+@pytest.fixture(scope="module")
+def frozen_reg() -> FrozenBackbone:
+    return tiny_frozen(registers=4)

@@ -1,0 +1,190 @@
+"""Resumable extraction: an interrupted store finishes with every sample exactly once, in order."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from dinov2_heads.cache import FeatureStore, StoreMismatchError, extract_features
+from dinov2_heads.features import FrozenBackbone
+from tests.cache.conftest import Images, tiny_frozen
+
+ARRAYS = ("class_tokens", "patch_mean", "patch_tokens", "sample_ids", "labels")
+
+
+def assert_same_store(a: FeatureStore, b: FeatureStore) -> None:
+    assert len(a) == len(b)
+    assert a.manifest["arrays"] == b.manifest["arrays"]
+    for name in a.manifest["arrays"]:
+        assert torch.equal(a.array(name), b.array(name)), name
+
+
+@pytest.fixture(scope="module")
+def reference(frozen: FrozenBackbone) -> FeatureStore:
+    return extract_features(frozen, Images(11), keep="patch_tokens", batch_size=3, progress=False)
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_resume_after_an_interruption_at_a_random_batch(
+    frozen: FrozenBackbone, reference: FeatureStore, tmp_path: Path, error: type[BaseException]
+) -> None:
+    fail_at = random.Random(f"resume-{error.__name__}").randrange(3, 11)
+    data = Images(11, fail_at=fail_at, error=error)
+    path = tmp_path / "store"
+    with pytest.raises(error, match="interrupted"):
+        extract_features(frozen, data, path=path, keep="patch_tokens", batch_size=3, progress=False)
+    partial = FeatureStore.open(path, allow_incomplete=True)
+    done = fail_at // 3 * 3  # the batches before the one being read
+    assert not partial.complete
+    assert len(partial) == done
+    with pytest.raises(ValueError, match="incomplete"):
+        FeatureStore.open(path)
+
+    data.reads.clear()
+    store = extract_features(
+        frozen, data, path=path, keep="patch_tokens", batch_size=3, progress=False
+    )
+    # Only the missing samples were read again, each once.
+    assert data.reads == list(range(done, 11))
+    assert store.complete
+    assert_same_store(store, reference)
+    assert torch.equal(store.sample_ids(), torch.arange(11))
+    assert not list(path.glob(".manifest.json.*"))
+
+    # A finished store is returned as it is, without running the backbone.
+    data.reads.clear()
+    again = extract_features(
+        frozen, data, path=path, keep="patch_tokens", batch_size=3, progress=False
+    )
+    assert data.reads == []
+    assert_same_store(again, reference)
+
+
+def test_resume_a_stream_of_batches(
+    frozen: FrozenBackbone, reference: FeatureStore, tmp_path: Path
+) -> None:
+    data = Images(11)
+    images = torch.stack([data.image(i) for i in range(11)])
+    labels = torch.arange(11) % 3
+
+    def batches(fail: bool):
+        for start in range(0, 11, 4):
+            if fail and start == 8:
+                raise RuntimeError("interrupted at the third batch")
+            yield images[start : start + 4], labels[start : start + 4]
+
+    path = tmp_path / "stream"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        extract_features(frozen, batches(True), path=path, keep="patch_tokens", progress=False)
+    assert len(FeatureStore.open(path, allow_incomplete=True)) == 8
+    store = extract_features(frozen, batches(False), path=path, keep="patch_tokens", progress=False)
+    assert_same_store(store, reference)
+
+
+def _extract_and_die(path: str, kill_at: int) -> None:
+    def die(index: int) -> None:
+        if index == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    torch.set_num_threads(1)
+    data = Images(11, on_read=die)
+    extract_features(
+        tiny_frozen(), data, path=path, keep="patch_tokens", batch_size=3, progress=False
+    )
+
+
+def test_resume_after_the_process_is_killed(reference: FeatureStore, tmp_path: Path) -> None:
+    """A child process kills itself (SIGKILL, no clean-up) while reading a random sample."""
+    kill_at = random.Random("kill").randrange(3, 11)
+    path = tmp_path / "killed"
+    # fork shares the parent's imports; a spawned child would spend seconds importing torch.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    child = multiprocessing.get_context(method).Process(
+        target=_extract_and_die, args=(str(path), kill_at)
+    )
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == -signal.SIGKILL
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["written"] == kill_at // 3 * 3
+    assert not manifest["complete"]
+
+    store = extract_features(
+        tiny_frozen(), Images(11), path=path, keep="patch_tokens", batch_size=3, progress=False
+    )
+    assert_same_store(store, reference)
+
+
+def test_refuses_to_resume_with_other_weights(frozen: FrozenBackbone, tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with pytest.raises(RuntimeError):
+        extract_features(frozen, Images(6, fail_at=4), path=path, batch_size=2, progress=False)
+    other = tiny_frozen(seed=1)
+    with pytest.raises(StoreMismatchError) as caught:
+        extract_features(other, Images(6), path=path, batch_size=2, progress=False)
+    message = str(caught.value)
+    stored = FeatureStore.open(path, allow_incomplete=True).fingerprint
+    assert stored in message
+    assert (
+        FeatureStore.open(path, allow_incomplete=True).manifest["backbone"]["fingerprint"]
+        in message
+    )
+    from dinov2_heads.fingerprint import weights_fingerprint
+
+    assert weights_fingerprint(other) in message
+
+
+@pytest.mark.parametrize(
+    ("change", "pattern"),
+    [
+        ({"preprocessing": "resize 28x42"}, "preprocessing"),
+        ({"dtype": torch.float32}, "dtype"),
+        ({"data": Images(7)}, "a dataset of 6 samples"),
+        ({"data": Images(6, size=(28, 28))}, "input size"),
+        ({"keep": "patch_tokens"}, "keep"),
+        ({"data": Images(6, labels="columns")}, "labels"),
+    ],
+)
+def test_refuses_to_resume_with_other_settings(
+    frozen: FrozenBackbone, tmp_path: Path, change: dict[str, object], pattern: str
+) -> None:
+    path = tmp_path / "store"
+    with pytest.raises(RuntimeError):
+        extract_features(frozen, Images(6, fail_at=4), path=path, batch_size=2, progress=False)
+    arguments: dict[str, object] = {"data": Images(6), "batch_size": 2, "progress": False}
+    arguments.update(change)
+    data = arguments.pop("data")
+    with pytest.raises(StoreMismatchError, match=pattern):
+        extract_features(frozen, data, path=path, **arguments)  # type: ignore[arg-type]
+
+
+def test_overwrite_starts_again(frozen: FrozenBackbone, tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    extract_features(frozen, Images(4), path=path, progress=False)
+    store = extract_features(frozen, Images(5), path=path, overwrite=True, progress=False)
+    assert len(store) == 5
+
+
+def test_open_checks_backbone_size_and_preprocessing(
+    frozen: FrozenBackbone, tmp_path: Path
+) -> None:
+    path = tmp_path / "store"
+    extract_features(frozen, Images(3), path=path, preprocessing="resize 28x42", progress=False)
+    FeatureStore.open(path, backbone=frozen, input_size=(28, 42), preprocessing="resize 28x42")
+    with pytest.raises(StoreMismatchError, match=r"28x42 images, expected 56x56"):
+        FeatureStore.open(path, input_size=(56, 56))
+    with pytest.raises(StoreMismatchError, match=r'"resize 28x42", expected "center crop"'):
+        FeatureStore.open(path, preprocessing="center crop")
+    other = tiny_frozen(seed=1)
+    with pytest.raises(StoreMismatchError, match="other backbone weights") as caught:
+        FeatureStore.open(path, backbone=other)
+    assert FeatureStore.open(path).fingerprint in str(caught.value)
+    with pytest.raises(FileNotFoundError, match="no feature store"):
+        FeatureStore.open(tmp_path / "missing")
