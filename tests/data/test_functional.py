@@ -163,3 +163,15 @@ def test_check_valid_size_and_grid() -> None:
     with pytest.raises(ValueError, match="125x252 is not a multiple of patch size 14; use 126x252"):
         check_valid_size((125, 252))
     assert grid_size((126, 252)) == (9, 18)
+
+
+@pytest.mark.parametrize("size", [(126, 252), (14, 28), (154, 210)])
+def test_uint8_resize_without_the_cpu_kernel_agrees(size: tuple[int, int]) -> None:
+    # GPUs have no uint8 bicubic kernel; their path (two float passes, rounded and clipped in
+    # between) must give the CPU kernel's pixels, not a one-pass float resize's.
+    from dinov2_heads.data.functional import _resize_uint8_in_float
+
+    pixels = torch.stack([pil_to_tensor(noise_image(200, 300, seed)) for seed in range(2)])
+    emulated = _resize_uint8_in_float(pixels, *size)
+    assert emulated.dtype == torch.uint8
+    assert (emulated.int() - resize(pixels, size).int()).abs().max() <= 1

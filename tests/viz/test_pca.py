@@ -194,3 +194,8 @@ def test_random_backbone_on_synthetic_vehicles() -> None:
     border[1:-1, 1:-1] = False
     assert split.score[:, border].mean() <= split.score[:, ~border].mean()
     assert torch.equal(rgb, pca_rgb(tokens, (4, 8)))
+
+
+def test_principal_components_checks_k() -> None:
+    with pytest.raises(ValueError, match="1 <= k <= D"):
+        principal_components(torch.randn(10, 2), 3)

@@ -4,7 +4,8 @@ Every function takes one image (3, H, W) or a batch (B, 3, H, W). Images are eit
 (0-255, as decoded) or floating point (0-1 before normalisation). Shrinking a ``uint8`` image on
 the CPU gives Pillow's bicubic pixels to within one grey level, which is what the official DINOv2
 transforms (torchvision on PIL images) produce; enlarging stays close (a mean difference under
-half a level, a few edge pixels off by more).
+half a level, a few edge pixels off by more). On a GPU, ``uint8`` images take two float passes
+rounded in between, which give the CPU's pixels to within one level.
 """
 
 from __future__ import annotations
@@ -119,15 +120,26 @@ def resize(image: Tensor, size: int | Sequence[int]) -> Tensor:
             batch, size=(height, width), mode="bicubic", antialias=True, align_corners=False
         )
     elif batch.dtype == torch.uint8:
-        out = F.interpolate(
-            batch.float(), size=(height, width), mode="bicubic", antialias=True, align_corners=False
-        )
-        out = out.round_().clamp_(0, 255).to(torch.uint8)
+        out = _resize_uint8_in_float(batch, height, width)
     else:
         out = F.interpolate(
             batch, size=(height, width), mode="bicubic", antialias=True, align_corners=False
         )
     return out if image.ndim == 4 else out[0]
+
+
+def _resize_uint8_in_float(batch: Tensor, height: int, width: int) -> Tensor:
+    """The CPU uint8 kernel's result where there is none (GPUs): two passes in float32.
+
+    Width first, then height, each rounded and clipped to 0-255, as Pillow does; one pass over
+    both axes would keep the first pass's overshoot and differ by up to 15 grey levels.
+    """
+    out = batch.float()
+    for size in ((int(batch.shape[-2]), width), (height, width)):
+        if tuple(out.shape[-2:]) != size:
+            out = F.interpolate(out, size=size, mode="bicubic", antialias=True, align_corners=False)
+            out = out.round_().clamp_(0, 255)
+    return out.to(torch.uint8)
 
 
 def shorter_side_size(height: int, width: int, shorter: int) -> tuple[int, int]:

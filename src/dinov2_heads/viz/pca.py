@@ -117,6 +117,10 @@ def principal_components(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     Returns:
         The (D,) mean and the (k, D) directions, strongest first, in ``x``'s dtype.
     """
+    if x.ndim != 2 or not 1 <= k <= x.shape[1]:
+        raise ValueError(
+            f"expected (M, D) rows and 1 <= k <= D, got shape {tuple(x.shape)} and k={k}"
+        )
     mean = x.mean(dim=0)
     centred = x - mean
     covariance = centred.T @ centred / max(x.shape[0] - 1, 1)
