@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from dinov2_heads.features import Features
+from dinov2_heads.features.features import Features
 from dinov2_heads.heads.class_names import ClassNamesMixin
 
 

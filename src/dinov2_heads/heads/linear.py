@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dinov2_heads.features import Features
+from dinov2_heads.features.features import Features
 from dinov2_heads.heads.class_names import ClassNamesMixin
 
 

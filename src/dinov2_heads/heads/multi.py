@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from dinov2_heads.features import Features
+from dinov2_heads.features.features import Features
 
 
 class MultiHead(nn.ModuleDict):

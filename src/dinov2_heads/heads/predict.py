@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dinov2_heads.features import Features
+from dinov2_heads.features.features import Features
 
 
 @dataclass(frozen=True, eq=False)
