@@ -1,4 +1,8 @@
-"""dinov2-heads: train and ship small heads on a frozen DINOv2 backbone."""
+"""dinov2-heads: train and ship small heads on a frozen DINOv2 backbone.
+
+The public API is what this module re-exports; submodules may change between releases.
+Importing it prints, warns and downloads nothing, and loads no optional dependency.
+"""
 
 from dinov2_heads.backbone import (
     VARIANTS,
@@ -16,15 +20,75 @@ from dinov2_heads.backbone import (
     get_config,
     list_variants,
 )
+from dinov2_heads.checkpoints import (
+    CheckpointError,
+    CheckpointSummary,
+    Dinov2HeadsError,
+    LoadReport,
+    convert_huggingface,
+    convert_timm,
+    describe_checkpoint,
+    load_backbone,
+    load_partial,
+)
+from dinov2_heads.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MISSING_LABEL,
+    ImageFolderDataset,
+    ManifestDataset,
+    Preprocess,
+    SyntheticVehicles,
+    TrainTransform,
+    UnreadableImageError,
+    get_preset,
+    list_presets,
+    load_image,
+    nearest_valid_size,
+)
+from dinov2_heads.features import Features, FrozenBackbone
+from dinov2_heads.heads import (
+    Conv1dNeck,
+    LinearHead,
+    MultiHead,
+    MultiHeadLoss,
+    Prediction,
+    head_loss,
+    predict,
+)
+from dinov2_heads.viz import pca_foreground, pca_rgb, save_pca_grid
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MISSING_LABEL",
     "VARIANTS",
     "BackboneConfig",
+    "CheckpointError",
+    "CheckpointSummary",
+    "Conv1dNeck",
     "DinoVisionTransformer",
+    "Dinov2HeadsError",
+    "Features",
+    "FrozenBackbone",
+    "ImageFolderDataset",
+    "LinearHead",
+    "LoadReport",
+    "ManifestDataset",
+    "MultiHead",
+    "MultiHeadLoss",
+    "Prediction",
+    "Preprocess",
+    "SyntheticVehicles",
+    "TrainTransform",
+    "UnreadableImageError",
     "__version__",
+    "convert_huggingface",
+    "convert_timm",
     "create_backbone",
+    "describe_checkpoint",
     "dinov2_vitb14",
     "dinov2_vitb14_reg",
     "dinov2_vitg14",
@@ -34,5 +98,16 @@ __all__ = [
     "dinov2_vits14",
     "dinov2_vits14_reg",
     "get_config",
+    "get_preset",
+    "head_loss",
+    "list_presets",
     "list_variants",
+    "load_backbone",
+    "load_image",
+    "load_partial",
+    "nearest_valid_size",
+    "pca_foreground",
+    "pca_rgb",
+    "predict",
+    "save_pca_grid",
 ]
