@@ -271,30 +271,35 @@ def _nothing_loaded(
             f"{first.checkpoint_shape} vs module {first.module_shape}; is it another model size?"
         )
     elif rename is None:
-        hint = _suggest_rename(list(checkpoint), list(targets))
+        hint = _suggest_rename(checkpoint, targets)
         if hint:
             lines.append(f"  the names differ by a prefix; try rename={hint!r}")
     return "\n".join(lines)
 
 
-def _suggest_rename(checkpoint: list[str], module: list[str]) -> dict[str, str] | None:
+def _suggest_rename(
+    checkpoint: Mapping[str, Tensor], module: Mapping[str, Tensor]
+) -> dict[str, str] | None:
     """Prefix changes that turn checkpoint names into module names, most useful first.
 
     Each checkpoint name votes for the prefix pairs given by its longest dotted suffix that also
-    ends module names; a bare last component ("weight") only votes when it is unambiguous.
+    ends module names, preferring module tensors of the same shape. A bare last component
+    ("weight") only votes when that leaves a single candidate.
     """
-    owners: dict[str, set[str]] = {}
-    for name in module:
+    owners: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+    for name, tensor in module.items():
         for cut in _dot_cuts(name):
-            owners.setdefault(name[cut:], set()).add(name[:cut])
+            owners.setdefault(name[cut:], []).append((name[:cut], tuple(tensor.shape)))
     votes: Counter[tuple[str, str]] = Counter()
-    for name in checkpoint:
+    for name, tensor in checkpoint.items():
         for cut in _dot_cuts(name):
-            prefixes = owners.get(name[cut:], set())
-            if not prefixes:
+            candidates = owners.get(name[cut:])
+            if not candidates:
                 continue
-            if len(prefixes) == 1 or "." in name[cut:]:
-                votes.update((name[:cut], new) for new in sorted(prefixes) if new != name[:cut])
+            same_shape = {prefix for prefix, shape in candidates if shape == tuple(tensor.shape)}
+            pool = same_shape or {prefix for prefix, _ in candidates}
+            if len(pool) == 1 or "." in name[cut:]:
+                votes.update((name[:cut], new) for new in sorted(pool) if new != name[:cut])
             break
     # Heads of the same structure tie on votes; the more similar prefix text breaks the tie
     # ("country_cls." -> "heads.country." rather than "heads.cn.").
@@ -304,7 +309,7 @@ def _suggest_rename(checkpoint: list[str], module: list[str]) -> dict[str, str] 
     )
     suggestion: dict[str, str] = {}
     for (old, new), _ in ranked:
-        if old not in suggestion and new not in suggestion.values() and len(suggestion) < 3:
+        if old not in suggestion and new not in suggestion.values() and len(suggestion) < 4:
             suggestion[old] = new
     return suggestion or None
 
