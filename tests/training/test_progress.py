@@ -1,0 +1,48 @@
+"""Progress: a tqdm bar when installed, log lines with images/s otherwise, silence on request."""
+
+from __future__ import annotations
+
+import builtins
+import logging
+from typing import Any
+
+import pytest
+
+from dinov2_heads.training import Progress
+
+
+def test_without_tqdm_it_logs_images_per_second(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real_import = builtins.__import__
+
+    def no_tqdm(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("tqdm"):
+            raise ImportError("No module named 'tqdm'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tqdm)
+    with (
+        caplog.at_level(logging.INFO, logger="dinov2_heads.training.progress"),
+        Progress(100, "extracting", initial=40, log_every=0.0) as bar,
+    ):
+        bar.update(30)
+        bar.update(30)
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages[0].startswith("extracting: 70/100 images, ")
+    assert messages[-1].startswith("extracting: 100/100 images, ")
+    assert all(m.endswith(" images/s") for m in messages)
+    assert bar.count == 100
+
+
+def test_tqdm_bar_and_silence(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with Progress(8, "epoch 1/1") as bar:
+        bar.update(8)
+    assert "8/8" in capsys.readouterr().err
+    with caplog.at_level(logging.INFO), Progress(8, "quiet", enabled=False) as silent:
+        silent.update(8)
+    assert capsys.readouterr().err == ""
+    assert not caplog.records
+    assert silent.rate > 0
