@@ -1,0 +1,24 @@
+"""Deployment: ONNX export of a frozen backbone with its heads, and head checkpoints."""
+
+from dinov2_heads.export.atomic import atomic_path, atomic_write_bytes
+from dinov2_heads.export.heads_checkpoint import HeadCheckpoint, load_heads, save_heads
+from dinov2_heads.export.onnx import (
+    ExportGraph,
+    OnnxExport,
+    export_onnx,
+    read_onnx_metadata,
+    verify_onnx,
+)
+
+__all__ = [
+    "ExportGraph",
+    "HeadCheckpoint",
+    "OnnxExport",
+    "atomic_path",
+    "atomic_write_bytes",
+    "export_onnx",
+    "load_heads",
+    "read_onnx_metadata",
+    "save_heads",
+    "verify_onnx",
+]

@@ -1,0 +1,422 @@
+"""Head checkpoints for deployment: weights, class names, backbone identity and input size.
+
+One file holds everything: a ``.safetensors`` file with the metadata as JSON in its header, or
+a ``.pt`` file (a dict of a JSON string and tensors) that loads with ``weights_only=True``.
+Files are replaced atomically, so an interrupted save never damages the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dinov2_heads.backbone import DinoVisionTransformer
+from dinov2_heads.export.atomic import atomic_write_bytes
+from dinov2_heads.features import FrozenBackbone
+from dinov2_heads.fingerprint import weights_fingerprint
+from dinov2_heads.heads import Conv1dNeck, LinearHead, MultiHead
+
+logger = logging.getLogger(__name__)
+
+#: The ``format`` field of every head checkpoint, and its version.
+FORMAT = "dinov2-heads/heads"
+FORMAT_VERSION = 1
+#: The metadata key inside a safetensors header.
+SAFETENSORS_KEY = "dinov2_heads"
+#: The name a single head (not a :class:`MultiHead`) has in the metadata.
+SINGLE_HEAD = "head"
+
+_SAFETENSORS_SUFFIXES = (".safetensors",)
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+
+
+@dataclass(frozen=True, eq=False)
+class HeadCheckpoint:
+    """What :func:`load_heads` returns.
+
+    Attributes:
+        heads: The rebuilt heads with their weights and class names (a :class:`MultiHead` or a
+            single head, in eval mode), or ``None`` when a head type is not one this library
+            builds; then call :meth:`load_into` on your own module.
+        state_dict: The saved head weights (on CPU unless ``device`` was given).
+        head_names: The heads' names in order (``("head",)`` for a single head).
+        class_names: Each head's class names, or ``None`` for a head without names.
+        backbone_variant: The official name of the backbone the heads were trained on, or
+            ``None`` (custom architecture or not recorded).
+        backbone_fingerprint: :func:`~dinov2_heads.weights_fingerprint` of its weights.
+        backbone_config: Its :class:`~dinov2_heads.BackboneConfig` as a dict.
+        n_last_blocks: How many blocks the frozen backbone returned.
+        input_size: The training input size (H, W), or ``None``.
+        extra: The user's own metadata given to :func:`save_heads`.
+        metadata: The whole stored metadata.
+        path: The file read.
+    """
+
+    heads: nn.Module | None
+    state_dict: dict[str, Tensor]
+    head_names: tuple[str, ...]
+    class_names: dict[str, tuple[str, ...] | None]
+    backbone_variant: str | None
+    backbone_fingerprint: str | None
+    backbone_config: dict[str, Any] | None
+    n_last_blocks: int | None
+    input_size: tuple[int, int] | None
+    extra: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def load_into(self, module: nn.Module, *, strict: bool = True) -> nn.Module:
+        """Load the saved weights into ``module`` (your own head classes) and return it."""
+        module.load_state_dict(self.state_dict, strict=strict)
+        return module
+
+    def check_backbone(self, backbone: nn.Module, *, fingerprint: bool = True) -> None:
+        """Raise ``ValueError`` unless ``backbone`` is the one the heads were trained on.
+
+        Compares the variant name and, when ``fingerprint`` is true and one was saved, the
+        weights fingerprint (hashes every weight: about a second per GB).
+        """
+        variant, _ = _backbone_identity(backbone)
+        if self.backbone_variant is not None and variant != self.backbone_variant:
+            raise ValueError(
+                f"these heads were trained on {self.backbone_variant} but the backbone is "
+                f"{variant or 'a custom architecture'}; load the matching backbone weights"
+            )
+        if fingerprint and self.backbone_fingerprint is not None:
+            found = weights_fingerprint(backbone)
+            if found != self.backbone_fingerprint:
+                raise ValueError(
+                    f"these heads were trained on backbone weights with fingerprint "
+                    f"{self.backbone_fingerprint[:12]}... but this backbone's weights have "
+                    f"{found[:12]}...; load the same checkpoint (and dtype) the heads were "
+                    "trained with"
+                )
+
+
+def save_heads(
+    path: str | os.PathLike[str],
+    heads: nn.Module,
+    *,
+    backbone: nn.Module | None = None,
+    input_size: int | tuple[int, int] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save heads for deployment in one file, atomically.
+
+    The format follows the suffix: ``.safetensors`` (needs the ``safetensors`` extra; metadata
+    as JSON in the header) or ``.pt`` / ``.pth`` (``torch.save`` of plain containers, loadable
+    with ``weights_only=True``). The file is written to a temporary file in the same directory,
+    fsynced and renamed over ``path``, so readers always see a complete checkpoint.
+
+    Args:
+        path: Where to write; the directory must exist.
+        heads: A :class:`~dinov2_heads.heads.MultiHead` or one head. Class names set on the
+            heads are saved with them.
+        backbone: The :class:`~dinov2_heads.features.FrozenBackbone` (or bare backbone) the
+            heads were trained on: its variant, configuration, block count and weights
+            fingerprint are recorded so that a deployment can check it has the right one.
+        input_size: The training input size, ``224`` or ``(126, 252)`` (H, W).
+        extra: Any JSON-serialisable metadata of your own (dataset, metrics, ...).
+
+    Returns:
+        The path written.
+    """
+    target = Path(path)
+    if not isinstance(heads, nn.Module):
+        raise TypeError(f"heads must be an nn.Module (a head or a MultiHead), got {heads!r}")
+    kind = _format_of(target)
+    size = _input_size(input_size, backbone)
+    head_specs = _head_specs(heads)
+    state = {
+        name: value.detach().to("cpu", copy=True).contiguous()
+        for name, value in heads.state_dict().items()
+    }
+    variant, config = _backbone_identity(backbone) if backbone is not None else (None, None)
+    metadata: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "multi_head": isinstance(heads, MultiHead),
+        "heads": head_specs,
+        "heads_fingerprint": weights_fingerprint(state),
+        "backbone": {
+            "variant": variant,
+            "fingerprint": weights_fingerprint(backbone) if backbone is not None else None,
+            "config": config,
+            "n_last_blocks": getattr(backbone, "n_last_blocks", None),
+        },
+        "input_size": list(size) if size is not None else None,
+        "extra": dict(extra or {}),
+    }
+    try:
+        text = json.dumps(metadata, ensure_ascii=False)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"extra metadata must be JSON-serialisable: {error}") from error
+    data = _encode_safetensors(state, text) if kind == "safetensors" else _encode_torch(state, text)
+    atomic_write_bytes(target, data)
+    logger.info("saved %d head(s) to %s", len(head_specs), target)
+    return target
+
+
+def load_heads(
+    path: str | os.PathLike[str], *, device: torch.device | str | None = None
+) -> HeadCheckpoint:
+    """Read a file written by :func:`save_heads` and rebuild the heads.
+
+    Args:
+        path: A ``.safetensors`` or ``.pt`` head checkpoint (the content decides, not the
+            suffix).
+        device: Where to put the weights (CPU by default).
+
+    Returns:
+        A :class:`HeadCheckpoint`; its ``heads`` are ready to use, in eval mode.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"no head checkpoint at {source}")
+    with open(source, "rb") as file:
+        start = file.read(9)
+    if start.startswith(b"PK"):
+        state, text = _decode_torch(source)
+    elif len(start) == 9 and start[8:9] == b"{":
+        state, text = _decode_safetensors(source)
+    else:
+        raise ValueError(
+            f"{source} is neither a safetensors nor a torch.save file; was it written by "
+            "save_heads?"
+        )
+    metadata = _parse_metadata(text, source)
+    if weights_fingerprint(state) != metadata["heads_fingerprint"]:
+        raise ValueError(
+            f"{source}: the head weights do not match the fingerprint stored with them; the "
+            "file is damaged or was edited"
+        )
+    if device is not None:
+        state = {name: value.to(device) for name, value in state.items()}
+    specs: dict[str, dict[str, Any]] = metadata["heads"]
+    heads = _rebuild(specs, metadata["multi_head"])
+    if heads is not None:
+        heads.load_state_dict(state, strict=True)
+        heads.to(device or "cpu").eval()
+    backbone = metadata.get("backbone") or {}
+    size = metadata.get("input_size")
+    return HeadCheckpoint(
+        heads=heads,
+        state_dict=state,
+        head_names=tuple(specs),
+        class_names={
+            name: tuple(spec["class_names"]) if spec.get("class_names") is not None else None
+            for name, spec in specs.items()
+        },
+        backbone_variant=backbone.get("variant"),
+        backbone_fingerprint=backbone.get("fingerprint"),
+        backbone_config=backbone.get("config"),
+        n_last_blocks=backbone.get("n_last_blocks"),
+        input_size=(int(size[0]), int(size[1])) if size is not None else None,
+        extra=dict(metadata.get("extra") or {}),
+        metadata=metadata,
+        path=source,
+    )
+
+
+# ---------------------------------------------------------------------------- heads
+
+
+def _head_specs(heads: nn.Module) -> dict[str, dict[str, Any]]:
+    if isinstance(heads, MultiHead):
+        return {name: _head_spec(head) for name, head in heads.items()}
+    return {SINGLE_HEAD: _head_spec(heads)}
+
+
+def _head_spec(head: nn.Module) -> dict[str, Any]:
+    args: dict[str, Any] | None
+    if isinstance(head, LinearHead):
+        args = {
+            "embed_dim": head.embed_dim,
+            "num_classes": head.num_classes,
+            "n_blocks": head.n_blocks,
+            "avgpool": head.avgpool,
+        }
+    elif isinstance(head, Conv1dNeck):
+        args = {
+            "num_patches": list(head.grid) if head.grid is not None else head.num_patches,
+            "embed_dim": head.embed_dim,
+            "num_classes": head.num_classes,
+            "dropout": head.drop.p,
+        }
+    else:
+        args = None
+    names = getattr(head, "class_names", None)
+    return {
+        "type": type(head).__name__ if args is not None else _qualified_name(head),
+        "args": args,
+        "num_classes": getattr(head, "num_classes", None),
+        "class_names": list(names) if names is not None else None,
+    }
+
+
+def _qualified_name(module: nn.Module) -> str:
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def _rebuild(specs: Mapping[str, Mapping[str, Any]], multi_head: bool) -> nn.Module | None:
+    built: dict[str, nn.Module] = {}
+    for name, spec in specs.items():
+        head = _build_head(spec)
+        if head is None:
+            logger.info(
+                "head %r is a %s, which load_heads cannot rebuild; use "
+                "checkpoint.load_into(your_module)",
+                name,
+                spec["type"],
+            )
+            return None
+        built[name] = head
+    if multi_head:
+        return MultiHead(built)
+    return built[SINGLE_HEAD]
+
+
+def _build_head(spec: Mapping[str, Any]) -> nn.Module | None:
+    args = spec.get("args")
+    if args is None:
+        return None
+    if spec["type"] == "LinearHead":
+        return LinearHead(
+            args["embed_dim"],
+            args["num_classes"],
+            n_blocks=args["n_blocks"],
+            avgpool=args["avgpool"],
+        )
+    if spec["type"] == "Conv1dNeck":
+        patches = args["num_patches"]
+        return Conv1dNeck(
+            tuple(patches) if isinstance(patches, list) else patches,
+            args["embed_dim"],
+            args["num_classes"],
+            dropout=args["dropout"],
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------- backbone
+
+
+def _backbone_identity(backbone: nn.Module) -> tuple[str | None, dict[str, Any] | None]:
+    inner = backbone.backbone if isinstance(backbone, FrozenBackbone) else backbone
+    if isinstance(inner, DinoVisionTransformer):
+        return inner.variant, inner.config.to_dict()
+    if not isinstance(inner, nn.Module):
+        raise TypeError(
+            f"backbone must be a FrozenBackbone or a DinoVisionTransformer, got {backbone!r}"
+        )
+    return None, None
+
+
+def _input_size(
+    input_size: int | tuple[int, int] | None, backbone: nn.Module | None
+) -> tuple[int, int] | None:
+    if input_size is None:
+        return None
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
+        raise TypeError(f"input_size must be an int or (H, W) ints, got {input_size!r}")
+    height, width = size
+    if height <= 0 or width <= 0:
+        raise ValueError(f"input_size must be positive, got {input_size!r}")
+    patch = getattr(backbone, "patch_size", None)
+    if isinstance(patch, int) and (height % patch or width % patch):
+        raise ValueError(
+            f"input_size {height}x{width} is not a multiple of the backbone's patch size {patch}"
+        )
+    return height, width
+
+
+# ---------------------------------------------------------------------------- file formats
+
+
+def _format_of(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in _SAFETENSORS_SUFFIXES:
+        return "safetensors"
+    if suffix in _TORCH_SUFFIXES:
+        return "torch"
+    raise ValueError(
+        f"cannot tell the checkpoint format from {path.name!r}; use a .safetensors or .pt suffix"
+    )
+
+
+def _encode_torch(state: dict[str, Tensor], metadata: str) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "metadata": metadata, "state_dict": state}, buffer)
+    return buffer.getvalue()
+
+
+def _decode_torch(path: Path) -> tuple[dict[str, Tensor], str]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path} could not be read as a head checkpoint: {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is a torch file but not a head checkpoint written by save_heads "
+            f"(no format {FORMAT!r})"
+        )
+    return dict(payload["state_dict"]), str(payload["metadata"])
+
+
+def _encode_safetensors(state: dict[str, Tensor], metadata: str) -> bytes:
+    save = _safetensors().save
+    data: bytes = save(state, metadata={SAFETENSORS_KEY: metadata})
+    return data
+
+
+def _decode_safetensors(path: Path) -> tuple[dict[str, Tensor], str]:
+    safe_open = _safetensors().safe_open
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as file:
+            header = file.metadata() or {}
+            state = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118
+    except Exception as error:
+        raise ValueError(f"{path} could not be read as a head checkpoint: {error}") from error
+    if SAFETENSORS_KEY not in header:
+        raise ValueError(
+            f"{path} is a safetensors file but not a head checkpoint written by save_heads "
+            f"(no {SAFETENSORS_KEY!r} metadata)"
+        )
+    return state, header[SAFETENSORS_KEY]
+
+
+def _safetensors() -> Any:
+    try:
+        import safetensors.torch
+    except ImportError as error:
+        raise ImportError(
+            "safetensors head checkpoints need the safetensors package: "
+            "pip install 'dinov2-heads[safetensors]' (or save to a .pt file)"
+        ) from error
+    return safetensors.torch
+
+
+def _parse_metadata(text: str, source: Path) -> dict[str, Any]:
+    try:
+        metadata = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"{source}: the stored metadata is not valid JSON: {error}") from error
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise ValueError(f"{source} is not a head checkpoint written by save_heads")
+    version = metadata.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{source} has head checkpoint format version {version}, newer than this library "
+            f"reads ({FORMAT_VERSION}); upgrade dinov2-heads"
+        )
+    return metadata

@@ -1,0 +1,443 @@
+"""ONNX export: one graph from images (B, 3, H, W) to the outputs of every head."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dinov2_heads.export.atomic import atomic_path
+from dinov2_heads.features import Features, FrozenBackbone
+from dinov2_heads.fingerprint import weights_fingerprint
+from dinov2_heads.heads import MultiHead
+
+logger = logging.getLogger(__name__)
+
+#: Name of the graph input.
+INPUT_NAME = "images"
+#: Name of the output of a single head (a :class:`MultiHead` names each output after its head).
+SINGLE_OUTPUT = "logits"
+#: Default ONNX opset: 18 is read by onnxruntime >= 1.14 and current TensorRT.
+DEFAULT_OPSET = 18
+#: Largest grid side the dynamic graph declares (14,336 px for patch size 14).
+MAX_GRID = 1024
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """What :func:`export_onnx` wrote and how it checked it.
+
+    Attributes:
+        path: The ``.onnx`` file.
+        input_name: ``"images"``: float (B, 3, H, W), normalised like the training images.
+        output_names: One per head, in order (the head names of a MultiHead, else ``logits``).
+        dynamic_batch: Whether B may be any size.
+        dynamic_size: Whether H and W may be any multiples of the patch size (from 2 patches).
+        input_size: The fixed (H, W) when not ``dynamic_size``, else the size traced with.
+        opset: The ONNX opset.
+        max_abs_diff: Largest |onnxruntime - PyTorch| per output over the checked shapes, or
+            ``None`` when not verified.
+        checked_shapes: The input shapes the verification ran.
+    """
+
+    path: Path
+    input_name: str
+    output_names: tuple[str, ...]
+    dynamic_batch: bool
+    dynamic_size: bool
+    input_size: tuple[int, int]
+    opset: int
+    max_abs_diff: dict[str, float] | None = None
+    checked_shapes: list[tuple[int, int, int, int]] = field(default_factory=list)
+
+
+class ExportGraph(nn.Module):
+    """The exported computation: images (B, 3, H, W) -> one tensor (B, K) per head.
+
+    Runs the frozen backbone exactly as :class:`~dinov2_heads.features.FrozenBackbone` does
+    (weights' dtype, float32 features), builds the :class:`Features` the heads read, and
+    returns the heads' outputs as a tuple in ``output_names`` order.
+    """
+
+    def __init__(self, frozen: FrozenBackbone, heads: nn.Module) -> None:
+        super().__init__()
+        self.frozen = frozen
+        self.heads = heads
+        self.output_names = (
+            tuple(heads.keys()) if isinstance(heads, MultiHead) else (SINGLE_OUTPUT,)
+        )
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        """(B, 3, H, W) -> one (B, K) tensor per head."""
+        outputs = self.heads(traceable_features(self.frozen, images))
+        if isinstance(outputs, Mapping):
+            return tuple(outputs[name] for name in self.output_names)
+        return (outputs,)
+
+
+def traceable_features(frozen: FrozenBackbone, images: Tensor) -> Features:
+    """``frozen(images)`` with the patch grid left symbolic under ``torch.export``.
+
+    ``FrozenBackbone.forward`` stores the grid as Python ints, which would freeze H and W to
+    the traced size; this builds the same :class:`Features` from the same token extraction.
+    """
+    patch = frozen.patch_size
+    grid = (images.shape[-2] // patch, images.shape[-1] // patch)
+    with torch.no_grad():
+        class_tokens, patch_tokens, registers = frozen._tokens(images.to(frozen.dtype))
+    patches = tuple(tokens.float() for tokens in patch_tokens)
+    return Features(
+        class_tokens=tuple(tokens.float() for tokens in class_tokens),
+        patch_tokens=patches,
+        patch_mean=patches[-1].mean(dim=1),
+        register_tokens=registers.float() if registers is not None else None,
+        grid=grid,
+    )
+
+
+def export_onnx(
+    frozen: FrozenBackbone,
+    heads: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    dynamic_batch: bool = True,
+    dynamic_size: bool | None = None,
+    input_size: int | tuple[int, int] | None = None,
+    opset: int = DEFAULT_OPSET,
+    verify: bool = True,
+    atol: float = 1e-4,
+) -> OnnxExport:
+    """Export the frozen backbone and its heads as one ONNX graph, and check it.
+
+    The graph takes ``images`` (B, 3, H, W) in the dtype of the frozen weights and returns one
+    output per head (named after the heads of a :class:`~dinov2_heads.heads.MultiHead`,
+    ``logits`` for a single head). The position embeddings are resized inside the graph
+    exactly as in PyTorch (the official bicubic resize, see ``docs/deployment.md``), so one
+    graph serves every input size when ``dynamic_size``; heads built for one patch grid (such
+    as :class:`~dinov2_heads.heads.Conv1dNeck`) need a fixed size. The file's metadata records
+    the input size, whether H/W are dynamic, the patch size, the head names and class names,
+    and the backbone variant and fingerprint.
+
+    With ``verify`` the file is run by onnxruntime on CPU and compared with PyTorch at two batch
+    sizes (when ``dynamic_batch``) and two image sizes (when ``dynamic_size``).
+
+    Args:
+        frozen: The :class:`~dinov2_heads.features.FrozenBackbone` the heads read.
+        heads: A MultiHead or a single head taking :class:`Features`.
+        path: The ``.onnx`` file to write (replaced atomically; a model over 2 GB gets a
+            ``.onnx.data`` file beside it).
+        dynamic_batch: Let B vary (otherwise it is fixed to 1).
+        dynamic_size: Let H and W vary. ``None`` (default): dynamic unless a head needs a fixed
+            patch grid. ``True`` with such a head is an error.
+        input_size: (H, W) or one side: the fixed size, or the size to trace with when dynamic.
+            Defaults to the grid a fixed-grid head was built for, else 224x224.
+        opset: ONNX opset version (18 or newer).
+        verify: Check the file with onnxruntime (needs the ``export`` extra).
+        atol: Largest accepted max abs difference in the verification.
+
+    Returns:
+        An :class:`OnnxExport` with the verification figures.
+
+    Raises:
+        ValueError: Bad sizes, or ``dynamic_size=True`` with a fixed-grid head.
+        RuntimeError: The verification found a larger difference than ``atol``.
+    """
+    _require("onnxscript")
+    if not isinstance(frozen, FrozenBackbone):
+        raise TypeError(
+            f"export_onnx needs a FrozenBackbone, got {type(frozen).__name__}; wrap the "
+            "backbone: FrozenBackbone(backbone, n_last_blocks=...)"
+        )
+    if not isinstance(heads, nn.Module):
+        raise TypeError(f"heads must be an nn.Module (a head or a MultiHead), got {heads!r}")
+    if opset < 18:
+        raise ValueError(f"opset must be 18 or newer (bicubic resize and SDPA), got {opset}")
+    if verify and frozen.dtype == torch.bfloat16:
+        raise ValueError(
+            "verify=True needs float32 or float16 weights (onnxruntime has no bfloat16 input); "
+            "export a float32 FrozenBackbone, or pass verify=False"
+        )
+    patch = frozen.patch_size
+    fixed_grid = _fixed_grid(heads)
+    if dynamic_size and fixed_grid is not None:
+        raise ValueError(
+            f"head {fixed_grid[0]!r} is built for a fixed grid of {fixed_grid[1]} patch "
+            "tokens, so the graph cannot take any image size; call export_onnx with "
+            "dynamic_size=False (and input_size=the training size)"
+        )
+    dynamic = fixed_grid is None if dynamic_size is None else dynamic_size
+    size = _example_size(input_size, fixed_grid, patch)
+    graph = ExportGraph(frozen, heads)
+    example = torch.randn(2 if dynamic_batch else 1, 3, *size, device=_device_of(frozen))
+    example = example.to(frozen.dtype)
+    target = Path(path)
+    with _eval_mode(heads), _quiet_exporter():
+        graph.eval()
+        program = torch.onnx.export(
+            graph,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=list(graph.output_names),
+            dynamic_shapes={"images": _dynamic_shapes(dynamic_batch, dynamic, patch)},
+            opset_version=opset,
+            optimize=True,
+            verbose=False,
+        )
+        if program is None:
+            raise RuntimeError("torch.onnx.export returned no program")
+        program.model.metadata_props.update(
+            _metadata(frozen, heads, graph.output_names, size, dynamic, dynamic_batch)
+        )
+        _save_atomically(program, target)
+    logger.info(
+        "exported %s to %s (dynamic batch %s, dynamic size %s)",
+        ", ".join(graph.output_names),
+        target,
+        dynamic_batch,
+        dynamic,
+    )
+    result = OnnxExport(
+        path=target,
+        input_name=INPUT_NAME,
+        output_names=graph.output_names,
+        dynamic_batch=dynamic_batch,
+        dynamic_size=dynamic,
+        input_size=size,
+        opset=opset,
+    )
+    if not verify:
+        return result
+    shapes = _check_shapes(size, patch, dynamic_batch, dynamic)
+    worst: dict[str, float] = dict.fromkeys(graph.output_names, 0.0)
+    for shape in shapes:
+        images = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        diffs = verify_onnx(target, frozen, heads, images)
+        worst = {name: max(worst[name], diffs[name]) for name in worst}
+    logger.info("onnxruntime vs PyTorch, max abs diff per output: %s", worst)
+    if max(worst.values()) > atol:
+        raise RuntimeError(
+            f"the exported graph differs from PyTorch by up to {max(worst.values()):.2e} "
+            f"(per output: {worst}), more than atol={atol:g}; please report this with the "
+            "model settings"
+        )
+    return dataclasses.replace(result, max_abs_diff=worst, checked_shapes=shapes)
+
+
+def verify_onnx(
+    path: str | os.PathLike[str],
+    frozen: FrozenBackbone,
+    heads: nn.Module,
+    images: Tensor,
+) -> dict[str, float]:
+    """Max |onnxruntime - PyTorch| per output for ``images`` (B, 3, H, W), on CPU.
+
+    PyTorch runs ``heads(frozen(images))`` in eval mode; onnxruntime runs the file with its
+    CPU provider. Needs the ``export`` extra.
+    """
+    if frozen.dtype == torch.bfloat16:
+        raise ValueError(
+            "onnxruntime cannot be fed bfloat16 images; verify a float32 (or float16) export"
+        )
+    session = _session(path)
+    graph = ExportGraph(frozen, heads)
+    with _eval_mode(heads), torch.no_grad():
+        graph.eval()
+        expected = graph(images.to(device=_device_of(frozen), dtype=frozen.dtype))
+    feed = {INPUT_NAME: images.to(frozen.dtype).cpu().numpy()}
+    produced = session.run(list(graph.output_names), feed)
+    diffs = {}
+    for name, got, want in zip(graph.output_names, produced, expected, strict=True):
+        diffs[name] = float((torch.from_numpy(got).float() - want.cpu().float()).abs().max())
+    return diffs
+
+
+def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``dinov2_heads.*`` metadata of an exported file, with JSON values decoded."""
+    onnx = _require("onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    prefix = "dinov2_heads."
+    return {
+        prop.key[len(prefix) :]: json.loads(prop.value)
+        for prop in model.metadata_props
+        if prop.key.startswith(prefix)
+    }
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _require(module: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError as error:
+        raise ImportError(
+            f"ONNX export needs {module}: pip install 'dinov2-heads[export]'"
+        ) from error
+
+
+def _session(path: str | os.PathLike[str]) -> Any:
+    ort = _require("onnxruntime")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for param in module.parameters():
+        return param.device
+    return torch.device("cpu")
+
+
+def _fixed_grid(heads: nn.Module) -> tuple[str, int] | None:
+    # Heads that mix patch tokens by position (Conv1dNeck) have one weight per patch and say so
+    # with a num_patches attribute.
+    for name, module in heads.named_modules():
+        patches = getattr(module, "num_patches", None)
+        if isinstance(patches, int) and not isinstance(patches, bool):
+            return name or SINGLE_OUTPUT, patches
+    return None
+
+
+def _example_size(
+    input_size: int | tuple[int, int] | None,
+    fixed_grid: tuple[str, int] | None,
+    patch: int,
+) -> tuple[int, int]:
+    if input_size is None:
+        if fixed_grid is not None:
+            raise ValueError(
+                f"head {fixed_grid[0]!r} is built for {fixed_grid[1]} patch tokens; pass the "
+                "training image size, e.g. input_size=(126, 252)"
+            )
+        return 224, 224
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
+        raise TypeError(f"input_size must be an int or (H, W) ints, got {input_size!r}")
+    height, width = size
+    if height < 2 * patch or width < 2 * patch or height % patch or width % patch:
+        raise ValueError(
+            f"input_size {height}x{width} must be multiples of the patch size {patch} of at "
+            f"least {2 * patch} px; for example {max(2, round(height / patch)) * patch}x"
+            f"{max(2, round(width / patch)) * patch}"
+        )
+    if fixed_grid is not None and (height // patch) * (width // patch) != fixed_grid[1]:
+        raise ValueError(
+            f"input_size {height}x{width} gives {(height // patch) * (width // patch)} patch "
+            f"tokens but head {fixed_grid[0]!r} is built for {fixed_grid[1]}; pass the training "
+            "image size"
+        )
+    return height, width
+
+
+def _dynamic_shapes(dynamic_batch: bool, dynamic_size: bool, patch: int) -> dict[int, Any]:
+    dims: dict[int, Any] = {}
+    if dynamic_batch:
+        dims[0] = torch.export.Dim("batch")
+    if dynamic_size:
+        # Sides are whole patches; torch.export treats sizes 0 and 1 as special, so the
+        # declared range starts at two patches.
+        dims[2] = patch * torch.export.Dim("grid_h", min=2, max=MAX_GRID)
+        dims[3] = patch * torch.export.Dim("grid_w", min=2, max=MAX_GRID)
+    return dims
+
+
+def _check_shapes(
+    size: tuple[int, int], patch: int, dynamic_batch: bool, dynamic_size: bool
+) -> list[tuple[int, int, int, int]]:
+    batches = [1, 3] if dynamic_batch else [1]
+    sizes = [size]
+    if dynamic_size:
+        # A second size of a different aspect ratio: two patches taller, two narrower.
+        sizes.append((size[0] + 2 * patch, max(2 * patch, size[1] - 2 * patch)))
+    return [(b, 3, h, w) for b in batches for h, w in sizes]
+
+
+def _metadata(
+    frozen: FrozenBackbone,
+    heads: nn.Module,
+    output_names: Sequence[str],
+    size: tuple[int, int],
+    dynamic_size: bool,
+    dynamic_batch: bool,
+) -> dict[str, str]:
+    if isinstance(heads, MultiHead):
+        class_names = {name: getattr(head, "class_names", None) for name, head in heads.items()}
+    else:
+        class_names = {SINGLE_OUTPUT: getattr(heads, "class_names", None)}
+    values: dict[str, Any] = {
+        "input": {
+            "name": INPUT_NAME,
+            "layout": "B, 3, H, W",
+            "dtype": str(frozen.dtype).removeprefix("torch."),
+        },
+        "input_size": list(size),
+        "dynamic_size": dynamic_size,
+        "dynamic_batch": dynamic_batch,
+        "patch_size": frozen.patch_size,
+        "outputs": list(output_names),
+        "class_names": {k: list(v) if v is not None else None for k, v in class_names.items()},
+        "backbone_variant": getattr(frozen.backbone, "variant", None),
+        "backbone_fingerprint": weights_fingerprint(frozen.backbone),
+        "n_last_blocks": frozen.n_last_blocks,
+    }
+    return {f"dinov2_heads.{key}": json.dumps(value) for key, value in values.items()}
+
+
+def _save_atomically(program: Any, target: Path) -> None:
+    # The weights go in the .onnx file unless the model is over 2 GB; then torch writes a
+    # "<name>.data" file next to it, named after the destination, so the temporary name is
+    # only used for the small .onnx file and the data file keeps its final name.
+    with atomic_path(target) as temporary:
+        program.save(str(temporary))
+        data = temporary.with_name(temporary.name + ".data")
+        if data.exists():
+            os.replace(data, target.with_name(target.name + ".data"))
+            _rewrite_external_location(temporary, target.name + ".data")
+
+
+def _rewrite_external_location(model_path: Path, location: str) -> None:
+    onnx = _require("onnx")
+    model = onnx.load(str(model_path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(model, str(model_path))
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    modes = {child: child.training for child in module.modules()}
+    module.eval()
+    try:
+        yield
+    finally:
+        for child, training in modes.items():
+            child.training = training
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    # The exporter logs a warning per torchvision operator it cannot register (torchvision is
+    # not a dependency) and torch.export emits an internal FutureWarning; neither concerns
+    # the user.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            yield
+    finally:
+        registration.setLevel(level)

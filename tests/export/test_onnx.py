@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from dinov2_heads.export import export_onnx, read_onnx_metadata, verify_onnx
+from dinov2_heads.export.onnx import ExportGraph, _save_atomically
+from dinov2_heads.features import FrozenBackbone
+from dinov2_heads.heads import Conv1dNeck, LinearHead, MultiHead
+from tests.export.conftest import TokenHead, official_fixture_backbone, tiny_frozen
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+ATOL = 1e-4
+
+
+def run_onnx(path: Path, images: torch.Tensor) -> list[np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return list(session.run(None, {"images": images.numpy()}))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vits14_d2", "vits14_reg4_d2"])
+def test_dynamic_export_matches_the_official_outputs_and_pytorch(
+    fixtures_dir: Path, tmp_path: Path, name: str
+) -> None:
+    # The official 2-block models: the plain one resizes its position table with the +0.1
+    # offset, the register one with antialiasing; both must stay exact at any size.
+    frozen = FrozenBackbone(official_fixture_backbone(fixtures_dir, name), n_last_blocks=2)
+    torch.manual_seed(1)
+    brand = LinearHead(384, 5, n_blocks=2, class_names=["a", "b", "c", "d", "e"])
+    heads = MultiHead({"cls": TokenHead("class"), "patch": TokenHead("patch"), "brand": brand})
+    heads.train()
+    path = tmp_path / "model.onnx"
+
+    result = export_onnx(frozen, heads, path)
+
+    assert result.dynamic_batch
+    assert result.dynamic_size
+    assert result.output_names == ("cls", "patch", "brand")
+    assert result.max_abs_diff is not None
+    assert max(result.max_abs_diff.values()) <= ATOL
+    assert len(result.checked_shapes) == 4  # two batch sizes x two image sizes
+    assert heads.training
+    assert brand.training
+
+    reference = torch.load(fixtures_dir / "reference_outputs_x224.pt", weights_only=True)
+    cls, patch, _ = run_onnx(path, reference["input"])
+    official_cls = reference[f"{name}/forward_features/x_norm_clstoken"]
+    official_patch = reference[f"{name}/forward_features/x_norm_patchtokens"]
+    assert np.abs(cls - official_cls.numpy()).max() <= ATOL
+    assert np.abs(patch - official_patch.numpy()).max() <= ATOL
+
+    # Sizes other than the traced one: the vehicle crop, the table's own 518 (kept as is),
+    # a grid larger than the table, and batch sizes 1 and 3.
+    for shape in [(1, 3, 126, 252), (3, 3, 518, 518), (1, 3, 560, 70)]:
+        images = torch.randn(shape)
+        diffs = verify_onnx(path, frozen, heads, images)
+        assert max(diffs.values()) <= ATOL, (shape, diffs)
+        grid = (shape[2] // 14) * (shape[3] // 14)
+        assert run_onnx(path, images)[1].shape == (shape[0], grid, 384)
+
+    metadata = read_onnx_metadata(path)
+    assert metadata["dynamic_size"] is True
+    assert metadata["outputs"] == ["cls", "patch", "brand"]
+    assert metadata["class_names"]["brand"] == ["a", "b", "c", "d", "e"]
+    assert metadata["patch_size"] == 14
+    assert metadata["n_last_blocks"] == 2
+
+
+@pytest.mark.slow
+def test_a_fixed_grid_head_gives_a_fixed_size_graph(tmp_path: Path) -> None:
+    frozen = tiny_frozen(registers=True)
+    heads = MultiHead({"brand": Conv1dNeck((2, 4), 64, 3), "colour": LinearHead(64, 4)})
+    path = tmp_path / "neck.onnx"
+
+    result = export_onnx(frozen, heads, path, input_size=(28, 56))
+
+    assert not result.dynamic_size
+    assert result.input_size == (28, 56)
+    assert result.max_abs_diff is not None
+    assert max(result.max_abs_diff.values()) <= ATOL
+    assert [shape[0] for shape in result.checked_shapes] == [1, 3]
+    diffs = verify_onnx(path, frozen, heads, torch.randn(5, 3, 28, 56))
+    assert max(diffs.values()) <= ATOL
+    metadata = read_onnx_metadata(path)
+    assert metadata["dynamic_size"] is False
+    assert metadata["input_size"] == [28, 56]
+    with pytest.raises(Exception, match=r"(?i)dimension|shape"):
+        run_onnx(path, torch.randn(1, 3, 42, 56))
+
+
+def test_dynamic_size_with_a_fixed_grid_head_is_refused(tmp_path: Path) -> None:
+    frozen = tiny_frozen()
+    neck = Conv1dNeck((9, 18), 64, 3)
+    with pytest.raises(ValueError, match="dynamic_size=False"):
+        export_onnx(frozen, neck, tmp_path / "x.onnx", dynamic_size=True)
+    with pytest.raises(ValueError, match="input_size=\\(126, 252\\)"):
+        export_onnx(frozen, neck, tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match="built for 162"):
+        export_onnx(frozen, neck, tmp_path / "x.onnx", input_size=224)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"input_size": 125}, ValueError, "multiples of the patch size 14"),
+        ({"input_size": 14}, ValueError, "at least 28 px"),
+        ({"input_size": (224, 224, 3)}, TypeError, "an int or \\(H, W\\)"),
+        ({"opset": 17}, ValueError, "opset must be 18"),
+    ],
+)
+def test_bad_arguments_are_refused_before_exporting(
+    tmp_path: Path, kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        export_onnx(tiny_frozen(), LinearHead(64, 3), tmp_path / "x.onnx", **kwargs)
+
+
+def test_only_a_frozen_backbone_is_accepted(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="FrozenBackbone\\(backbone"):
+        export_onnx(tiny_frozen().backbone, LinearHead(64, 3), tmp_path / "x.onnx")  # type: ignore[arg-type]
+
+
+def test_bfloat16_weights_cannot_be_verified(tmp_path: Path) -> None:
+    frozen = FrozenBackbone(tiny_frozen().backbone, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="verify=False"):
+        export_onnx(frozen, LinearHead(64, 3), tmp_path / "x.onnx")
+
+
+def test_export_graph_returns_the_heads_outputs_in_order() -> None:
+    frozen = tiny_frozen(n_last_blocks=1)
+    heads = MultiHead({"b": LinearHead(64, 2), "a": LinearHead(64, 3)}).eval()
+    graph = ExportGraph(frozen, heads)
+    images = torch.randn(2, 3, 28, 42)
+    out = graph(images)
+    expected = heads(frozen(images))
+    assert graph.output_names == ("b", "a")
+    assert torch.equal(out[0], expected["b"])
+    assert torch.equal(out[1], expected["a"])
+    single = ExportGraph(frozen, LinearHead(64, 3).eval())
+    assert single.output_names == ("logits",)
+    assert single(images)[0].shape == (2, 3)
+
+
+class _FakeProgram:
+    """Writes a model file and, like a model over 2 GB, a ``.data`` file named after it."""
+
+    def save(self, destination: str) -> None:
+        import onnx
+        from onnx import helper, numpy_helper
+
+        tensor = numpy_helper.from_array(np.array([1.0, 2.0], dtype=np.float32), "w")
+        model = helper.make_model(helper.make_graph([], "g", [], [], initializer=[tensor]))
+        location = Path(destination).name + ".data"
+        onnx.save_model(
+            model, destination, save_as_external_data=True, location=location, size_threshold=0
+        )
+
+
+def test_a_model_with_external_data_is_saved_under_its_final_names(tmp_path: Path) -> None:
+    import onnx
+
+    target = tmp_path / "big.onnx"
+    _save_atomically(_FakeProgram(), target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    model = onnx.load(str(target))  # loads the weights from the .data file by its recorded name
+    assert list(onnx.numpy_helper.to_array(model.graph.initializer[0])) == [1.0, 2.0]
