@@ -352,18 +352,22 @@ def run_benchmark(settings: Settings, *, log: Callable[[str], None] = print) -> 
 
 
 def _with_state(model: nn.Module, state: dict[str, Tensor]) -> nn.Module:
-    model.load_state_dict(state, strict=True)
+    # The model was built on the meta device (no random initialisation to wait for); the
+    # copies of the weights become its parameters.
+    model.load_state_dict({k: v.clone() for k, v in state.items()}, strict=True, assign=True)
     return model
 
 
 def _build_ours(variant: str, overrides: dict[str, Any], state: dict[str, Tensor]) -> nn.Module:
-    return _with_state(create_backbone(variant, **overrides), state)
+    return _with_state(create_backbone(variant, device="meta", **overrides), state)
 
 
 def _build_official(
     module: ModuleType, config: BackboneConfig, state: dict[str, Tensor]
 ) -> nn.Module:
-    return _with_state(build_official(module, config), state)
+    with torch.device("meta"):
+        model = build_official(module, config)
+    return _with_state(model, state)
 
 
 def _time_case(
@@ -409,7 +413,7 @@ def parity(settings: Settings, variant: str, height: int, width: int) -> float |
     torch.manual_seed(0)
     ours = create_backbone(variant, **settings.overrides)
     config = get_config(variant).replace(**settings.overrides)
-    official = _with_state(build_official(settings.official, config), ours.state_dict()).eval()
+    official = _build_official(settings.official, config, ours.state_dict()).eval()
     images = torch.randn(2, 3, height, width)
     with torch.no_grad():
         a = ours.forward_features(images)["x_norm_patchtokens"]

@@ -277,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit("no CUDA device; run with --smoke for the CPU dry run")
     log = print if not args.json else (lambda text: print(text, file=sys.stderr))
     if args.smoke:
-        overrides: dict[str, Any] = {"depth": 1}
+        overrides: dict[str, Any] = {"depth": 1, "img_size": 56}
         size, warmup, iters = (28, 42), 0, 1
         cases = [("dinov2_vits14", 2), ("dinov2_vitl14", 2)]
         modes = [m for m in MODES if not bt.MODES[m].compiled]

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.benchmarks.conftest import load_script
+
+gpu_check = load_script("gpu_check")
+
+
+def test_smoke_run_checks_accuracy_and_times_every_case(capsys: pytest.CaptureFixture[str]) -> None:
+    result = gpu_check.main(["--smoke", "--json"])
+    assert json.loads(capsys.readouterr().out)["notes"] == result["notes"]
+    modes = ["fp32", "autocast-fp16", "bf16", "fp16"]
+    accuracy = result["accuracy"]
+    assert [(row["variant"], row["mode"]) for row in accuracy] == [
+        (variant, mode) for variant in ("dinov2_vits14", "dinov2_vitl14") for mode in modes
+    ]
+    for row in accuracy:
+        assert row["class_finite"]
+        assert row["patch_finite"]
+        if row["mode"] == "fp32":
+            assert row["class_rel"] == 0.0
+            assert row["patch_rel"] == 0.0
+        else:
+            # Reduced precision is close to float32 but not equal to it.
+            assert 0.0 < row["patch_rel"] < 0.05
+            assert 0.0 < row["class_rel"] < 0.05
+    throughput = result["throughput"]
+    assert len(throughput) == 8
+    assert all(row["error"] == "" and row["images_per_s"] > 0 for row in throughput)
+    assert result["targets"] == []  # a smoke run is not compared with the H100 figures
+    assert any("smoke run" in note for note in result["notes"])
+
+
+def test_targets_use_the_official_figure_of_the_same_run() -> None:
+    bt = gpu_check.bt
+    rows = []
+    for implementation, mode, speed in [
+        ("official", "autocast-fp16", 10_000.0),
+        ("dinov2-heads", "bf16", 14_500.0),
+        ("dinov2-heads", "compiled-bf16", 20_500.0),
+    ]:
+        row = bt.Row(implementation, "dinov2_vits14", mode, 224, 224, 256)
+        row.images_per_s = speed
+        rows.append(row)
+    goals = {row["mode"]: row for row in gpu_check.targets(rows)}
+    assert goals["bf16"]["target"] == pytest.approx(14_000)  # 1.4 x the measured 10,000
+    assert goals["bf16"]["met"]
+    assert goals["compiled-bf16"]["target"] == 20_100  # the H100 reference
+    assert goals["compiled-bf16"]["met"]
+    rows[0].implementation = "timm"  # no official figure in this run: the H100 reference
+    goals = {row["mode"]: row for row in gpu_check.targets(rows)}
+    assert goals["bf16"]["target"] == pytest.approx(1.4 * 11_700)
+    assert not goals["bf16"]["met"]
