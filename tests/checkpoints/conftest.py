@@ -51,7 +51,7 @@ def randomized(model: DinoVisionTransformer, seed: int) -> DinoVisionTransformer
     return model.eval()
 
 
-def images(size: tuple[int, int] = (518, 518), batch: int = 2, seed: int = 7) -> Tensor:
+def images(size: tuple[int, int] = (518, 518), batch: int = 1, seed: int = 7) -> Tensor:
     return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
 
 
