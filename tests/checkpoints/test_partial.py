@@ -259,3 +259,34 @@ def test_report_is_a_frozen_value() -> None:
     assert report.complete
     with pytest.raises(AttributeError):
         report.loaded = ()  # type: ignore[misc]
+
+
+def test_class_names_travel_through_load_partial() -> None:
+    from dinov2_heads import LinearHead, MultiHead
+
+    named = MultiHead({"brand": LinearHead(8, 3, class_names=["a", "b", "c"])})
+    unnamed = MultiHead({"brand": LinearHead(8, 3)})
+    report = load_partial(unnamed, named.state_dict(), strict=True)
+    assert "brand._extra_state" in report.loaded
+    assert unnamed["brand"].class_names == ("a", "b", "c")
+    assert torch.equal(unnamed["brand"].weight, named["brand"].weight)
+
+    # A file without names keeps the module's names and is complete.
+    plain = {k: v for k, v in named.state_dict().items() if not k.endswith("_extra_state")}
+    report = load_partial(unnamed, plain, strict=True)
+    assert report.complete
+    assert unnamed["brand"].class_names == ("a", "b", "c")
+
+    # Different names are refused and nothing is copied.
+    other = MultiHead({"brand": LinearHead(8, 3, class_names=["x", "y", "z"])})
+    before = unnamed["brand"].weight.detach().clone()
+    with pytest.raises(ValueError, match="class names differ"):
+        load_partial(unnamed, other.state_dict())
+    assert torch.equal(unnamed["brand"].weight, before)
+
+
+def test_extra_state_without_an_owner_is_unexpected() -> None:
+    module = torch.nn.Linear(2, 2)
+    state = {**module.state_dict(), "_extra_state": torch.zeros(3, dtype=torch.uint8)}
+    report = load_partial(module, state)
+    assert report.unexpected == ("_extra_state",)

@@ -27,6 +27,7 @@ RenameFn = Callable[[str], str | None]
 PartialSource = str | os.PathLike[str] | Mapping[str, Any] | nn.Module
 
 _SHOWN = 8
+_EXTRA_STATE = "_extra_state"
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,19 @@ def load_partial(
     loaded: list[str] = []
     mismatched: list[ShapeMismatch] = []
     unexpected: list[str] = []
+    # Extra state (such as a head's class names) is not a tensor to copy but a value its module
+    # takes through set_extra_state, which also checks it; one absent from the checkpoint is
+    # not missing: the module keeps its own.
+    extra_owners: dict[str, nn.Module] = {}
     for name, tensor in renamed.items():
+        if _is_extra_state(name):
+            owner = _extra_state_owner(module, name)
+            if owner is None:
+                unexpected.append(name)
+            else:
+                extra_owners[name] = owner
+                loaded.append(name)
+            continue
         target = targets.get(name)
         if target is None:
             unexpected.append(name)
@@ -162,9 +175,13 @@ def load_partial(
             mismatched.append(ShapeMismatch(name, tuple(tensor.shape), tuple(target.shape)))
         else:
             loaded.append(name)
-    missing = [name for name in targets if name not in renamed]
+    missing = [name for name in targets if name not in renamed and not _is_extra_state(name)]
     nonfinite = nonfinite_names(renamed, loaded)
-    cast = [name for name in loaded if renamed[name].dtype != targets[name].dtype]
+    cast = [
+        name
+        for name in loaded
+        if name not in extra_owners and renamed[name].dtype != targets[name].dtype
+    ]
     report = LoadReport(
         loaded=tuple(loaded),
         missing=tuple(missing),
@@ -179,11 +196,35 @@ def load_partial(
         raise PartialLoadError(_nothing_loaded(report, checkpoint, targets, rename))
     if strict and report.skipped:
         raise PartialLoadError(f"strict load refused, nothing was copied:\n{report}")
+    # Extra state first: it may refuse (different class names) while nothing is copied yet.
+    for name, owner in extra_owners.items():
+        owner.load_state_dict({_EXTRA_STATE: renamed[name]}, strict=False)
     with torch.no_grad():
         for name in loaded:
-            targets[name].copy_(renamed[name])
+            if name not in extra_owners:
+                targets[name].copy_(renamed[name])
     _log(report, renamed, targets)
     return report
+
+
+def _is_extra_state(name: str) -> bool:
+    return name == _EXTRA_STATE or name.endswith("." + _EXTRA_STATE)
+
+
+def _extra_state_owner(module: nn.Module, name: str) -> nn.Module | None:
+    """The submodule that stores extra state under ``name``, or ``None`` if there is none."""
+    path = name[: -len(_EXTRA_STATE)].rstrip(".")
+    try:
+        owner = module.get_submodule(path)
+    except AttributeError:
+        return None
+    # Either PyTorch's extra-state API or a module that reads extra keys in its own loader.
+    kind = type(owner)
+    takes_extra = (
+        kind.set_extra_state is not nn.Module.set_extra_state
+        or kind._load_from_state_dict is not nn.Module._load_from_state_dict
+    )
+    return owner if takes_extra else None
 
 
 def _source_state_dict(source: PartialSource) -> tuple[dict[str, Tensor], tuple[str, ...]]:
