@@ -22,6 +22,7 @@ from dinov2_heads.backbone import (
 )
 from dinov2_heads.checkpoints import (
     CheckpointError,
+    CheckpointFileError,
     CheckpointSummary,
     Dinov2HeadsError,
     LoadReport,
@@ -49,7 +50,9 @@ from dinov2_heads.data import (
 from dinov2_heads.features import Features, FrozenBackbone
 from dinov2_heads.heads import (
     Conv1dNeck,
+    HeadLoss,
     LinearHead,
+    LossOutput,
     MultiHead,
     MultiHeadLoss,
     Prediction,
@@ -67,15 +70,18 @@ __all__ = [
     "VARIANTS",
     "BackboneConfig",
     "CheckpointError",
+    "CheckpointFileError",
     "CheckpointSummary",
     "Conv1dNeck",
     "DinoVisionTransformer",
     "Dinov2HeadsError",
     "Features",
     "FrozenBackbone",
+    "HeadLoss",
     "ImageFolderDataset",
     "LinearHead",
     "LoadReport",
+    "LossOutput",
     "ManifestDataset",
     "MultiHead",
     "MultiHeadLoss",
