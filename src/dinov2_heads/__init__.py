@@ -20,6 +20,14 @@ from dinov2_heads.backbone import (
     get_config,
     list_variants,
 )
+from dinov2_heads.cache import (
+    FeatureDataset,
+    FeatureStore,
+    StoreMismatchError,
+    collate_features,
+    estimate_store_size,
+    extract_features,
+)
 from dinov2_heads.checkpoints import (
     CheckpointError,
     CheckpointFileError,
@@ -48,6 +56,7 @@ from dinov2_heads.data import (
     nearest_valid_size,
 )
 from dinov2_heads.features import Features, FrozenBackbone
+from dinov2_heads.fingerprint import weights_fingerprint
 from dinov2_heads.heads import (
     Conv1dNeck,
     HeadLoss,
@@ -59,6 +68,15 @@ from dinov2_heads.heads import (
     head_loss,
     predict,
 )
+from dinov2_heads.training import (
+    OFFICIAL_LEARNING_RATES,
+    GridResults,
+    GridSGD,
+    LinearProbeGrid,
+    evaluate_grid,
+    fit_grid,
+    train_one_epoch,
+)
 from dinov2_heads.viz import pca_foreground, pca_rgb, save_pca_grid
 
 __version__ = "0.1.0.dev0"
@@ -67,6 +85,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MISSING_LABEL",
+    "OFFICIAL_LEARNING_RATES",
     "VARIANTS",
     "BackboneConfig",
     "CheckpointError",
@@ -75,11 +94,16 @@ __all__ = [
     "Conv1dNeck",
     "DinoVisionTransformer",
     "Dinov2HeadsError",
+    "FeatureDataset",
+    "FeatureStore",
     "Features",
     "FrozenBackbone",
+    "GridResults",
+    "GridSGD",
     "HeadLoss",
     "ImageFolderDataset",
     "LinearHead",
+    "LinearProbeGrid",
     "LoadReport",
     "LossOutput",
     "ManifestDataset",
@@ -87,10 +111,12 @@ __all__ = [
     "MultiHeadLoss",
     "Prediction",
     "Preprocess",
+    "StoreMismatchError",
     "SyntheticVehicles",
     "TrainTransform",
     "UnreadableImageError",
     "__version__",
+    "collate_features",
     "convert_huggingface",
     "convert_timm",
     "create_backbone",
@@ -103,6 +129,10 @@ __all__ = [
     "dinov2_vitl14_reg",
     "dinov2_vits14",
     "dinov2_vits14_reg",
+    "estimate_store_size",
+    "evaluate_grid",
+    "extract_features",
+    "fit_grid",
     "get_config",
     "get_preset",
     "head_loss",
@@ -116,4 +146,6 @@ __all__ = [
     "pca_rgb",
     "predict",
     "save_pca_grid",
+    "train_one_epoch",
+    "weights_fingerprint",
 ]
