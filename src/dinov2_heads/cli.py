@@ -14,6 +14,10 @@ from collections.abc import Sequence
 
 #: Subcommand name -> module in ``dinov2_heads.commands`` with ``add_parser`` and ``run``.
 COMMANDS: dict[str, str] = {
+    "demo": "dinov2_heads.commands.demo",
+    "extract": "dinov2_heads.commands.extract",
+    "pca": "dinov2_heads.commands.pca",
+    "predict": "dinov2_heads.commands.predict",
     "inspect": "dinov2_heads.commands.inspect",
 }
 

@@ -1,0 +1,175 @@
+"""Arguments and helpers shared by the subcommands that read images and run a backbone."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from dinov2_heads.backbone import DinoVisionTransformer
+    from dinov2_heads.data import Preprocess, SkippedImage
+
+
+def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` (required), ``--variant`` and ``--device``."""
+    from dinov2_heads.backbone import list_variants
+
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="the DINOv2 backbone checkpoint (.pth, .pt, .bin or .safetensors; official, "
+        "Hugging Face or timm layout); its architecture is read from the weights",
+    )
+    parser.add_argument(
+        "--variant",
+        choices=list_variants(),
+        help="refuse the checkpoint unless its weights are this variant",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where to run the backbone: cpu, cuda, cuda:1, ... (auto: cuda if available)",
+    )
+
+
+def add_size_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """``--preset`` and ``--size`` (exclusive)."""
+    from dinov2_heads.data import list_presets
+
+    group = parser.add_mutually_exclusive_group()
+    shown = default if default is not None else "see below"
+    group.add_argument(
+        "--preset",
+        choices=list_presets(),
+        help=f"preprocessing preset: official_eval = resize 256, centre crop 224; vehicle_crop "
+        f"= resize to 126x252 (default: {shown})",
+    )
+    group.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="resize every image to H x W instead (rounded to multiples of 14)",
+    )
+
+
+def add_on_error_argument(parser: argparse.ArgumentParser) -> None:
+    """``--on-error raise|skip``."""
+    parser.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
+        help="unreadable images: stop (raise) or leave them out with a warning (skip)",
+    )
+
+
+def preprocessing(args: argparse.Namespace, default: Preprocess | str) -> Preprocess:
+    """The transform that ``--preset`` / ``--size`` ask for, else ``default``."""
+    from dinov2_heads.data import Preprocess, get_preset
+
+    if getattr(args, "size", None) is not None:
+        return Preprocess.for_size((args.size[0], args.size[1]))
+    if getattr(args, "preset", None) is not None:
+        return get_preset(args.preset)
+    return get_preset(default) if isinstance(default, str) else default
+
+
+def device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; anything else as ``torch.device`` reads it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(
+            f"--device {name!r} is not a device name ({error}); use cpu or cuda"
+        ) from None
+
+
+def load_backbone(args: argparse.Namespace) -> DinoVisionTransformer:
+    """The backbone of ``--checkpoint`` (checked against ``--variant``) on ``--device``."""
+    from dinov2_heads.checkpoints import load_backbone as load
+
+    backbone = load(args.checkpoint, variant=args.variant)
+    return backbone.to(device(args.device))
+
+
+def image_paths(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Image files named directly, and those found (recursively, sorted) in named folders.
+
+    Raises:
+        FileNotFoundError: A path does not exist.
+        ValueError: No image was found.
+    """
+    from dinov2_heads.data import IMAGE_EXTENSIONS
+
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+    if not found:
+        names = ", ".join(str(item) for item in inputs)
+        raise ValueError(
+            f"no images found in {names}; give image files or folders holding files ending in "
+            f"{', '.join(IMAGE_EXTENSIONS)}"
+        )
+    return found
+
+
+class ImageFiles(Dataset[Tensor]):
+    """Unlabelled image files; items are ``transform(image)``, (3, H, W).
+
+    ``skipped`` records the files left out as unreadable before the dataset was made.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        transform: Preprocess,
+        skipped: Sequence[SkippedImage] = (),
+    ) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+        self.skipped = tuple(skipped)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Tensor:
+        from dinov2_heads.data import load_image
+
+        return self.transform(load_image(self.paths[index]))
+
+
+def batched(items: Sequence[Path], size: int) -> Iterable[Sequence[Path]]:
+    """``items`` in consecutive chunks of ``size``."""
+    if size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {size}")
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an int >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

@@ -1,0 +1,152 @@
+"""``dinov2-heads extract``: run a frozen backbone once over images into a feature cache."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from dinov2_heads.commands import _common
+
+EXAMPLE = """\
+example:
+  dinov2-heads extract --checkpoint dinov2_vits14_pretrain.pth --out features/train train/
+  dinov2-heads extract --checkpoint dinov2_vitb14_pretrain.pth --out features/attributes \\
+      --preset vehicle_crop --keep patch_tokens attributes.csv
+
+IMAGES is a folder with one sub-folder per class (labels from the folder names), a CSV / TSV /
+JSON / JSON Lines manifest (a "path" column and label columns; empty cells are missing labels),
+or image files and folders of images (no labels). Run it again with the same arguments after an
+interruption and it resumes where it stopped.
+"""
+
+_MANIFEST_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
+#: Written into the store folder beside the feature store's own files.
+DATASET_FILE = "dataset.json"
+
+
+def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    parser = subparsers.add_parser(
+        "extract",
+        help="extract features of images once into a feature cache to train heads from",
+        description="Run a frozen DINOv2 backbone over images once and store the features "
+        "(a resumable, memory-mapped feature cache) with their labels.\n\n" + EXAMPLE,
+        formatter_class=formatter,
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGES", help="folder, manifest or images")
+    parser.add_argument("--out", required=True, help="the feature store folder to write")
+    _common.add_backbone_arguments(parser)
+    _common.add_size_arguments(parser, default="official_eval")
+    parser.add_argument(
+        "--keep",
+        choices=("pooled", "patch_tokens", "all"),
+        default="pooled",
+        help="pooled: class tokens and mean patch token (linear heads); patch_tokens: also every "
+        "patch token (Conv1dNeck; large); all: also register tokens",
+    )
+    parser.add_argument(
+        "--n-last-blocks",
+        type=_common.positive_int,
+        default=1,
+        help="store the tokens of the last n blocks (4 for the official linear4 heads)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float16", "bfloat16", "float32"),
+        default="float16",
+        help="storage dtype of the features (they are read back as float32)",
+    )
+    parser.add_argument("--batch-size", type=_common.positive_int, default=64)
+    parser.add_argument("--num-workers", type=int, default=0, help="image loading processes")
+    parser.add_argument(
+        "--label-columns", nargs="+", help="manifest label columns (default: all but the paths)"
+    )
+    parser.add_argument("--image-column", default="path", help="the manifest's path column")
+    _common.add_on_error_argument(parser)
+    parser.add_argument(
+        "--overwrite", action="store_true", help="start again instead of resuming --out"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from dinov2_heads.cache import extract_features
+    from dinov2_heads.export import atomic_write_bytes
+    from dinov2_heads.features import FrozenBackbone
+
+    transform = _common.preprocessing(args, "official_eval")
+    dataset, description = _dataset(args, transform)
+    frozen = FrozenBackbone(_common.load_backbone(args), n_last_blocks=args.n_last_blocks)
+    store = extract_features(
+        frozen,
+        dataset,
+        path=args.out,
+        keep=args.keep,
+        dtype=getattr(torch, args.dtype),
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        preprocessing=transform,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
+    text = json.dumps(description, indent=1, ensure_ascii=False) + "\n"
+    atomic_write_bytes(Path(args.out) / DATASET_FILE, text.encode("utf-8"))
+    print(store)
+    columns = description["class_names"]
+    if columns:
+        for column, names in columns.items():
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            print(f"  {column}: {len(names)} classes ({shown})")
+    else:
+        print("  no labels")
+    if description["skipped"]:
+        print(f"  skipped {len(description['skipped'])} unreadable image(s), listed in the log")
+    print(f"image paths and class names: {Path(args.out) / DATASET_FILE}")
+    return 0
+
+
+def _dataset(args: argparse.Namespace, transform: Any) -> tuple[Any, dict[str, Any]]:
+    """The dataset to extract, and what ``dataset.json`` records about it."""
+    from dinov2_heads.data import ImageFolderDataset, ManifestDataset, check_images
+
+    inputs = [Path(item) for item in args.images]
+    single = inputs[0] if len(inputs) == 1 else None
+    dataset: Any
+    if single is not None and single.is_file() and single.suffix.lower() in _MANIFEST_SUFFIXES:
+        dataset = ManifestDataset(
+            single,
+            transform,
+            image_column=args.image_column,
+            label_columns=args.label_columns,
+            on_error=args.on_error,
+        )
+        kind, class_names = "manifest", dataset.vocabularies
+    elif single is not None and single.is_dir() and _has_class_folders(single):
+        dataset = ImageFolderDataset(single, transform, on_error=args.on_error)
+        kind, class_names = "folder", dataset.vocabularies
+    else:
+        if args.label_columns:
+            raise ValueError("--label-columns needs a manifest (.csv, .tsv, .json or .jsonl)")
+        paths, skipped = check_images(_common.image_paths(inputs), on_error=args.on_error)
+        if not paths:
+            raise ValueError("none of the images could be read; see the warnings above")
+        dataset = _common.ImageFiles(paths, transform, skipped)
+        kind, class_names = "files", {}
+    description = {
+        "source": [str(item) for item in inputs],
+        "kind": kind,
+        "class_names": {column: list(names) for column, names in class_names.items()},
+        "paths": [str(path) for path in dataset.paths],
+        "skipped": [
+            {"path": str(record.path), "reason": record.reason}
+            for record in getattr(dataset, "skipped", ())
+        ],
+    }
+    return dataset, description
+
+
+def _has_class_folders(folder: Path) -> bool:
+    """Whether ``folder`` holds sub-folders (one per class) rather than images at its top."""
+    return any(child.is_dir() and not child.name.startswith(".") for child in folder.iterdir())

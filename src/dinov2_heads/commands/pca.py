@@ -1,0 +1,86 @@
+"""``dinov2-heads pca``: a PNG of images beside PCA pictures of their patch tokens."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from dinov2_heads.commands import _common
+
+EXAMPLE = """\
+example:
+  dinov2-heads pca --checkpoint dinov2_vitb14_pretrain.pth car1.jpg car2.jpg car3.jpg
+  dinov2-heads pca --checkpoint dinov2_vits14_pretrain.pth --size 448 448 --out dogs.png dogs/
+  dinov2-heads pca --checkpoint dinov2_vits14_pretrain.pth --preset vehicle_crop \\
+      --foreground all crops/
+
+All images go through one PCA, so the same part gets the same colour in every image: pass the
+images you want to compare together.
+"""
+
+
+def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    parser = subparsers.add_parser(
+        "pca",
+        help="picture the patch tokens of images by a PCA (object coloured, background black)",
+        description="Colour each patch token by a PCA of the patch tokens of all the images "
+        "(the picture of the DINOv2 paper) and write the images beside their pictures as one "
+        "PNG.\n\n" + EXAMPLE,
+        formatter_class=formatter,
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
+    parser.add_argument("--out", default="pca.png", help="the PNG to write")
+    _common.add_backbone_arguments(parser)
+    _common.add_size_arguments(parser, default="official_eval")
+    parser.add_argument(
+        "--foreground",
+        choices=("auto", "high", "low", "all"),
+        default="auto",
+        help="which side of the first component is the object: auto (the side the image "
+        "borders lean away from), high, low, or all (no black background)",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=0.3, help="foreground cut on the scaled first component"
+    )
+    parser.add_argument("--columns", type=_common.positive_int, default=2, help="pairs per row")
+    parser.add_argument(
+        "--upscale", choices=("nearest", "bilinear"), default="nearest", help="picture upscaling"
+    )
+    parser.add_argument("--batch-size", type=_common.positive_int, default=32)
+    _common.add_on_error_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from dinov2_heads.data import load_batch
+    from dinov2_heads.viz import pca_foreground, pca_rgb, save_pca_grid
+
+    transform = _common.preprocessing(args, "official_eval")
+    batch = load_batch(_common.image_paths(args.images), transform, on_error=args.on_error)
+    backbone = _common.load_backbone(args)
+    device = next(backbone.parameters()).device
+    tokens = []
+    with torch.no_grad():
+        for start in range(0, batch.images.shape[0], args.batch_size):
+            chunk = batch.images[start : start + args.batch_size]
+            out = backbone.forward_features(chunk.to(device))
+            tokens.append(out["x_norm_patchtokens"].float().cpu())
+    patch_tokens = torch.cat(tokens)  # (B, N, D)
+    grid = transform.grid
+    split = pca_foreground(patch_tokens, grid, threshold=args.threshold, foreground=args.foreground)
+    pictures = pca_rgb(
+        patch_tokens, grid, foreground_threshold=args.threshold, foreground=split.mask
+    )
+    path = save_pca_grid(
+        args.out, batch.images, pictures, columns=args.columns, upscale=args.upscale
+    )
+    share = float(split.mask.float().mean())
+    print(
+        f"wrote {path}: {len(batch.paths)} image(s) at {transform.output_size[0]}x"
+        f"{transform.output_size[1]} ({grid[0]}x{grid[1]} patches), foreground side "
+        f"{split.side!r}, {100 * share:.0f}% of the patches coloured"
+    )
+    if batch.skipped:
+        print(f"skipped {len(batch.skipped)} unreadable image(s), listed in the log")
+    return 0

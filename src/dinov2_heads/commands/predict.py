@@ -1,0 +1,183 @@
+"""``dinov2-heads predict``: saved heads + a backbone checkpoint + images -> labels."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dinov2_heads.commands import _common
+
+if TYPE_CHECKING:
+    from dinov2_heads.data import Preprocess
+    from dinov2_heads.export import HeadCheckpoint
+    from dinov2_heads.heads import Prediction
+
+EXAMPLE = """\
+example:
+  dinov2-heads predict --heads heads.pt --checkpoint dinov2_vits14_pretrain.pth car.jpg
+  dinov2-heads predict --heads heads.safetensors --checkpoint backbone.pth --top-k 3 crops/
+  dinov2-heads predict --heads heads.pt --checkpoint backbone.pth --json photos/ > labels.json
+
+The heads file is one written by save_heads (or by the demo). Images are prepared as the heads
+were trained: the preset recorded in the file (extra "preprocessing"), else a resize to the
+recorded input size; --preset or --size override that.
+"""
+
+
+def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="label images with saved heads on a backbone checkpoint",
+        description="Label images with heads saved by save_heads: class names and "
+        "probabilities per head, as a table or JSON.\n\n" + EXAMPLE,
+        formatter_class=formatter,
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
+    parser.add_argument("--heads", required=True, help="a head checkpoint from save_heads")
+    _common.add_backbone_arguments(parser)
+    _common.add_size_arguments(parser, default=None)
+    parser.add_argument(
+        "--top-k", type=_common.positive_int, default=1, help="classes to show per head"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--batch-size", type=_common.positive_int, default=32)
+    parser.add_argument(
+        "--no-backbone-check",
+        action="store_true",
+        help="do not refuse a backbone whose weights differ from the one the heads were trained on",
+    )
+    _common.add_on_error_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from dinov2_heads.data import load_batch
+    from dinov2_heads.export import load_heads
+    from dinov2_heads.features import FrozenBackbone
+
+    checkpoint = load_heads(args.heads)
+    heads = checkpoint.heads
+    if heads is None:
+        kinds = sorted({str(spec.get("type")) for spec in checkpoint.metadata["heads"].values()})
+        raise ValueError(
+            f"{args.heads} holds heads of type {', '.join(kinds)}, which only your own code can "
+            "build; load them with load_heads(...).load_into(your_module) in Python"
+        )
+    backbone = _common.load_backbone(args)
+    if not args.no_backbone_check:
+        checkpoint.check_backbone(backbone)
+    frozen = FrozenBackbone(backbone, n_last_blocks=_blocks_needed(checkpoint, heads))
+    heads.to(next(backbone.parameters()).device)
+    transform = _transform(args, checkpoint)
+    paths = _common.image_paths(args.images)
+    top_k = {
+        name: min(args.top_k, _num_classes(checkpoint, name)) for name in checkpoint.head_names
+    }
+
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    for chunk in _common.batched(paths, args.batch_size):
+        try:
+            batch = load_batch(chunk, transform, on_error=args.on_error)
+        except ValueError:
+            if args.on_error != "skip":
+                raise
+            # Every image of this chunk was unreadable; each was already logged.
+            skipped += [{"path": str(path), "reason": "unreadable"} for path in chunk]
+            continue
+        skipped += [{"path": str(r.path), "reason": r.reason} for r in batch.skipped]
+        with torch.no_grad():
+            features = frozen(batch.images.to(next(backbone.parameters()).device))
+        rows += _rows(batch.paths, _predict(heads, features, checkpoint, top_k))
+
+    if args.json:
+        print(json.dumps({"predictions": rows, "skipped": skipped}, indent=2, ensure_ascii=False))
+    else:
+        print(_table(rows, checkpoint.head_names))
+        if skipped:
+            print(f"skipped {len(skipped)} unreadable image(s), listed in the log")
+    return 0
+
+
+def _predict(
+    heads: Any, features: Any, checkpoint: HeadCheckpoint, top_k: Mapping[str, int]
+) -> dict[str, Prediction]:
+    from dinov2_heads.heads import MultiHead, predict
+
+    if isinstance(heads, MultiHead):
+        return {
+            name: _single(predict(heads[name], features, top_k=top_k[name]))
+            for name in checkpoint.head_names
+        }
+    (name,) = checkpoint.head_names
+    return {name: _single(predict(heads, features, top_k=top_k[name]))}
+
+
+def _single(prediction: Prediction | dict[str, Prediction]) -> Prediction:
+    if isinstance(prediction, dict):
+        raise TypeError("a head returned several outputs; predict expects one logits tensor")
+    return prediction
+
+
+def _blocks_needed(checkpoint: HeadCheckpoint, heads: Any) -> int:
+    blocks = [int(getattr(module, "n_blocks", 1)) for module in heads.modules()]
+    return max([checkpoint.n_last_blocks or 1, *blocks])
+
+
+def _num_classes(checkpoint: HeadCheckpoint, name: str) -> int:
+    spec = checkpoint.metadata["heads"][name]
+    return int(spec.get("num_classes") or 1)
+
+
+def _transform(args: argparse.Namespace, checkpoint: HeadCheckpoint) -> Preprocess:
+    from dinov2_heads.data import Preprocess, list_presets
+
+    recorded = checkpoint.extra.get("preprocessing")
+    if isinstance(recorded, str) and recorded in list_presets():
+        default: Preprocess | str = recorded
+    elif checkpoint.input_size is not None:
+        default = Preprocess(resize=checkpoint.input_size)
+    else:
+        default = "official_eval"
+    return _common.preprocessing(args, default)
+
+
+def _rows(paths: Sequence[Path], per_head: Mapping[str, Prediction]) -> list[dict[str, Any]]:
+    rows = []
+    for index, path in enumerate(paths):
+        heads = {}
+        for name, prediction in per_head.items():
+            labels = prediction.names[index] if prediction.names is not None else None
+            heads[name] = [
+                {
+                    "label": labels[rank] if labels is not None else str(int(class_index)),
+                    "index": int(class_index),
+                    "probability": round(float(score), 4),
+                }
+                for rank, (class_index, score) in enumerate(
+                    zip(prediction.indices[index], prediction.scores[index], strict=True)
+                )
+            ]
+        rows.append({"path": str(path), "heads": heads})
+    return rows
+
+
+def _table(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> str:
+    cells = [
+        [str(row["path"])]
+        + [
+            ", ".join(f"{top['label']} {top['probability']:.2f}" for top in row["heads"][name])
+            for name in names
+        ]
+        for row in rows
+    ]
+    header = ["image", *names]
+    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in [header, *cells]
+    )

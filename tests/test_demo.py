@@ -1,0 +1,143 @@
+"""``run_demo``: the whole job on synthetic vehicles, with tiny settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from dinov2_heads.checkpoints import load_backbone
+from dinov2_heads.demo import DemoResults, fresh_directory, run_demo
+from dinov2_heads.export import load_heads
+from dinov2_heads.heads import Conv1dNeck, LinearHead, MultiHead
+
+TINY: dict[str, Any] = {
+    "num_train": 24,
+    "num_heldout": 8,
+    "epochs": 2,
+    "batch_size": 8,
+    "num_samples": 2,
+    "random_backbone": {"depth": 1, "embed_dim": 64, "num_heads": 1, "img_size": 56},
+    "progress": False,
+}
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory: pytest.TempPathFactory) -> DemoResults:
+    return run_demo(tmp_path_factory.mktemp("demo") / "out", seed=3, **TINY)
+
+
+def test_results_per_head(first: DemoResults) -> None:
+    assert [head.name for head in first.heads] == ["body", "colour", "orientation", "brand"]
+    assert [head.kind for head in first.heads] == ["LinearHead"] * 3 + ["Conv1dNeck"]
+    for head in first.heads:
+        assert head.count == 8  # every held-out label is known
+        assert 0 <= head.correct <= head.count
+        assert head.accuracy == head.correct / head.count
+        assert head.chance == pytest.approx(1 / head.num_classes)
+        # A quarter of the training labels is blanked, so some but not all are known.
+        assert 0 < head.train_labels < 24
+    assert first.random_weights
+    assert "randomly initialised" in first.backbone
+    assert first.variant is None  # shrunk: not an official architecture
+    assert set(first.seconds) == {"features", "training", "evaluation", "files", "total"}
+    table = first.table().splitlines()
+    assert table[0].split() == ["head", "type", "classes", "accuracy", "chance"]
+    assert [line.split()[0] for line in table[1:]] == ["body", "colour", "orientation", "brand"]
+
+
+def test_files_load(first: DemoResults) -> None:
+    files = first.files
+    assert set(files) == {"heads", "backbone", "pca", "results", "samples"}
+    checkpoint = load_heads(files["heads"])
+    assert isinstance(checkpoint.heads, MultiHead)
+    assert isinstance(checkpoint.heads["brand"], Conv1dNeck)
+    assert isinstance(checkpoint.heads["colour"], LinearHead)
+    assert checkpoint.class_names["orientation"] == ("front", "left", "rear", "right")
+    assert checkpoint.input_size == (126, 252)
+    assert checkpoint.extra["preprocessing"] == "vehicle_crop"
+    # The saved random backbone is the one the heads were trained on.
+    checkpoint.check_backbone(load_backbone(files["backbone"]))
+
+    results = json.loads(files["results"].read_text())
+    assert results["accuracy"] == first.accuracy
+    assert results["backbone"]["random_weights"] is True
+    assert results["data"] == {
+        "image_size": [126, 252],
+        "num_train": 24,
+        "num_heldout": 8,
+        "missing": 0.25,
+    }
+    samples = sorted(files["samples"].glob("*.png"))
+    assert [p.name.split("-")[0] for p in samples] == ["000024", "000025"]
+
+    from PIL import Image
+
+    with Image.open(files["pca"]) as picture:
+        # Four held-out images, two (image, picture) pairs per row, 126x252 tiles, 4 pixels
+        # of padding.
+        assert picture.size == (4 + 2 * (2 * 252 + 4 + 4), 4 + 2 * (126 + 4))
+
+
+def test_same_seed_same_numbers_and_weights(first: DemoResults, tmp_path: Path) -> None:
+    before = torch.get_rng_state()
+    again = run_demo(tmp_path / "again", seed=3, **TINY)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's random state is untouched
+    assert again.accuracy == first.accuracy
+    ours = load_heads(again.files["heads"]).state_dict
+    theirs = load_heads(first.files["heads"]).state_dict
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[key], theirs[key]) for key in ours)
+
+
+def test_another_seed_other_weights(first: DemoResults, tmp_path: Path) -> None:
+    other = run_demo(tmp_path / "other", seed=4, **TINY)
+    ours = load_heads(other.files["heads"]).state_dict
+    theirs = load_heads(first.files["heads"]).state_dict
+    assert not torch.equal(ours["colour.weight"], theirs["colour.weight"])
+
+
+def test_with_a_checkpoint(first: DemoResults, tmp_path: Path) -> None:
+    settings = {key: value for key, value in TINY.items() if key != "random_backbone"}
+    result = run_demo(tmp_path / "real", checkpoint=first.files["backbone"], **settings)
+    assert not result.random_weights
+    assert "backbone" not in result.files
+    assert str(first.files["backbone"]) in result.backbone
+    assert not (tmp_path / "real" / "backbone.pth").exists()
+
+
+def test_rerun_in_the_same_folder_replaces_the_samples(tmp_path: Path) -> None:
+    run_demo(tmp_path / "out", seed=0, **TINY)
+    run_demo(tmp_path / "out", seed=0, **{**TINY, "num_train": 26})
+    names = sorted(p.name.split("-")[0] for p in (tmp_path / "out" / "samples").glob("*.png"))
+    assert names == ["000026", "000027"]
+
+
+def test_refuses_a_folder_with_other_files(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty"):
+        run_demo(tmp_path, **TINY)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("num_train", 1), ("epochs", 0), ("missing", 1.0), ("batch_size", True)],
+)
+def test_bad_settings(setting: str, value: Any, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=setting):
+        run_demo(tmp_path, **{**TINY, setting: value})
+
+
+def test_fresh_directory(tmp_path: Path) -> None:
+    base = tmp_path / "demo"
+    assert fresh_directory(base) == base
+    base.mkdir()
+    assert fresh_directory(base) == base  # empty: usable
+    (base / "results.json").write_text("{}")
+    assert fresh_directory(base) == tmp_path / "demo-2"
+    (tmp_path / "demo-2").write_text("a file")
+    assert fresh_directory(base) == tmp_path / "demo-3"
