@@ -133,6 +133,9 @@ def test_check_backbone(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="fingerprint"):
         checkpoint.check_backbone(other)
     checkpoint.check_backbone(other, fingerprint=False)
+    known = weights_fingerprint(other)
+    saved = save_heads(tmp_path / "h2.pt", LinearHead(64, 2), backbone_fingerprint=known)
+    load_heads(saved).check_backbone(other)  # a fingerprint computed once and passed in
     official = dataclasses.replace(checkpoint, backbone_variant="dinov2_vits14")
     with pytest.raises(ValueError, match="trained on dinov2_vits14 but the backbone is a custom"):
         official.check_backbone(frozen, fingerprint=False)

@@ -109,6 +109,7 @@ def save_heads(
     backbone: nn.Module | None = None,
     input_size: int | tuple[int, int] | None = None,
     extra: Mapping[str, Any] | None = None,
+    backbone_fingerprint: str | None = None,
 ) -> Path:
     """Save heads for deployment in one file, atomically.
 
@@ -126,6 +127,9 @@ def save_heads(
             fingerprint are recorded so that a deployment can check it has the right one.
         input_size: The training input size, ``224`` or ``(126, 252)`` (H, W).
         extra: Any JSON-serialisable metadata of your own (dataset, metrics, ...).
+        backbone_fingerprint: The backbone's :func:`~dinov2_heads.weights_fingerprint`, when
+            already known: hashing a large backbone takes seconds, so a training loop that
+            saves every epoch computes it once and passes it here.
 
     Returns:
         The path written.
@@ -141,6 +145,8 @@ def save_heads(
         for name, value in heads.state_dict().items()
     }
     variant, config = _backbone_identity(backbone) if backbone is not None else (None, None)
+    if backbone_fingerprint is None and backbone is not None:
+        backbone_fingerprint = weights_fingerprint(backbone)
     metadata: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -149,7 +155,7 @@ def save_heads(
         "heads_fingerprint": weights_fingerprint(state),
         "backbone": {
             "variant": variant,
-            "fingerprint": weights_fingerprint(backbone) if backbone is not None else None,
+            "fingerprint": backbone_fingerprint,
             "config": config,
             "n_last_blocks": getattr(backbone, "n_last_blocks", None),
         },

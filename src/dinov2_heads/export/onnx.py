@@ -161,7 +161,9 @@ def export_onnx(
     if not isinstance(heads, nn.Module):
         raise TypeError(f"heads must be an nn.Module (a head or a MultiHead), got {heads!r}")
     if opset < 18:
-        raise ValueError(f"opset must be 18 or newer (bicubic resize and SDPA), got {opset}")
+        raise ValueError(
+            f"opset must be 18 or newer (the torch.export-based exporter's oldest), got {opset}"
+        )
     if verify and frozen.dtype == torch.bfloat16:
         raise ValueError(
             "verify=True needs float32 or float16 weights (onnxruntime has no bfloat16 input); "
@@ -219,10 +221,11 @@ def export_onnx(
     if not verify:
         return result
     shapes = _check_shapes(size, patch, dynamic_batch, dynamic)
+    session = _session(target)
     worst: dict[str, float] = dict.fromkeys(graph.output_names, 0.0)
     for shape in shapes:
         images = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-        diffs = verify_onnx(target, frozen, heads, images)
+        diffs = _compare(session, graph, images)
         worst = {name: max(worst[name], diffs[name]) for name in worst}
     logger.info("onnxruntime vs PyTorch, max abs diff per output: %s", worst)
     if max(worst.values()) > atol:
@@ -249,10 +252,12 @@ def verify_onnx(
         raise ValueError(
             "onnxruntime cannot be fed bfloat16 images; verify a float32 (or float16) export"
         )
-    session = _session(path)
-    graph = ExportGraph(frozen, heads)
-    with _eval_mode(heads), torch.no_grad():
-        graph.eval()
+    return _compare(_session(path), ExportGraph(frozen, heads), images)
+
+
+def _compare(session: Any, graph: ExportGraph, images: Tensor) -> dict[str, float]:
+    frozen = graph.frozen
+    with _eval_mode(graph), torch.no_grad():
         expected = graph(images.to(device=_device_of(frozen), dtype=frozen.dtype))
     feed = {INPUT_NAME: images.to(frozen.dtype).cpu().numpy()}
     produced = session.run(list(graph.output_names), feed)
