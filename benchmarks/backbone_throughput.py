@@ -327,8 +327,9 @@ def run_benchmark(settings: Settings, *, log: Callable[[str], None] = print) -> 
     for variant in settings.variants:
         config = get_config(variant).replace(**settings.overrides)
         torch.manual_seed(0)
-        reference = create_backbone(variant, **settings.overrides)
+        reference = create_backbone(variant, device=settings.device, **settings.overrides)
         state = {k: v.clone() for k, v in reference.state_dict().items()}
+        del reference
         implementations: list[tuple[str, Callable[[], nn.Module]]] = [
             ("dinov2-heads", partial(_build_ours, variant, settings.overrides, state)),
         ]

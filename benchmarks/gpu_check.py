@@ -101,12 +101,12 @@ def check_case(
         Accuracy rows, throughput rows and the names of skipped cases.
     """
     torch.manual_seed(0)
-    base = create_backbone(variant, **overrides)
+    base = create_backbone(variant, device=device, **overrides)
     config = base.config
     state = {k: v.clone() for k, v in base.state_dict().items()}
     images = torch.randn(batch, 3, *size, device=device)
     with torch.no_grad(), _exact_fp32():
-        out = base.to(device).forward_features(images)
+        out = base.forward_features(images)
         reference = {key: out[key].float() for key in _TOKENS.values()}
     del base, out
     flops = bt.vit_forward_flops(config, *size)
@@ -320,6 +320,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         notes.append(f"out of time budget, not run: {', '.join(skipped)}")
     if args.smoke:
         notes.append("smoke run: one block, tiny images, no compilation; not a measurement")
+    if device.type == "cuda":
+        notes.append(
+            "fp32 rows use PyTorch's default TF32 settings (cuDNN convolutions in TF32: "
+            f"{torch.backends.cudnn.allow_tf32}, matmuls: {torch.backends.cuda.matmul.allow_tf32})"
+        )
     goal_rows = targets(rows) if not args.smoke else []
     log(f"\n## Throughput ({size[0]}x{size[1]}, median of {iters} after {warmup} warm-up)\n")
     log(bt.format_table(rows))
