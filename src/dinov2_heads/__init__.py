@@ -55,6 +55,15 @@ from dinov2_heads.data import (
     load_image,
     nearest_valid_size,
 )
+from dinov2_heads.export import (
+    HeadCheckpoint,
+    OnnxExport,
+    export_onnx,
+    load_heads,
+    read_onnx_metadata,
+    save_heads,
+    verify_onnx,
+)
 from dinov2_heads.features import Features, FrozenBackbone
 from dinov2_heads.fingerprint import weights_fingerprint
 from dinov2_heads.heads import (
@@ -100,6 +109,7 @@ __all__ = [
     "FrozenBackbone",
     "GridResults",
     "GridSGD",
+    "HeadCheckpoint",
     "HeadLoss",
     "ImageFolderDataset",
     "LinearHead",
@@ -109,6 +119,7 @@ __all__ = [
     "ManifestDataset",
     "MultiHead",
     "MultiHeadLoss",
+    "OnnxExport",
     "Prediction",
     "Preprocess",
     "StoreMismatchError",
@@ -131,6 +142,7 @@ __all__ = [
     "dinov2_vits14_reg",
     "estimate_store_size",
     "evaluate_grid",
+    "export_onnx",
     "extract_features",
     "fit_grid",
     "get_config",
@@ -139,13 +151,17 @@ __all__ = [
     "list_presets",
     "list_variants",
     "load_backbone",
+    "load_heads",
     "load_image",
     "load_partial",
     "nearest_valid_size",
     "pca_foreground",
     "pca_rgb",
     "predict",
+    "read_onnx_metadata",
+    "save_heads",
     "save_pca_grid",
     "train_one_epoch",
+    "verify_onnx",
     "weights_fingerprint",
 ]
