@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from dinov2_heads.export import atomic as atomic_module
+from dinov2_heads import atomic as atomic_module
 from dinov2_heads.export import load_heads, save_heads
 from dinov2_heads.features import Features
 from dinov2_heads.fingerprint import weights_fingerprint

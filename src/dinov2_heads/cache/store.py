@@ -19,13 +19,11 @@ rows that are really on disk: a killed extraction resumes from there.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dinov2_heads.atomic import atomic_write_bytes
 from dinov2_heads.features import Features
 from dinov2_heads.fingerprint import tensor_bytes, weights_fingerprint
 
@@ -601,35 +600,9 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def write_manifest(path: str | os.PathLike[str], manifest: Mapping[str, Any]) -> None:
-    """Replace the manifest atomically: temp file, fsync, ``os.replace``, fsync the directory."""
-    root = Path(path)
+    """Replace the manifest atomically (temporary file, fsync, rename, fsync the directory)."""
     text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{MANIFEST}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, root / MANIFEST)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(root)
-
-
-def _fsync_directory(root: Path) -> None:
-    # Makes the rename durable; not every platform can open a directory.
-    try:
-        fd = os.open(root, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write_bytes(Path(path) / MANIFEST, text.encode("utf-8"))
 
 
 class StoreWriter:

@@ -1,6 +1,6 @@
 """Deployment: ONNX export of a frozen backbone with its heads, and head checkpoints."""
 
-from dinov2_heads.export.atomic import atomic_path, atomic_write_bytes
+from dinov2_heads.atomic import atomic_path, atomic_write_bytes
 from dinov2_heads.export.heads_checkpoint import HeadCheckpoint, load_heads, save_heads
 from dinov2_heads.export.onnx import (
     ExportGraph,

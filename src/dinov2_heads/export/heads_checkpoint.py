@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dinov2_heads.atomic import atomic_write_bytes
 from dinov2_heads.backbone import DinoVisionTransformer
-from dinov2_heads.export.atomic import atomic_write_bytes
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.fingerprint import weights_fingerprint
 from dinov2_heads.heads import Conv1dNeck, LinearHead, MultiHead

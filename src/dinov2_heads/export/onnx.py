@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dinov2_heads.export.atomic import atomic_path
+from dinov2_heads.atomic import atomic_path
 from dinov2_heads.features import Features, FrozenBackbone
 from dinov2_heads.fingerprint import weights_fingerprint
 from dinov2_heads.heads import MultiHead

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from dinov2_heads.atomic import atomic_write_bytes
 from dinov2_heads.data.functional import IMAGENET_MEAN, IMAGENET_STD, denormalize, tensor_to_pil
 
 logger = logging.getLogger(__name__)
@@ -120,22 +120,7 @@ def save_pca_grid(
     buffer = io.BytesIO()
     tensor_to_pil(sheet).save(buffer, format="PNG")
     target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, buffer.getvalue())
     logger.info("wrote %s (%d image(s) with their PCA pictures)", target, batch)
     return target
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

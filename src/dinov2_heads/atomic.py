@@ -20,6 +20,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     untouched. A process killed mid-write leaves ``path`` intact and, at worst, a hidden
     ``.<name>.*.tmp`` file beside it.
 
+    Every file this library writes (head checkpoints, ONNX graphs, store manifests, pictures)
+    goes through here.
+
     Args:
         path: The file to create or replace; its directory must exist.
     """
@@ -34,6 +37,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     )
     os.close(handle)
     temporary = Path(temporary_name)
+    # mkstemp makes the file private (0600); the result should be readable like any saved file.
+    os.chmod(temporary, 0o644)
     try:
         yield temporary
         _fsync_file(temporary)
