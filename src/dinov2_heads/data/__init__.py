@@ -35,7 +35,7 @@ from dinov2_heads.data.loading import (
     load_batch,
     load_image,
 )
-from dinov2_heads.data.manifest import MISSING_LABEL, ManifestDataset, read_manifest
+from dinov2_heads.data.manifest import ManifestDataset, read_manifest
 from dinov2_heads.data.preprocess import PRESETS, Preprocess, get_preset, list_presets
 from dinov2_heads.data.synthetic import (
     ATTRIBUTES,
@@ -46,6 +46,7 @@ from dinov2_heads.data.synthetic import (
     SyntheticVehicles,
     Vehicle,
 )
+from dinov2_heads.labels import MISSING_LABEL
 
 __all__ = [
     "ATTRIBUTES",

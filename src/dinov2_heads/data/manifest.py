@@ -30,11 +30,9 @@ from torch import Tensor
 
 from dinov2_heads.data._dataset import ImageDataset, Transform
 from dinov2_heads.data.loading import OnError
+from dinov2_heads.labels import MISSING_LABEL
 
 logger = logging.getLogger(__name__)
-
-#: The label of an unknown (blank) cell: the ``ignore_index`` of ``cross_entropy``.
-MISSING_LABEL = -100
 
 
 def read_manifest(path: str | os.PathLike[str]) -> list[dict[str, str | None]]:

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from dinov2_heads.data.functional import _as_pair, nearest_valid_size, pil_to_tensor
 from dinov2_heads.data.loading import require_pillow
-from dinov2_heads.data.manifest import MISSING_LABEL
+from dinov2_heads.labels import MISSING_LABEL
 
 if TYPE_CHECKING:
     from PIL import Image, ImageDraw

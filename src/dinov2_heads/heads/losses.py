@@ -10,8 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: The default "label unknown" value, as in ``F.cross_entropy(ignore_index=-100)``.
-IGNORE_INDEX = -100
+from dinov2_heads.labels import MISSING_LABEL
+
+#: The default "label unknown" value (the library-wide missing label, as in
+#: ``F.cross_entropy(ignore_index=-100)``).
+IGNORE_INDEX = MISSING_LABEL
 
 
 @dataclass(frozen=True)
