@@ -426,13 +426,20 @@ def _describe_backbone(
     backbone: DinoVisionTransformer, checkpoint: str | os.PathLike[str] | None
 ) -> str:
     config = backbone.config
-    shape = f"{config.depth} blocks of width {config.embed_dim}, {config.num_heads} heads" + (
-        f", {config.num_register_tokens} registers" if config.num_register_tokens else ""
+    shape = (
+        f"{_count(config.depth, 'block')} of width {config.embed_dim}, "
+        f"{_count(config.num_heads, 'attention head')}"
     )
+    if config.num_register_tokens:
+        shape += f", {config.num_register_tokens} registers"
     if checkpoint is not None:
         name = backbone.variant or "a custom architecture"
         return f"{name} ({shape}) from {checkpoint}"
     return f"randomly initialised, {shape} (a shrunk {_family(backbone)} so it runs fast on a CPU)"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _family(backbone: DinoVisionTransformer) -> str:

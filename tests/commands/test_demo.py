@@ -22,7 +22,7 @@ def test_demo_runs_and_says_where_the_files_went(
     code = main([*argv, "--checkpoint", str(files.checkpoint), "--seed", "2"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "backbone: a custom architecture (1 blocks of width 64" in printed
+    assert "backbone: a custom architecture (1 block of width 64, 1 attention head)" in printed
     assert f"from {files.checkpoint}" in printed
     assert "held-out accuracy (4 images" in printed
     for head in ("body", "colour", "orientation", "brand"):
