@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from dinov2_heads.atomic import atomic_write_bytes
+from dinov2_heads.errors import Dinov2HeadsError
 from dinov2_heads.features import Features
 from dinov2_heads.fingerprint import tensor_bytes, weights_fingerprint
 
@@ -63,7 +64,7 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 
-class StoreMismatchError(ValueError):
+class StoreMismatchError(Dinov2HeadsError, ValueError):
     """A store was opened for a different backbone, input size, preprocessing or layout."""
 
 

@@ -8,9 +8,19 @@ Problems with a file's content are also ``ValueError``; problems with the file s
 
 from __future__ import annotations
 
+from dinov2_heads.errors import Dinov2HeadsError
 
-class Dinov2HeadsError(Exception):
-    """Base class of every error the library raises deliberately."""
+__all__ = [
+    "ArchitectureMismatchError",
+    "CheckpointError",
+    "CheckpointFileError",
+    "CheckpointIsADirectoryError",
+    "CheckpointNotFoundError",
+    "Dinov2HeadsError",
+    "PartialLoadError",
+    "UnknownFormatError",
+    "UnsafeCheckpointError",
+]
 
 
 class CheckpointError(Dinov2HeadsError, ValueError):

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor
 
+from dinov2_heads.errors import Dinov2HeadsError
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -48,7 +50,7 @@ def require_pillow() -> ModuleType:
     return PIL
 
 
-class UnreadableImageError(OSError):
+class UnreadableImageError(Dinov2HeadsError, OSError):
     """An image file could not be opened or decoded.
 
     Attributes:
