@@ -36,10 +36,11 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
+from dinov2_heads.atomic import atomic_path, atomic_write_bytes
 from dinov2_heads.backbone import DinoVisionTransformer, create_backbone, get_config
 from dinov2_heads.cache import FeatureDataset, FeatureStore, extract_features
 from dinov2_heads.data import SyntheticVehicles
-from dinov2_heads.export import atomic_path, atomic_write_bytes, save_heads
+from dinov2_heads.export import save_heads
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.heads import Conv1dNeck, LinearHead, MultiHead, MultiHeadLoss, predict
 from dinov2_heads.training.progress import Progress

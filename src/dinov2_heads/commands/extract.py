@@ -72,8 +72,8 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from dinov2_heads.atomic import atomic_write_bytes
     from dinov2_heads.cache import extract_features
-    from dinov2_heads.export import atomic_write_bytes
     from dinov2_heads.features import FrozenBackbone
 
     transform = _common.preprocessing(args, "official_eval")
