@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from dinov2_heads import create_backbone
-from tests.backbone.conftest import randomize
 from tests.backbone.reference import final_norm, forward_all
+from tests.helpers import randomize
 
 TOL = 1e-5
 

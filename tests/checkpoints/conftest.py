@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-import pytest
 import torch
 from torch import Tensor
 
 from dinov2_heads import DinoVisionTransformer, create_backbone
-
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "dinov2_official"
+from tests.helpers import randomize
 
 #: 128 wide with 2 heads keeps the official 64-wide heads, so the head count is inferred right.
 TINY = {"depth": 2, "embed_dim": 128, "num_heads": 2}
-
-
-@pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.skip(f"official reference fixtures not found at {FIXTURES.resolve()}")
-    return FIXTURES
 
 
 def tiny_backbone(
@@ -32,23 +22,7 @@ def tiny_backbone(
     settings: dict[str, object] = {**TINY, **overrides}
     if swiglu:
         settings["ffn_layer"] = "swiglufused"
-    return randomized(create_backbone(name, **settings), seed)
-
-
-def randomized(model: DinoVisionTransformer, seed: int) -> DinoVisionTransformer:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=gen)
-            if name.endswith("gamma"):
-                param.copy_(0.5 + 0.2 * noise)
-            elif "norm" in name and name.endswith("weight"):
-                param.copy_(1 + 0.1 * noise)
-            elif param.ndim <= 1 or name in {"cls_token", "pos_embed", "register_tokens"}:
-                param.copy_(0.05 * noise)
-            else:
-                param.copy_(noise / param.shape[-1] ** 0.5)
-    return model.eval()
+    return randomize(create_backbone(name, **settings), seed)
 
 
 def images(size: tuple[int, int] = (518, 518), batch: int = 1, seed: int = 7) -> Tensor:

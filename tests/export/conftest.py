@@ -2,21 +2,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 from torch import Tensor, nn
 
 from dinov2_heads import DinoVisionTransformer, create_backbone
 from dinov2_heads.features import Features, FrozenBackbone
-
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "dinov2_official"
-
-
-@pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.skip(f"official reference fixtures not found at {FIXTURES.resolve()}")
-    return FIXTURES
 
 
 def official_fixture_backbone(fixtures_dir: Path, name: str) -> DinoVisionTransformer:

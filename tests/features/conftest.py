@@ -1,20 +1,9 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from dinov2_heads import DinoVisionTransformer, create_backbone
-
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "dinov2_official"
-
-
-@pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.skip(f"official reference fixtures not found at {FIXTURES.resolve()}")
-    return FIXTURES
 
 
 def tiny_backbone(registers: int = 0, depth: int = 2, seed: int = 0) -> DinoVisionTransformer:
