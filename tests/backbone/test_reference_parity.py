@@ -138,3 +138,16 @@ def test_forward_returns_class_token_or_dict() -> None:
     assert cls.shape == (3, 32)
     assert isinstance(full, dict)
     torch.testing.assert_close(cls, full["x_norm_clstoken"], atol=0, rtol=0)
+
+
+def test_intermediate_tokens_keep_class_and_register_tokens() -> None:
+    model = _build("dinov2_vits14_reg", depth=3, embed_dim=64, num_heads=2)
+    x = torch.randn(2, 3, 42, 70)
+    with torch.no_grad():
+        _, blocks = forward_all(model.state_dict(), x, heads=2, offset=0.0, antialias=True)
+        tokens = model.get_intermediate_tokens(x, n=2)
+        raw = model.get_intermediate_tokens(x, n=[0], norm=False)
+    assert [t.shape for t in tokens] == [(2, 1 + 4 + 15, 64)] * 2
+    for got, expected in zip(tokens, blocks[1:], strict=True):
+        torch.testing.assert_close(got, final_norm(model.state_dict(), expected), atol=TOL, rtol=0)
+    torch.testing.assert_close(raw[0], blocks[0], atol=TOL, rtol=0)

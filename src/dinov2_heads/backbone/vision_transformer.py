@@ -231,14 +231,7 @@ class DinoVisionTransformer(nn.Module):
         Returns:
             A tuple with one entry per chosen block, oldest first. Register tokens are dropped.
         """
-        taken = self._blocks_to_take(n)
-        tokens = self.prepare_tokens_with_masks(x)
-        outputs = []
-        # Blocks after the last one asked for cannot change the result, so they are skipped.
-        for index, block in enumerate(self.blocks[: taken[-1] + 1]):
-            tokens = block(tokens)
-            if index in taken:
-                outputs.append(self.norm(tokens) if norm else tokens)
+        outputs = self.get_intermediate_tokens(x, n, norm=norm)
         class_tokens = [out[:, 0] for out in outputs]
         patches = [out[:, 1 + self.num_register_tokens :] for out in outputs]
         if reshape:
@@ -247,6 +240,24 @@ class DinoVisionTransformer(nn.Module):
         if return_class_token:
             return tuple(zip(patches, class_tokens, strict=True))
         return tuple(patches)
+
+    def get_intermediate_tokens(
+        self, x: Tensor, n: BlockSelection = 1, *, norm: bool = True
+    ) -> tuple[Tensor, ...]:
+        """Every token of chosen blocks: (B, 1 + R + N, D) each, class token and registers kept.
+
+        The sequence form behind :meth:`get_intermediate_layers`, for callers that also need
+        the register tokens. ``n`` and ``norm`` mean the same; outputs come oldest block first.
+        """
+        taken = self._blocks_to_take(n)
+        tokens = self.prepare_tokens_with_masks(x)
+        outputs = []
+        # Blocks after the last one asked for cannot change the result, so they are skipped.
+        for index, block in enumerate(self.blocks[: taken[-1] + 1]):
+            tokens = block(tokens)
+            if index in taken:
+                outputs.append(self.norm(tokens) if norm else tokens)
+        return tuple(outputs)
 
     def _blocks_to_take(self, n: BlockSelection) -> list[int]:
         depth = len(self.blocks)

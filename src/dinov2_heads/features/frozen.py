@@ -178,21 +178,14 @@ class FrozenBackbone(nn.Module):
 
 
 def _tokens_with_registers(model: DinoVisionTransformer, x: Tensor, n: int) -> _Tokens:
-    # get_intermediate_layers drops the register tokens, so the same forward pass is run here to
-    # keep them: the official token order is [class, registers (R), patches (N)].
-    tokens = model.prepare_tokens_with_masks(x)
-    first_taken = len(model.blocks) - n
-    outputs = []
-    for index, block in enumerate(model.blocks):
-        tokens = block(tokens)
-        if index >= first_taken:
-            outputs.append(model.norm(tokens))
+    # get_intermediate_layers drops the register tokens; the full sequences keep them, in the
+    # official order [class, registers (R), patches (N)].
+    outputs = model.get_intermediate_tokens(x, n)
     r = model.num_register_tokens
-    registers = outputs[-1][:, 1 : 1 + r] if r else None
     return (
         tuple(out[:, 0] for out in outputs),
         tuple(out[:, 1 + r :] for out in outputs),
-        registers,
+        outputs[-1][:, 1 : 1 + r] if r else None,
     )
 
 
