@@ -129,20 +129,21 @@ class DinoVisionTransformer(nn.Module):
         the exact grid with antialias. The stored table is returned as is when the patch count
         equals the table's and the image is square (518x518 for the released weights).
 
-        Under ``torch.export`` (and so ONNX export) the same resampling is computed by
-        :func:`_resample_pos_table` instead, which keeps H and W symbolic.
+        Under ``torch.compile`` and ``torch.export`` (and so ONNX export) the same resampling is
+        computed by :func:`_resample_pos_table` instead, which keeps H and W symbolic: one
+        compiled graph serves every image size, and an exported graph takes any size.
         """
         previous_dtype = x.dtype
         num_patches = x.shape[1] - 1
         num_positions = self.pos_embed.shape[1] - 1
-        exporting = _is_exporting()
-        if not exporting and num_patches == num_positions and height == width:
+        tracing = _is_tracing()
+        if not tracing and num_patches == num_positions and height == width:
             return self.pos_embed
         pos_embed = self.pos_embed.float()
         side = math.isqrt(num_positions)
         grid_h, grid_w = height // self.patch_size, width // self.patch_size
         table = rearrange(pos_embed[:, 1:], "1 (gh gw) d -> 1 d gh gw", gh=side)
-        if exporting:
+        if tracing:
             table = _resample_pos_table(
                 table,
                 grid_h,
@@ -293,6 +294,12 @@ def _nearest_multiple(value: int, multiple: int) -> int:
 def _is_exporting() -> bool:
     is_exporting = getattr(torch.compiler, "is_exporting", None)
     return bool(is_exporting()) if is_exporting is not None else False
+
+
+def _is_tracing() -> bool:
+    # Under torch.compile and torch.export, F.interpolate's scale factor would be computed from
+    # the image size in Python and frozen into the graph: a recompilation for every new size.
+    return torch.compiler.is_compiling() or _is_exporting()
 
 
 def _resample_pos_table(

@@ -42,8 +42,10 @@ class FrozenBackbone(nn.Module):
         dtype: Store the frozen weights in this dtype once (``torch.bfloat16`` or
             ``torch.float16``) instead of autocasting on every call; inputs are cast to it and
             features come out as float32. ``None`` keeps the backbone's dtype.
-        compile: ``True`` compiles the token extraction with ``torch.compile`` with a dynamic
-            batch dimension, so a new batch size does not recompile; a mapping is passed to
+        compile: ``True`` compiles the token extraction with ``torch.compile``. The batch
+            dimension is dynamic, so a new batch size does not recompile; the first image size
+            is compiled as is, and a second size compiles one graph with dynamic height and
+            width that serves every later size (two compilations in all). A mapping is passed to
             ``torch.compile`` as keyword arguments (for example ``{"mode": "max-autotune"}``).
 
     Example:
@@ -101,6 +103,7 @@ class FrozenBackbone(nn.Module):
             (dict(compile) if isinstance(compile, Mapping) else {}) if compile else None
         )
         self._compiled: Callable[[Tensor], _Tokens] | None = None
+        self._first_grid: tuple[int, int] | None = None
         self.register_state_dict_post_hook(_strip_backbone_prefix)  # type: ignore[no-untyped-call]
         self.register_load_state_dict_pre_hook(_add_backbone_prefix)  # type: ignore[no-untyped-call]
         self.train(False)
@@ -143,9 +146,7 @@ class FrozenBackbone(nn.Module):
         x = x.to(self.dtype)
         with torch.no_grad():
             if self._compile_options is not None:
-                # A dynamic batch dimension from the first call on: one graph serves every batch
-                # size (B = 1 aside, which torch specialises once).
-                torch._dynamo.maybe_mark_dynamic(x, 0)
+                self._mark_dynamic(x, grid)
                 class_tokens, patch_tokens, registers = self._compiled_tokens()(x)
             else:
                 class_tokens, patch_tokens, registers = self._tokens(x)
@@ -160,6 +161,18 @@ class FrozenBackbone(nn.Module):
         return f"n_last_blocks={self.n_last_blocks}, dtype={self.dtype}"
 
     # ------------------------------------------------------------------ internals
+
+    def _mark_dynamic(self, x: Tensor, grid: tuple[int, int]) -> None:
+        # A dynamic batch dimension from the first call on: one graph serves every batch size
+        # (B = 1 aside, which torch specialises once). The first image size is compiled static,
+        # the fastest code for the common single-size run; the first other size compiles one
+        # graph with dynamic height and width, which then serves every size.
+        torch._dynamo.maybe_mark_dynamic(x, 0)
+        if self._first_grid is None:
+            self._first_grid = grid
+        elif grid != self._first_grid:
+            torch._dynamo.maybe_mark_dynamic(x, 2)
+            torch._dynamo.maybe_mark_dynamic(x, 3)
 
     def _compiled_tokens(self) -> Callable[[Tensor], _Tokens]:
         if self._compiled is None:
