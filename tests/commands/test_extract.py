@@ -18,7 +18,6 @@ from .conftest import Files
 
 def extract(files: Files, out: Path, *inputs: str | Path, extra: tuple[str, ...] = ()) -> int:
     argv = ["--quiet", "extract", "--checkpoint", str(files.checkpoint), "--out", str(out)]
-    # The inputs go before the options: --label-columns takes every word that follows it.
     return main([*argv, "--size", "28", "56", *map(str, inputs), *extra])
 
 
@@ -46,7 +45,7 @@ def test_class_folders(files: Files, tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_manifest_with_missing_labels(files: Files, tmp_path: Path) -> None:
-    extra = ("--keep", "patch_tokens", "--label-columns", "colour", "brand", "--dtype", "float32")
+    extra = ("--keep", "patch_tokens", "--label-columns", "colour,brand", "--dtype", "float32")
     assert extract(files, tmp_path / "store", files.manifest, extra=extra) == 0
     store = FeatureStore.open(tmp_path / "store")
     assert store.label_columns == ["colour", "brand"]
@@ -81,4 +80,31 @@ def test_label_columns_need_a_manifest(
 ) -> None:
     code = extract(files, tmp_path / "s", *files.images, extra=("--label-columns", "colour"))
     assert code == 1
-    assert "--label-columns needs a manifest" in capsys.readouterr().err
+    assert "--label-columns needs one manifest" in capsys.readouterr().err
+
+
+def test_label_columns_before_the_manifest_and_repeated(files: Files, tmp_path: Path) -> None:
+    # Options may come before the inputs: the column list is one comma-separated word.
+    argv = ["--quiet", "extract", "--checkpoint", str(files.checkpoint), "--size", "28", "56"]
+    columns = ("--label-columns", "colour", "--label-columns", "brand,orientation")
+    assert main([*argv, *columns, "--out", str(tmp_path / "s"), str(files.manifest)]) == 0
+    assert FeatureStore.open(tmp_path / "s").label_columns == ["colour", "brand", "orientation"]
+
+
+def test_space_separated_label_columns_get_a_hint(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "brand" is taken as a second input, so the manifest is no longer alone: the error says
+    # how to write several columns.
+    code = extract(files, tmp_path / "s", "--label-columns", "colour", "brand", files.manifest)
+    assert code == 1
+    assert "--label-columns colour,type" in capsys.readouterr().err
+
+
+def test_empty_label_column_is_a_usage_error(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        extract(files, tmp_path / "s", files.manifest, extra=("--label-columns", "colour,"))
+    assert exit_info.value.code == 2
+    assert "comma-separated column names" in capsys.readouterr().err

@@ -13,7 +13,7 @@ EXAMPLE = """\
 example:
   dinov2-heads extract --checkpoint dinov2_vits14_pretrain.pth --out features/train train/
   dinov2-heads extract --checkpoint dinov2_vitb14_pretrain.pth --out features/attributes \\
-      --preset vehicle_crop --keep patch_tokens attributes.csv
+      --preset vehicle_crop --keep patch_tokens --label-columns colour,type attributes.csv
 
 IMAGES is a folder with one sub-folder per class (labels from the folder names), a CSV / TSV /
 JSON / JSON Lines manifest (a "path" column and label columns; empty cells are missing labels),
@@ -60,7 +60,11 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
     parser.add_argument("--batch-size", type=_common.positive_int, default=64)
     parser.add_argument("--num-workers", type=int, default=0, help="image loading processes")
     parser.add_argument(
-        "--label-columns", nargs="+", help="manifest label columns (default: all but the paths)"
+        "--label-columns",
+        type=_column_list,
+        action="extend",
+        metavar="COLUMNS",
+        help="manifest label columns, comma-separated (colour,type; default: all but the paths)",
     )
     parser.add_argument("--image-column", default="path", help="the manifest's path column")
     _common.add_on_error_argument(parser)
@@ -107,6 +111,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _column_list(text: str) -> list[str]:
+    columns = [column.strip() for column in text.split(",")]
+    if not all(columns):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated column names such as colour,type, got {text!r}"
+        )
+    return columns
+
+
 def _dataset(args: argparse.Namespace, transform: Any) -> tuple[Any, dict[str, Any]]:
     """The dataset to extract, and what ``dataset.json`` records about it."""
     from dinov2_heads.data import ImageFolderDataset, ManifestDataset, check_images
@@ -128,7 +141,11 @@ def _dataset(args: argparse.Namespace, transform: Any) -> tuple[Any, dict[str, A
         kind, class_names = "folder", dataset.vocabularies
     else:
         if args.label_columns:
-            raise ValueError("--label-columns needs a manifest (.csv, .tsv, .json or .jsonl)")
+            got = ", ".join(str(item) for item in inputs)
+            raise ValueError(
+                "--label-columns needs one manifest (.csv, .tsv, .json or .jsonl) as IMAGES, "
+                f"got {got}; separate several columns with commas: --label-columns colour,type"
+            )
         paths, skipped = check_images(_common.image_paths(inputs), on_error=args.on_error)
         if not paths:
             raise ValueError("none of the images could be read; see the warnings above")
