@@ -58,12 +58,13 @@ def test_resume_after_an_interruption_at_a_random_batch(
     assert torch.equal(store.sample_ids(), torch.arange(11))
     assert not list(path.glob(".manifest.json.*"))
 
-    # A finished store is returned as it is, without running the backbone.
+    # A finished store is returned as it is, without running the backbone; only the first
+    # sample is read, to check the input size.
     data.reads.clear()
     again = extract_features(
         frozen, data, path=path, keep="patch_tokens", batch_size=3, progress=False
     )
-    assert data.reads == []
+    assert data.reads == [0]
     assert_same_store(again, reference)
 
 
@@ -188,3 +189,44 @@ def test_open_checks_backbone_size_and_preprocessing(
     assert FeatureStore.open(path).fingerprint in str(caught.value)
     with pytest.raises(FileNotFoundError, match="no feature store"):
         FeatureStore.open(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("change", "pattern"),
+    [
+        ("keep", "keep"),
+        ("size", "input size"),
+        ("blocks", "n_blocks"),
+    ],
+)
+def test_a_finished_store_is_refused_for_other_settings(
+    frozen: FrozenBackbone, tmp_path: Path, change: str, pattern: str
+) -> None:
+    path = tmp_path / "store"
+    extract_features(frozen, Images(6), path=path, batch_size=2, progress=False)
+    arguments: dict[str, object] = {"frozen": frozen, "data": Images(6), "progress": False}
+    if change == "keep":
+        arguments["keep"] = "patch_tokens"
+    elif change == "size":
+        arguments["data"] = Images(6, size=(28, 28))
+    else:
+        arguments["frozen"] = tiny_frozen(n_last_blocks=1)
+    with pytest.raises(StoreMismatchError, match=pattern):
+        extract_features(path=path, **arguments)  # type: ignore[arg-type]
+    # The same settings still return the finished store without reading the data again.
+    data = Images(6)
+    assert len(extract_features(frozen, data, path=path, progress=False)) == 6
+    assert data.reads == [0]
+
+
+def test_a_store_killed_after_its_last_batch_is_checked_before_it_is_finished(
+    frozen: FrozenBackbone, tmp_path: Path
+) -> None:
+    path = tmp_path / "store"
+    extract_features(frozen, Images(4), path=path, batch_size=2, progress=False)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["complete"] = False  # as if killed between the last commit and the finish
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreMismatchError, match="keep"):
+        extract_features(frozen, Images(4), path=path, keep="patch_tokens", progress=False)
+    assert not FeatureStore.open(path, allow_incomplete=True).complete

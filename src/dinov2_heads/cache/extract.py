@@ -12,7 +12,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    SequentialSampler,
+    default_collate,
+)
 
 from dinov2_heads.cache.store import (
     FORMAT,
@@ -416,6 +422,10 @@ def extract_features(
         if (root / MANIFEST).is_file():
             existing = read_manifest(root)
             _check_header(root, existing, header)
+            if existing["complete"] or existing["written"] == source.count:
+                # No batch will run, so nothing would reach the layout check of the first
+                # batch: check what is known without the backbone.
+                _check_known_layout(root, existing, frozen, keep_names, registers_optional, source)
             if existing["complete"]:
                 logger.info("feature store at %s is already complete; nothing to extract", root)
                 return FeatureStore.open(root)
@@ -705,6 +715,48 @@ def _check_header(root: Path, stored: Mapping[str, Any], header: Mapping[str, An
     old_count, new_count = stored.get("count"), header["count"]
     if old_count is not None and new_count is not None and old_count != new_count:
         raise mismatch("a dataset of", f"{stored['count']} samples", f"{header['count']}")
+
+
+def _check_known_layout(
+    root: Path,
+    stored: Mapping[str, Any],
+    frozen: nn.Module,
+    keep: tuple[str, ...],
+    registers_optional: bool,
+    source: _Source,
+) -> None:
+    """Check n_blocks, keep and the input size against a store without running the backbone.
+
+    n_blocks and the register count come from a ``FrozenBackbone``'s attributes, the input size
+    from the first sample of a map-style dataset; whatever is unknown is left to the check of
+    the first batch.
+    """
+    known: dict[str, Any] = {}
+    n_blocks = getattr(frozen, "n_last_blocks", None)
+    if isinstance(n_blocks, int):
+        known["n_blocks"] = n_blocks
+    registers = getattr(frozen, "num_register_tokens", None)
+    if isinstance(registers, int):
+        if registers_optional and registers == 0:
+            keep = tuple(name for name in keep if name != "register_tokens")
+        known["keep"] = list(keep)
+    size = _first_image_size(source)
+    if size is not None:
+        known["input_size"] = list(size)
+    _check_layout(root, stored, {**stored, **known})
+
+
+def _first_image_size(source: _Source) -> tuple[int, int] | None:
+    """(H, W) of the first image of a map-style dataset, when it is a plain image tensor."""
+    if source.dataset is None or not source.count:
+        return None
+    if source.collate_fn not in (None, default_collate):
+        return None  # a custom collate function may resize or otherwise change the images
+    item = source.dataset[0]
+    image = item[0] if isinstance(item, tuple | list) and item else item
+    if not isinstance(image, Tensor) or image.ndim != 3:
+        return None
+    return int(image.shape[-2]), int(image.shape[-1])
 
 
 def _check_layout(root: Path | None, stored: Mapping[str, Any], new: Mapping[str, Any]) -> None:
