@@ -109,3 +109,20 @@ def test_store_without_manifest_entries_is_refused(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text('{"format": "something-else"}')
     with pytest.raises(ValueError, match="not a dinov2-heads feature store"):
         FeatureStore.open(tmp_path)
+
+
+def test_store_indexing_is_checked_and_masks_select(store: FeatureStore) -> None:
+    for index in (10, -11):
+        with pytest.raises(IndexError, match="out of range for 10 samples"):
+            store.features(index)
+        with pytest.raises(IndexError, match="out of range for 10 samples"):
+            store.labels(index)
+    assert torch.equal(store.features(-10).class_token, store.features(0).class_token)
+    colour = store.labels(slice(None), column="colour")
+    assert isinstance(colour, torch.Tensor)
+    mask = colour == 2
+    assert torch.equal(store.sample_ids(mask), torch.tensor([2, 5, 8]))
+    assert torch.equal(store.features(mask).class_token, store.features([2, 5, 8]).class_token)
+    assert store.sample_ids(mask.tolist()).tolist() == [2, 5, 8]
+    with pytest.raises(IndexError, match="mask of 3 values for 10 samples"):
+        store.features(torch.tensor([True, False, True]))

@@ -449,10 +449,10 @@ class FeatureStore:
         """Float32 :class:`Features` of the samples at ``index`` (an int keeps the batch dim).
 
         Args:
-            index: Sample positions.
+            index: Sample positions, or a boolean mask with one value per sample.
             n_blocks: Keep only the last ``n_blocks`` stored blocks (all by default).
         """
-        rows = _rows(index)
+        rows = _rows(index, self.written)
         n = self._blocks(n_blocks)
         classes = self.array("class_tokens")[rows].float()
         patches = None
@@ -476,7 +476,7 @@ class FeatureStore:
         """Labels of the samples at ``index``: a tensor, or a dict of tensors for columns.
 
         Args:
-            index: Sample positions.
+            index: Sample positions, or a boolean mask with one value per sample.
             column: For dict labels, return only this column as a tensor.
         """
         labels = self.manifest.get("labels")
@@ -485,7 +485,7 @@ class FeatureStore:
                 "this feature store has no labels; the data given to extract_features yielded "
                 "images only"
             )
-        rows = _rows(index)
+        rows = _rows(index, self.written)
         if labels["kind"] == "tensor":
             if column is not None:
                 raise ValueError(
@@ -502,7 +502,7 @@ class FeatureStore:
     def sample_ids(self, index: int | slice | Sequence[int] | Tensor | None = None) -> Tensor:
         """int64 ids of the samples (their positions in the data unless the data gave ids)."""
         ids = self.array("sample_ids")
-        return ids if index is None else ids[_rows(index)]
+        return ids if index is None else ids[_rows(index, self.written)]
 
     def dataset(
         self,
@@ -549,16 +549,27 @@ def _label_array(index: int) -> str:
     return f"labels.{index}"
 
 
-def _rows(index: int | slice | Sequence[int] | Tensor) -> slice | Tensor:
+def _rows(index: int | slice | Sequence[int] | Tensor, count: int) -> slice | Tensor:
+    """Rows of ``count`` samples: an int keeps the batch dim; a bool mask selects its True rows."""
     if isinstance(index, bool):
         raise TypeError("a sample index must be an int, a slice, a sequence of ints or a tensor")
     if isinstance(index, int):
-        return slice(index, index + 1) if index != -1 else slice(-1, None)
+        # A slice past the end would be silently empty rather than an error.
+        if not -count <= index < count:
+            raise IndexError(f"sample {index} is out of range for {count} samples")
+        return slice(index % count, index % count + 1)
     if isinstance(index, slice):
         return index
-    if isinstance(index, Tensor):
-        return index.long()
-    return torch.as_tensor(list(index), dtype=torch.long)
+    rows = index if isinstance(index, Tensor) else torch.as_tensor(list(index))
+    if rows.dtype == torch.bool:
+        # A mask (``labels == 2``) selects rows; as integers it would mean rows 0 and 1.
+        if rows.shape != (count,):
+            raise IndexError(
+                f"a boolean mask of {rows.numel()} values for {count} samples; a mask needs "
+                "one value per sample"
+            )
+        return rows.nonzero().flatten()
+    return rows.long()
 
 
 def _map_file(root: Path, spec: ArraySpec, count: int) -> Tensor:
