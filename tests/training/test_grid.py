@@ -228,3 +228,22 @@ def test_grid_sgd_checks_its_groups() -> None:
     optimizer.step()
     assert weight.detach().tolist() == [[-1.0, -1.0], [-2.0, -2.0], [0.0, 0.0]]
     assert "momentum_buffer" in optimizer.state_dict()["state"][0]
+
+
+def test_labels_out_of_range_or_not_integers_are_refused() -> None:
+    grid = LinearProbeGrid(8, 3, learning_rates=(0.1,))
+    features = random_features(batch=4, dim=8)
+    logits = grid(features)
+    with pytest.raises(ValueError, match=r"label 3 is out of range for 3 classes \(valid: 0\.\.2"):
+        grid.loss(logits, torch.tensor([0, 1, 3, -100]))
+    with pytest.raises(ValueError, match="label -1 is out of range"):
+        grid.loss(logits, torch.tensor([0, -1, 2, 1]))
+    with pytest.raises(TypeError, match="integer class indices"):
+        grid.loss(logits, torch.tensor([0.0, 1.5, 2.0, 1.0]))
+    assert grid.loss(logits, torch.tensor([0, 1, 2, -100])).isfinite()
+    with pytest.raises(ValueError, match="label 5 is out of range for 3 classes"):
+        grid.evaluate(dataset(features, torch.tensor([0, 1, 5, 2])))
+    with pytest.raises(TypeError, match="integer class indices"):
+        grid.evaluate(dataset(features, torch.tensor([0.0, 1.5, 2.0, 1.0])))
+    # Negative labels are unlabelled samples in evaluation, as documented.
+    assert grid.evaluate(dataset(features, torch.tensor([0, 1, -1, -100]))).best.count == 2

@@ -16,7 +16,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from dinov2_heads.features import Features
-from dinov2_heads.heads import LinearHead
+from dinov2_heads.heads import IGNORE_INDEX, LinearHead
 from dinov2_heads.heads.class_names import check_class_names
 from dinov2_heads.training.optim import GridSGD
 
@@ -59,6 +59,32 @@ _OFFICIAL_KEY = re.compile(
 def official_lr_text(lr: float) -> str:
     """A learning rate as the official head names write it: ``0.001`` -> ``"0_00100"``."""
     return f"{lr:.5f}".replace(".", "_")
+
+
+def check_class_labels(
+    labels: Tensor, num_classes: int, *, negative_is_missing: bool = False
+) -> Tensor:
+    """Class labels (B,) as int64, refused with a clear error when they cannot be classes.
+
+    Args:
+        labels: (B,) integer class indices; ``IGNORE_INDEX`` (-100) marks an unlabelled sample.
+        num_classes: K.
+        negative_is_missing: Treat every negative label as unlabelled (evaluation does).
+    """
+    if labels.is_floating_point() or labels.is_complex():
+        raise TypeError(
+            f"labels must be integer class indices of shape (B,), got {labels.dtype}; "
+            "convert whole-number labels with labels.long()"
+        )
+    labels = labels.long()
+    known = labels >= 0 if negative_is_missing else labels != IGNORE_INDEX
+    bad = known & ((labels < 0) | (labels >= num_classes))
+    if bool(bad.any()):
+        raise ValueError(
+            f"label {int(labels[bad][0])} is out of range for {num_classes} classes "
+            f"(valid: 0..{num_classes - 1}, or {IGNORE_INDEX} for an unlabelled sample)"
+        )
+    return labels
 
 
 @dataclass(frozen=True)
@@ -370,9 +396,10 @@ class LinearProbeGrid(nn.Module):
                 f"expected labels of shape (B,) = ({logits.shape[0]},), got {tuple(labels.shape)}"
             )
         heads = logits.shape[1]
+        labels = check_class_labels(labels.to(logits.device), self.num_classes)
         per_sample = F.cross_entropy(
             rearrange(logits, "b g k -> b k g"),
-            labels.to(logits.device).long()[:, None].expand(-1, heads),
+            labels[:, None].expand(-1, heads),
             reduction="none",
         )  # (B, G)
         valid = (labels >= 0).to(logits.device)

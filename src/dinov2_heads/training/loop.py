@@ -256,7 +256,7 @@ def evaluate_grid(
 
     Samples with a negative label are not counted.
     """
-    from dinov2_heads.training.grid import GridResult, GridResults
+    from dinov2_heads.training.grid import GridResult, GridResults, check_class_labels
 
     world = distributed.world_size() if distributed.is_distributed() else 1
     rank = distributed.rank() if world > 1 else 0
@@ -286,7 +286,9 @@ def evaluate_grid(
                 inputs, labels = split_batch(batch, label)
                 features = features_of(inputs, frozen, parameter.device)
                 logits = grid(features)  # (B, G, K)
-                labels = labels.to(logits.device).long()
+                labels = check_class_labels(
+                    labels.to(logits.device), grid.num_classes, negative_is_missing=True
+                )
                 valid = labels >= 0
                 logits, labels = logits[valid], labels[valid]
                 if labels.numel() == 0:
