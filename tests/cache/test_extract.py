@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dinov2_heads.cache import FeatureStore, estimate_store_size, extract_features
-from dinov2_heads.features import FrozenBackbone
+from dinov2_heads.features import Features, FrozenBackbone
 from tests.cache.conftest import Images
 
 ARRAYS = ("class_tokens", "patch_mean", "sample_ids", "labels")
@@ -203,3 +203,32 @@ def test_bad_arguments(frozen: FrozenBackbone, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="refusing to overwrite"):
         extract_features(frozen, Images(2), path=tmp_path / "notes", overwrite=True, progress=False)
     assert (tmp_path / "notes" / "thesis.tex").read_text() == "precious"
+
+
+class Scaled(torch.nn.Module):
+    """A frozen backbone whose features are multiplied by ``factor``."""
+
+    def __init__(self, frozen: FrozenBackbone, factor: float) -> None:
+        super().__init__()
+        self.frozen = frozen
+        self.factor = factor
+
+    def forward(self, images: torch.Tensor) -> Features:
+        return self.frozen(images).apply(lambda t: t * self.factor)
+
+
+def test_non_finite_features_are_refused_before_they_are_stored(
+    frozen: FrozenBackbone, tmp_path: Path
+) -> None:
+    data = Images(6)
+    images = [data[i] for i in range(6)]
+    images[4] = (torch.full_like(images[4][0], float("nan")), images[4][1])
+    path = tmp_path / "store"
+    with pytest.raises(ValueError, match=r"sample 4 .*not finite"):
+        extract_features(frozen, images, path=path, batch_size=2, progress=False)
+    assert len(FeatureStore.open(path, allow_incomplete=True)) == 4
+    # float32 features beyond the float16 range would become inf in the store.
+    with pytest.raises(ValueError, match=r"sample 0 .*float16 range"):
+        extract_features(Scaled(frozen, 1e6), Images(2), progress=False)
+    store = extract_features(Scaled(frozen, 1e6), Images(2), dtype=torch.float32, progress=False)
+    assert store.features(slice(None)).class_token.isfinite().all()

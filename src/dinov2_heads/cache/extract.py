@@ -201,6 +201,43 @@ def _rows(
     return out
 
 
+def _check_finite(
+    rows: Mapping[str, Tensor],
+    features: Features,
+    keep: Sequence[str],
+    dtype: torch.dtype,
+    positions: range,
+) -> None:
+    """Refuse NaN or inf tokens: every head trained on the store would inherit them."""
+    for name in keep:
+        stored = rows[name]
+        finite = torch.isfinite(stored.reshape(stored.shape[0], -1)).all(dim=1)  # (B,)
+        if bool(finite.all()):
+            continue
+        row = int((~finite).nonzero()[0])
+        if dtype != torch.float32 and _finite_before_storage(features, name, row):
+            cause = (
+                f"its values exceed the {dtype_name(dtype)} range of the store; extract with "
+                "dtype=torch.float32 (or torch.bfloat16)"
+            )
+        else:
+            cause = (
+                "the backbone gave NaN or inf for this image; check the image and its "
+                "preprocessing (a NaN pixel, a division by a zero std) and the backbone weights"
+            )
+        raise ValueError(f"the {name} of sample {positions.start + row} are not finite: {cause}")
+
+
+def _finite_before_storage(features: Features, name: str, row: int) -> bool:
+    values = {
+        "class_tokens": list(features.class_tokens),
+        "patch_mean": [features.patch_mean],
+        "patch_tokens": list(features.patch_tokens or ()),
+        "register_tokens": [] if features.register_tokens is None else [features.register_tokens],
+    }[name]
+    return all(bool(torch.isfinite(value[row]).all()) for value in values)
+
+
 def _layout(
     features: Features,
     batch: _Batch,
@@ -384,6 +421,8 @@ def extract_features(
     Raises:
         StoreMismatchError: If ``path`` holds a store made with other weights, another input
             size, other preprocessing or other settings; the message names both values.
+        ValueError: If the features of a sample are NaN or inf (in float32, or once cast to
+            ``dtype``); the samples before its batch stay in the store.
     """
     if dtype not in _STORE_DTYPES:
         raise ValueError(
@@ -497,6 +536,7 @@ class _Run:
         if self.manifest is None:
             self._start(features, parts, positions)
         rows = _rows(features, parts, self.keep, self.dtype)
+        _check_finite(rows, features, self.keep, self.dtype, positions)
         ids = parts.ids if parts.ids is not None else torch.arange(positions.start, positions.stop)
         rows["sample_ids"] = ids.to(torch.int64)
         if self.writer is not None:
