@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -37,6 +38,57 @@ def tokens(model: DinoVisionTransformer, x: Tensor) -> Tensor:
         (out["x_norm_clstoken"][:, None], out["x_norm_regtokens"], out["x_norm_patchtokens"]),
         dim=1,
     )
+
+
+def hf_model(
+    *,
+    registers: bool,
+    swiglu: bool = False,
+    seed: int = 0,
+    size: int = 70,
+    hidden_size: int = 128,
+    num_heads: int = 2,
+    depth: int = 2,
+) -> Any:
+    """A tiny Hugging Face model, built from a config (nothing downloaded), random weights.
+
+    ``size`` is the image side its position table is made for: the released models use 518
+    (37x37); most tests use a 5x5 table, which exercises the same code path faster.
+    """
+    import transformers
+
+    settings = {
+        "hidden_size": hidden_size,
+        "num_hidden_layers": depth,
+        "num_attention_heads": num_heads,
+        "image_size": size,
+        "patch_size": 14,
+        "use_swiglu_ffn": swiglu,
+    }
+    if registers:
+        config = transformers.Dinov2WithRegistersConfig(num_register_tokens=4, **settings)
+        model = transformers.Dinov2WithRegistersModel(config)
+    else:
+        model = transformers.Dinov2Model(transformers.Dinov2Config(**settings))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen)
+            if "norm" in name and name.endswith("weight"):
+                param.copy_(1 + 0.1 * noise)
+            elif name.endswith("lambda1"):
+                param.copy_(0.5 + 0.2 * noise)
+            elif param.ndim <= 1 or ("embeddings." in name and "patch" not in name):
+                param.copy_(0.05 * noise)
+            else:
+                param.copy_(noise / param.shape[-1] ** 0.5)
+    return model.eval()
+
+
+def hf_tokens(model: Any, x: Tensor) -> Tensor:
+    """Hugging Face's output tokens (B, 1 + R + N, D)."""
+    with torch.no_grad():
+        return model(pixel_values=x).last_hidden_state
 
 
 # ---------------------------------------------------------------- foreign layouts, written here

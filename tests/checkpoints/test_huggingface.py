@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -18,51 +17,12 @@ from dinov2_heads.checkpoints import (
     load_backbone,
 )
 
-from .conftest import images, official_to_huggingface, tiny_backbone, tokens
+from .conftest import hf_model, hf_tokens, images, official_to_huggingface, tiny_backbone, tokens
 
 transformers = pytest.importorskip("transformers")
 
 TOL = 1e-5
 SMALL = 70
-
-
-def hf_model(*, registers: bool, swiglu: bool = False, seed: int = 0, size: int = SMALL) -> Any:
-    """A tiny Hugging Face model, built from a config (nothing downloaded), random weights.
-
-    ``size`` is the image side its position table is made for: the released models use 518
-    (37x37); most tests use a 5x5 table, which exercises the same code path faster.
-    """
-    settings = {
-        "hidden_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": size,
-        "patch_size": 14,
-        "use_swiglu_ffn": swiglu,
-    }
-    if registers:
-        config = transformers.Dinov2WithRegistersConfig(num_register_tokens=4, **settings)
-        model = transformers.Dinov2WithRegistersModel(config)
-    else:
-        model = transformers.Dinov2Model(transformers.Dinov2Config(**settings))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=gen)
-            if "norm" in name and name.endswith("weight"):
-                param.copy_(1 + 0.1 * noise)
-            elif name.endswith("lambda1"):
-                param.copy_(0.5 + 0.2 * noise)
-            elif param.ndim <= 1 or ("embeddings." in name and "patch" not in name):
-                param.copy_(0.05 * noise)
-            else:
-                param.copy_(noise / param.shape[-1] ** 0.5)
-    return model.eval()
-
-
-def hf_tokens(model: Any, x: Tensor) -> Tensor:
-    with torch.no_grad():
-        return model(pixel_values=x).last_hidden_state
 
 
 def assert_close(ours: Tensor, theirs: Tensor) -> None:

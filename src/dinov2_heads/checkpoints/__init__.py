@@ -2,6 +2,7 @@
 
 - :func:`load_backbone`: any DINOv2 checkpoint -> a working backbone, architecture inferred.
 - :func:`describe_checkpoint`: what a checkpoint holds, as a table or as data.
+- :func:`read_checkpoint`: a file, a (sharded) Hugging Face model folder or cache repo -> mapping.
 - :func:`load_partial`: copy every matching tensor into a module and report the rest.
 - :func:`convert_huggingface`, :func:`convert_timm`: pure state-dict converters.
 """
@@ -19,8 +20,14 @@ from dinov2_heads.checkpoints.errors import (
     UnknownFormatError,
     UnsafeCheckpointError,
 )
+from dinov2_heads.checkpoints.folders import (
+    CheckpointFiles,
+    find_checkpoint_files,
+    read_checkpoint,
+)
 from dinov2_heads.checkpoints.formats import CheckpointFormat, Converted, detect_format, to_official
 from dinov2_heads.checkpoints.huggingface import convert_huggingface
+from dinov2_heads.checkpoints.huggingface_config import HuggingFaceConfig
 from dinov2_heads.checkpoints.loading import (
     BackboneWeights,
     load_backbone,
@@ -37,12 +44,14 @@ __all__ = [
     "BackboneWeights",
     "CheckpointError",
     "CheckpointFileError",
+    "CheckpointFiles",
     "CheckpointFormat",
     "CheckpointIsADirectoryError",
     "CheckpointNotFoundError",
     "CheckpointSummary",
     "Converted",
     "Dinov2HeadsError",
+    "HuggingFaceConfig",
     "LoadReport",
     "PartialLoadError",
     "ShapeMismatch",
@@ -53,11 +62,13 @@ __all__ = [
     "convert_timm",
     "describe_checkpoint",
     "detect_format",
+    "find_checkpoint_files",
     "infer_config",
     "load_backbone",
     "load_partial",
     "read_backbone",
     "read_backbone_state_dict",
+    "read_checkpoint",
     "read_checkpoint_file",
     "to_official",
     "unwrap_state_dict",

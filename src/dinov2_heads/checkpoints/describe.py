@@ -6,10 +6,11 @@ import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from dinov2_heads.backbone.config import variant_name
-from dinov2_heads.checkpoints.architecture import infer_config
+from dinov2_heads.checkpoints.folders import CONFIG_NAME, INDEX_SUFFIX
 from dinov2_heads.checkpoints.formats import CheckpointFormat
 from dinov2_heads.checkpoints.loading import CheckpointSource, read_backbone
 from dinov2_heads.checkpoints.nonfinite import nonfinite_names
@@ -33,6 +34,8 @@ class CheckpointSummary:
         set_aside: Names stored next to the backbone and not part of it (projection heads).
         unexpected: Names that are neither backbone nor a known head.
         nonfinite: Backbone tensors that contain NaN or infinity.
+        files: The files read, relative to a folder ``source`` (index, weights or shards,
+            ``config.json``); empty for an in-memory mapping.
     """
 
     source: str
@@ -46,6 +49,7 @@ class CheckpointSummary:
     set_aside: tuple[str, ...]
     unexpected: tuple[str, ...]
     nonfinite: tuple[str, ...]
+    files: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-serialisable)."""
@@ -61,12 +65,15 @@ class CheckpointSummary:
             "set_aside": list(self.set_aside),
             "unexpected": list(self.unexpected),
             "nonfinite": list(self.nonfinite),
+            "files": list(self.files),
         }
 
     def __str__(self) -> str:
         c = self.config
-        rows = [
-            ("checkpoint", self.source),
+        rows = [("checkpoint", self.source)]
+        if self.files and self.files != (PurePath(self.source).name,):
+            rows.append(("files", _files(self.files)))
+        rows += [
             ("format", self.format),
             ("variant", self.variant or "custom"),
             (
@@ -98,18 +105,22 @@ def describe_checkpoint(
     """Read a backbone checkpoint and say what it is, without building the model.
 
     Args:
-        source: A checkpoint path, or a state dict / container around one.
-        num_heads: The head count, when the heads are not 64 wide (the weights cannot tell).
+        source: A checkpoint path (a file, a model folder, a shard index or a Hugging Face cache
+            repo), or a state dict / container around one.
+        num_heads: The head count, when the heads are not 64 wide (the weights cannot tell);
+            a model folder's ``config.json`` gives it otherwise.
 
     Returns:
         The summary; ``print(summary)`` shows it as a table, ``summary.to_dict()`` as data.
 
     Raises:
+        ArchitectureMismatchError: A model folder's ``config.json`` contradicts the weights.
         CheckpointError: The checkpoint cannot be read or is not a DINOv2 backbone.
         CheckpointFileError: The file cannot be opened.
     """
     weights = read_backbone(source)
-    config = infer_config(weights.state_dict, num_heads=num_heads)
+    config = weights.infer_config(num_heads=num_heads)
+    files = weights.files
     tensors = weights.state_dict.values()
     dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in tensors)
     nonfinite = tuple(nonfinite_names(weights.state_dict))
@@ -125,7 +136,17 @@ def describe_checkpoint(
         set_aside=tuple(weights.set_aside),
         unexpected=tuple(weights.unexpected),
         nonfinite=nonfinite,
+        files=files.names() if files is not None else (),
     )
+
+
+def _files(files: tuple[str, ...]) -> str:
+    """``model.safetensors.index.json (9 shards), config.json`` rather than eleven names."""
+    index = [name for name in files if name.endswith(INDEX_SUFFIX)]
+    config = [name for name in files if PurePath(name).name == CONFIG_NAME]
+    weights = [name for name in files if name not in index and name not in config]
+    shown = [f"{index[0]} ({len(weights)} shards)"] if index else weights
+    return ", ".join(shown + config)
 
 
 def _names(names: tuple[str, ...]) -> str:

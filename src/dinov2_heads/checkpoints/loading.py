@@ -11,13 +11,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dinov2_heads.backbone.config import get_config, variant_name
+from dinov2_heads.backbone.config import BackboneConfig, get_config, variant_name
 from dinov2_heads.backbone.vision_transformer import DinoVisionTransformer
 from dinov2_heads.checkpoints.architecture import check_variant, describe_config, infer_config
 from dinov2_heads.checkpoints.errors import ArchitectureMismatchError
+from dinov2_heads.checkpoints.folders import (
+    CheckpointFiles,
+    find_checkpoint_files,
+    read_checkpoint_files,
+)
 from dinov2_heads.checkpoints.formats import CheckpointFormat, to_official
+from dinov2_heads.checkpoints.huggingface_config import (
+    HuggingFaceConfig,
+    check_huggingface_config,
+    read_huggingface_config,
+)
 from dinov2_heads.checkpoints.nonfinite import nonfinite_names
-from dinov2_heads.checkpoints.reading import read_checkpoint_file
 from dinov2_heads.checkpoints.unwrap import unwrap_state_dict
 
 logger = logging.getLogger(__name__)
@@ -39,7 +48,9 @@ class BackboneWeights:
         set_aside: Parts stored next to the backbone and not loaded (projection heads,
             classifiers), under their names in the file.
         unexpected: Names that are not part of a DINOv2 backbone, after conversion.
-        from_file: Whether the tensors were read from a file (and may be memory-mapped).
+        from_file: Whether the tensors were read from files (and may be memory-mapped).
+        files: The files read, for a path; ``None`` for an in-memory mapping.
+        huggingface_config: The DINOv2 ``config.json`` beside the weights of a model folder.
     """
 
     state_dict: dict[str, Tensor]
@@ -48,20 +59,52 @@ class BackboneWeights:
     set_aside: dict[str, Tensor] = field(default_factory=dict)
     unexpected: dict[str, Tensor] = field(default_factory=dict)
     from_file: bool = False
+    files: CheckpointFiles | None = None
+    huggingface_config: HuggingFaceConfig | None = None
+
+    def infer_config(self, *, num_heads: int | None = None) -> BackboneConfig:
+        """The architecture of the weights, checked against ``config.json`` when there is one.
+
+        Args:
+            num_heads: The head count; by default ``num_attention_heads`` of ``config.json``,
+                else D / 64.
+
+        Raises:
+            ArchitectureMismatchError: ``config.json`` contradicts the weights.
+            CheckpointError: The weights are not a complete backbone.
+        """
+        hf = self.huggingface_config
+        stated = hf.num_heads if hf is not None else None
+        if hf is not None and num_heads is not None and stated is not None and num_heads != stated:
+            logger.warning(
+                "num_heads=%d is used; %s says num_attention_heads=%d", num_heads, hf.path, stated
+            )
+        if hf is not None:
+            # The shapes first: a head count that does not divide the width is named as such.
+            check_huggingface_config(hf, infer_config(self.state_dict, num_heads=1))
+        return infer_config(self.state_dict, num_heads=num_heads or stated)
 
 
 def read_backbone(source: CheckpointSource) -> BackboneWeights:
     """Read, unwrap, detect the layout and convert to official names.
 
     Args:
-        source: A checkpoint path, or a state dict / container around one.
+        source: A checkpoint path (a file, a model folder, a shard index or a Hugging Face cache
+            repo, see :func:`~dinov2_heads.checkpoints.find_checkpoint_files`), or a state dict
+            / container around one.
 
     Raises:
         CheckpointError: Anything wrong with the content (see :mod:`~dinov2_heads.checkpoints`).
         CheckpointFileError: The file cannot be opened.
     """
-    from_file = not isinstance(source, Mapping)
-    content = source if isinstance(source, Mapping) else read_checkpoint_file(source)
+    files: CheckpointFiles | None = None
+    hf: HuggingFaceConfig | None = None
+    if isinstance(source, Mapping):
+        content: Mapping[str, Any] = source
+    else:
+        files = find_checkpoint_files(source)
+        content = read_checkpoint_files(files)
+        hf = read_huggingface_config(files.config) if files.config is not None else None
     unwrapped = unwrap_state_dict(content)
     converted = to_official(unwrapped.state_dict)
     return BackboneWeights(
@@ -70,7 +113,9 @@ def read_backbone(source: CheckpointSource) -> BackboneWeights:
         unwrapped=unwrapped.steps,
         set_aside={**unwrapped.set_aside, **converted.set_aside},
         unexpected=converted.unexpected,
-        from_file=from_file,
+        from_file=files is not None,
+        files=files,
+        huggingface_config=hf,
     )
 
 
@@ -93,16 +138,24 @@ def load_backbone(
     depth or width that is not an official variant still loads (``model.variant`` is then
     ``None``, a custom architecture). Official, Hugging Face and timm layouts are converted.
 
+    ``source`` may also be a model folder: a Hugging Face one (``save_pretrained``,
+    ``huggingface-cli download``, sharded or not), its ``*.index.json``, a cache repo
+    (``models--facebook--dinov2-base``) or a folder holding a single checkpoint file; see
+    :func:`~dinov2_heads.checkpoints.find_checkpoint_files`. Shards are merged. A
+    ``config.json`` there gives the head count and is checked against the weights, which
+    decide the architecture.
+
     Weights read from a PyTorch zip file stay memory-mapped and become the model's parameters
     without a copy, so a ViT-g needs about its size in RAM rather than twice it. Half-precision
     weights are converted to float32.
 
     Args:
-        source: A checkpoint path, or a state dict / container around one (its tensors are
-            copied, never shared with the model).
+        source: A checkpoint path (file or folder), or a state dict / container around one
+            (its tensors are copied, never shared with the model).
         variant: An official name (``"dinov2_vitb14_reg"``) to check the weights against; the
             error names both architectures when they differ. It also sets the head count,
-            which the weights cannot tell (D / 64 is assumed otherwise).
+            which the weights cannot tell (``config.json``'s ``num_attention_heads``, else
+            D / 64, is used otherwise).
         **overrides: :class:`~dinov2_heads.BackboneConfig` fields to change, e.g.
             ``num_heads=2`` for a custom model whose heads are not 64 wide.
 
@@ -110,17 +163,19 @@ def load_backbone(
         The backbone in eval mode, float32, on the CPU.
 
     Raises:
-        ArchitectureMismatchError: ``variant`` disagrees with the weights, or the weights hold
-            names that a backbone does not have.
+        ArchitectureMismatchError: ``variant`` or ``config.json`` disagrees with the weights,
+            or the weights hold names that a backbone does not have.
         CheckpointError: The checkpoint cannot be read or is not a DINOv2 backbone.
     """
     weights = read_backbone(source)
     if variant is None:
-        config = infer_config(weights.state_dict, num_heads=overrides.get("num_heads"))
+        config = weights.infer_config(num_heads=overrides.get("num_heads"))
     else:
         requested = get_config(variant)
         # The head count is the variant's; the shapes are compared without it.
         found = infer_config(weights.state_dict, num_heads=1)
+        if weights.huggingface_config is not None:
+            check_huggingface_config(weights.huggingface_config, found)
         check_variant(found, variant, requested)
         config = requested.replace(img_size=found.img_size)
     config = config.replace(**overrides)

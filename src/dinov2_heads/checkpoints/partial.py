@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from dinov2_heads.checkpoints.errors import CheckpointError, PartialLoadError
+from dinov2_heads.checkpoints.folders import read_checkpoint
 from dinov2_heads.checkpoints.nonfinite import nonfinite_names
-from dinov2_heads.checkpoints.reading import read_checkpoint_file
 from dinov2_heads.checkpoints.unwrap import unwrap_state_dict
 
 logger = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ def _source_state_dict(source: PartialSource) -> tuple[dict[str, Tensor], tuple[
     if isinstance(source, nn.Module):
         return dict(source.state_dict()), ()
     if isinstance(source, str | os.PathLike):
-        content = read_checkpoint_file(source)
+        content = read_checkpoint(source)
     elif isinstance(source, Mapping):
         content = dict(source)
     else:

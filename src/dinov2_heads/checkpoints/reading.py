@@ -55,7 +55,7 @@ def read_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         UnsafeCheckpointError: Reading it would need arbitrary unpickling.
         CheckpointError: The file is empty, truncated, corrupted or holds no mapping.
     """
-    file = _existing_file(path)
+    file = existing_file(path)
     kind = sniff_file_kind(file)
     logger.debug("reading %s as %s", file, kind)
     if kind == "safetensors":
@@ -96,7 +96,14 @@ def sniff_file_kind(path: Path) -> FileKind:
     raise CheckpointError(f"{path} is not a PyTorch or safetensors checkpoint: {_describe(head)}")
 
 
-def _existing_file(path: str | os.PathLike[str]) -> Path:
+def existing_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a :class:`~pathlib.Path` to an existing file (``~`` expanded).
+
+    Raises:
+        TypeError: ``path`` is not a path.
+        CheckpointNotFoundError: Nothing is there; the message lists checkpoints nearby.
+        CheckpointIsADirectoryError: It is a folder; the message lists the checkpoints in it.
+    """
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"expected a file path (str or os.PathLike), got {type(path).__name__}")
     file = Path(path).expanduser()
@@ -111,7 +118,8 @@ def _existing_file(path: str | os.PathLike[str]) -> Path:
         nearby = _checkpoints_in(file)
         hint = f"; it contains {', '.join(nearby)}" if nearby else ""
         raise CheckpointIsADirectoryError(
-            f"{file} is a directory; pass the path of the checkpoint file inside it{hint}"
+            f"{file} is a directory; read_checkpoint_file reads one file: pass the path of the "
+            f"checkpoint file inside it, or use read_checkpoint, which reads model folders{hint}"
         )
     return file
 

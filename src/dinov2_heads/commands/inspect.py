@@ -1,4 +1,4 @@
-"""``dinov2-heads inspect``: what a checkpoint file holds."""
+"""``dinov2-heads inspect``: what a checkpoint file or model folder holds."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ EXAMPLE = """\
 example:
   dinov2-heads inspect dinov2_vits14_pretrain.pth
   dinov2-heads inspect teacher_checkpoint.pth --json
+  dinov2-heads inspect dinov2-base/
+  dinov2-heads inspect ~/.cache/huggingface/hub/models--facebook--dinov2-base
 """
 
 
@@ -17,10 +19,16 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
     parser = subparsers.add_parser(
         "inspect",
         help="describe a checkpoint: format, variant, parameters, dtype, unwrapped containers",
-        description="Describe a DINOv2 checkpoint file without building a model.\n\n" + EXAMPLE,
+        description=(
+            "Describe a DINOv2 checkpoint file or Hugging Face model folder (sharded or not, or "
+            "a cache repo) without building a model.\n\n" + EXAMPLE
+        ),
         formatter_class=formatter,
     )
-    parser.add_argument("checkpoint", help="a .pth, .pt, .bin or .safetensors file")
+    parser.add_argument(
+        "checkpoint",
+        help="a .pth, .pt, .bin or .safetensors file, a model folder, or its *.index.json",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
