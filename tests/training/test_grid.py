@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dinov2_heads.cache import FeatureDataset, FeatureStore
 from dinov2_heads.heads import LinearHead, linear_input
 from dinov2_heads.training import (
     OFFICIAL_LEARNING_RATES,
@@ -247,3 +248,14 @@ def test_labels_out_of_range_or_not_integers_are_refused() -> None:
         grid.evaluate(dataset(features, torch.tensor([0.0, 1.5, 2.0, 1.0])))
     # Negative labels are unlabelled samples in evaluation, as documented.
     assert grid.evaluate(dataset(features, torch.tensor([0, 1, -1, -100]))).best.count == 2
+
+
+def test_evaluate_takes_the_label_column_its_error_asks_for() -> None:
+    features, labels = separable(8, seed=0)
+    store = FeatureStore.from_features(features, {"colour": labels, "type": labels % 2})
+    grid = LinearProbeGrid(16, 4, learning_rates=(0.1,), n_blocks=(1,))
+    with pytest.raises(ValueError, match="choose one with label="):
+        grid.evaluate(FeatureDataset(store))
+    by_argument = grid.evaluate(FeatureDataset(store), label="colour")
+    by_dataset = grid.evaluate(FeatureDataset(store, label="colour"))
+    assert by_argument.to_dicts() == by_dataset.to_dicts()

@@ -442,6 +442,7 @@ class LinearProbeGrid(nn.Module):
         frozen: nn.Module | None = None,
         batch_size: int = 256,
         num_workers: int = 0,
+        label: str | None = None,
         progress: bool = False,
     ) -> GridResults:
         """Top-1 accuracy and mean cross-entropy of every head on ``data``.
@@ -456,6 +457,7 @@ class LinearProbeGrid(nn.Module):
             frozen: The frozen backbone, when ``data`` yields images.
             batch_size: Batch size when ``data`` is a ``Dataset``.
             num_workers: DataLoader workers when ``data`` is a ``Dataset``.
+            label: The label column, for dict labels (as for ``fit_grid``).
             progress: Show a progress bar.
         """
         from dinov2_heads.training.loop import evaluate_grid
@@ -466,6 +468,7 @@ class LinearProbeGrid(nn.Module):
             frozen=frozen,
             batch_size=batch_size,
             num_workers=num_workers,
+            label=label,
             progress=progress,
         )
         self.last_results = results
