@@ -74,11 +74,6 @@ class CheckpointFiles:
     alternative: CheckpointFiles | None = None
     ignored: tuple[Path, ...] = ()
 
-    @property
-    def is_sharded(self) -> bool:
-        """Whether the weights are split into shards listed by an index."""
-        return self.index is not None
-
     def names(self) -> tuple[str, ...]:
         """The files read, relative to ``source`` when it is a folder: index, weights, config."""
         paths = [self.index] if self.index is not None else []
@@ -87,17 +82,6 @@ class CheckpointFiles:
             paths.append(self.config)
         base = self.source if self.source.is_dir() else self.source.parent
         return tuple(_relative(path, base) for path in paths)
-
-    def describe(self) -> str:
-        """A short readable form, e.g. ``model.safetensors.index.json (9 shards), config.json``."""
-        base = self.source if self.source.is_dir() else self.source.parent
-        if self.index is not None:
-            text = f"{_relative(self.index, base)} ({len(self.weights)} shards)"
-        else:
-            text = _relative(self.weights[0], base)
-        if self.config is not None:
-            text += f", {_relative(self.config, base)}"
-        return text
 
 
 def find_checkpoint_files(path: str | os.PathLike[str]) -> CheckpointFiles:
