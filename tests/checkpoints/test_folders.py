@@ -230,6 +230,11 @@ def test_both_formats_of_one_model_read_the_safetensors(
         match=r"two different models, model.safetensors.* and pytorch_model.bin.*shapes differ",
     ):
         load_backbone(folder)
+    # A spare copy that cannot be read is not a reason to refuse the good one.
+    (folder / "pytorch_model.bin").write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        assert_matches(folder, saved["registers"])
+    assert "pytorch_model.bin was not compared" in caplog.text
 
 
 # ------------------------------------------------------------------------------ errors

@@ -439,7 +439,14 @@ def _check_same_model(
     files: CheckpointFiles, content: Mapping[str, Any], alternative: CheckpointFiles
 ) -> None:
     """Both copies of a model must hold the same names and shapes; otherwise which one is meant?"""
-    other = read_checkpoint_files(alternative)
+    try:
+        other = read_checkpoint_files(alternative)
+    except (CheckpointError, CheckpointFileError) as error:
+        # The copy that is loaded is fine; a broken spare copy is worth a warning, not a failure.
+        logger.warning(
+            "%s was not compared with %s: %s", alternative.weights[0].name, files.folder, error
+        )
+        return
     mine, theirs = _display_name(files), _display_name(alternative)
     only_mine = [key for key in content if key not in other]
     only_theirs = [key for key in other if key not in content]
