@@ -107,6 +107,7 @@ def find_checkpoint_files(path: str | os.PathLike[str]) -> CheckpointFiles:
         The files, and ``config.json`` when a folder or an index was given.
 
     Raises:
+        TypeError: ``path`` is not a str or os.PathLike.
         CheckpointNotFoundError: Nothing at ``path``, or a shard or snapshot named by an index
             or ``refs/main`` is missing.
         CheckpointIsADirectoryError: A folder with no checkpoint in it, or several that are not
