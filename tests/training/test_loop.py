@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 from dinov2_heads import create_backbone
 from dinov2_heads.cache import FeatureDataset, extract_features
 from dinov2_heads.features import FrozenBackbone
-from dinov2_heads.heads import LinearHead
+from dinov2_heads.heads import LinearHead, MultiHead, MultiHeadLoss
 from dinov2_heads.training import (
     LinearProbeGrid,
     evaluate_grid,
@@ -72,6 +72,50 @@ def test_train_one_epoch_for_a_single_head() -> None:
     assert losses[-1] < losses[0]
     accuracy = (head(features).argmax(-1) == labels).float().mean()
     assert accuracy > 0.9
+
+
+def test_train_one_epoch_trains_several_heads_like_a_hand_written_loop(
+    frozen: FrozenBackbone,
+) -> None:
+    # MultiHead + MultiHeadLoss with dict labels: no label= and every head steps, from live
+    # images here; the result equals the loop users would write by hand.
+    def heads() -> MultiHead:
+        torch.manual_seed(0)
+        return MultiHead({"colour": LinearHead(16, 3), "type": LinearHead(16, 2)})
+
+    loss_fn = MultiHeadLoss()
+    loader = DataLoader(Pictures(), batch_size=8)
+    trained = heads()
+    optimizer = torch.optim.SGD(trained.parameters(), lr=0.5)
+    mean_loss, steps = train_one_epoch(trained, loader, optimizer, loss_fn, frozen=frozen)
+    assert steps == 2
+
+    by_hand = heads()
+    optimizer = torch.optim.SGD(by_hand.parameters(), lr=0.5)
+    totals = []
+    for images, labels in loader:
+        total, _ = loss_fn(by_hand(frozen(images)), labels)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        totals.append(float(total.detach()))
+    assert mean_loss == pytest.approx(sum(totals) / len(totals), rel=1e-6)
+    for name, value in trained.state_dict().items():
+        torch.testing.assert_close(value, by_hand.state_dict()[name], rtol=0, atol=1e-6)
+    assert not torch.equal(trained["type"].weight, heads()["type"].weight)
+
+
+def test_train_one_epoch_refuses_a_loss_that_is_not_a_scalar() -> None:
+    features, labels = separable(16, seed=0)
+    head = LinearHead(16, 4)
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.1)
+    loader = dataset(features, labels).loader(8)
+
+    def per_sample(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits, target, reduction="none")
+
+    with pytest.raises(TypeError, match=r"scalar tensor.*got \(8,\)"):
+        train_one_epoch(head, loader, optimizer, per_sample)
 
 
 def test_a_diverged_head_never_wins() -> None:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from dinov2_heads.cache.dataset import FeatureDataset, collate_features
 from dinov2_heads.features import Features
+from dinov2_heads.heads.losses import LossOutput
 from dinov2_heads.training import distributed
 from dinov2_heads.training.progress import Progress
 
@@ -95,7 +96,7 @@ def train_one_epoch(
     model: nn.Module,
     batches: Iterable[Any],
     optimizer: Optimizer,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    loss_fn: Callable[[Any, Any], Any],
     *,
     frozen: nn.Module | None = None,
     scheduler: LRScheduler | None = None,
@@ -104,14 +105,22 @@ def train_one_epoch(
 ) -> tuple[float, int]:
     """One pass over ``batches`` for any head: live images or cached features alike.
 
+    One head with one label column, or several heads at once: a
+    :class:`~dinov2_heads.heads.MultiHead` with dict labels and a
+    :class:`~dinov2_heads.heads.MultiHeadLoss` (leave ``label`` unset), which trains every head
+    from one pass over the data.
+
     Args:
-        model: The head (or grid, or its DistributedDataParallel wrapper): Features -> logits.
+        model: The head, :class:`~dinov2_heads.heads.MultiHead` or grid (or its
+            DistributedDataParallel wrapper): Features -> logits (or a dict of logits).
         batches: A DataLoader of (images, labels) or (features, labels).
         optimizer: Steps after every batch.
-        loss_fn: ``(logits, labels) -> loss``.
+        loss_fn: ``(logits, labels) -> loss``; a loss that returns
+            :class:`~dinov2_heads.heads.LossOutput` (``MultiHeadLoss``) is reduced to its total.
         frozen: The frozen backbone, when the batches hold images.
         scheduler: Stepped after every optimizer step (per-iteration schedule).
-        label: The label column, for dict labels.
+        label: The label column, for dict labels and a single head. ``None`` with dict labels
+            hands the whole dict to ``loss_fn`` (several heads).
         progress: Counts the images.
 
     Returns:
@@ -122,10 +131,10 @@ def train_one_epoch(
     total = torch.zeros((), dtype=torch.float64)
     steps = 0
     for batch in batches:
-        inputs, labels = split_batch(batch, label)
+        inputs, labels = _inputs_and_targets(batch, label)
         features = features_of(inputs, frozen, device)
         logits = model(features)
-        loss = loss_fn(logits, labels.to(logits.device))
+        loss = _total_loss(loss_fn(logits, _to(labels, _device_of(logits))))
         optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
         optimizer.step()
@@ -134,8 +143,44 @@ def train_one_epoch(
         total += loss.detach().to("cpu", torch.float64)
         steps += 1
         if progress is not None:
-            progress.update(int(labels.shape[0]))
+            progress.update(features.batch_size)
     return (float(total) / steps if steps else float("nan")), steps
+
+
+def _inputs_and_targets(batch: Any, label: str | None) -> tuple[Any, Tensor | dict[str, Tensor]]:
+    # Dict labels without a chosen column go to the loss whole: one loss for several heads.
+    if label is None and isinstance(batch, tuple | list) and len(batch) >= 2:
+        if isinstance(batch[1], Mapping):
+            return batch[0], {name: torch.as_tensor(v) for name, v in batch[1].items()}
+    return split_batch(batch, label)
+
+
+def _to(labels: Tensor | dict[str, Tensor], device: torch.device) -> Tensor | dict[str, Tensor]:
+    if isinstance(labels, Tensor):
+        return labels.to(device)
+    return {name: value.to(device) for name, value in labels.items()}
+
+
+def _device_of(logits: Any) -> torch.device:
+    if isinstance(logits, Tensor):
+        return logits.device
+    if isinstance(logits, Mapping) and logits:
+        return _device_of(next(iter(logits.values())))
+    raise TypeError(
+        f"the model must return logits (a tensor) or a dict of them, got {type(logits).__name__}"
+    )
+
+
+def _total_loss(loss: Any) -> Tensor:
+    # MultiHeadLoss returns (total, per_head); a plain loss is the scalar itself.
+    total = loss.total if isinstance(loss, LossOutput) else loss
+    if not isinstance(total, Tensor) or total.ndim != 0:
+        shape = tuple(total.shape) if isinstance(total, Tensor) else type(total).__name__
+        raise TypeError(
+            f"loss_fn must return a scalar tensor (or MultiHeadLoss's LossOutput), got {shape}; "
+            "reduce it with .mean() or pass a loss with reduction='mean'"
+        )
+    return total
 
 
 def _collate_for(dataset: Any) -> Callable[[Any], Any] | None:
