@@ -149,9 +149,9 @@ def train_one_epoch(
 
 def _inputs_and_targets(batch: Any, label: str | None) -> tuple[Any, Tensor | dict[str, Tensor]]:
     # Dict labels without a chosen column go to the loss whole: one loss for several heads.
-    if label is None and isinstance(batch, tuple | list) and len(batch) >= 2:
-        if isinstance(batch[1], Mapping):
-            return batch[0], {name: torch.as_tensor(v) for name, v in batch[1].items()}
+    whole = label is None and isinstance(batch, tuple | list) and len(batch) >= 2
+    if whole and isinstance(batch[1], Mapping):
+        return batch[0], {name: torch.as_tensor(v) for name, v in batch[1].items()}
     return split_batch(batch, label)
 
 
