@@ -47,6 +47,19 @@ def test_pil_to_tensor_converts_other_modes(mode: str) -> None:
     assert torch.equal(x, pil_pixels(image.convert("RGB")))
 
 
+def test_pil_to_tensor_scales_16_bit_greyscale() -> None:
+    values = np.array([[0, 255, 256, 4660], [32768, 65280, 65534, 65535]], dtype=np.uint16)
+    expected = torch.from_numpy((values >> 8).astype(np.uint8)).expand(3, 2, 4)
+    assert torch.equal(pil_to_tensor(Image.fromarray(values)), expected)
+    # Pillow before 12 opens 16-bit greyscale PNG files in mode "I".
+    from_png = Image.fromarray(values).convert("I")
+    from_png.format = "PNG"
+    assert torch.equal(pil_to_tensor(from_png), expected)
+    # An "I" image of unknown origin keeps Pillow's own conversion.
+    small = Image.fromarray(np.array([[3, 200]], dtype=np.int32))
+    assert pil_to_tensor(small)[:, 0].tolist() == [[3, 200]] * 3
+
+
 def test_tensor_to_pil_round_trip() -> None:
     x = pil_to_tensor(noise_image(6, 9))
     assert torch.equal(pil_to_tensor(tensor_to_pil(x)), x)

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dinov2_heads.data import (
@@ -45,6 +47,21 @@ def test_load_image_applies_exif_orientation(tmp_path: Path) -> None:
     # Turning clockwise moves the top-left corner to the top-right.
     assert pil_to_tensor(upright)[:, 0, 1].tolist() == [255, 255, 255]
     assert pil_to_tensor(upright)[:, 0, 0].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_load_image_scales_16_bit_greyscale_to_8_bits(tmp_path: Path, suffix: str) -> None:
+    # Pillow's convert("RGB") clips 16-bit values at 255, which turns such images white.
+    values = np.linspace(0, 65535, 4 * 64).round().astype(np.uint16).reshape(4, 64)
+    path = tmp_path / f"depth{suffix}"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode.startswith("I;16")
+    x = pil_to_tensor(load_image(path))
+    # The high byte, as Pillow keeps for 16-bit RGB and grey+alpha files.
+    expected = torch.from_numpy((values >> 8).astype(np.uint8))
+    assert x.shape == (3, 4, 64)
+    for channel in x:
+        assert torch.equal(channel, expected)
 
 
 @pytest.mark.parametrize("kind", ["truncated", "missing", "text", "empty"])

@@ -33,13 +33,35 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 PATCH_SIZE = 14
 
 
+#: Pillow modes of 16-bit greyscale pixels.
+_GREY16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def _to_rgb(image: Image.Image, file_format: str | None = None) -> Image.Image:
+    """``image`` in mode RGB; 16-bit greyscale keeps the high byte of each pixel.
+
+    Pillow's own ``convert`` clips 16-bit values at 255, which turns a 16-bit greyscale picture
+    white; Pillow itself keeps the high byte when it reads 16-bit RGB files, and so does this.
+    ``file_format`` is the format the pixels were read from (default ``image.format``): PNG holds
+    at most 16 bits, so an ``"I"`` image read from a PNG (Pillow before 12 opens 16-bit
+    greyscale PNG files so) is 16-bit too. Other ``"I"`` images have no known range and keep
+    Pillow's conversion.
+    """
+    if file_format is None:
+        file_format = image.format
+    if image.mode in _GREY16_MODES or (image.mode == "I" and file_format == "PNG"):
+        # In mode "I", point() truncates value / 256, which is value >> 8.
+        image = image.convert("I").point(lambda value: value / 256).convert("L")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def pil_to_tensor(image: Image.Image) -> Tensor:
     """A Pillow image as a ``uint8`` (3, H, W) tensor, converted to RGB first if needed.
 
-    Needs no NumPy: the pixels are copied straight from Pillow's buffer.
+    16-bit greyscale images keep the high byte of each pixel (Pillow's own conversion would
+    clip them at 255). Needs no NumPy: the pixels are copied straight from Pillow's buffer.
     """
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    image = _to_rgb(image)
     width, height = image.size
     pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
     return rearrange(pixels, "(h w c) -> c h w", h=height, w=width, c=3).contiguous()

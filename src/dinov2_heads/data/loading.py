@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor
 
+from dinov2_heads.data.functional import _to_rgb
 from dinov2_heads.errors import Dinov2HeadsError
 
 if TYPE_CHECKING:
@@ -94,7 +95,9 @@ def load_image(path: PathLike) -> Image.Image:
     """Open and fully decode an image as RGB, turned upright by its EXIF orientation tag.
 
     Grey, palette, RGBA and CMYK images are converted with Pillow's ``convert("RGB")`` (an alpha
-    channel is dropped, as the official DINOv2 data pipeline does).
+    channel is dropped, as the official DINOv2 data pipeline does). 16-bit greyscale images keep
+    the high byte of each pixel, as Pillow does for 16-bit RGB files (its ``convert("RGB")``
+    would clip them at 255, a white picture).
 
     Raises:
         UnreadableImageError: The file is missing, not an image, truncated or corrupt.
@@ -105,7 +108,7 @@ def load_image(path: PathLike) -> Image.Image:
             # Decoding now, not lazily, is what surfaces a truncated file here, by its path.
             opened.load()
             upright = pil.ImageOps.exif_transpose(opened)
-            image: Image.Image = upright.convert("RGB")
+            image: Image.Image = _to_rgb(upright, opened.format)
     except Exception as error:
         raise UnreadableImageError(path, f"{type(error).__name__}: {error}") from error
     return image
