@@ -5,6 +5,7 @@ import pickle
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from dinov2_heads.data import (
     ColorJitter,
@@ -144,3 +145,57 @@ def test_train_transform_without_jitter_or_flip_only_crops() -> None:
 def test_train_transform_needs_a_valid_size() -> None:
     with pytest.raises(ValueError, match="use 126x252"):
         TrainTransform((125, 250))
+
+
+class _SameImage(Dataset[torch.Tensor]):
+    """Four items, all the same image through ``transform``: only the augmentation varies."""
+
+    def __init__(self, transform: TrainTransform) -> None:
+        self.transform = transform
+        self.image = image()
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(self.image)
+
+
+def _epochs(loader: DataLoader[torch.Tensor], count: int) -> list[torch.Tensor]:
+    return [torch.cat(list(loader)) for _ in range(count)]
+
+
+def test_seeded_train_transform_varies_across_workers_and_epochs() -> None:
+    # Each epoch's workers start from copies of the main process's transform; a stream taken
+    # from those copies as they are would repeat in every worker and every epoch.
+    transform = TrainTransform((14, 14), seed=0)
+    loader = DataLoader(_SameImage(transform), batch_size=2, num_workers=2)
+    torch.manual_seed(0)
+    first, second = _epochs(loader, 2)
+    assert not torch.equal(first, second)
+    assert not torch.equal(first[0], first[2])  # worker 0's first item, worker 1's first item
+    torch.manual_seed(0)
+    again = _epochs(loader, 2)
+    assert torch.equal(again[0], first)
+    assert torch.equal(again[1], second)
+    torch.manual_seed(1)
+    assert not torch.equal(_epochs(loader, 1)[0], first)
+
+
+def _reseed_seven(worker_id: int) -> None:
+    info = get_worker_info()
+    assert info is not None
+    assert isinstance(info.dataset, _SameImage)
+    info.dataset.transform.reseed(7)
+
+
+def test_reseed_in_a_worker_is_kept() -> None:
+    loader = DataLoader(
+        _SameImage(TrainTransform((14, 14), seed=0)),
+        batch_size=2,
+        num_workers=2,
+        worker_init_fn=_reseed_seven,
+    )
+    batch = next(iter(loader))
+    expected = TrainTransform((14, 14), seed=7)(image())
+    assert torch.equal(batch[0], expected)

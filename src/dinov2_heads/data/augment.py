@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+from torch.utils.data import get_worker_info
 
 from dinov2_heads.data.functional import (
     IMAGENET_MEAN,
@@ -212,9 +213,11 @@ class TrainTransform:
         mean: Normalisation mean (RGB).
         std: Normalisation standard deviation (RGB).
         seed: Seeds the transform's own generator, so a run is repeatable; ``None`` draws from
-            torch's global generator instead. With a seed and ``DataLoader(num_workers > 0)``,
-            every worker starts from the same copy of the generator: call :meth:`reseed` in a
-            ``worker_init_fn`` (e.g. with the worker id) to give each its own stream.
+            torch's global generator instead. In a ``DataLoader`` worker process the stream
+            is drawn afresh from the seed and the seed torch gives that worker
+            (``get_worker_info().seed``), which differs per worker and per epoch and follows
+            ``torch.manual_seed`` in the main process; a :meth:`reseed` in the worker (in a
+            ``worker_init_fn``) is kept instead.
     """
 
     size: tuple[int, int]
@@ -229,6 +232,9 @@ class TrainTransform:
     std: tuple[float, float, float] = IMAGENET_STD
     seed: int | None = None
     generator: torch.Generator | None = field(init=False, repr=False, default=None)
+    # The seed of the last reseed, and the DataLoader worker it ran in (None: the main process).
+    _last_seed: int | None = field(init=False, repr=False, default=None)
+    _seeded_in: int | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         self.size = _as_pair(self.size, "size")
@@ -242,12 +248,32 @@ class TrainTransform:
     def reseed(self, seed: int) -> None:
         """Restart the transform's generator from ``seed``."""
         self.generator = torch.Generator().manual_seed(int(seed))
+        self._last_seed = int(seed)
+        self._seeded_in = _worker_seed()
+
+    def _stream(self) -> torch.Generator | None:
+        """The generator to draw from, made afresh once in each DataLoader worker process."""
+        worker = _worker_seed()
+        if self._last_seed is not None and worker is not None and worker != self._seeded_in:
+            # Every worker of every epoch starts from the same copy of the main process's
+            # generator; drawing from it as it is would repeat the same augmentations.
+            mixed = (self._last_seed * 1_000_003 + worker) % 2**64
+            self.generator = torch.Generator().manual_seed(mixed)
+            self._seeded_in = worker
+        return self.generator
 
     def __call__(self, image: Image.Image | Tensor) -> Tensor:
         """A Pillow image or a (3, H, W) tensor (``uint8`` or float in [0, 1]) -> (3, H, W)."""
+        generator = self._stream()
         x = image if isinstance(image, Tensor) else pil_to_tensor(image)
-        x = self._crop(x, self.generator)
-        x = self._flip(x, self.generator)
+        x = self._crop(x, generator)
+        x = self._flip(x, generator)
         if self.brightness or self.contrast or self.saturation or self.hue:
-            x = self._jitter(x, self.generator)
+            x = self._jitter(x, generator)
         return normalize(x, self.mean, self.std)
+
+
+def _worker_seed() -> int | None:
+    """The seed torch gave this DataLoader worker process, or None outside workers."""
+    info = get_worker_info()
+    return None if info is None else int(info.seed)
