@@ -142,3 +142,34 @@ def test_manifest_errors(tmp_path: Path) -> None:
         ManifestDataset(tmp_path / "nopath.csv", SMALL)
     with pytest.raises(FileNotFoundError):
         read_manifest(tmp_path / "missing.csv")
+
+
+def test_csv_rows_that_do_not_fit_the_header_are_errors(tmp_path: Path) -> None:
+    # An unquoted delimiter inside a cell shifts every later cell one column to the right.
+    wide = tmp_path / "wide.csv"
+    wide.write_text("path,brand,colour\na.png,suv,red\nb.png,Mercedes, Benz,silver\n")
+    with pytest.raises(ValueError, match=r"wide\.csv, line 3: 4 cells but the header has 3"):
+        read_manifest(wide)
+    tabs = tmp_path / "wide.tsv"
+    tabs.write_text("path\tbrand\na.png\tsuv\textra\n")
+    with pytest.raises(ValueError, match=r"wide\.tsv, line 2: 3 cells but the header has 2"):
+        read_manifest(tabs)
+    repeated = tmp_path / "repeated.csv"
+    repeated.write_text("path,type,colour,type\na.png,suv,red,sedan\n")
+    with pytest.raises(ValueError, match=r"repeated\.csv repeats the column name\(s\) \['type'\]"):
+        read_manifest(repeated)
+
+
+def test_malformed_manifests_name_the_file_and_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('[\n  {"path": "a.png"},\n  {"path": "b.png",}\n]\n')
+    with pytest.raises(ValueError, match=r"broken\.json is not valid JSON: .* line 3"):
+        read_manifest(broken)
+    lines = tmp_path / "broken.jsonl"
+    lines.write_text('{"path": "a.png"}\n{"path": "b.png"\n')
+    with pytest.raises(ValueError, match=r"broken\.jsonl, line 2: not valid JSON"):
+        read_manifest(lines)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("path,type\nstraße.png,suv\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin\.csv is not UTF-8 text.*save it as UTF-8"):
+        read_manifest(latin)

@@ -18,6 +18,7 @@ JSON (a list of objects) or JSON Lines (``.jsonl``, one object per line)::
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -41,41 +42,88 @@ def read_manifest(path: str | os.PathLike[str]) -> list[dict[str, str | None]]:
     The format follows the file ending: ``.csv`` / ``.tsv``, ``.json``, ``.jsonl``. Empty or
     blank cells and JSON ``null`` become ``None``; other JSON values become their text
     (``3`` -> ``"3"``).
+
+    Raises:
+        ValueError: Unknown format, text that is not UTF-8 or not valid JSON, a header that
+            repeats a column name, or a CSV/TSV row with more cells than the header (an
+            unquoted delimiter inside a cell); the message names the file and line.
     """
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"manifest {file} does not exist or is not a file")
     suffix = file.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".json", ".jsonl"):
+        raise ValueError(
+            f"unknown manifest format {file.suffix!r} for {file}; use .csv, .tsv, .json or .jsonl"
+        )
     raw: list[Mapping[str, Any]]
-    if suffix in (".csv", ".tsv"):
+    try:
         # utf-8-sig drops the byte-order mark that spreadsheet programs write.
-        with file.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
-            if not reader.fieldnames:
-                raise ValueError(f"manifest {file} is empty; expected a header row first")
-            raw = list(reader)
+        encoding = "utf-8-sig" if suffix in (".csv", ".tsv") else "utf-8"
+        # newline="" keeps line breaks inside quoted CSV cells as they are.
+        with file.open(encoding=encoding, newline="") as handle:
+            text = handle.read()
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"manifest {file} is not UTF-8 text ({error}); save it as UTF-8"
+        ) from error
+    if suffix in (".csv", ".tsv"):
+        raw = _read_table(file, text, "\t" if suffix == ".tsv" else ",")
     elif suffix == ".json":
-        data = json.loads(file.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"manifest {file} is not valid JSON: {error.msg} at line {error.lineno}, "
+                f"column {error.colno}"
+            ) from error
         if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
             raise ValueError(
                 f"manifest {file} must hold a JSON list of objects, one per image, e.g. "
                 '[{"path": "a.jpg", "type": "suv"}]'
             )
         raw = data
-    elif suffix == ".jsonl":
+    else:  # .jsonl
         raw = []
-        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"{file}, line {number}: not valid JSON ({error.msg} at column "
+                    f"{error.colno}); a .jsonl manifest holds one JSON object per line"
+                ) from error
             if not isinstance(row, dict):
                 raise ValueError(f"{file}, line {number}: expected a JSON object, got {line!r}")
             raw.append(row)
-    else:
-        raise ValueError(
-            f"unknown manifest format {file.suffix!r} for {file}; use .csv, .tsv, .json or .jsonl"
-        )
     return [{str(k): _cell(v) for k, v in row.items() if k is not None} for row in raw]
+
+
+def _read_table(file: Path, text: str, delimiter: str) -> list[Mapping[str, Any]]:
+    """The rows of a CSV or TSV text, refusing what would silently shift or drop cells."""
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = reader.fieldnames
+    if not header:
+        raise ValueError(f"manifest {file} is empty; expected a header row first")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise ValueError(
+            f"manifest {file} repeats the column name(s) {repeated} in its header; a repeated "
+            "column would hide the values of the other, so give every column its own name"
+        )
+    rows: list[Mapping[str, Any]] = []
+    for row in reader:
+        # DictReader puts the cells beyond the header under the key None.
+        extra = row.get(None)
+        if extra:
+            raise ValueError(
+                f"{file}, line {reader.line_num}: {len(header) + len(extra)} cells but the "
+                f"header has {len(header)}; quote cells that contain {delimiter!r}"
+            )
+        rows.append(row)
+    return rows
 
 
 def _cell(value: Any) -> str | None:
