@@ -149,6 +149,21 @@ def test_input_errors() -> None:
         pca_rgb(pooled)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_tokens_are_refused_by_name(bad: float) -> None:
+    scene = structured_tokens()
+    tokens = scene.tokens.clone()
+    tokens[1, 5, 3] = bad
+    tokens[2, 7, 0] = bad
+    expected = r"2 patch token\(s\) in image\(s\) \[1, 2\] hold NaN or infinite values"
+    with pytest.raises(ValueError, match=expected):
+        pca_rgb(tokens, scene.grid)
+    with pytest.raises(ValueError, match=expected):
+        pca_rgb(tokens, scene.grid, foreground="all")
+    with pytest.raises(ValueError, match=expected):
+        pca_foreground(tokens, scene.grid)
+
+
 def test_principal_components_match_numpy_svd() -> None:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(200, 6, generator=generator, dtype=torch.float64) * torch.tensor(

@@ -95,6 +95,15 @@ def _tokens_and_grid(
         )
     if tokens.shape[0] == 0:
         raise ValueError("got an empty batch (B = 0) of patch tokens")
+    # One NaN would otherwise surface as an eigensolver failure that names no token.
+    bad = ~torch.isfinite(tokens.detach()).all(dim=-1)  # (B, N)
+    if bool(bad.any()):
+        images = torch.nonzero(bad.any(dim=1)).flatten().tolist()
+        raise ValueError(
+            f"{int(bad.sum())} patch token(s) in image(s) {images} hold NaN or infinite values; "
+            "check those images and the backbone's dtype (float16 overflows), or leave the "
+            "images out"
+        )
     return tokens, (h, w)
 
 
@@ -185,6 +194,10 @@ def pca_foreground(
 
     Returns:
         The mask, the oriented score and the side chosen.
+
+    Raises:
+        ValueError: A shape or grid that does not fit, or tokens that hold NaN or infinite
+            values (the message names the images).
     """
     tokens, (h, w) = _tokens_and_grid(patch_tokens, grid)
     batch = int(tokens.shape[0])
@@ -270,6 +283,10 @@ def pca_rgb(
         three principal components over the foreground of all images, each min-max scaled to
         [0, 1] as R, G, B; background patches exactly 0. Upscale with
         :func:`save_pca_grid` or ``torch.nn.functional.interpolate`` for display.
+
+    Raises:
+        ValueError: A shape or grid that does not fit, or tokens that hold NaN or infinite
+            values (the message names the images).
 
     Example:
         ``pca_rgb(backbone.forward_features(x)["x_norm_patchtokens"], grid=(9, 18))`` for a
