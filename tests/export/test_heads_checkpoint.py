@@ -266,3 +266,34 @@ def test_killed_writers_never_damage_the_checkpoint(tmp_path: Path) -> None:
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "heads.pt"]
     assert leftovers  # at least the stalled write left its temporary file
     assert all(name.startswith(".heads.pt.") and name.endswith(".tmp") for name in leftovers)
+
+
+def _edit_metadata(path: Path, edit: Any) -> None:
+    """Rewrite the JSON metadata of a .pt head checkpoint in place, as a hand edit would."""
+    payload = torch.load(path, weights_only=True)
+    metadata = json.loads(payload["metadata"])
+    edit(metadata)
+    payload["metadata"] = json.dumps(metadata)
+    torch.save(payload, path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda m: m.pop("heads_fingerprint"), "heads_fingerprint"),
+        (lambda m: m.update(heads=[]), "heads"),
+        (lambda m: m.update(multi_head=False), "multi_head"),
+        (lambda m: m.update(input_size=[28]), "input_size"),
+        (lambda m: m.update(extra=[1]), "extra"),
+        (lambda m: m["heads"]["brand"]["args"].pop("n_blocks"), "n_blocks"),
+        (lambda m: m["heads"]["colour"]["args"].update(num_patches=[2, 5]), "size mismatch"),
+        (lambda m: m["heads"]["brand"].update(class_names=["x", "y", "z"]), "class names"),
+    ],
+)
+def test_hand_edited_metadata_is_a_clear_error(tmp_path: Path, edit: Any, match: str) -> None:
+    path = save_heads(tmp_path / "h.pt", trained_heads())
+    _edit_metadata(path, edit)
+    with pytest.raises(ValueError, match=match) as caught:
+        load_heads(path)
+    assert "save_heads" in str(caught.value)
+    assert str(path) in str(caught.value)

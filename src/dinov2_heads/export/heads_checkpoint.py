@@ -37,6 +37,7 @@ SINGLE_HEAD = "head"
 
 _SAFETENSORS_SUFFIXES = (".safetensors",)
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+_EDITED = "the file was edited or damaged: save the heads again with save_heads"
 
 
 @dataclass(frozen=True, eq=False)
@@ -208,9 +209,8 @@ def load_heads(
     if device is not None:
         state = {name: value.to(device) for name, value in state.items()}
     specs: dict[str, dict[str, Any]] = metadata["heads"]
-    heads = _rebuild(specs, metadata["multi_head"])
+    heads = _rebuild_checked(specs, metadata["multi_head"], state, source)
     if heads is not None:
-        heads.load_state_dict(state, strict=True)
         heads.to(device or "cpu").eval()
     backbone = metadata.get("backbone") or {}
     size = metadata.get("input_size")
@@ -289,6 +289,38 @@ def _rebuild(specs: Mapping[str, Mapping[str, Any]], multi_head: bool) -> nn.Mod
     if multi_head:
         return MultiHead(built)
     return built[SINGLE_HEAD]
+
+
+def _rebuild_checked(
+    specs: Mapping[str, Mapping[str, Any]],
+    multi_head: bool,
+    state: dict[str, Tensor],
+    source: Path,
+) -> nn.Module | None:
+    # The fingerprint covers the weights only, so a hand-edited description (arguments, class
+    # names) must be caught here, where it meets the weights.
+    try:
+        heads = _rebuild(specs, multi_head)
+        if heads is not None:
+            heads.load_state_dict(state, strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        detail = " ".join(str(error).split())[:300]
+        raise ValueError(
+            f"{source}: the stored head descriptions do not fit the stored weights "
+            f"({type(error).__name__}: {detail}); {_EDITED}"
+        ) from error
+    if heads is None:
+        return None
+    for name, spec in specs.items():
+        head = heads[name] if isinstance(heads, MultiHead) else heads
+        described = spec.get("class_names")
+        carried = getattr(head, "class_names", None)
+        if (tuple(described) if described is not None else None) != carried:
+            raise ValueError(
+                f"{source}: the metadata gives head {name!r} the class names {described} but "
+                f"its weights carry {list(carried) if carried is not None else None}; {_EDITED}"
+            )
+    return heads
 
 
 def _build_head(spec: Mapping[str, Any]) -> nn.Module | None:
@@ -376,6 +408,10 @@ def _decode_torch(path: Path) -> tuple[dict[str, Tensor], str]:
             f"{path} is a torch file but not a head checkpoint written by save_heads "
             f"(no format {FORMAT!r})"
         )
+    if not isinstance(payload.get("state_dict"), dict) or not isinstance(
+        payload.get("metadata"), str
+    ):
+        raise ValueError(f"{path}: the state_dict or metadata entry is missing; {_EDITED}")
     return dict(payload["state_dict"]), str(payload["metadata"])
 
 
@@ -425,4 +461,38 @@ def _parse_metadata(text: str, source: Path) -> dict[str, Any]:
             f"{source} has head checkpoint format version {version}, newer than this library "
             f"reads ({FORMAT_VERSION}); upgrade dinov2-heads"
         )
+    problem = _layout_problem(metadata)
+    if problem is not None:
+        raise ValueError(f"{source}: {problem}; {_EDITED}")
     return metadata
+
+
+def _layout_problem(metadata: Mapping[str, Any]) -> str | None:
+    """What is wrong with the shape of the stored metadata, or ``None``."""
+    if not isinstance(metadata.get("heads_fingerprint"), str):
+        return "the metadata has no heads_fingerprint string"
+    heads = metadata.get("heads")
+    if not isinstance(heads, dict) or not heads:
+        return f"the metadata's heads must be a non-empty mapping, got {type(heads).__name__}"
+    for name, spec in heads.items():
+        names = spec.get("class_names") if isinstance(spec, dict) else None
+        if (
+            not isinstance(spec, dict)
+            or not isinstance(spec.get("type"), str)
+            or not isinstance(names, list | None)
+        ):
+            return f"the description of head {name!r} is not one save_heads writes"
+    multi = metadata.get("multi_head")
+    if not isinstance(multi, bool) or (not multi and list(heads) != [SINGLE_HEAD]):
+        return f"multi_head is {multi!r} but the heads are named {list(heads)}"
+    size = metadata.get("input_size")
+    if size is not None and not (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        return f"input_size must be [H, W] or null, got {size!r}"
+    for key in ("backbone", "extra"):
+        if not isinstance(metadata.get(key), dict | None):
+            return f"{key} must be a mapping or null, got {metadata.get(key)!r}"
+    return None
