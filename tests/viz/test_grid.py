@@ -75,3 +75,12 @@ def test_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="columns"):
         save_pca_grid(tmp_path / "x.png", images, pictures, columns=0)
     assert not list(tmp_path.iterdir())
+
+
+def test_nothing_to_draw_is_an_error(tmp_path: Path) -> None:
+    _, images, pictures = example(1)
+    with pytest.raises(ValueError, match="no PCA pictures to draw"):
+        save_pca_grid(tmp_path / "x.png", images, [])
+    with pytest.raises(ValueError, match="no PCA pictures to draw"):
+        save_pca_grid(tmp_path / "x.png", images[:0], pictures[:0])
+    assert not list(tmp_path.iterdir())

@@ -24,12 +24,17 @@ def _as_batch(pca_images: Tensor | Sequence[Tensor]) -> Tensor:
     if isinstance(pca_images, Tensor):
         batch = pca_images if pca_images.ndim == 4 else pca_images.unsqueeze(0)
     else:
-        batch = torch.stack(list(pca_images))
+        pictures = list(pca_images)
+        if not pictures:
+            raise ValueError("got no PCA pictures to draw (an empty list); pass one per image")
+        batch = torch.stack(pictures)
     if batch.ndim != 4 or batch.shape[-1] != 3:
         raise ValueError(
             f"expected PCA pictures of shape (B, h, w, 3) or a list of (h, w, 3), got "
             f"{tuple(batch.shape)}; pass what pca_rgb returns"
         )
+    if batch.shape[0] == 0:
+        raise ValueError("got no PCA pictures to draw (B = 0); pass one per image")
     return batch
 
 
