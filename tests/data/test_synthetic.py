@@ -157,3 +157,12 @@ def test_write_manifest_round_trips(tmp_path: Path, manifest_format: str) -> Non
     if manifest_format == "json":
         rows = json.loads(path.read_text())
         assert any(value is None for row in rows for value in row.values())
+
+
+def test_out_of_range_indices_are_named_as_given() -> None:
+    vehicles = SyntheticVehicles(3, seed=0)
+    assert vehicles[-3][1] == vehicles[0][1]
+    with pytest.raises(IndexError, match=r"index -4 is out of range for 3 images"):
+        vehicles[-4]
+    with pytest.raises(IndexError, match=r"index 3 is out of range for 3 images"):
+        vehicles[3]

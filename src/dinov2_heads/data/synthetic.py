@@ -532,7 +532,7 @@ class SyntheticVehicles(Dataset[tuple[Tensor, dict[str, int]]]):
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, int]]:
         """The transformed image (3, H, W) and its labels (-100 where blanked)."""
-        if index < 0:
+        if -self.num_images <= index < 0:
             index += self.num_images
         return self.transform(self.render(index)), self.labels(index)
 
