@@ -150,6 +150,12 @@ def test_csv_rows_that_do_not_fit_the_header_are_errors(tmp_path: Path) -> None:
     wide.write_text("path,brand,colour\na.png,suv,red\nb.png,Mercedes, Benz,silver\n")
     with pytest.raises(ValueError, match=r"wide\.csv, line 3: 4 cells but the header has 3"):
         read_manifest(wide)
+    trailing = tmp_path / "trailing.csv"
+    trailing.write_text("path,brand\na.png,suv,\nb.png,,\n")
+    assert read_manifest(trailing) == [
+        {"path": "a.png", "brand": "suv"},
+        {"path": "b.png", "brand": None},
+    ]
     tabs = tmp_path / "wide.tsv"
     tabs.write_text("path\tbrand\na.png\tsuv\textra\n")
     with pytest.raises(ValueError, match=r"wide\.tsv, line 2: 3 cells but the header has 2"):

@@ -45,8 +45,8 @@ def read_manifest(path: str | os.PathLike[str]) -> list[dict[str, str | None]]:
 
     Raises:
         ValueError: Unknown format, text that is not UTF-8 or not valid JSON, a header that
-            repeats a column name, or a CSV/TSV row with more cells than the header (an
-            unquoted delimiter inside a cell); the message names the file and line.
+            repeats a column name, or a CSV/TSV row with more non-empty cells than the header
+            (an unquoted delimiter inside a cell); the message names the file and line.
     """
     file = Path(path)
     if not file.is_file():
@@ -115,9 +115,10 @@ def _read_table(file: Path, text: str, delimiter: str) -> list[Mapping[str, Any]
         )
     rows: list[Mapping[str, Any]] = []
     for row in reader:
-        # DictReader puts the cells beyond the header under the key None.
+        # DictReader puts the cells beyond the header under the key None; empty ones (a
+        # trailing delimiter, as some spreadsheet exports write) carry nothing to lose.
         extra = row.get(None)
-        if extra:
+        if extra and any(cell.strip() for cell in extra):
             raise ValueError(
                 f"{file}, line {reader.line_num}: {len(header) + len(extra)} cells but the "
                 f"header has {len(header)}; quote cells that contain {delimiter!r}"
