@@ -172,3 +172,25 @@ def test_a_model_with_external_data_is_saved_under_its_final_names(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
     model = onnx.load(str(target))  # loads the weights from the .data file by its recorded name
     assert list(onnx.numpy_helper.to_array(model.graph.initializer[0])) == [1.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("heads", "input_size", "match"),
+    [
+        (Conv1dNeck((2, 4), 64, 3), (56, 28), "built for a 2x4 grid .* a 4x2 grid"),
+        (LinearHead(64, 3, n_blocks=2), 28, "n_last_blocks=2"),
+        (MultiHead({"a": LinearHead(64, 3), "b": LinearHead(32, 2)}), 28, "D = 32"),
+    ],
+)
+def test_heads_that_cannot_read_the_features_fail_with_their_own_error(
+    tmp_path: Path, heads: torch.nn.Module, input_size: Any, match: str
+) -> None:
+    # The heads' own message, before torch.export wraps it in pages of exporter advice.
+    with pytest.raises(ValueError, match=match):
+        export_onnx(tiny_frozen(), heads, tmp_path / "x.onnx", input_size=input_size)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_size_for_a_neck_with_a_grid_names_its_size(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="input_size=\\(28, 56\\)"):
+        export_onnx(tiny_frozen(), Conv1dNeck((2, 4), 64, 3), tmp_path / "x.onnx")

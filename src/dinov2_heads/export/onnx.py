@@ -140,7 +140,7 @@ def export_onnx(
         dynamic_size: Let H and W vary. ``None`` (default): dynamic unless a head needs a fixed
             patch grid. ``True`` with such a head is an error.
         input_size: (H, W) or one side: the fixed size, or the size to trace with when dynamic.
-            Defaults to the grid a fixed-grid head was built for, else 224x224.
+            Required with a fixed-grid head (its training size); else defaults to 224x224.
         opset: ONNX opset version (18 or newer).
         verify: Check the file with onnxruntime (needs the ``export`` extra).
         atol: Largest accepted max abs difference in the verification.
@@ -149,7 +149,8 @@ def export_onnx(
         An :class:`OnnxExport` with the verification figures.
 
     Raises:
-        ValueError: Bad sizes, or ``dynamic_size=True`` with a fixed-grid head.
+        ValueError: Bad sizes, ``dynamic_size=True`` with a fixed-grid head, or heads that
+            cannot read the backbone's features (the head's own message).
         RuntimeError: The verification found a larger difference than ``atol``.
     """
     _require("onnxscript")
@@ -178,13 +179,17 @@ def export_onnx(
             "dynamic_size=False (and input_size=the training size)"
         )
     dynamic = fixed_grid is None if dynamic_size is None else dynamic_size
-    size = _example_size(input_size, fixed_grid, patch)
+    size = _example_size(input_size, fixed_grid, patch, _built_size(heads, patch))
     graph = ExportGraph(frozen, heads)
     example = torch.randn(2 if dynamic_batch else 1, 3, *size, device=_device_of(frozen))
     example = example.to(frozen.dtype)
     target = Path(path)
     with _eval_mode(heads), _quiet_exporter():
         graph.eval()
+        # A head that cannot read these features (another grid, block count or width) raises
+        # its own clear error here; inside torch.export it would come wrapped in exporter advice.
+        with torch.no_grad():
+            graph(example)
         program = torch.onnx.export(
             graph,
             (example,),
@@ -314,16 +319,26 @@ def _fixed_grid(heads: nn.Module) -> tuple[str, int] | None:
     return None
 
 
+def _built_size(heads: nn.Module, patch: int) -> str:
+    # A neck built with its grid (h, w) knows the training size; one built with N does not.
+    for module in heads.modules():
+        grid = getattr(module, "grid", None)
+        if isinstance(grid, tuple) and len(grid) == 2:
+            return f"({grid[0] * patch}, {grid[1] * patch})"
+    return "(126, 252)"
+
+
 def _example_size(
     input_size: int | tuple[int, int] | None,
     fixed_grid: tuple[str, int] | None,
     patch: int,
+    built_size: str = "(126, 252)",
 ) -> tuple[int, int]:
     if input_size is None:
         if fixed_grid is not None:
             raise ValueError(
                 f"head {fixed_grid[0]!r} is built for {fixed_grid[1]} patch tokens; pass the "
-                "training image size, e.g. input_size=(126, 252)"
+                f"training image size, e.g. input_size={built_size}"
             )
         return 224, 224
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
