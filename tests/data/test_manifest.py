@@ -55,6 +55,12 @@ def test_csv_labels_with_missing_cells(tmp_path: Path) -> None:
     assert labels == {"type": 0, "colour": MISSING_LABEL, "orientation": 2}
 
 
+def test_one_label_column_by_name(tmp_path: Path) -> None:
+    dataset = ManifestDataset(write_csv(tmp_path), SMALL, label_columns="colour")
+    assert dataset.label_columns == ("colour",)
+    assert dataset[1][1] == {"colour": MISSING_LABEL}
+
+
 def test_collated_batches_are_per_column_tensors(tmp_path: Path) -> None:
     dataset = ManifestDataset(write_csv(tmp_path), SMALL)
     images, labels = next(iter(DataLoader(dataset, batch_size=4)))

@@ -84,3 +84,15 @@ def test_nothing_to_draw_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no PCA pictures to draw"):
         save_pca_grid(tmp_path / "x.png", images[:0], pictures[:0])
     assert not list(tmp_path.iterdir())
+
+
+def test_the_suffix_picks_the_format(tmp_path: Path) -> None:
+    _, images, pictures = example(1)
+    for name, expected in [("pca.jpg", "JPEG"), ("pca.webp", "WEBP"), ("pca", "PNG")]:
+        path = save_pca_grid(tmp_path / name, images, pictures)
+        assert Image.open(path).format == expected, name
+    with pytest.raises(ValueError, match=r"'\.txt'.*use \.png"):
+        save_pca_grid(tmp_path / "pca.txt", images, pictures)
+    with pytest.raises(IsADirectoryError, match=r"pca\.png"):
+        save_pca_grid(tmp_path, images, pictures)
+    assert not (tmp_path / "pca.txt").exists()

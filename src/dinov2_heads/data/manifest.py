@@ -147,7 +147,8 @@ class ManifestDataset(ImageDataset[dict[str, int]]):
         path: The manifest (``.csv``, ``.tsv``, ``.json`` or ``.jsonl``).
         transform: PIL image -> (3, H, W); default the ``"official_eval"`` preset.
         image_column: The column with the image paths.
-        label_columns: The label columns, in order; default every other column.
+        label_columns: The label columns, in order (one name for a single column); default
+            every other column.
         root: Folder that relative image paths start from; default the manifest's folder.
         vocabularies: Fixed class names per column (e.g. those saved with a trained head); a
             value outside them is an error. Columns not given get their sorted distinct values.
@@ -166,7 +167,7 @@ class ManifestDataset(ImageDataset[dict[str, int]]):
         transform: Transform | None = None,
         *,
         image_column: str = "path",
-        label_columns: Sequence[str] | None = None,
+        label_columns: Sequence[str] | str | None = None,
         root: str | os.PathLike[str] | None = None,
         vocabularies: Mapping[str, Sequence[str]] | None = None,
         on_error: OnError = "raise",
@@ -183,6 +184,8 @@ class ManifestDataset(ImageDataset[dict[str, int]]):
             )
         if label_columns is None:
             label_columns = [c for c in columns if c != image_column]
+        elif isinstance(label_columns, str):
+            label_columns = [label_columns]  # one column, not a sequence of letters
         unknown = [c for c in label_columns if c not in columns]
         if unknown:
             raise ValueError(

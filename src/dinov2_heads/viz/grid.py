@@ -56,6 +56,26 @@ def _display_images(
     return images.float().clamp(0, 1)
 
 
+def _image_format(target: Path) -> str:
+    """The Pillow format name for ``target``'s suffix; PNG for a name without one."""
+    if target.is_dir():
+        raise IsADirectoryError(
+            f"{target} is a folder; pass a file name inside it, e.g. {target / 'pca.png'}"
+        )
+    suffix = target.suffix.lower()
+    if not suffix:
+        return "PNG"
+    from dinov2_heads.data.loading import require_pillow
+
+    image = require_pillow().Image
+    image_format = image.registered_extensions().get(suffix)
+    if image_format is None or image_format not in image.SAVE:
+        raise ValueError(
+            f"cannot write a picture as {suffix!r} ({target}); use .png, .jpg or .webp"
+        )
+    return image_format
+
+
 def save_pca_grid(
     path: str | os.PathLike[str],
     images: Tensor,
@@ -68,14 +88,16 @@ def save_pca_grid(
     columns: int = 1,
     padding: int = 4,
 ) -> Path:
-    """Write each image beside its feature picture, upscaled to the image's size, as one PNG.
+    """Write each image beside its feature picture, upscaled to the image's size, as one picture.
 
     The grid has ``columns`` (image, picture) pairs per row, in batch order, on a white
     background. The file is written atomically (a temporary file, flushed, then renamed), so a
     reader never sees half a PNG. Needs Pillow (the ``images`` extra); matplotlib is not used.
 
     Args:
-        path: The PNG to write; missing parent folders are created.
+        path: The file to write; missing parent folders are created. The format follows the
+            suffix (``.png``, the default for a name without one; ``.jpg``, ``.webp`` and the
+            other formats Pillow writes).
         images: (B, 3, H, W), the batch that went into the backbone: normalised floats
             (``normalized=True``, undone with ``mean``/``std``), floats in [0, 1]
             (``normalized=False``) or ``uint8``.
@@ -90,6 +112,8 @@ def save_pca_grid(
     Returns:
         The path written.
     """
+    target = Path(path)
+    image_format = _image_format(target)
     pictures = _as_batch(pca_images).detach().float().cpu()
     originals = _display_images(images.detach().cpu(), normalized, mean, std)
     if originals.shape[0] != pictures.shape[0]:
@@ -123,8 +147,7 @@ def save_pca_grid(
         sheet[:, top : top + height, left : left + width] = big[index]
 
     buffer = io.BytesIO()
-    tensor_to_pil(sheet).save(buffer, format="PNG")
-    target = Path(path)
+    tensor_to_pil(sheet).save(buffer, format=image_format)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, buffer.getvalue())
     logger.info("wrote %s (%d image(s) with their PCA pictures)", target, batch)
