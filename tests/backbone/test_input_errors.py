@@ -8,6 +8,13 @@ import torch
 from dinov2_heads import DinoVisionTransformer
 
 
+def test_integer_images_are_refused(tiny: DinoVisionTransformer) -> None:
+    pixels = torch.zeros(1, 3, 28, 28, dtype=torch.uint8)
+    for call in (tiny.forward_features, tiny.get_intermediate_layers, tiny):
+        with pytest.raises(TypeError, match=r"got torch\.uint8; normalise them first"):
+            call(pixels)
+
+
 @pytest.mark.parametrize(
     ("shape", "message"),
     [

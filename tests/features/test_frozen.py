@@ -238,3 +238,5 @@ def test_bad_inputs(tiny: DinoVisionTransformer) -> None:
         frozen(torch.randn(3, 28, 28))
     with pytest.raises(ValueError, match="multiple of patch size 14"):
         frozen(torch.randn(1, 3, 30, 28))
+    with pytest.raises(TypeError, match=r"torch\.uint8; normalise them first"):
+        frozen(torch.zeros(1, 3, 28, 28, dtype=torch.uint8))  # not silently cast to float

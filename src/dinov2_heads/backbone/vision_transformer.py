@@ -100,7 +100,13 @@ class DinoVisionTransformer(nn.Module):
     # ------------------------------------------------------------------ tokens
 
     def check_input(self, x: Tensor) -> None:
-        """Raise ``ValueError`` unless ``x`` is a valid non-empty (B, 3, H, W) image batch."""
+        """Raise unless ``x`` is a valid non-empty (B, 3, H, W) batch of float images.
+
+        Raises:
+            TypeError: Integer (e.g. ``uint8``) images, which must be normalised first.
+            ValueError: Wrong shape, an empty batch, or sides that are not multiples of P.
+        """
+        check_float_images(x)
         if x.ndim != 4:
             raise ValueError(
                 f"expected images of shape (B, 3, H, W), got a {x.ndim}-D tensor of shape "
@@ -285,6 +291,16 @@ class DinoVisionTransformer(nn.Module):
         if is_training:
             return features
         return self.head(features["x_norm_clstoken"])
+
+
+def check_float_images(x: Tensor) -> None:
+    """Raise ``TypeError`` for integer images: the backbone takes normalised float images."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"expected float images normalised with the ImageNet mean and std, got {x.dtype}; "
+            "normalise them first with dinov2_heads.data.normalize(images) or load them "
+            "through dinov2_heads.data.Preprocess"
+        )
 
 
 def _nearest_multiple(value: int, multiple: int) -> int:

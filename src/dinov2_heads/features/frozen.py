@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from dinov2_heads.backbone import DinoVisionTransformer
+from dinov2_heads.backbone.vision_transformer import check_float_images
 from dinov2_heads.features.features import Features
 
 logger = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ class FrozenBackbone(nn.Module):
                 f"expected images of shape (B, 3, H, W), got {shape}; "
                 "add a batch dimension with x.unsqueeze(0) for one image"
             )
+        check_float_images(x)  # before the cast below would turn pixels 0..255 into floats
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
         x = x.to(self.dtype)
         with torch.no_grad():
