@@ -83,3 +83,7 @@ def test_errors() -> None:
     multi = MultiHead({"brand": LinearHead(8, 3)})
     with pytest.raises(ValueError, match=r"multi_label names \['colour'\] match no head"):
         predict(multi, random_features(dim=8), multi_label=["colour"])
+    for names in ("brand", ["brand"]):
+        # One logits tensor has no head names: refused rather than read as softmax.
+        with pytest.raises(TypeError, match="pass multi_label=True or False"):
+            predict(LinearHead(8, 3), random_features(dim=8), multi_label=names)

@@ -130,11 +130,18 @@ def predict(
         names = class_names if class_names is not None else getattr(model, "class_names", None)
         if isinstance(names, Mapping):
             raise TypeError("class_names for a single head must be a sequence, not a mapping")
+        if not isinstance(multi_label, bool):
+            # Head names mean nothing for one logits tensor; guessing would pick softmax or
+            # sigmoid silently.
+            raise TypeError(
+                f"multi_label names {sorted(multi_label)} are for a model with named heads; "
+                "this model returns one logits tensor, so pass multi_label=True or False"
+            )
         return predict_logits(
             outputs,
             class_names=names,
             top_k=top_k,
-            multi_label=multi_label is True,
+            multi_label=multi_label,
             threshold=threshold,
         )
     if not isinstance(outputs, Mapping):
