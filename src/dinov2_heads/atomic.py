@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +24,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     Every file this library writes (head checkpoints, ONNX graphs, store manifests, pictures)
     goes through here.
 
+    A replaced file keeps its permission bits; a new file is created with mode 0644. Like a
+    plain write, replacing a read-only file is refused (a rename alone would allow it).
+
     Args:
         path: The file to create or replace; its directory must exist.
+
+    Raises:
+        FileNotFoundError: The directory does not exist.
+        IsADirectoryError: ``path`` is a folder.
+        PermissionError: ``path`` exists and is read-only.
     """
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
@@ -32,13 +41,14 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise FileNotFoundError(
             f"cannot write {target}: the directory {directory} does not exist; create it first"
         )
+    mode = _mode_for(target)
     handle, temporary_name = tempfile.mkstemp(
         prefix=f".{target.name}.", suffix=".tmp", dir=directory
     )
     os.close(handle)
     temporary = Path(temporary_name)
     # mkstemp makes the file private (0600); the result should be readable like any saved file.
-    os.chmod(temporary, 0o644)
+    os.chmod(temporary, mode)
     try:
         yield temporary
         _fsync_file(temporary)
@@ -54,6 +64,21 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path) as temporary, open(temporary, "wb") as file:
         file.write(data)
+
+
+def _mode_for(target: Path) -> int:
+    if target.is_dir():
+        raise IsADirectoryError(f"cannot write {target}: it is a folder; pass a file name")
+    try:
+        current = target.stat()
+    except FileNotFoundError:
+        return 0o644
+    if not os.access(target, os.W_OK):
+        raise PermissionError(
+            f"cannot replace {target}: the file is read-only; make it writable "
+            "(chmod u+w) or write to another name"
+        )
+    return stat.S_IMODE(current.st_mode)
 
 
 def _fsync_file(path: Path) -> None:
