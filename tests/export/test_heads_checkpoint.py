@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from dinov2_heads import atomic as atomic_module
 from dinov2_heads.export import load_heads, save_heads
-from dinov2_heads.features import Features
+from dinov2_heads.features import Features, FrozenBackbone
 from dinov2_heads.fingerprint import weights_fingerprint
 from dinov2_heads.heads import Conv1dNeck, LinearHead, MultiHead
 from tests.export.conftest import tiny_frozen
@@ -139,6 +139,25 @@ def test_check_backbone(tmp_path: Path) -> None:
     official = dataclasses.replace(checkpoint, backbone_variant="dinov2_vits14")
     with pytest.raises(ValueError, match="trained on dinov2_vits14 but the backbone is a custom"):
         official.check_backbone(frozen, fingerprint=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_heads_trained_on_reduced_precision_weights_accept_their_checkpoint(
+    tmp_path: Path, dtype: torch.dtype
+) -> None:
+    # Heads trained with FrozenBackbone(dtype=...) are deployed on the float32 checkpoint the
+    # backbone came from: its weights, cast the same way, hash the same.
+    trained_on = FrozenBackbone(tiny_frozen().backbone, dtype=dtype)
+    path = save_heads(tmp_path / "h.safetensors", LinearHead(64, 2), backbone=trained_on)
+    checkpoint = load_heads(path)
+    assert checkpoint.backbone_dtype == str(dtype).removeprefix("torch.")
+    checkpoint.check_backbone(tiny_frozen())
+    checkpoint.check_backbone(trained_on)
+    other = tiny_frozen()
+    with torch.no_grad():
+        other.backbone.cls_token.add_(1.0)
+    with pytest.raises(ValueError, match="fingerprint"):
+        checkpoint.check_backbone(other)
 
 
 @pytest.mark.parametrize(

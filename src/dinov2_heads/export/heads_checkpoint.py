@@ -57,6 +57,8 @@ class HeadCheckpoint:
         backbone_config: Its :class:`~dinov2_heads.BackboneConfig` as a dict.
         n_last_blocks: How many blocks the frozen backbone returned.
         input_size: The training input size (H, W), or ``None``.
+        backbone_dtype: The dtype the backbone's weights were stored in when the heads were
+            saved (``"bfloat16"`` for ``FrozenBackbone(dtype=torch.bfloat16)``), or ``None``.
         extra: The user's own metadata given to :func:`save_heads`.
         metadata: The whole stored metadata.
         path: The file read.
@@ -71,6 +73,7 @@ class HeadCheckpoint:
     backbone_config: dict[str, Any] | None
     n_last_blocks: int | None
     input_size: tuple[int, int] | None
+    backbone_dtype: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
@@ -84,7 +87,9 @@ class HeadCheckpoint:
         """Raise ``ValueError`` unless ``backbone`` is the one the heads were trained on.
 
         Compares the variant name and, when ``fingerprint`` is true and one was saved, the
-        weights fingerprint (hashes every weight: about a second per GB).
+        weights fingerprint (hashes every weight: about a second per GB). Heads trained on
+        weights stored in bfloat16 or float16 accept the float32 checkpoint they came from:
+        its weights are cast to the recorded dtype before hashing.
         """
         variant, _ = _backbone_identity(backbone)
         if self.backbone_variant is not None and variant != self.backbone_variant:
@@ -94,6 +99,14 @@ class HeadCheckpoint:
             )
         if fingerprint and self.backbone_fingerprint is not None:
             found = weights_fingerprint(backbone)
+            cast_to = _stored_dtype(self.backbone_dtype)
+            if found != self.backbone_fingerprint and cast_to not in (None, _dtype_of(backbone)):
+                found = weights_fingerprint(_cast_floating(backbone.state_dict(), cast_to))
+                if found == self.backbone_fingerprint:
+                    logger.info(
+                        "the heads were trained on these backbone weights stored in %s",
+                        self.backbone_dtype,
+                    )
             if found != self.backbone_fingerprint:
                 raise ValueError(
                     f"these heads were trained on backbone weights with fingerprint "
@@ -159,6 +172,7 @@ def save_heads(
             "fingerprint": backbone_fingerprint,
             "config": config,
             "n_last_blocks": getattr(backbone, "n_last_blocks", None),
+            "dtype": _dtype_name(_dtype_of(backbone)) if backbone is not None else None,
         },
         "input_size": list(size) if size is not None else None,
         "extra": dict(extra or {}),
@@ -227,10 +241,40 @@ def load_heads(
         backbone_config=backbone.get("config"),
         n_last_blocks=backbone.get("n_last_blocks"),
         input_size=(int(size[0]), int(size[1])) if size is not None else None,
+        backbone_dtype=backbone.get("dtype"),
         extra=dict(metadata.get("extra") or {}),
         metadata=metadata,
         path=source,
     )
+
+
+# ---------------------------------------------------------------------------- backbone dtype
+
+_FLOATING = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _dtype_of(backbone: nn.Module) -> torch.dtype | None:
+    """The dtype of the backbone's floating-point weights (the first one found)."""
+    for value in backbone.state_dict().values():
+        if isinstance(value, Tensor) and value.is_floating_point():
+            return value.dtype
+    return None
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str | None:
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def _stored_dtype(name: str | None) -> torch.dtype | None:
+    return _FLOATING.get(name) if isinstance(name, str) else None
+
+
+def _cast_floating(state: Mapping[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+    # FrozenBackbone(dtype=...) casts exactly this way, so the hashes agree.
+    return {
+        name: value.to(dtype) if isinstance(value, Tensor) and value.is_floating_point() else value
+        for name, value in state.items()
+    }
 
 
 # ---------------------------------------------------------------------------- heads
