@@ -12,6 +12,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from dinov2_heads.data.loading import UnreadableImageError
+
 #: Subcommand name -> module in ``dinov2_heads.commands`` with ``add_parser`` and ``run``.
 COMMANDS: dict[str, str] = {
     "demo": "dinov2_heads.commands.demo",
@@ -56,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        if isinstance(error, UnreadableImageError):
+            # The library's advice names the Python argument; here the option is the way.
+            message = message.replace("on_error='skip'", "--on-error skip")
         print(f"dinov2-heads {args.command}: error: {message}", file=sys.stderr)
         return 1
 

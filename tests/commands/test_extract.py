@@ -61,11 +61,16 @@ def test_manifest_with_missing_labels(files: Files, tmp_path: Path) -> None:
     assert set(dataset["class_names"]) == {"colour", "brand"}
 
 
-def test_plain_images_and_a_broken_one(files: Files, tmp_path: Path) -> None:
+def test_plain_images_and_a_broken_one(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     inputs = (*files.images, broken)
     assert extract(files, tmp_path / "raise", *inputs) == 1  # on_error=raise by default
+    error = capsys.readouterr().err
+    assert f"cannot read image {broken}" in error
+    assert "or pass --on-error skip to leave" in error  # the option, not the Python argument
     assert extract(files, tmp_path / "skip", *inputs, extra=("--on-error", "skip")) == 0
     store = FeatureStore.open(tmp_path / "skip")
     assert len(store) == len(files.images)
