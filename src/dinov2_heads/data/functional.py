@@ -82,7 +82,7 @@ def tensor_to_pil(image: Tensor) -> Image.Image:
     height, width = int(image.shape[1]), int(image.shape[2])
     # (3, H, W) -> interleaved (H, W, 3) bytes, the layout Pillow reads.
     pixels = rearrange(image.cpu(), "c h w -> h w c").contiguous()
-    return pil.Image.frombytes("RGB", (width, height), bytes(pixels.flatten().tolist()))
+    return pil.Image.frombytes("RGB", (width, height), pixels.numpy().tobytes())
 
 
 def to_float(image: Tensor) -> Tensor:
