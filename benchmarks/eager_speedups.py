@@ -51,6 +51,8 @@ from dinov2_heads.layers import LayerScale, Mlp
 
 def _load_throughput_module() -> types.ModuleType:
     # The benchmarks folder is not a package; load the sibling script by path.
+    if "backbone_throughput" in sys.modules:
+        return sys.modules["backbone_throughput"]
     path = Path(__file__).resolve().with_name("backbone_throughput.py")
     spec = importlib.util.spec_from_file_location("backbone_throughput", path)
     if spec is None or spec.loader is None:
@@ -73,7 +75,7 @@ CANDIDATES = [
     "compiled-static",
     "compiled-dynamic",
 ]
-_CUDA_ONLY = {"cuda-graph"}
+CUDA_ONLY = {"cuda-graph"}
 
 
 # ---------------------------------------------------------------------------- the candidates
@@ -232,7 +234,7 @@ def run_case(
     for candidate in candidates:
         result = Result(variant, batch, candidate)
         results.append(result)
-        if candidate in _CUDA_ONLY and device.type != "cuda":
+        if candidate in CUDA_ONLY and device.type != "cuda":
             result.note = "needs CUDA"
             continue
         log(f"{variant} b{batch} {candidate}")
@@ -324,7 +326,7 @@ def _number(value: float, spec: str, suffix: str = "") -> str:
     return "" if value != value else f"{value:{spec}}{suffix}"
 
 
-def _without_nan(row: dict[str, Any]) -> dict[str, Any]:
+def without_nan(row: dict[str, Any]) -> dict[str, Any]:
     # JSON has no NaN: a figure that was not measured is null.
     return {k: None if isinstance(v, float) and v != v else v for k, v in row.items()}
 
@@ -380,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     output = {
         "environment": env,
         "size": list(size),
-        "results": [_without_nan(asdict(r)) for r in results],
+        "results": [without_nan(asdict(r)) for r in results],
         "seconds": time.monotonic() - start,
     }
     if args.json:

@@ -13,6 +13,10 @@ Run on a CUDA machine (about 3 to 4 minutes on one H100; stops starting new case
 2. Throughput at 224x224, ViT-S/14 batch 256 and ViT-L/14 batch 128: official-style fp16
    autocast, bf16 and fp16 stored weights, and compiled bf16, with the reference figures of
    the performance issue (one H100) and the targets next to them.
+3. With the budget left, the candidate speed-ups of the uncompiled bf16 path from
+   ``benchmarks/eager_speedups.py`` on the same cases (LayerScale folded, cuDNN attention,
+   the GELU epilogue, CUDA graphs, all together, and compiled with dynamic shapes), each
+   against plain bf16 with its error against float32.
 
 ``--smoke`` runs the same code on CPU with one block, tiny images and no compilation, in a few
 seconds (the test suite does this).
@@ -27,6 +31,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from types import ModuleType
@@ -38,19 +43,22 @@ from torch import Tensor
 from dinov2_heads import create_backbone
 
 
-def _load_throughput_module() -> ModuleType:
+def _load_sibling(name: str) -> ModuleType:
     # The benchmarks folder is not a package; load the sibling script by path.
-    path = Path(__file__).resolve().with_name("backbone_throughput.py")
-    spec = importlib.util.spec_from_file_location("backbone_throughput", path)
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).resolve().with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("backbone_throughput", module)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-bt = _load_throughput_module()
+bt = _load_sibling("backbone_throughput")
+speedups = _load_sibling("eager_speedups")
 
 #: Images/s at 224x224 on one H100 with random weights, from the performance issue.
 REFERENCE: dict[tuple[str, int], dict[str, float]] = {
@@ -185,6 +193,52 @@ def _exact_fp32() -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _candidates(
+    cases: Sequence[tuple[str, int]],
+    *,
+    device: torch.device,
+    size: tuple[int, int],
+    overrides: dict[str, Any],
+    smoke: bool,
+    deadline: float,
+    notes: list[str],
+) -> list[Any]:
+    """``benchmarks/eager_speedups.py`` on the same cases, with what is left of the budget.
+
+    The compiled candidates need a compilation each, so they run only with
+    ``COMPILE_RESERVE_S`` in hand; a case that cannot start in time is named in ``notes``.
+    """
+    rows: list[Any] = []
+    for variant, batch in cases:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            notes.append(f"out of time budget, no candidate speed-ups for {variant} b{batch}")
+            continue
+        # compiled-static is the throughput table's compiled-bf16 row: only the dynamic graph
+        # is new here.
+        candidates = [
+            c
+            for c in speedups.CANDIDATES
+            if c != "compiled-static"
+            and (not c.startswith("compiled") or (not smoke and left > 2 * COMPILE_RESERVE_S))
+        ]
+        if smoke:
+            candidates = [c for c in candidates if c not in speedups.CUDA_ONLY]
+        rows += speedups.run_case(
+            variant,
+            batch,
+            candidates=candidates,
+            device=device,
+            size=size,
+            overrides=overrides,
+            warmup=0 if smoke else 3,
+            iters=1 if smoke else 10,
+            compile_backend="inductor",
+            log=lambda text: print(text, file=sys.stderr),
+        )
+    return rows
 
 
 def targets(rows: Sequence[Any]) -> list[dict[str, Any]]:
@@ -325,12 +379,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "fp32 rows use PyTorch's default TF32 settings (cuDNN convolutions in TF32: "
             f"{torch.backends.cudnn.allow_tf32}, matmuls: {torch.backends.cuda.matmul.allow_tf32})"
         )
+    candidate_rows = _candidates(
+        cases,
+        device=device,
+        size=size,
+        overrides=overrides,
+        smoke=args.smoke,
+        deadline=start + args.budget_s,
+        notes=notes,
+    )
     goal_rows = targets(rows) if not args.smoke else []
     log(f"\n## Throughput ({size[0]}x{size[1]}, median of {iters} after {warmup} warm-up)\n")
     log(bt.format_table(rows))
     if goal_rows:
         log("\n## Targets\n")
         log(format_targets(goal_rows))
+    if candidate_rows:
+        log("\n## Candidate speed-ups of the uncompiled bf16 path (against plain bf16)\n")
+        log(speedups.format_table(candidate_rows))
     for note in notes:
         log(f"- {note}")
     log(f"\ntotal {time.monotonic() - start:.0f} s")
@@ -339,6 +405,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "accuracy": accuracy_rows,
         "throughput": bt.rows_as_dicts(rows),
         "targets": goal_rows,
+        "candidates": [speedups.without_nan(asdict(row)) for row in candidate_rows],
         "reference_h100": {f"{v} b{b}": ref for (v, b), ref in REFERENCE.items()},
         "notes": notes,
         "seconds": time.monotonic() - start,

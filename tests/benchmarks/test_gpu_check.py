@@ -31,6 +31,14 @@ def test_smoke_run_checks_accuracy_and_times_every_case(capsys: pytest.CaptureFi
     assert len(throughput) == 8
     assert all(row["error"] == "" and row["images_per_s"] > 0 for row in throughput)
     assert result["targets"] == []  # a smoke run is not compared with the H100 figures
+    # The candidate speed-ups run on the same cases (CPU: no CUDA graph, no compilation).
+    candidates = [(row["variant"], row["candidate"]) for row in result["candidates"]]
+    assert candidates == [
+        (variant, candidate)
+        for variant in ("dinov2_vits14", "dinov2_vitl14")
+        for candidate in ("bf16", "fold-layerscale", "cudnn-attention", "gelu-epilogue", "all")
+    ]
+    assert all(row["images_per_s"] > 0 for row in result["candidates"])
     assert any("smoke run" in note for note in result["notes"])
 
 
