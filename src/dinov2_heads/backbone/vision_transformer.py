@@ -148,7 +148,10 @@ class DinoVisionTransformer(nn.Module):
         pos_embed = self.pos_embed.float()
         side = math.isqrt(num_positions)
         grid_h, grid_w = height // self.patch_size, width // self.patch_size
-        table = rearrange(pos_embed[:, 1:], "1 (gh gw) d -> 1 d gh gw", gh=side)
+        # The official view: (1, S, S, D) permuted to (1, D, S, S), a channels-last layout.
+        # PyTorch's CPU bicubic kernels depend on the layout: for a grid one patch wide, the
+        # antialiased kernel of a contiguous table gives other (and wrong) numbers.
+        table = pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
         if tracing:
             table = _resample_pos_table(
                 table,
