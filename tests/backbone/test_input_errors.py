@@ -43,6 +43,12 @@ def test_bad_images(tiny: DinoVisionTransformer, shape: tuple[int, ...], message
         ([], ValueError, "empty"),
         (1.5, TypeError, "int or a sequence"),
         (True, TypeError, "int or a sequence"),
+        ("01", TypeError, "int or a sequence"),
+        ([1.0], TypeError, "block indices must be ints, got 1.0"),
+        ([True], TypeError, "block indices must be ints, got True"),
+        # The official code returns one output per index asked for; a repeat cannot be honoured.
+        ([1, 1], ValueError, "block 1 is asked for twice"),
+        ([-1, 1], ValueError, "block 1 is asked for twice"),
     ],
 )
 def test_bad_block_selection(
@@ -55,3 +61,9 @@ def test_bad_block_selection(
 def test_bad_mask_shape(tiny: DinoVisionTransformer) -> None:
     with pytest.raises(ValueError, match="masks must have shape"):
         tiny.forward_features(torch.zeros(1, 3, 28, 28), masks=torch.zeros(1, 5, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.int64])
+def test_masks_that_are_not_bool(tiny: DinoVisionTransformer, dtype: torch.dtype) -> None:
+    with pytest.raises(TypeError, match=f"masks must be a bool tensor, got {dtype}"):
+        tiny.forward_features(torch.zeros(1, 3, 28, 28), masks=torch.zeros(1, 4, dtype=dtype))

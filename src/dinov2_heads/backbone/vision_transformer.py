@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -185,6 +186,12 @@ class DinoVisionTransformer(nn.Module):
         _, _, height, width = x.shape
         tokens = self.patch_embed(x)
         if masks is not None:
+            if not isinstance(masks, Tensor) or masks.dtype != torch.bool:
+                got = masks.dtype if isinstance(masks, Tensor) else type(masks).__name__
+                raise TypeError(
+                    f"masks must be a bool tensor, got {got}; True marks the patches to replace "
+                    "by mask_token (use masks.bool() or masks > 0)"
+                )
             if masks.shape != tokens.shape[:2]:
                 raise ValueError(
                     f"masks must have shape (B, N) = {tuple(tokens.shape[:2])}, "
@@ -271,7 +278,7 @@ class DinoVisionTransformer(nn.Module):
 
     def _blocks_to_take(self, n: BlockSelection) -> list[int]:
         depth = len(self.blocks)
-        if isinstance(n, bool) or not isinstance(n, int | Sequence):
+        if isinstance(n, bool | str) or not isinstance(n, int | Sequence):
             raise TypeError(f"n must be an int or a sequence of block indices, got {n!r}")
         if isinstance(n, int):
             if not 1 <= n <= depth:
@@ -279,14 +286,25 @@ class DinoVisionTransformer(nn.Module):
             return list(range(depth - n, depth))
         if len(n) == 0:
             raise ValueError("n is an empty sequence; pass at least one block index")
-        taken = []
-        for index in n:
+        taken: list[int] = []
+        entries: Sequence[object] = n
+        for entry in entries:
+            if isinstance(entry, bool) or not isinstance(entry, numbers.Integral):
+                raise TypeError(f"block indices must be ints, got {entry!r} in n={n!r}")
+            index = int(entry)
             if not -depth <= index < depth:
                 raise ValueError(
                     f"block index {index} is out of range for a backbone of depth {depth}"
                 )
-            taken.append(index % depth)
-        return sorted(set(taken))
+            block = index % depth
+            # One output per index, as in the official code; a repeat would silently give fewer.
+            if block in taken:
+                raise ValueError(
+                    f"block {block} is asked for twice in n={n!r} (negative indices count from "
+                    f"the end of the {depth} blocks); list each block once"
+                )
+            taken.append(block)
+        return sorted(taken)
 
     def forward(self, x: Tensor, *, is_training: bool = False) -> Tensor | dict[str, Any]:
         """The normalised class token (B, D), or the full output dict when ``is_training``."""
