@@ -83,7 +83,13 @@ class Features:
         That is also what the official ``ModelWithIntermediateLayers`` returns. ``grid`` is
         needed only for non-square images; square grids are inferred from N.
         """
-        if not outputs or any(len(item) != 2 for item in outputs):
+        # A (B, N, D) tensor of a batch of two also has length 2: check for real pairs.
+        if not outputs or any(
+            isinstance(item, Tensor)
+            or len(item) != 2
+            or not all(isinstance(part, Tensor) for part in item)
+            for item in outputs
+        ):
             raise ValueError(
                 "expected the tuple of (patch_tokens, class_token) pairs returned by "
                 "get_intermediate_layers(x, n, return_class_token=True)"
@@ -164,6 +170,10 @@ class Features:
     def __getitem__(self, index: int | slice | Tensor) -> Features:
         """The samples at ``index`` along the batch dimension (an int keeps the dimension)."""
         if isinstance(index, int):
+            batch = self.batch_size
+            if not -batch <= index < batch:
+                # Slicing would return an empty batch instead of failing.
+                raise IndexError(f"index {index} is out of range for a batch of {batch}")
             index = slice(index, index + 1 if index != -1 else None)
         return self.apply(lambda t: t[index])
 
