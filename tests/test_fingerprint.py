@@ -88,3 +88,27 @@ def test_bad_inputs() -> None:
         weights_fingerprint([torch.ones(1)])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="meta device"):
         weights_fingerprint({"w": torch.empty(2, device="meta")})
+
+
+def test_names_that_differ_only_by_a_wrapper_prefix_are_both_hashed() -> None:
+    # A module with a child called "module" and a weight of its own: both "module.weight" and
+    # "weight" would become "weight", and one of the two tensors would be left out.
+    class Holder(nn.Module):
+        def __init__(self, inner: float, outer: float) -> None:
+            super().__init__()
+            self.module = nn.Linear(1, 1, bias=False)
+            self.weight = nn.Parameter(torch.full((1, 1), outer))
+            nn.init.constant_(self.module.weight, inner)
+
+    assert weights_fingerprint(Holder(1.0, 2.0)) != weights_fingerprint(Holder(3.0, 2.0))
+    assert weights_fingerprint(Holder(1.0, 2.0)) != weights_fingerprint(Holder(1.0, 3.0))
+
+
+def test_conjugate_and_negative_views_hash_their_values() -> None:
+    values = torch.tensor([1 + 2j, 3 - 4j], dtype=torch.complex64)
+    assert weights_fingerprint({"w": values.conj()}) == weights_fingerprint(
+        {"w": values.conj().resolve_conj()}
+    )
+    assert weights_fingerprint({"w": values.conj()}) != weights_fingerprint({"w": values})
+    negated = torch._neg_view(torch.tensor([1.0, -2.0]))
+    assert bytes(tensor_bytes(negated)) == bytes(tensor_bytes(torch.tensor([-1.0, 2.0])))

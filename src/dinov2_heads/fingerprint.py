@@ -29,7 +29,8 @@ def weights_fingerprint(module_or_state_dict: nn.Module | Mapping[str, Any]) -> 
     - The dtype: the same weights in float32 and bfloat16 have different fingerprints, since
       they compute different features.
     - Not the device, and not the leading ``module.`` (DistributedDataParallel) or any
-      ``_orig_mod.`` (``torch.compile``) in the names, which are removed first.
+      ``_orig_mod.`` (``torch.compile``) in the names, which are removed first (unless that
+      would give two tensors the same name; then every name is hashed as it is).
 
     Bytes are taken in the machine's native order (little-endian on every supported platform).
 
@@ -52,7 +53,7 @@ def weights_fingerprint(module_or_state_dict: nn.Module | Mapping[str, Any]) -> 
             "weights_fingerprint expects an nn.Module or a state dict (a mapping of names to "
             f"tensors), got {type(module_or_state_dict).__name__}"
         )
-    tensors: dict[str, Tensor] = {}
+    named: dict[str, Tensor] = {}
     for name, value in state.items():
         if not isinstance(value, Tensor):
             continue
@@ -61,7 +62,12 @@ def weights_fingerprint(module_or_state_dict: nn.Module | Mapping[str, Any]) -> 
                 f"tensor {name!r} is on the meta device and has no values to fingerprint; "
                 "load the weights first"
             )
-        tensors[_strip_wrappers(str(name))] = value.detach()
+        named[str(name)] = value.detach()
+    tensors = {_strip_wrappers(name): tensor for name, tensor in named.items()}
+    if len(tensors) < len(named):
+        # Two names differ only by a wrapper segment ("module.weight" and "weight"), so they
+        # are not wrapper prefixes: keep every name as it is rather than leave a tensor out.
+        tensors = named
     names = sorted(tensors)
     if len(names) > 1:
         with ThreadPoolExecutor() as pool:
@@ -94,7 +100,8 @@ def tensor_bytes(tensor: Tensor) -> memoryview:
 
     The returned view keeps the tensor it points into alive.
     """
-    data = tensor.detach()
+    # Conjugate and negative views share the unchanged buffer; their values need the copy.
+    data = tensor.detach().resolve_conj().resolve_neg()
     if data.device.type != "cpu":
         data = data.cpu()
     data = data.contiguous()
