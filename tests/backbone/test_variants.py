@@ -131,6 +131,16 @@ def test_hub_builder_weights_forms(tmp_path: Path, form: str) -> None:
         assert torch.equal(model.state_dict()[key], value), key
 
 
+@pytest.mark.parametrize("device", ["meta", torch.device("meta")])
+def test_weights_on_the_meta_device_are_refused(device: str | torch.device) -> None:
+    # Loading into meta parameters copies nothing: the weights would be dropped.
+    weights = create_backbone("dinov2_vits14", depth=1, embed_dim=32, num_heads=2).state_dict()
+    with pytest.raises(ValueError, match=r"meta device holds no values.*load_backbone"):
+        create_backbone(
+            "dinov2_vits14", depth=1, embed_dim=32, num_heads=2, device=device, checkpoint=weights
+        )
+
+
 def test_weights_of_another_architecture_are_a_clear_error() -> None:
     small = create_backbone("dinov2_vits14", depth=1, embed_dim=32, num_heads=2)
     with pytest.raises(ValueError, match="do not fit") as info:

@@ -30,7 +30,8 @@ def create_backbone(
         name: A hub name from :func:`list_variants`, e.g. ``"dinov2_vits14_reg"``.
         checkpoint: Local weights: a file path, a state dict, or ``{"LVD142M": path}``.
             Official, training, Hugging Face and timm layouts are recognised.
-        device: Where to build the model (``"meta"`` builds it without memory).
+        device: Where to build the model (``"meta"`` builds it without memory, and without
+            weights: it cannot be combined with ``checkpoint``).
         **overrides: :class:`BackboneConfig` fields to change, e.g. ``depth=2`` for a small
             test model.
 
@@ -38,6 +39,14 @@ def create_backbone(
         The backbone in eval mode.
     """
     config = get_config(name).replace(**overrides)
+    if checkpoint is not None and torch.device(device or "cpu").type == "meta":
+        # load_state_dict into meta parameters is a no-op: the weights would be dropped.
+        raise ValueError(
+            "checkpoint= with device='meta': a model on the meta device holds no values, so the "
+            "weights would be dropped; build on a real device, or use "
+            "dinov2_heads.checkpoints.load_backbone(path), which builds on meta and adopts the "
+            "file's tensors"
+        )
     with torch.device(device or "cpu"):
         model = DinoVisionTransformer(config)
     if checkpoint is not None:
