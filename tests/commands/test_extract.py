@@ -113,3 +113,70 @@ def test_empty_label_column_is_a_usage_error(
         extract(files, tmp_path / "s", files.manifest, extra=("--label-columns", "colour,"))
     assert exit_info.value.code == 2
     assert "comma-separated column names" in capsys.readouterr().err
+
+
+def test_label_options_with_a_class_folder_are_refused(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Class folders label by folder name; a manifest option would be ignored silently.
+    for option in (("--label-columns", "colour"), ("--image-column", "file")):
+        assert extract(files, tmp_path / "s", files.folder, extra=option) == 1
+        assert f"{option[0]} needs one manifest" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_images_beside_class_folders_are_refused(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The images at the top would be left out of a store labelled by the sub-folders.
+    mixed = tmp_path / "mixed"
+    (mixed / "bus").mkdir(parents=True)
+    for index, image in enumerate(files.images):
+        (mixed / ("bus" if index == 0 else ".") / image.name).write_bytes(image.read_bytes())
+    assert extract(files, tmp_path / "s", mixed) == 1
+    error = capsys.readouterr().err
+    assert f"{mixed} holds 2 image(s) beside its class sub-folders (bus)" in error
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_finished_store_of_other_images_is_refused(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Same backbone, size and sample count: only dataset.json tells the two apart.
+    store = tmp_path / "store"
+    assert extract(files, store, files.folder) == 0
+    before = (store / "dataset.json").read_bytes()
+    capsys.readouterr()
+    assert extract(files, store, files.manifest, extra=("--label-columns", "body")) == 1
+    error = capsys.readouterr().err
+    assert "holds the features of other images or labels" in error
+    assert "--overwrite" in error
+    assert (store / "dataset.json").read_bytes() == before
+    assert extract(files, store, files.manifest, extra=("--overwrite",)) == 0
+    assert json.loads((store / "dataset.json").read_text())["kind"] == "manifest"
+
+
+def test_an_interrupted_run_records_its_images(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An unreadable image in the last class stops the run after the first batches are stored.
+    folder = tmp_path / "folder"
+    for image in sorted(files.folder.rglob("*.png")):
+        target = folder / image.parent.name / image.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(image.read_bytes())
+    broken = sorted(folder.rglob("*.png"))[-1]
+    good = broken.read_bytes()
+    broken.write_bytes(b"not a png")
+    store = tmp_path / "store"
+    assert extract(files, store, folder, extra=("--batch-size", "2")) == 1
+    assert f"cannot read image {broken}" in capsys.readouterr().err
+    written = json.loads((store / "dataset.json").read_text())
+    assert written["paths"] == [str(path) for path in sorted(folder.rglob("*.png"))]
+
+    # Resuming on other images is refused; resuming on the repaired ones finishes the store.
+    assert extract(files, store, files.manifest, extra=("--label-columns", "body")) == 1
+    assert "holds the features of other images or labels" in capsys.readouterr().err
+    broken.write_bytes(good)
+    assert extract(files, store, folder, extra=("--batch-size", "2")) == 0
+    assert len(FeatureStore.open(store)) == 8

@@ -76,27 +76,37 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from dinov2_heads.atomic import atomic_write_bytes
     from dinov2_heads.cache import extract_features
+    from dinov2_heads.cache.store import MANIFEST
     from dinov2_heads.features import FrozenBackbone
 
     transform = _common.preprocessing(args, "official_eval")
     dataset, description = _dataset(args, transform)
+    out = Path(args.out)
+    started_here = args.overwrite or not (out / MANIFEST).is_file()
+    if not args.overwrite:
+        _check_same_images(out, description)
     frozen = FrozenBackbone(_common.load_backbone(args), n_last_blocks=args.n_last_blocks)
-    store = extract_features(
-        frozen,
-        dataset,
-        path=args.out,
-        keep=args.keep,
-        dtype=getattr(torch, args.dtype),
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        preprocessing=transform,
-        progress=not args.quiet,
-        overwrite=args.overwrite,
-    )
-    text = json.dumps(description, indent=1, ensure_ascii=False) + "\n"
-    atomic_write_bytes(Path(args.out) / DATASET_FILE, text.encode("utf-8"))
+    try:
+        store = extract_features(
+            frozen,
+            dataset,
+            path=out,
+            keep=args.keep,
+            dtype=getattr(torch, args.dtype),
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            preprocessing=transform,
+            progress=not args.quiet,
+            overwrite=args.overwrite,
+        )
+    except BaseException:
+        # A store this run started and did not finish records its images too, so that the run
+        # that resumes it can be checked against them.
+        if started_here and (out / MANIFEST).is_file() and not (out / DATASET_FILE).exists():
+            _write_description(out, description)
+        raise
+    _write_description(out, description)
     print(store)
     columns = description["class_names"]
     if columns:
@@ -107,8 +117,59 @@ def run(args: argparse.Namespace) -> int:
         print("  no labels")
     if description["skipped"]:
         print(f"  skipped {len(description['skipped'])} unreadable image(s), listed in the log")
-    print(f"image paths and class names: {Path(args.out) / DATASET_FILE}")
+    print(f"image paths and class names: {out / DATASET_FILE}")
     return 0
+
+
+def _write_description(out: Path, description: dict[str, Any]) -> None:
+    from dinov2_heads.atomic import atomic_write_bytes
+
+    text = json.dumps(description, indent=1, ensure_ascii=False) + "\n"
+    atomic_write_bytes(out / DATASET_FILE, text.encode("utf-8"))
+
+
+def _check_same_images(out: Path, description: dict[str, Any]) -> None:
+    """Refuse to resume (or reuse) a store whose ``dataset.json`` lists other images or labels.
+
+    The store itself checks the weights, the preprocessing and the sample count, but not which
+    images the samples are: without this, a finished store of other images of the same count
+    would be returned as it is, beside a ``dataset.json`` describing this run's images.
+    """
+    path = out / DATASET_FILE
+    if not path.is_file():
+        return
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        difference = _difference(stored, description)
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        difference = f"cannot be read ({error})"
+    if difference is not None:
+        raise ValueError(
+            f"--out {out} holds the features of other images or labels: its {DATASET_FILE} "
+            f"{difference}; give the same IMAGES and options to resume, or pass --overwrite "
+            "(or another --out) to start again"
+        )
+
+
+def _difference(stored: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """What differs between the recorded description and this run's, or ``None``."""
+    if stored["kind"] != new["kind"]:
+        return (
+            f"records IMAGES of kind {stored['kind']!r} ({', '.join(stored['source'])}), this "
+            f"run's are {new['kind']!r} ({', '.join(new['source'])})"
+        )
+    if stored["class_names"] != new["class_names"]:
+        return (
+            f"has label columns {list(stored['class_names'])} with their class names, this run "
+            f"{list(new['class_names'])} with theirs"
+        )
+    old_paths, new_paths = stored["paths"], new["paths"]
+    if len(old_paths) != len(new_paths):
+        return f"lists {len(old_paths)} images, this run has {len(new_paths)}"
+    for index, (old, path) in enumerate(zip(old_paths, new_paths, strict=True)):
+        if old != path:
+            return f"lists image {index} as {old}, this run has {path}"
+    return None
 
 
 def _column_list(text: str) -> list[str]:
@@ -137,15 +198,12 @@ def _dataset(args: argparse.Namespace, transform: Any) -> tuple[Any, dict[str, A
         )
         kind, class_names = "manifest", dataset.vocabularies
     elif single is not None and single.is_dir() and _has_class_folders(single):
+        _check_no_manifest_options(args, inputs)
+        _check_no_loose_images(single)
         dataset = ImageFolderDataset(single, transform, on_error=args.on_error)
         kind, class_names = "folder", dataset.vocabularies
     else:
-        if args.label_columns:
-            got = ", ".join(str(item) for item in inputs)
-            raise ValueError(
-                "--label-columns needs one manifest (.csv, .tsv, .json or .jsonl) as IMAGES, "
-                f"got {got}; separate several columns with commas: --label-columns colour,type"
-            )
+        _check_no_manifest_options(args, inputs)
         paths, skipped = check_images(_common.image_paths(inputs), on_error=args.on_error)
         if not paths:
             raise ValueError("none of the images could be read; see the warnings above")
@@ -162,6 +220,47 @@ def _dataset(args: argparse.Namespace, transform: Any) -> tuple[Any, dict[str, A
         ],
     }
     return dataset, description
+
+
+def _check_no_manifest_options(args: argparse.Namespace, inputs: list[Path]) -> None:
+    """Class folders and plain images have no columns: a column option would be ignored."""
+    got = ", ".join(str(item) for item in inputs)
+    if args.label_columns:
+        raise ValueError(
+            "--label-columns needs one manifest (.csv, .tsv, .json or .jsonl) as IMAGES, "
+            f"got {got}; separate several columns with commas: --label-columns colour,type"
+        )
+    if args.image_column != "path":
+        raise ValueError(
+            f"--image-column needs one manifest (.csv, .tsv, .json or .jsonl) as IMAGES, got "
+            f"{got}; leave it out for folders and image files"
+        )
+
+
+def _check_no_loose_images(folder: Path) -> None:
+    """Refuse images beside the class sub-folders: they have no label and would be left out."""
+    from dinov2_heads.data import IMAGE_EXTENSIONS
+
+    loose = sorted(
+        child.name
+        for child in folder.iterdir()
+        if child.is_file()
+        and not child.name.startswith(".")
+        and child.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    if loose:
+        classes = sorted(
+            child.name
+            for child in folder.iterdir()
+            if child.is_dir() and not child.name.startswith(".")
+        )
+        shown = ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else "")
+        raise ValueError(
+            f"{folder} holds {len(loose)} image(s) beside its class sub-folders ({shown}), "
+            f"such as {loose[0]}; labels come from the sub-folder names, so move each image "
+            "into the sub-folder of its class, or name the images and folders one by one "
+            "(several IMAGES) to extract all of them without labels"
+        )
 
 
 def _has_class_folders(folder: Path) -> bool:
