@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 from collections.abc import Sequence
-
-from dinov2_heads.data.loading import UnreadableImageError
 
 #: Subcommand name -> module in ``dinov2_heads.commands`` with ``add_parser`` and ``run``.
 COMMANDS: dict[str, str] = {
@@ -24,8 +23,25 @@ COMMANDS: dict[str, str] = {
 }
 
 
+#: The library's advice names its Python arguments; on the command line the options are the way.
+_OPTION_ADVICE: tuple[tuple[str, str], ...] = (
+    (r"on_error='skip'", "--on-error skip"),
+    (r"\boverwrite=True", "--overwrite"),
+    (r"\bimage_column=", "--image-column"),
+    (r"\bvariant=('[^']*')", r"--variant \1"),
+    (r"\bleave variant out\b", "leave --variant out"),
+)
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Keeps the examples in descriptions as written and shows defaults."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        # None (no value) and False (a flag left off) say nothing; where None stands for
+        # something, the help text says what.
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,9 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        if isinstance(error, UnreadableImageError):
-            # The library's advice names the Python argument; here the option is the way.
-            message = message.replace("on_error='skip'", "--on-error skip")
+        for pattern, option in _OPTION_ADVICE:
+            message = re.sub(pattern, option, message)
         print(f"dinov2-heads {args.command}: error: {message}", file=sys.stderr)
         return 1
 

@@ -10,6 +10,8 @@ import pytest
 
 from dinov2_heads.cli import COMMANDS, main
 
+from .conftest import Files
+
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_help_shows_an_example(command: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -94,3 +96,40 @@ def test_python_m_and_exit_code_in_a_process(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("dinov2-heads inspect: error: ")
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", ["", *sorted(COMMANDS)])
+def test_help_shows_only_real_defaults(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # An option without a value (None) or a flag (False) has its default in its own words.
+    with pytest.raises(SystemExit):
+        main([command, "--help"] if command else ["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in out
+    assert "(default: False)" not in out
+    if command == "extract":
+        assert "(default: official_eval)" in out
+        assert "(default: 64)" in out  # --batch-size
+
+
+def test_errors_name_the_options_not_python_arguments(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--quiet", "extract", "--checkpoint", str(files.checkpoint), "--out"]
+    store = str(tmp_path / "store")
+    assert main([*argv, store, "--size", "28", "56", str(files.folder)]) == 0
+    capsys.readouterr()
+    # The store was made at 28x56: resuming it at 56x56 is refused.
+    assert main([*argv, store, "--size", "56", "56", str(files.folder)]) == 1
+    error = capsys.readouterr().err
+    assert "or pass --overwrite (or a new path)" in error
+    assert "overwrite=True" not in error
+
+    other = str(tmp_path / "other")
+    assert main([*argv, other, "--variant", "dinov2_vitb14", str(files.folder)]) == 1
+    error = capsys.readouterr().err
+    assert "--variant 'dinov2_vitb14' does not fit the weights" in error
+    assert "leave --variant out" in error
+
+    assert main([*argv, other, "--image-column", "file", str(files.manifest)]) == 1
+    error = capsys.readouterr().err
+    assert "pass --image-column to name the one with the paths" in error

@@ -57,7 +57,9 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
         default="float16",
         help="storage dtype of the features (they are read back as float32)",
     )
-    parser.add_argument("--batch-size", type=_common.positive_int, default=64)
+    parser.add_argument(
+        "--batch-size", type=_common.positive_int, default=64, help="images per backbone call"
+    )
     parser.add_argument("--num-workers", type=int, default=0, help="image loading processes")
     parser.add_argument(
         "--label-columns",
