@@ -22,7 +22,14 @@ from dinov2_heads.checkpoints import (
 )
 from dinov2_heads.checkpoints.architecture import check_variant
 
-from .conftest import images, official_to_huggingface, official_to_timm, tiny_backbone, tokens
+from .conftest import (
+    TINY,
+    images,
+    official_to_huggingface,
+    official_to_timm,
+    tiny_backbone,
+    tokens,
+)
 
 SIZE = 70
 
@@ -140,6 +147,19 @@ def test_half_precision_loads_as_float32(tmp_path: Path) -> None:
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert torch.equal(model.pos_embed, source.pos_embed.float())
     assert describe_checkpoint(path).dtypes == {"float16": len(source.state_dict())}
+
+
+def test_integer_weights_are_refused_not_cast(tmp_path: Path) -> None:
+    # A quantised or damaged file: casting int8 values to float would build a wrong backbone.
+    state = tiny_backbone(img_size=SIZE).state_dict()
+    state["blocks.0.attn.qkv.weight"] = state["blocks.0.attn.qkv.weight"].to(torch.int8)
+    path = tmp_path / "int8.pth"
+    torch.save(state, path)
+    message = r"1 backbone tensors are not floating point \(int8\): blocks\.0\.attn\.qkv\.weight"
+    with pytest.raises(CheckpointError, match=message):
+        load_backbone(path)
+    with pytest.raises(CheckpointError, match=message):
+        create_backbone("dinov2_vits14", **TINY, img_size=SIZE, checkpoint=path)
 
 
 def test_nonfinite_weights_warn_with_names(caplog: pytest.LogCaptureFixture) -> None:

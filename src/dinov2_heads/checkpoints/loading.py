@@ -14,7 +14,7 @@ from torch import Tensor
 from dinov2_heads.backbone.config import BackboneConfig, get_config, variant_name
 from dinov2_heads.backbone.vision_transformer import DinoVisionTransformer
 from dinov2_heads.checkpoints.architecture import check_variant, describe_config, infer_config
-from dinov2_heads.checkpoints.errors import ArchitectureMismatchError
+from dinov2_heads.checkpoints.errors import ArchitectureMismatchError, CheckpointError
 from dinov2_heads.checkpoints.folders import (
     CheckpointFiles,
     find_checkpoint_files,
@@ -125,7 +125,22 @@ def read_backbone_state_dict(source: CheckpointSource) -> dict[str, Tensor]:
     Names that are not part of a backbone stay in, so a strict load reports them.
     """
     weights = read_backbone(source)
+    _refuse_integer_weights(weights.state_dict)
     return {**weights.state_dict, **weights.unexpected}
+
+
+def _refuse_integer_weights(state_dict: Mapping[str, Tensor]) -> None:
+    # Every backbone weight is floating point; integer ones come from a quantised or damaged
+    # file, and a load_state_dict would cast them into a silently wrong backbone.
+    integers = [key for key, tensor in state_dict.items() if not tensor.is_floating_point()]
+    if integers:
+        dtypes = sorted({str(state_dict[key].dtype).removeprefix("torch.") for key in integers})
+        raise CheckpointError(
+            f"{len(integers)} backbone tensors are not floating point ({'/'.join(dtypes)}): "
+            f"{', '.join(integers[:_SHOWN])}{', ...' if len(integers) > _SHOWN else ''}; "
+            "a DINOv2 checkpoint stores float32, float16 or bfloat16 weights (quantised "
+            "checkpoints must be dequantised first)"
+        )
 
 
 def load_backbone(
@@ -207,6 +222,7 @@ def load_backbone(
 def _prepared(state_dict: Mapping[str, Tensor], *, config_dtype: torch.dtype) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     cast: set[str] = set()
+    _refuse_integer_weights(state_dict)
     nonfinite = nonfinite_names(state_dict)
     for key, tensor in state_dict.items():
         if tensor.dtype != config_dtype:
