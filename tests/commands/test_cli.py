@@ -46,6 +46,11 @@ def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) 
         ["demo", "--epochs", "many"],
         ["demo", "--variant", "dinov2_vitx14"],
         ["predict", "--heads", "h.pt", "--checkpoint", "c.pth", "--top-k", "0", "x.png"],
+        ["demo", "--num-train", "1"],
+        ["demo", "--num-heldout", "0"],
+        ["demo", "--epochs", "0"],
+        ["demo", "--seed", "99999999999999999999"],
+        ["extract", "--checkpoint", "c.pth", "--out", "f", "--num-workers", "-1", "x/"],
     ],
     ids=lambda argv: " ".join(argv) or "nothing",
 )
@@ -133,3 +138,10 @@ def test_errors_name_the_options_not_python_arguments(
     assert main([*argv, other, "--image-column", "file", str(files.manifest)]) == 1
     error = capsys.readouterr().err
     assert "pass --image-column to name the one with the paths" in error
+
+
+def test_a_number_out_of_range_names_its_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--num-train", "1"])
+    assert exit_info.value.code == 2
+    assert "argument --num-train: must be at least 2, got 1" in capsys.readouterr().err

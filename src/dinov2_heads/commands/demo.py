@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 EXAMPLE = """\
@@ -44,10 +45,12 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
     parser.add_argument(
         "--out", help="folder for the files (default: a new ./dinov2-heads-demo folder)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the images and weights")
-    parser.add_argument("--num-train", type=int, default=400, help="training images")
-    parser.add_argument("--num-heldout", type=int, default=160, help="held-out images")
-    parser.add_argument("--epochs", type=int, default=8, help="passes over the cached features")
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of the images and weights")
+    parser.add_argument("--num-train", type=_at_least(2), default=400, help="training images")
+    parser.add_argument("--num-heldout", type=_at_least(1), default=160, help="held-out images")
+    parser.add_argument(
+        "--epochs", type=_at_least(1), default=8, help="passes over the cached features"
+    )
     parser.add_argument(
         "--quiet",
         action="store_true",
@@ -106,6 +109,27 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"\ndone in {results.seconds['total']:.0f} s")
     return 0
+
+
+def _at_least(least: int) -> Callable[[str], int]:
+    """An argparse type: an int >= ``least`` (a usage error names the option otherwise)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in "invalid int value: 'x'"
+    return parse
+
+
+def _seed(text: str) -> int:
+    """An argparse type: a 64-bit signed int, the range torch's generators take."""
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be a 64-bit signed int, got {value}")
+    return value
 
 
 def _say(line: str) -> None:

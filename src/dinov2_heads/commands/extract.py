@@ -60,7 +60,9 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
     parser.add_argument(
         "--batch-size", type=_common.positive_int, default=64, help="images per backbone call"
     )
-    parser.add_argument("--num-workers", type=int, default=0, help="image loading processes")
+    parser.add_argument(
+        "--num-workers", type=_common.non_negative_int, default=0, help="image loading processes"
+    )
     parser.add_argument(
         "--label-columns",
         type=_column_list,
