@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from dinov2_heads import create_backbone
 from dinov2_heads.features import FrozenBackbone
 from tests.features.conftest import tiny_backbone
 
@@ -90,3 +91,24 @@ def test_compile_default_backend_same_features() -> None:
         True, registers=0, calls=[(3, 28, 42), (5, 28, 42), (2, 42, 70), (3, 70, 28)]
     )
     assert graphs == [1, 1, 2, 2]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:torch")
+def test_custom_antialias_with_offset_matches_eager() -> None:
+    # Not an official family: antialiased resizing by scale factor. The in-graph resampling
+    # must follow F.interpolate there too, including a side equal to the table's (56 px).
+    torch.manual_seed(0)
+    backbone = create_backbone(
+        "dinov2_vits14_reg",
+        depth=1,
+        embed_dim=64,
+        num_heads=2,
+        img_size=56,
+        interpolate_offset=0.1,
+    )
+    compiled = torch.compile(backbone.forward_features, backend="eager", dynamic=True)
+    for height, width in [(28, 42), (56, 28), (42, 56), (98, 70)]:
+        x = torch.randn(2, 3, height, width)
+        with torch.no_grad():
+            got, expected = compiled(x), backbone.forward_features(x)
+        torch.testing.assert_close(got["x_prenorm"], expected["x_prenorm"], atol=1e-5, rtol=0)

@@ -371,12 +371,19 @@ def _bicubic_matrix(
 
     Without antialias (the plain models): ``scale_factor = (n + offset) / S``, source
     coordinate ``(i + 0.5) / scale_factor - 0.5``, Keys kernel with a = -0.75, and taps past an
-    edge clamped onto it. With antialias (the register models): scale ``S / n``, the kernel with
-    a = -0.5 stretched by the scale when shrinking, taps past an edge dropped and each row
-    renormalised. The arithmetic follows ATen's CPU kernels step by step.
+    edge clamped onto it. With antialias (the register models): scale ``S / n`` (or, with an
+    offset, the inverted ``scale_factor`` as above), the kernel with a = -0.5 stretched by the
+    scale when shrinking, taps past an edge dropped and each row renormalised. The arithmetic
+    follows ATen's CPU kernels step by step.
     """
     if antialias:
-        scale = side / size
+        if offset:
+            # A custom configuration: F.interpolate by scale_factor, which ATen inverts in double
+            # and rounds once, and a side whose size is unchanged is copied, not resampled.
+            scale = (1.0 / ((size.double() + offset) / side)).float()
+            scale = torch.where(size == side, 1.0, scale)
+        else:
+            scale = side / size
         center = scale * (positions + 0.5)
         source = torch.arange(side, device=positions.device, dtype=torch.float32)
         stretch = torch.clamp(1.0 / scale, max=1.0)
