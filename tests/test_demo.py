@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +142,38 @@ def test_fresh_directory(tmp_path: Path) -> None:
     assert fresh_directory(base) == tmp_path / "demo-2"
     (tmp_path / "demo-2").write_text("a file")
     assert fresh_directory(base) == tmp_path / "demo-3"
+
+
+def test_a_rerun_with_a_checkpoint_removes_the_random_backbone(
+    first: DemoResults, tmp_path: Path
+) -> None:
+    small = {**TINY, "num_train": 8, "num_heldout": 2, "epochs": 1, "batch_size": 4}
+    out = tmp_path / "out"
+    own = run_demo(out, **small).files["backbone"]
+    del small["random_backbone"]
+    # A checkpoint that is the folder's own backbone.pth stays.
+    run_demo(out, checkpoint=own, **small)
+    load_heads(out / "heads.pt").check_backbone(load_backbone(own))
+    # Another one: heads.pt and the earlier backbone.pth would not belong together.
+    run_demo(out, checkpoint=first.files["backbone"], **small)
+    assert not own.exists()
+
+
+def test_refuses_a_folder_it_cannot_write_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found before the run, not when the files are written at its end.
+    import dinov2_heads.demo
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        dinov2_heads.demo.os,
+        "access",
+        lambda path, mode: False if Path(path) == folder else real_access(path, mode),
+    )
+    extract = pytest.fail  # the backbone must not run
+    monkeypatch.setattr(dinov2_heads.demo, "extract_features", lambda *a, **k: extract("ran"))
+    with pytest.raises(PermissionError, match=f"--out {folder} is not writable"):
+        run_demo(folder, **TINY)

@@ -269,6 +269,7 @@ def run_demo(
 
     Raises:
         ValueError: A setting is out of range, or ``out`` holds other files.
+        PermissionError: ``out`` cannot be written to.
     """
     say: Echo = echo if echo is not None else logger.info
     _check_settings(num_train, num_heldout, epochs, batch_size, missing, num_samples)
@@ -340,6 +341,7 @@ def run_demo(
             heads=heads,
             frozen=frozen,
             random_weights=random_weights,
+            checkpoint=checkpoint,
             heldout_set=heldout_set,
             heldout_store=heldout_store,
             first=num_train,
@@ -405,6 +407,12 @@ def _prepare_out(out: str | os.PathLike[str] | None) -> Path:
             "empty folder"
         )
     folder.mkdir(parents=True, exist_ok=True)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        # Found now rather than when the files are written, at the end of the whole run.
+        raise PermissionError(
+            f"--out {folder} is not writable (read-only folder or file system); pass a folder "
+            "you can write to"
+        )
     return folder
 
 
@@ -532,6 +540,7 @@ def _write_files(
     heads: MultiHead,
     frozen: FrozenBackbone,
     random_weights: bool,
+    checkpoint: str | os.PathLike[str] | None,
     heldout_set: SyntheticVehicles,
     heldout_store: FeatureStore,
     first: int,
@@ -557,7 +566,11 @@ def _write_files(
         torch.save(frozen.backbone.state_dict(), buffer)
         atomic_write_bytes(files["backbone"], buffer.getvalue())
     else:
-        del files["backbone"]
+        stale = files.pop("backbone")
+        # An earlier random-weights demo's backbone does not belong with these heads, unless
+        # it is the very checkpoint they were trained on.
+        if stale.is_file() and not (checkpoint is not None and _same_file(stale, checkpoint)):
+            stale.unlink()
 
     samples = files["samples"]
     samples.mkdir(exist_ok=True)
@@ -575,3 +588,10 @@ def _write_files(
     pictures = pca_rgb(heldout_store.features(slice(0, shown)))
     save_pca_grid(files["pca"], images, pictures, columns=2)
     return files
+
+
+def _same_file(path: Path, other: str | os.PathLike[str]) -> bool:
+    try:
+        return path.samefile(other)
+    except OSError:
+        return False
