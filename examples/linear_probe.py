@@ -79,10 +79,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. A frozen backbone that returns the last max(n_blocks) blocks.
     depth = max(args.n_blocks)
+    # Seeds the random backbone and the grid's initial weights: the same --seed, the same run.
+    torch.manual_seed(args.seed)
     if args.checkpoint:
         backbone = load_backbone(args.checkpoint)
     else:
-        torch.manual_seed(args.seed)
         backbone = create_backbone("dinov2_vits14", **{**RANDOM_BACKBONE, "depth": max(2, depth)})
         print("backbone: RANDOM weights (pass --checkpoint for real DINOv2 features)")
     frozen = FrozenBackbone(backbone, n_last_blocks=depth)

@@ -10,6 +10,7 @@ from types import ModuleType
 import pytest
 import torch
 
+from dinov2_heads import create_backbone
 from dinov2_heads.checkpoints import load_backbone
 from dinov2_heads.data import BODY_TYPES, BRANDS, COLOURS, ORIENTATIONS, SyntheticVehicles
 from dinov2_heads.export import load_heads
@@ -172,3 +173,20 @@ def test_predict(capsys: pytest.CaptureFixture[str]) -> None:
         assert row["heads"]["colour"][0]["label"] in COLOURS
         first, second = row["heads"]["body"]
         assert first["probability"] >= second["probability"]
+
+
+def test_linear_probe_with_a_checkpoint_repeats_with_its_seed(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    backbone = create_backbone("dinov2_vits14", depth=1, embed_dim=64, num_heads=1, img_size=56)
+    torch.save(backbone.state_dict(), tmp_path / "backbone.pth")
+    argv = ["--checkpoint", str(tmp_path / "backbone.pth"), "--num-images", "16", "--epochs", "1"]
+    saved = []
+    for run in ("first", "second"):
+        torch.manual_seed(len(run))  # the caller's random state must not matter
+        out = tmp_path / run
+        assert example("linear_probe").main([*argv, "--n-blocks", "1", "--out", str(out)]) == 0
+        saved.append(load_heads(out / "best_head.pt"))
+    assert saved[0].extra["grid_head"] == saved[1].extra["grid_head"]
+    assert all(
+        torch.equal(saved[0].state_dict[k], saved[1].state_dict[k]) for k in saved[0].state_dict
+    )
