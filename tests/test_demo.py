@@ -177,3 +177,9 @@ def test_refuses_a_folder_it_cannot_write_to(
     monkeypatch.setattr(dinov2_heads.demo, "extract_features", lambda *a, **k: extract("ran"))
     with pytest.raises(PermissionError, match=f"--out {folder} is not writable"):
         run_demo(folder, **TINY)
+
+
+def test_the_random_backbone_is_named_after_the_variant_asked_for(tmp_path: Path) -> None:
+    small = {**TINY, "num_train": 8, "num_heldout": 2, "epochs": 1, "batch_size": 4}
+    result = run_demo(tmp_path, variant="dinov2_vitl14_reg", **small)
+    assert "4 registers (a shrunk dinov2_vitl14_reg so it runs fast" in result.backbone

@@ -280,7 +280,7 @@ def run_demo(
         backbone, random_weights = _backbone(checkpoint, variant, random_backbone)
         folder = _prepare_out(out)
         frozen = FrozenBackbone(backbone)
-        description = _describe_backbone(backbone, checkpoint)
+        description = _describe_backbone(backbone, checkpoint, variant)
         say(f"backbone: {description}")
         if random_weights:
             say(
@@ -432,7 +432,9 @@ def _backbone(
 
 
 def _describe_backbone(
-    backbone: DinoVisionTransformer, checkpoint: str | os.PathLike[str] | None
+    backbone: DinoVisionTransformer,
+    checkpoint: str | os.PathLike[str] | None,
+    variant: str | None,
 ) -> str:
     config = backbone.config
     shape = (
@@ -444,18 +446,12 @@ def _describe_backbone(
     if checkpoint is not None:
         name = backbone.variant or "a custom architecture"
         return f"{name} ({shape}) from {checkpoint}"
-    return f"randomly initialised, {shape} (a shrunk {_family(backbone)} so it runs fast on a CPU)"
+    family = variant or DEFAULT_VARIANT
+    return f"randomly initialised, {shape} (a shrunk {family} so it runs fast on a CPU)"
 
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" + ("" if number == 1 else "s")
-
-
-def _family(backbone: DinoVisionTransformer) -> str:
-    registers = backbone.config.num_register_tokens > 0
-    swiglu = backbone.config.ffn_layer == "swiglufused"
-    base = "dinov2_vitg14" if swiglu else DEFAULT_VARIANT
-    return base + ("_reg" if registers else "")
 
 
 def _build_heads(
