@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from dinov2_heads import DinoVisionTransformer, create_backbone
+from dinov2_heads.atomic import atomic_path
 from dinov2_heads.checkpoints import (
     infer_config,
     load_partial,
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         extra={"migrated_from": str(path)},
     )
     backbone_path = out / "backbone.pth"
-    torch.save(backbone.state_dict(), backbone_path)
+    with atomic_path(backbone_path) as temporary:  # a reader never sees half a file
+        torch.save(backbone.state_dict(), temporary)
     print(f"\nsaved {heads_path} and {backbone_path} (official layout); next:")
     print(f"  dinov2-heads predict --heads {heads_path} --checkpoint {backbone_path} IMAGES")
     return 0
@@ -160,7 +162,8 @@ def make_stand_in(path: Path, grid: tuple[int, int]) -> Path:
     for name, classes in STAND_IN_HEADS.items():
         neck = Conv1dNeck(grid, RANDOM_BACKBONE["embed_dim"], classes).state_dict()
         state |= {f"{name}.{key}": value for key, value in neck.items()}
-    torch.save(state, path)
+    with atomic_path(path) as temporary:
+        torch.save(state, temporary)
     print(f"wrote a stand-in blog checkpoint to {path} (random weights, the blog's key names)")
     return path
 

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Subset
 
 from dinov2_heads import create_backbone
+from dinov2_heads.atomic import atomic_write_bytes
 from dinov2_heads.cache import FeatureDataset, FeatureStore, extract_features
 from dinov2_heads.checkpoints import load_backbone
 from dinov2_heads.data import ManifestDataset, SyntheticVehicles, get_preset
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         input_size=transform.output_size,
         extra={"preprocessing": args.preset, "metrics": metrics},
     )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
     print(f"saved: {path} (heads with class names), {out / 'metrics.json'}")
     return 0
 
