@@ -145,3 +145,15 @@ def test_a_number_out_of_range_names_its_option(capsys: pytest.CaptureFixture[st
         main(["demo", "--num-train", "1"])
     assert exit_info.value.code == 2
     assert "argument --num-train: must be at least 2, got 1" in capsys.readouterr().err
+
+
+def test_a_device_this_machine_lacks_says_so(
+    files: Files, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    image = str(files.images[0])
+    code = main(["pca", "--checkpoint", str(files.checkpoint), "--device", "cuda", image])
+    assert code == 1
+    assert "--device cuda asks for CUDA, which this machine lacks; use cpu" in (
+        capsys.readouterr().err
+    )

@@ -86,11 +86,19 @@ def device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        chosen = torch.device(name)
     except RuntimeError as error:
         raise ValueError(
             f"--device {name!r} is not a device name ({error}); use cpu or cuda"
         ) from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asks for CUDA, which this machine lacks; use cpu")
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            "numbered from 0"
+        )
+    return chosen
 
 
 def load_backbone(args: argparse.Namespace) -> DinoVisionTransformer:
