@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from dinov2_heads.cli import main
+from dinov2_heads.export import save_heads
+from dinov2_heads.heads import LinearHead, MultiHead
 
 from .conftest import Files
 
@@ -87,3 +89,17 @@ def test_missing_shard_is_one_line_exit_1(
     assert len(err) == 1
     assert "pytorch_model-00002-of-00002.bin" in err[0]
     assert "download is incomplete" in err[0]
+
+
+def test_a_head_checkpoint_points_to_predict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = save_heads(tmp_path / "heads.pt", MultiHead({"colour": LinearHead(64, 3)}))
+    assert main(["inspect", str(path)]) == 1
+    error = capsys.readouterr().err
+    assert "holds heads written by save_heads (colour), not a backbone; use it with " in error
+    assert f"dinov2-heads predict --heads {path}" in error
+    garbage = tmp_path / "other.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, garbage)
+    assert main(["inspect", str(garbage)]) == 1
+    assert "not a DINOv2 backbone in a known layout" in capsys.readouterr().err

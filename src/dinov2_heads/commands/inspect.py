@@ -33,8 +33,26 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    from dinov2_heads.checkpoints import describe_checkpoint
+    from dinov2_heads.checkpoints import UnknownFormatError, describe_checkpoint
 
-    summary = describe_checkpoint(args.checkpoint)
+    try:
+        summary = describe_checkpoint(args.checkpoint)
+    except UnknownFormatError:
+        _refuse_head_checkpoint(args.checkpoint)
+        raise
     print(json.dumps(summary.to_dict(), indent=2) if args.json else str(summary))
     return 0
+
+
+def _refuse_head_checkpoint(path: str) -> None:
+    """Raise a pointer to ``predict`` when ``path`` holds heads written by ``save_heads``."""
+    from dinov2_heads.export import load_heads
+
+    try:
+        heads = load_heads(path)
+    except (OSError, ValueError, TypeError, RuntimeError):
+        return  # not a head checkpoint either: the backbone error stands
+    raise ValueError(
+        f"{path} holds heads written by save_heads ({', '.join(heads.head_names)}), not a "
+        f"backbone; use it with dinov2-heads predict --heads {path} --checkpoint BACKBONE"
+    )
