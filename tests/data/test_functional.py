@@ -55,9 +55,12 @@ def test_pil_to_tensor_scales_16_bit_greyscale() -> None:
     from_png = Image.fromarray(values).convert("I")
     from_png.format = "PNG"
     assert torch.equal(pil_to_tensor(from_png), expected)
-    # An "I" image of unknown origin keeps Pillow's own conversion.
+    # An "I" image of unknown origin keeps Pillow's own conversion when its values fit a byte,
+    # and is refused when they do not (Pillow would clip them).
     small = Image.fromarray(np.array([[3, 200]], dtype=np.int32))
     assert pil_to_tensor(small)[:, 0].tolist() == [[3, 200]] * 3
+    with pytest.raises(ValueError, match="32-bit integer pixels"):
+        pil_to_tensor(Image.fromarray(np.array([[3, 300]], dtype=np.int32)))
 
 
 def test_tensor_to_pil_round_trip() -> None:

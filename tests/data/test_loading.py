@@ -64,6 +64,28 @@ def test_load_image_scales_16_bit_greyscale_to_8_bits(tmp_path: Path, suffix: st
         assert torch.equal(channel, expected)
 
 
+@pytest.mark.parametrize(
+    ("values", "kind"),
+    [
+        (np.linspace(0.0, 1.0, 32, dtype=np.float32).reshape(4, 8), "floating-point"),
+        (np.arange(32, dtype=np.int32).reshape(4, 8) * 100_000, "integer"),
+    ],
+)
+def test_32_bit_images_are_refused_not_clipped(
+    tmp_path: Path, values: np.ndarray, kind: str
+) -> None:
+    # Floats in [0, 1] would come out black, large integers white: no range to map from.
+    path = tmp_path / "scan.tif"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode in ("F", "I")
+    with pytest.raises(UnreadableImageError, match=f"32-bit {kind} pixels .* scale the image"):
+        load_image(path)
+    paths, skipped = check_images([path], on_error="skip")
+    assert (paths, [entry.path for entry in skipped]) == ([], [path])
+    with pytest.raises(ValueError, match="no fixed range"):
+        pil_to_tensor(Image.open(path))
+
+
 @pytest.mark.parametrize("kind", ["truncated", "missing", "text", "empty"])
 def test_unreadable_images_raise_with_their_path(tmp_path: Path, kind: str) -> None:
     path = tmp_path / f"{kind}.jpg"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -44,15 +44,32 @@ def _to_rgb(image: Image.Image, file_format: str | None = None) -> Image.Image:
     white; Pillow itself keeps the high byte when it reads 16-bit RGB files, and so does this.
     ``file_format`` is the format the pixels were read from (default ``image.format``): PNG holds
     at most 16 bits, so an ``"I"`` image read from a PNG (Pillow before 12 opens 16-bit
-    greyscale PNG files so) is 16-bit too. Other ``"I"`` images have no known range and keep
-    Pillow's conversion.
+    greyscale PNG files so) is 16-bit too. Other ``"I"`` (32-bit integer) images convert as
+    Pillow does when their values lie in 0..255 (nothing is lost); otherwise, and for ``"F"``
+    (32-bit float) images, there is no known range to map onto 0..255 and the image is refused:
+    Pillow's conversion would clip it, typically to a black or white picture.
+
+    Raises:
+        ValueError: A floating-point image, or an integer one with values outside 0..255.
     """
     if file_format is None:
         file_format = image.format
     if image.mode in _GREY16_MODES or (image.mode == "I" and file_format == "PNG"):
         # In mode "I", point() truncates value / 256, which is value >> 8.
         image = image.convert("I").point(lambda value: value / 256).convert("L")
+    elif image.mode == "F" or (image.mode == "I" and not _within_bytes(image)):
+        kind = "floating-point" if image.mode == "F" else "integer"
+        raise ValueError(
+            f"32-bit {kind} pixels (Pillow mode {image.mode!r}) have no fixed range to map onto "
+            "0..255; scale the image to 8-bit RGB first"
+        )
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _within_bytes(image: Image.Image) -> bool:
+    # A one-band image: getextrema() is (low, high).
+    low, high = cast(tuple[float, float], image.getextrema())
+    return low >= 0 and high <= 255
 
 
 def pil_to_tensor(image: Image.Image) -> Tensor:

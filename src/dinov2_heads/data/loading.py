@@ -97,10 +97,12 @@ def load_image(path: PathLike) -> Image.Image:
     Grey, palette, RGBA and CMYK images are converted with Pillow's ``convert("RGB")`` (an alpha
     channel is dropped, as the official DINOv2 data pipeline does). 16-bit greyscale images keep
     the high byte of each pixel, as Pillow does for 16-bit RGB files (its ``convert("RGB")``
-    would clip them at 255, a white picture).
+    would clip them at 255, a white picture). 32-bit float images, and 32-bit integer ones with
+    values beyond 0..255, have no range to map onto 8 bits and are refused.
 
     Raises:
-        UnreadableImageError: The file is missing, not an image, truncated or corrupt.
+        UnreadableImageError: The file is missing, not an image, truncated or corrupt, or
+            holds 32-bit pixels without a known range.
     """
     pil = require_pillow()
     try:
