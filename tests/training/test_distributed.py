@@ -128,3 +128,53 @@ def test_single_process_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RANK", "x")
     with pytest.raises(ValueError, match="RANK must be an integer"):
         distributed.rank()
+
+
+def no_rendezvous(*args: object, **kwargs: object) -> None:
+    raise AssertionError("init_process_group must not be reached: it would wait for peers")
+
+
+def test_a_stale_rank_without_a_world_is_rank_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One process is the only rank, whatever RANK says: init_distributed joins nothing and
+    # returns (0, 1), and rank-0 work (saving the best head) must not be skipped.
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    assert distributed.init_distributed() == (0, 1)
+    assert distributed.rank() == 0
+    assert distributed.is_main_process()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert (distributed.rank(), distributed.world_size()) == (0, 1)
+
+
+def test_inconsistent_environment_is_refused_before_joining(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dist, "init_process_group", no_rendezvous)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    monkeypatch.setenv("WORLD_SIZE", "0")
+    with pytest.raises(ValueError, match="WORLD_SIZE must be >= 1, got 0"):
+        distributed.world_size()
+    with pytest.raises(ValueError, match="WORLD_SIZE must be >= 1, got 0"):
+        distributed.init_distributed()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for bad in ("2", "-1"):
+        monkeypatch.setenv("RANK", bad)
+        with pytest.raises(ValueError, match=rf"RANK={bad} .*WORLD_SIZE=2"):
+            distributed.init_distributed()
+        with pytest.raises(ValueError, match=rf"RANK={bad}"):
+            distributed.rank()
+
+
+def test_nccl_needs_a_gpu_per_local_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dist, "init_process_group", no_rendezvous)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"nccl.*needs CUDA.*backend='gloo'"):
+        distributed.init_distributed("nccl")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"LOCAL_RANK=1 .* 1 CUDA device"):
+        distributed.init_distributed("nccl")

@@ -48,17 +48,37 @@ def is_distributed() -> bool:
 
 
 def rank() -> int:
-    """This process's rank: from the process group, else ``RANK`` (set by torchrun), else 0."""
+    """This process's rank: from the process group, else ``RANK`` (set by torchrun), else 0.
+
+    Without a process group and with ``WORLD_SIZE`` unset or 1 it is 0, as
+    :func:`init_distributed` returns then, whatever ``RANK`` says.
+    """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
-    return _env_int("RANK", 0)
+    value = _env_int("RANK", 0)
+    world = world_size()
+    if world == 1:
+        # A single process is the only rank: a stale RANK must not make it skip rank-0 work.
+        return 0
+    if not 0 <= value < world:
+        raise ValueError(
+            f"environment variable RANK={value} is outside [0, WORLD_SIZE={world}); launch "
+            "with torchrun, which sets both, or give each process a RANK below WORLD_SIZE"
+        )
+    return value
 
 
 def world_size() -> int:
     """Number of processes: from the process group, else ``WORLD_SIZE``, else 1."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
-    return _env_int("WORLD_SIZE", 1)
+    value = _env_int("WORLD_SIZE", 1)
+    if value < 1:
+        raise ValueError(
+            f"environment variable WORLD_SIZE must be >= 1, got {value}; unset it to run a "
+            "single process"
+        )
+    return value
 
 
 def local_rank() -> int:
@@ -84,25 +104,47 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
 
     Returns:
         (rank, world size).
+
+    Raises:
+        ValueError: If ``WORLD_SIZE`` is below 1 or ``RANK`` is outside ``[0, WORLD_SIZE)``
+            (before waiting for any peer), or if ``nccl`` is asked for without a CUDA device
+            for ``LOCAL_RANK``.
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    if _env_int("WORLD_SIZE", 1) <= 1:
+    if world_size() == 1:
         return 0, 1
     if not dist.is_available():
         raise RuntimeError(
             "WORLD_SIZE > 1 asks for distributed training but this PyTorch build has no "
             "torch.distributed support"
         )
+    # A RANK outside the world would wait for its peers until the rendezvous times out.
+    rank()
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(local_rank())
+        _select_gpu(local_rank())
     dist.init_process_group(backend=backend)
     logger.info(
         "joined process group: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend
     )
     return dist.get_rank(), dist.get_world_size()
+
+
+def _select_gpu(index: int) -> None:
+    if not torch.cuda.is_available():
+        raise ValueError(
+            "the nccl backend needs CUDA GPUs, and none is available; use backend='gloo' "
+            "(or leave backend unset) to run the processes on the CPU"
+        )
+    count = torch.cuda.device_count()
+    if not 0 <= index < count:
+        raise ValueError(
+            f"LOCAL_RANK={index} has no GPU: this machine has {count} CUDA device(s); start "
+            f"at most {count} processes per machine (torchrun --nproc-per-node {count})"
+        )
+    torch.cuda.set_device(index)
 
 
 def barrier() -> None:
