@@ -106,3 +106,32 @@ def test_errors_name_the_head() -> None:
         MultiHeadLoss({"brand": 0.5})  # type: ignore[dict-item]
     with pytest.raises(ValueError, match="label_smoothing"):
         HeadLoss(label_smoothing=1.0)
+
+
+def test_class_weights_with_an_ignore_index_beyond_the_classes() -> None:
+    # 255 as "unknown" (segmentation style) is not a class, so it indexes no class weight.
+    x = logits()
+    labels = torch.where(LABELS == -100, 255, LABELS)
+    weights = torch.tensor([1.0, 2.0, 0.5, 3.0])
+    for smoothing in (0.0, 0.2):
+        spec = HeadLoss(class_weights=weights, label_smoothing=smoothing)
+        loss_fn = MultiHeadLoss({"brand": spec}, ignore_index=255)
+        expected = F.cross_entropy(
+            x, labels, weight=weights, ignore_index=255, label_smoothing=smoothing
+        )
+        assert torch.allclose(loss_fn({"brand": x}, {"brand": labels}).total, expected)
+
+
+def test_weights_that_are_not_finite_and_non_negative_are_refused() -> None:
+    for weight in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match=rf"loss weight must be finite and >= 0, got {weight}"):
+            HeadLoss(weight=weight)
+    for bad in ([1.0, float("nan")], [1.0, float("inf")], torch.tensor([1.0, -0.5])):
+        with pytest.raises(ValueError, match=r"class_weights must be finite and >= 0"):
+            HeadLoss(class_weights=bad)
+
+
+def test_nan_multi_label_targets_are_refused() -> None:
+    targets = torch.tensor([[1.0, 0.0, float("nan"), 1.0]]).expand(6, 4)
+    with pytest.raises(ValueError, match=r"head 'colour': multi-label target nan is outside"):
+        head_loss(logits(), targets, HeadLoss(multi_label=True), name="colour")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -39,8 +40,18 @@ class HeadLoss:
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.weight < 0:
-            raise ValueError(f"a head's loss weight must be >= 0, got {self.weight}")
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ValueError(f"a head's loss weight must be finite and >= 0, got {self.weight}")
+        if self.class_weights is not None:
+            weights = torch.as_tensor(self.class_weights, dtype=torch.float32).flatten()
+            bad = ~(torch.isfinite(weights) & (weights >= 0))
+            if bool(bad.any()):
+                index = int(bad.nonzero()[0])
+                raise ValueError(
+                    f"class_weights must be finite and >= 0, got {weights[index].item()} for "
+                    f"class {index}; give each class a factor such as 1.0 (0 leaves a class "
+                    "out of the loss)"
+                )
 
 
 class LossOutput(NamedTuple):
@@ -234,7 +245,8 @@ def _single_label_loss(
     if class_weights is None:
         denominator = known.sum().float()
     else:
-        denominator = (class_weights[targets.clamp(min=0)] * known).sum()
+        # Unknown targets (any ignore_index, 255 included) index class 0, then count for 0.
+        denominator = (class_weights[torch.where(known, targets, 0)] * known).sum()
     return summed / denominator.clamp(min=torch.finfo(torch.float32).tiny)
 
 
@@ -256,7 +268,7 @@ def _multi_label_loss(
     targets = targets.to(logits.device)
     known = targets != ignore_index
     values = torch.where(known, targets, torch.zeros_like(targets)).float()
-    out_of_range = known & ((values < 0) | (values > 1))
+    out_of_range = known & ((values < 0) | (values > 1) | values.isnan())
     if bool(out_of_range.any()):
         bad = values[out_of_range][0].item()
         raise ValueError(
