@@ -97,3 +97,10 @@ def test_names_that_are_module_attributes() -> None:
     fresh = attribute_named_heads()
     fresh.load_state_dict(multi.state_dict(), strict=True)
     assert torch.equal(fresh["type"].weight, multi["type"].weight)
+
+
+def test_names_that_are_module_state_are_refused() -> None:
+    # train()/eval() assign self.training, which would fail on a head registered under it.
+    for name in ("training", "_modules", "_parameters"):
+        with pytest.raises(ValueError, match=rf"head name {name!r} .*nn\.Module"):
+            MultiHead({name: LinearHead(8, 2)})

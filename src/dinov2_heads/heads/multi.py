@@ -20,8 +20,9 @@ class MultiHead(nn.ModuleDict):
 
     Args:
         heads: Names to heads; each head takes a :class:`Features` and returns logits (B, K).
-            Names are state dict prefixes, so they cannot be empty or contain dots. Reach a
-            head as ``multi[name]`` (``multi.type`` is still ``nn.Module.type``).
+            Names are state dict prefixes, so they cannot be empty or contain dots, and
+            ``training`` (a module's own flag) is refused. Reach a head as ``multi[name]``
+            (``multi.type`` is still ``nn.Module.type``).
     """
 
     def __init__(self, heads: Mapping[str, nn.Module]) -> None:
@@ -42,6 +43,13 @@ class MultiHead(nn.ModuleDict):
             )
         if not isinstance(head, nn.Module):
             raise TypeError(f"head {name!r} must be an nn.Module, got {type(head).__name__}")
+        if name in vars(self):
+            # Instance state such as "training" is reassigned by train()/eval(), which
+            # nn.Module refuses once a child module holds the name.
+            raise ValueError(
+                f"head name {name!r} is taken by the state of every nn.Module; choose another "
+                f"name, such as {name.strip('_') + '_head'!r}"
+            )
         if hasattr(self, name) and name not in self._modules:
             # Names such as "type" (a vehicle attribute) are also nn.Module methods, which
             # add_module refuses. The head is still registered, so it is in the state dict as
