@@ -42,11 +42,20 @@ def run(frozen_seed: int, root: Path, *, world: int) -> dict[str, object]:
         model, FeatureDataset(store), epochs=2, batch_size=PER_RANK * 2, seed=3, progress=False
     )
     results = model.evaluate(FeatureDataset(store), batch_size=3)
+    # A quarter of the labels missing: the processes see different numbers of labelled samples
+    # per batch, and the step must still be the one-process step over the global batch.
+    labels = torch.tensor([-100 if i % 4 == 1 else i % 3 for i in range(SAMPLES)])
+    partial = FeatureStore.from_features(memory.features(slice(None)), labels)
+    partly_labelled = grid()
+    fit_grid(
+        partly_labelled, FeatureDataset(partial), epochs=2, batch_size=4, seed=5, progress=False
+    )
     return {
         "world": distributed.world_size(),
         "rank": distributed.rank(),
         "memory": {name: memory.array(name) for name in memory.manifest["arrays"]},
         "grid": model.state_dict(),
+        "partly_labelled": partly_labelled.state_dict(),
         "steps": history.steps,
         "accuracy": [row.accuracy for row in results.rows],
     }
@@ -97,6 +106,8 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     for key, value in one["grid"].items():
         torch.testing.assert_close(two["grid"][key], value, rtol=0, atol=1e-6)
     assert two["accuracy"] == one["accuracy"]
+    for key, value in one["partly_labelled"].items():
+        torch.testing.assert_close(two["partly_labelled"][key], value, rtol=0, atol=1e-6)
     moved = (one["grid"]["groups.0.weight"] - grid().state_dict()["groups.0.weight"]).abs().max()
     assert moved > 1e-3
 

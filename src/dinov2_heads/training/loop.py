@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -274,7 +275,7 @@ def fit_grid(
                 model,
                 loader,
                 optimizer,
-                grid.loss,
+                grid.loss if world == 1 else _global_mean_loss(grid.loss, world),
                 frozen=frozen,
                 scheduler=scheduler,
                 label=label,
@@ -284,6 +285,27 @@ def fit_grid(
         history.epoch_loss.append(loss / len(grid))
         logger.info("epoch %d/%d: mean loss per head %.4f", epoch + 1, epochs, loss / len(grid))
     return history
+
+
+def _global_mean_loss(
+    loss_fn: Callable[[Tensor, Tensor], Tensor], world: int
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """``loss_fn`` rescaled so that DDP's gradient average is the mean over every process.
+
+    Each process's loss is a mean over its own labelled samples (-100 marks the others), and
+    DDP averages the gradients of those means. With missing labels the processes hold different
+    counts, and a mean of means is not the mean over the global batch: rescaling each by its
+    share of the labelled samples, times the number of processes, makes it so.
+    """
+
+    def rescaled(logits: Tensor, labels: Tensor) -> Tensor:
+        known = (labels >= 0).sum()
+        total = known.clone()
+        dist.all_reduce(total)
+        share = known.clamp(min=1).double() * world / total.clamp(min=1).double()
+        return loss_fn(logits, labels) * share.to(logits.dtype)
+
+    return rescaled
 
 
 @torch.no_grad()
