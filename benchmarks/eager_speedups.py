@@ -227,7 +227,7 @@ def run_case(
     _spread_weights(base)
     state = {key: value.clone() for key, value in base.state_dict().items()}
     images = torch.randn(batch, 3, *size, device=device)
-    with torch.no_grad(), _exact_fp32():
+    with torch.no_grad(), bt.exact_fp32():
         reference = base.to(device).forward_features(images)
     del base
     results: list[Result] = []
@@ -277,17 +277,6 @@ def _spread_weights(model: nn.Module) -> None:
                 module.gamma.uniform_(0.05, 1.0)
             elif isinstance(module, nn.Linear) and module.bias is not None:
                 module.bias.normal_(std=0.02)
-
-
-@contextlib.contextmanager
-def _exact_fp32() -> Iterator[None]:
-    """TF32 off for the float32 reference, restored afterwards."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _relative_error(got: Tensor, want: Tensor) -> float:

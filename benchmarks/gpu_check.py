@@ -25,12 +25,11 @@ seconds (the test suite does this).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -113,7 +112,7 @@ def check_case(
     config = base.config
     state = {k: v.clone() for k, v in base.state_dict().items()}
     images = torch.randn(batch, 3, *size, device=device)
-    with torch.no_grad(), _exact_fp32():
+    with torch.no_grad(), bt.exact_fp32():
         out = base.forward_features(images)
         reference = {key: out[key].float() for key in _TOKENS.values()}
     del base, out
@@ -181,18 +180,6 @@ def _errors(out: dict[str, Any], reference: dict[str, Tensor]) -> dict[str, Any]
         errors[f"{token}_max_abs"] = float((got - want).abs().max())
         errors[f"{token}_finite"] = bool(torch.isfinite(got).all())
     return errors
-
-
-@contextlib.contextmanager
-def _exact_fp32() -> Iterator[None]:
-    """Switch TF32 off for a float32 reference, and restore the previous settings."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _candidates(

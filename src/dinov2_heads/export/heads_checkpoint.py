@@ -98,15 +98,18 @@ class HeadCheckpoint:
                 f"{variant or 'a custom architecture'}; load the matching backbone weights"
             )
         if fingerprint and self.backbone_fingerprint is not None:
-            found = weights_fingerprint(backbone)
+            # The fingerprint covers the dtype: weights held in another dtype than the recorded
+            # one are hashed as cast to it (as FrozenBackbone(dtype=...) casts), not as they are.
             cast_to = _stored_dtype(self.backbone_dtype)
-            if found != self.backbone_fingerprint and cast_to not in (None, _dtype_of(backbone)):
+            if cast_to is not None and cast_to != _dtype_of(backbone):
                 found = weights_fingerprint(_cast_floating(backbone.state_dict(), cast_to))
                 if found == self.backbone_fingerprint:
                     logger.info(
                         "the heads were trained on these backbone weights stored in %s",
                         self.backbone_dtype,
                     )
+            else:
+                found = weights_fingerprint(backbone)
             if found != self.backbone_fingerprint:
                 raise ValueError(
                     f"these heads were trained on backbone weights with fingerprint "
