@@ -13,6 +13,8 @@ change gains before any of them goes into the library:
   (``torch._addmm_activation``); on CUDA that GELU is the tanh approximation (on CPU the exact
   one), so every row reports its error against float32 next to its time;
 - ``cuda-graph``: the whole forward pass captured once as a CUDA graph and replayed (CUDA only);
+- ``fold+gelu`` and ``fold+gelu+cudnn``: the changes a library default could keep (no CUDA
+  graph, which fixes the input shape);
 - ``all``: every change above together;
 - ``compiled-static`` / ``compiled-dynamic``: ``torch.compile`` for the input shape only, and
   with dynamic batch, height and width (what ``FrozenBackbone(compile=True)`` uses once a second
@@ -71,11 +73,26 @@ CANDIDATES = [
     "cudnn-attention",
     "gelu-epilogue",
     "cuda-graph",
+    "fold+gelu",
+    "fold+gelu+cudnn",
     "all",
     "compiled-static",
     "compiled-dynamic",
 ]
 CUDA_ONLY = {"cuda-graph"}
+#: The changes each candidate makes.
+CHANGES: dict[str, set[str]] = {
+    "bf16": set(),
+    "fold-layerscale": {"fold"},
+    "cudnn-attention": {"cudnn"},
+    "gelu-epilogue": {"gelu"},
+    "cuda-graph": {"graph"},
+    "fold+gelu": {"fold", "gelu"},
+    "fold+gelu+cudnn": {"fold", "gelu", "cudnn"},
+    "all": {"fold", "gelu", "cudnn", "graph"},
+    "compiled-static": set(),
+    "compiled-dynamic": set(),
+}
 
 
 # ---------------------------------------------------------------------------- the candidates
@@ -184,24 +201,23 @@ def build_run(
 ) -> tuple[Callable[[Tensor], Any], str]:
     """Apply ``candidate`` to a float32 ``model`` and return (bf16 forward, what was changed)."""
     notes = []
-    if candidate in ("fold-layerscale", "all"):
+    changes = CHANGES[candidate]
+    if "fold" in changes:
         notes.append(f"{fold_layer_scale(model)} LayerScales folded")
-    if candidate in ("gelu-epilogue", "all"):
+    if "gelu" in changes:
         notes.append(f"{use_gelu_epilogue(model)} MLPs with the GELU epilogue")
     model.to(device=device, dtype=torch.bfloat16).eval().requires_grad_(False)
     forward: Callable[[Tensor], Any] = model.forward_features
     if candidate.startswith("compiled"):
         dynamic = candidate == "compiled-dynamic"
         forward = torch.compile(forward, backend=compile_backend, dynamic=dynamic)
-    attention = (
-        cudnn_attention_first if candidate in ("cudnn-attention", "all") else contextlib.nullcontext
-    )
+    attention = cudnn_attention_first if "cudnn" in changes else contextlib.nullcontext
 
     def run(images: Tensor) -> Any:
         with torch.no_grad(), attention():
             return forward(images.to(torch.bfloat16))
 
-    if candidate in ("cuda-graph", "all") and device.type == "cuda":
+    if "graph" in changes and device.type == "cuda":
         with torch.no_grad():
             run = cuda_graph(run, example)
         notes.append("CUDA graph")

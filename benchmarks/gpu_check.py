@@ -12,7 +12,9 @@ Run on a CUDA machine (about 3 to 4 minutes on one H100; stops starting new case
    off): relative error ``||y - y32|| / ||y32||`` and max abs error.
 2. Throughput at 224x224, ViT-S/14 batch 256 and ViT-L/14 batch 128: official-style fp16
    autocast, bf16 and fp16 stored weights, and compiled bf16, with the reference figures of
-   the performance issue (one H100) and the targets next to them.
+   the performance issue (one H100) and the targets next to them. When timm imports, its
+   DINOv2 model is timed under fp16 autocast too: its figure here over its H100 reference
+   scales the official autocast reference to this card for the 1.4x target.
 3. With the budget left, the candidate speed-ups of the uncompiled bf16 path from
    ``benchmarks/eager_speedups.py`` on the same cases (LayerScale folded, cuDNN attention,
    the GELU epilogue, CUDA graphs, all together, and compiled with dynamic shapes), each
@@ -34,7 +36,7 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -97,6 +99,7 @@ def check_case(
     official: ModuleType | None,
     deadline: float,
     log: Callable[[str], None],
+    timm: ModuleType | None = None,
 ) -> tuple[list[dict[str, Any]], list[Any], list[str]]:
     """Accuracy and throughput of one (variant, batch) case in every mode.
 
@@ -150,7 +153,58 @@ def check_case(
                 torch.cuda.empty_cache()
             accuracy_rows.append(accuracy)
             rows.append(row)
+    if timm is not None:
+        rows += _time_timm(timm, variant, batch, device, images, flops, warmup, iters, log)
     return accuracy_rows, rows, skipped
+
+
+#: timm's names for the DINOv2 architectures timed next to ours (its own random weights).
+TIMM_NAMES = {
+    "dinov2_vits14": "vit_small_patch14_dinov2",
+    "dinov2_vitl14": "vit_large_patch14_dinov2",
+}
+
+
+def load_timm() -> ModuleType | None:
+    """timm, when it is installed and imports (it needs torchvision); else None."""
+    try:
+        import timm  # type: ignore[import-not-found]
+    except Exception:  # any import failure means "not available"
+        return None
+    return cast(ModuleType, timm)
+
+
+def _time_timm(
+    timm: ModuleType,
+    variant: str,
+    batch: int,
+    device: torch.device,
+    images: Tensor,
+    flops: int,
+    warmup: int,
+    iters: int,
+    log: Callable[[str], None],
+) -> list[Any]:
+    """timm's DINOv2 model under fp16 autocast, as the issue's reference table timed it.
+
+    Its figure on this card, over its H100 reference, estimates how much faster this card runs
+    the official autocast path than the H100 that the reference figures come from.
+    """
+    if variant not in TIMM_NAMES:
+        return []
+    log(f"checking timm {variant} b{batch} autocast-fp16")
+    row = bt.Row("timm", variant, "autocast-fp16", images.shape[-2], images.shape[-1], batch)
+    try:
+        model = timm.create_model(
+            TIMM_NAMES[variant], pretrained=False, img_size=images.shape[-1], num_classes=0
+        )
+        run = bt.prepare(model, bt.MODES["autocast-fp16"], device)
+        bt.fill_row(row, bt.measure(run, images, warmup=warmup, iters=iters), flops)
+    except Exception as error:  # a failing comparison is a row, not a crash
+        row.error = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return [row]
 
 
 _TOKENS = {"class": "x_norm_clstoken", "patch": "x_norm_patchtokens"}
@@ -241,8 +295,15 @@ def targets(rows: Sequence[Any]) -> list[dict[str, Any]]:
     out = []
     for (variant, batch), reference in REFERENCE.items():
         official_autocast = measured.get(("official", variant, batch, "autocast-fp16"))
-        base = official_autocast or reference["official autocast-fp16"]
-        source = "this run" if official_autocast else "H100 reference"
+        timm_here = measured.get(("timm", variant, batch, "autocast-fp16"))
+        if official_autocast:
+            base, source = official_autocast, "this run"
+        elif timm_here:
+            # The H100 reference scaled by how much faster timm's model runs on this card.
+            base = reference["official autocast-fp16"] * timm_here / reference["timm"]
+            source = "H100 reference x timm here / timm H100"
+        else:
+            base, source = reference["official autocast-fp16"], "H100 reference"
         goals = [
             ("bf16", DEFAULT_PATH_SPEEDUP * base, f"1.4x official autocast ({source})"),
             ("compiled-bf16", reference["official compiled"], "official compiled (H100 reference)"),
@@ -305,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="default: cuda (cpu with --smoke)")
     parser.add_argument("--budget-s", type=float, default=270.0, help="start no case after this")
     parser.add_argument("--compare-official", metavar="PATH", help="dinov2 checkout to time too")
+    parser.add_argument(
+        "--no-timm", action="store_true", help="do not time timm's model even when it imports"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return parser
 
@@ -332,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.compare_official:
         official, message = bt.load_official(args.compare_official)
         notes.append(message)
+    timm = None if args.no_timm or args.smoke else load_timm()
     env = bt.environment(device)
     log(f"# GPU check on {env.get('gpu', 'CPU')} (torch {env['torch']})")
 
@@ -351,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             official=official,
             deadline=start + args.budget_s,
             log=lambda text: print(text, file=sys.stderr),
+            timm=timm,
         )
         accuracy_rows += case_accuracy
         rows += case_rows
