@@ -20,6 +20,8 @@ Modes:
 - ``bf16`` / ``fp16``: weights stored in that dtype once, inputs cast to it (what
   ``FrozenBackbone(dtype=...)`` does).
 - ``compiled-bf16`` / ``compiled-fp16``: the same, through ``torch.compile``.
+- ``autocast-fp16-plain`` / ``bf16-plain``: as above under ``plain_kernels()``, without the GPU
+  fast path (on CUDA our model then runs the official model's sequence of PyTorch kernels).
 
 Achieved TFLOP/s counts a multiply-add as two FLOPs, from the analytic count of
 :func:`vit_forward_flops`. Each case runs ``--warmup`` untimed then ``--iters`` timed forward
@@ -51,7 +53,13 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from dinov2_heads import BackboneConfig, create_backbone, get_config, list_variants
+from dinov2_heads import (
+    BackboneConfig,
+    create_backbone,
+    get_config,
+    list_variants,
+    plain_kernels,
+)
 from dinov2_heads.layers import swiglu_hidden_features
 
 # ---------------------------------------------------------------------------- FLOPs
@@ -92,18 +100,24 @@ def vit_forward_flops(config: BackboneConfig, height: int, width: int) -> int:
 
 @dataclass(frozen=True)
 class Mode:
-    """How the backbone is run: storage dtype, autocast dtype and compilation."""
+    """How the backbone is run: storage dtype, autocast dtype, compilation, plain kernels."""
 
     name: str
     weights: torch.dtype
     autocast: torch.dtype | None = None
     compiled: bool = False
+    #: Run under ``plain_kernels()``: PyTorch's own kernels, without the GPU fast path.
+    plain: bool = False
 
 
 MODES: dict[str, Mode] = {
     "fp32": Mode("fp32", torch.float32),
     "autocast-fp16": Mode("autocast-fp16", torch.float32, autocast=torch.float16),
+    "autocast-fp16-plain": Mode(
+        "autocast-fp16-plain", torch.float32, autocast=torch.float16, plain=True
+    ),
     "bf16": Mode("bf16", torch.bfloat16),
+    "bf16-plain": Mode("bf16-plain", torch.bfloat16, plain=True),
     "fp16": Mode("fp16", torch.float16),
     "compiled-bf16": Mode("compiled-bf16", torch.bfloat16, compiled=True),
     "compiled-fp16": Mode("compiled-fp16", torch.float16, compiled=True),
@@ -125,8 +139,10 @@ def prepare(
     if mode.compiled:
         forward = torch.compile(forward, mode=compile_mode, dynamic=False)
 
+    kernels = plain_kernels if mode.plain else contextlib.nullcontext
+
     def run(images: Tensor) -> Any:
-        with torch.no_grad(), _autocast(device, mode.autocast):
+        with torch.no_grad(), _autocast(device, mode.autocast), kernels():
             return forward(images.to(mode.weights))
 
     return run

@@ -50,7 +50,7 @@ speedups = _load_sibling("eager_speedups")
 FAMILIES: list[tuple[str, re.Pattern[str]]] = [
     ("attention", re.compile(r"flash|fmha|attention|cudnn.*sdpa|efficient|mem_eff")),
     ("matmul", re.compile(r"gemm|sm90_xmma|cutlass|cublas|matmul|addmm|\bmm\b|linear|nvjet")),
-    ("layer_norm", re.compile(r"layer_norm|layernorm")),
+    ("layer_norm", re.compile(r"layer_norm|layernorm|norm_kernel")),
     ("gelu", re.compile(r"gelu")),
     ("copy", re.compile(r"copy|cat|contiguous|clone|memcpy|transpose")),
     ("elementwise", re.compile(r"elementwise|vectorized|add|mul|unrolled")),

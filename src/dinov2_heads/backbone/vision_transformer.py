@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from dinov2_heads.backbone.config import BackboneConfig, variant_name
 from dinov2_heads.layers import Block, Mlp, PatchEmbed, SwiGLUFFNFused
+from dinov2_heads.layers.fast import fast_path, is_tracing
 
 BlockSelection = int | Sequence[int]
 
@@ -138,12 +139,14 @@ class DinoVisionTransformer(nn.Module):
 
         Under ``torch.compile`` and ``torch.export`` (and so ONNX export) the same resampling is
         computed by :func:`_resample_pos_table` instead, which keeps H and W symbolic: one
-        compiled graph serves every image size, and an exported graph takes any size.
+        compiled graph serves every image size, and an exported graph takes any size. Eager
+        CUDA runs use it too, in float64, because it is faster there (see
+        :mod:`dinov2_heads.layers.fast`).
         """
         previous_dtype = x.dtype
         num_patches = x.shape[1] - 1
         num_positions = self.pos_embed.shape[1] - 1
-        tracing = _is_tracing()
+        tracing = is_tracing()
         if not tracing and num_patches == num_positions and height == width:
             return self.pos_embed
         pos_embed = self.pos_embed.float()
@@ -153,14 +156,18 @@ class DinoVisionTransformer(nn.Module):
         # PyTorch's CPU bicubic kernels depend on the layout: for a grid one patch wide, the
         # antialiased kernel of a contiguous table gives other (and wrong) numbers.
         table = pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        if tracing:
+        if tracing or fast_path(x):
+            # On the GPU the bicubic kernel is slow for a table this small (one thread per
+            # output pixel); the matrices are exact to float rounding, and in eager mode they
+            # run in float64 so that TF32 matrix products cannot round them.
+            exact = torch.float32 if tracing else torch.float64
             table = _resample_pos_table(
-                table,
+                table.to(exact),
                 grid_h,
                 grid_w,
                 offset=self.interpolate_offset,
                 antialias=self.interpolate_antialias,
-            )
+            ).float()
         elif self.interpolate_offset:
             scale = (
                 (grid_h + self.interpolate_offset) / side,
@@ -328,17 +335,6 @@ def _nearest_multiple(value: int, multiple: int) -> int:
     return max(multiple, round(value / multiple) * multiple)
 
 
-def _is_exporting() -> bool:
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return bool(is_exporting()) if is_exporting is not None else False
-
-
-def _is_tracing() -> bool:
-    # Under torch.compile and torch.export, F.interpolate's scale factor would be computed from
-    # the image size in Python and frozen into the graph: a recompilation for every new size.
-    return torch.compiler.is_compiling() or _is_exporting()
-
-
 def _resample_pos_table(
     table: Tensor, grid_h: int, grid_w: int, *, offset: float, antialias: bool
 ) -> Tensor:
@@ -361,7 +357,7 @@ def _resample_pos_table(
     unchanged = (size_h == side) & (size_w == side)
     matrix_h = _bicubic_matrix(rows, size_h, side, offset, antialias, unchanged)
     matrix_w = _bicubic_matrix(cols, size_w, side, offset, antialias, unchanged)
-    return matrix_h @ table @ matrix_w.T
+    return matrix_h.to(table.dtype) @ table @ matrix_w.T.to(table.dtype)
 
 
 def _bicubic_matrix(

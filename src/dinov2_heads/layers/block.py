@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
+from dinov2_heads.layers import norm_kernels
 from dinov2_heads.layers.attention import Attention
+from dinov2_heads.layers.fast import fast_path
 from dinov2_heads.layers.layer_scale import LayerScale
 
 
@@ -41,5 +44,18 @@ class Block(nn.Module):
         self.ls2: nn.Module = LayerScale(dim, init_values) if init_values else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
+        if fast_path(x):
+            # The same sums with fewer passes over the tokens (see layers.fast).
+            gamma = self.ls1.gamma if isinstance(self.ls1, LayerScale) else None
+            branch = self.attn(norm_kernels.layer_norm(x, self.norm1))
+            x, normed = norm_kernels.add_scaled_layer_norm(x, branch, gamma, self.norm2)
+            return _add_scaled(x, self.mlp(normed), self.ls2)
         x = x + self.ls1(self.attn(self.norm1(x)))
         return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+def _add_scaled(x: Tensor, branch: Tensor, scale: nn.Module) -> Tensor:
+    # LayerScale and the residual addition in one pass (each reads and writes every token).
+    if isinstance(scale, LayerScale):
+        return torch.addcmul(x, branch, scale.gamma)
+    return x + scale(branch)

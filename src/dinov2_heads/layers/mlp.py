@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+
+from dinov2_heads.layers.fast import fast_path
+
+_REDUCED = (torch.bfloat16, torch.float16)
 
 
 class Mlp(nn.Module):
@@ -21,4 +26,10 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, in_features, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fc1.bias is not None and x.dtype in _REDUCED and fast_path(x):
+            # fc1, its bias and the GELU as one cuBLASLt call (tanh GELU, see layers.fast).
+            flat = x.reshape(-1, x.shape[-1])
+            weight, bias = self.fc1.weight, self.fc1.bias
+            hidden = torch._addmm_activation(bias, flat, weight.t(), use_gelu=True)
+            return self.fc2(hidden).reshape(*x.shape[:-1], -1)
         return self.fc2(self.act(self.fc1(x)))
