@@ -90,8 +90,8 @@ def test_each_fast_kernel_runs_on_the_fast_path(
     monkeypatch.setattr(torch, "addcmul", counting("addcmul", addcmul))
     images = torch.randn(1, 3, 28, 42)
     _features(model, images)
-    # With the Triton kernels, the first residual addition is part of the LayerNorm kernel.
-    fused = 1 if norm_kernels.kernels_available(images) else 2
+    # With the Triton kernels, both residual additions are Triton kernels instead.
+    fused = 0 if norm_kernels.kernels_available(images) else 2
     assert calls == {"conv": 0, "interpolate": 0, "addcmul": fused}
     with plain_kernels():
         _features(model, images)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from dinov2_heads.layers import norm_kernels
@@ -46,16 +45,18 @@ class Block(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if fast_path(x):
             # The same sums with fewer passes over the tokens (see layers.fast).
-            gamma = self.ls1.gamma if isinstance(self.ls1, LayerScale) else None
-            branch = self.attn(norm_kernels.layer_norm(x, self.norm1))
+            branch, gamma = _scaling(self.ls1, self.attn(norm_kernels.layer_norm(x, self.norm1)))
             x, normed = norm_kernels.add_scaled_layer_norm(x, branch, gamma, self.norm2)
-            return _add_scaled(x, self.mlp(normed), self.ls2)
+            branch, gamma = _scaling(self.ls2, self.mlp(normed))
+            return norm_kernels.add_scaled(x, branch, gamma)
         x = x + self.ls1(self.attn(self.norm1(x)))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
-def _add_scaled(x: Tensor, branch: Tensor, scale: nn.Module) -> Tensor:
-    # LayerScale and the residual addition in one pass (each reads and writes every token).
+def _scaling(scale: nn.Module, branch: Tensor) -> tuple[Tensor, Tensor | None]:
+    # (branch, gamma) for the fused kernels; a scale module of another kind is applied here.
     if isinstance(scale, LayerScale):
-        return torch.addcmul(x, branch, scale.gamma)
-    return x + scale(branch)
+        return branch, scale.gamma
+    if isinstance(scale, nn.Identity):
+        return branch, None
+    return scale(branch), None

@@ -6,7 +6,9 @@ kernels here read each row once and write it once, with float32 statistics:
 
 - :func:`layer_norm` is ``F.layer_norm`` over the last dimension;
 - :func:`add_scaled_layer_norm` returns ``x + gamma * branch`` (rounded to the input dtype, as
-  ``torch.addcmul`` returns it) and the LayerNorm of that sum, in one pass instead of two.
+  ``torch.addcmul`` returns it) and the LayerNorm of that sum, in one pass instead of two;
+- :func:`add_scaled` returns the sum alone, at twice the speed of ``torch.addcmul``, whose
+  kernel is not vectorised for a broadcast ``gamma``.
 
 Both fall back to the PyTorch operations when Triton is missing or the tensors are not on a GPU,
 and for good (with one warning) if a kernel fails to build on this machine.
@@ -17,7 +19,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,23 +31,25 @@ if _HAS_TRITON:
     import triton
     import triton.language as tl
 
+    # Triton reads the parameters' annotations itself: only the constexpr ones carry one.
     @triton.jit  # type: ignore[untyped-decorator, unused-ignore]
-    def _norm_kernel(
-        x_ptr: Any,
-        branch_ptr: Any,
-        gamma_ptr: Any,
-        weight_ptr: Any,
-        bias_ptr: Any,
-        sum_ptr: Any,
-        out_ptr: Any,
-        rows: Any,
-        width: Any,
-        eps: Any,
+    def _norm_kernel(  # type: ignore[no-untyped-def]
+        x_ptr,
+        branch_ptr,
+        gamma_ptr,
+        weight_ptr,
+        bias_ptr,
+        sum_ptr,
+        out_ptr,
+        rows,
+        width,
+        eps,
         HAS_BRANCH: tl.constexpr,
         HAS_GAMMA: tl.constexpr,
+        WRITE_NORM: tl.constexpr,
         BLOCK_ROWS: tl.constexpr,
         BLOCK_WIDTH: tl.constexpr,
-    ) -> None:
+    ):
         row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
         col = tl.arange(0, BLOCK_WIDTH)
         col_mask = col < width
@@ -62,14 +65,15 @@ if _HAS_TRITON:
             tl.store(sum_ptr + offsets, stored, mask=mask)
             # Normalise the sum as stored, as LayerNorm after torch.addcmul would.
             x = stored.to(tl.float32)
-        mean = tl.sum(x, axis=1) / width
-        centred = tl.where(mask, x - mean[:, None], 0.0)
-        variance = tl.sum(centred * centred, axis=1) / width
-        inv_std = 1.0 / tl.sqrt(variance + eps)
-        weight = tl.load(weight_ptr + col, mask=col_mask, other=0.0).to(tl.float32)
-        bias = tl.load(bias_ptr + col, mask=col_mask, other=0.0).to(tl.float32)
-        out = centred * inv_std[:, None] * weight[None, :] + bias[None, :]
-        tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
+        if WRITE_NORM:
+            mean = tl.sum(x, axis=1) / width
+            centred = tl.where(mask, x - mean[:, None], 0.0)
+            variance = tl.sum(centred * centred, axis=1) / width
+            inv_std = 1.0 / tl.sqrt(variance + eps)
+            weight = tl.load(weight_ptr + col, mask=col_mask, other=0.0).to(tl.float32)
+            bias = tl.load(bias_ptr + col, mask=col_mask, other=0.0).to(tl.float32)
+            out = centred * inv_std[:, None] * weight[None, :] + bias[None, :]
+            tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def kernels_available(x: Tensor) -> bool:
@@ -82,7 +86,7 @@ def kernels_available(x: Tensor) -> bool:
 
 def layer_norm(x: Tensor, norm: nn.LayerNorm) -> Tensor:
     """``norm(x)`` for a LayerNorm with weight and bias over the last dimension."""
-    if _usable(x, norm):
+    if _norm_usable(x, norm):
         try:
             return _launch(x, None, None, norm)[1]
         except Exception as error:  # any failure to build: use PyTorch
@@ -94,70 +98,110 @@ def add_scaled_layer_norm(
     x: Tensor, branch: Tensor, gamma: Tensor | None, norm: nn.LayerNorm
 ) -> tuple[Tensor, Tensor]:
     """``(s, norm(s))`` with ``s = x + gamma * branch`` (``x + branch`` when gamma is None)."""
-    if _usable(x, norm) and branch.shape == x.shape and branch.dtype == x.dtype:
+    if _norm_usable(x, norm) and _branch_usable(x, branch):
         try:
             return _launch(x, branch, gamma, norm)
         except Exception as error:  # any failure to build: use PyTorch
             _give_up(error)
-    total = torch.addcmul(x, branch, gamma) if gamma is not None else x + branch
+    total = add_scaled(x, branch, gamma)
     return total, norm(total)
 
 
-def _usable(x: Tensor, norm: nn.LayerNorm) -> bool:
+def add_scaled(x: Tensor, branch: Tensor, gamma: Tensor | None) -> Tensor:
+    """``x + gamma * branch`` (``x + branch`` when gamma is None), rounded once.
+
+    ``torch.addcmul`` computes the same, but its kernel is not vectorised when ``gamma`` is
+    broadcast, and runs at half the memory bandwidth of this one.
+    """
+    if kernels_available(x) and _branch_usable(x, branch):
+        try:
+            return _launch(x, branch, gamma, None)[0]
+        except Exception as error:  # any failure to build: use PyTorch
+            _give_up(error)
+    return torch.addcmul(x, branch, gamma) if gamma is not None else x + branch
+
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _norm_usable(x: Tensor, norm: nn.LayerNorm) -> bool:
     return (
         kernels_available(x)
         and norm.weight is not None
         and norm.bias is not None
         and len(norm.normalized_shape) == 1
         and x.shape[-1] == norm.normalized_shape[0]
-        and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        and x.dtype in _DTYPES
         and norm.weight.dtype == x.dtype
         and x.numel() > 0
     )
 
 
+def _branch_usable(x: Tensor, branch: Tensor) -> bool:
+    return (
+        branch.shape == x.shape
+        and branch.dtype == x.dtype
+        and branch.device == x.device
+        and x.dtype in _DTYPES
+        and x.numel() > 0
+    )
+
+
 def _launch(
-    x: Tensor, branch: Tensor | None, gamma: Tensor | None, norm: nn.LayerNorm
+    x: Tensor,
+    branch: Tensor | None,
+    gamma: Tensor | None,
+    norm: nn.LayerNorm | None,
+    *,
+    block_elements: int = 4096,
+    num_warps: int | None = None,
 ) -> tuple[Tensor, Tensor]:
+    """One kernel launch; returns (sum, normed), either of them ``x`` when not computed.
+
+    ``block_elements`` (rows per program times the padded width) and ``num_warps`` are the
+    launch configuration; ``benchmarks/norm_kernels.py`` times the alternatives.
+    """
     width = x.shape[-1]
     x2 = x.reshape(-1, width).contiguous()
     rows = x2.shape[0]
-    out = torch.empty_like(x2)
+    out = torch.empty_like(x2) if norm is not None else x2
     if branch is not None:
         branch2 = branch.reshape(-1, width).contiguous()
         total = torch.empty_like(x2)
     else:
         branch2, total = x2, x2
     block_width = triton.next_power_of_2(width)
-    # About 4096 elements per program: several short rows, or one long row.
-    block_rows = max(1, min(16, 4096 // block_width))
+    # About block_elements per program: several short rows, or one long row.
+    block_rows = max(1, min(16, block_elements // block_width))
     grid = (triton.cdiv(rows, block_rows),)
     _norm_kernel[grid](
         x2,
         branch2,
-        gamma if gamma is not None else norm.weight,
-        norm.weight,
-        norm.bias,
+        gamma if gamma is not None else x2,
+        norm.weight if norm is not None else x2,
+        norm.bias if norm is not None else x2,
         total,
         out,
         rows,
         width,
-        norm.eps,
+        norm.eps if norm is not None else 0.0,
         HAS_BRANCH=branch is not None,
         HAS_GAMMA=gamma is not None,
+        WRITE_NORM=norm is not None,
         BLOCK_ROWS=block_rows,
         BLOCK_WIDTH=block_width,
-        num_warps=4 if block_width * block_rows <= 4096 else 8,
+        num_warps=num_warps or (4 if block_width * block_rows <= 4096 else 8),
     )
     return total.reshape(x.shape), out.reshape(x.shape)
 
 
 def _give_up(error: Exception) -> None:
     _broken.append(f"{type(error).__name__}: {error}")
+    lines = [line for line in str(error).splitlines() if line.strip()]
     warnings.warn(
         "the Triton LayerNorm kernels failed on this machine and are switched off; the "
         f"backbone goes on with PyTorch's LayerNorm ({type(error).__name__}: "
-        f"{str(error).splitlines()[0][:200] if str(error) else ''})",
+        f"{lines[-1][:300] if lines else ''})",
         RuntimeWarning,
         stacklevel=3,
     )
