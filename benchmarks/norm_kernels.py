@@ -80,7 +80,12 @@ def run_shape(
             cases += [
                 ("layer_norm", config, 2 * unit, partial(launch, x, None, None, norm)),
                 ("add_scaled", config, 3 * unit, partial(launch, x, branch, gamma, None)),
-                ("add_scaled_layer_norm", config, 4 * unit, partial(launch, x, branch, gamma, norm)),
+                (
+                    "add_scaled_layer_norm",
+                    config,
+                    4 * unit,
+                    partial(launch, x, branch, gamma, norm),
+                ),
             ]
     out = []
     for operation, implementation, moved, function in cases:
