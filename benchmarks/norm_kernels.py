@@ -31,7 +31,7 @@ from dinov2_heads.layers import norm_kernels
 #: (name, rows, width): the tokens of one batch through one block.
 SHAPES = [("ViT-S/14 b256", 256 * 257, 384), ("ViT-L/14 b128", 128 * 257, 1024)]
 #: Launch configurations of the Triton kernels: (elements per program, warps).
-CONFIGS = [(4096, 4), (2048, 4), (8192, 8), (4096, 8)]
+CONFIGS = [(8192, 8), (4096, 4), (2048, 4), (16384, 8)]
 
 
 def time_us(function: Callable[[], Any], device: torch.device, iters: int) -> float:

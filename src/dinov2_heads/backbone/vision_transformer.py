@@ -13,7 +13,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from dinov2_heads.backbone.config import BackboneConfig, variant_name
-from dinov2_heads.layers import Block, Mlp, PatchEmbed, SwiGLUFFNFused
+from dinov2_heads.layers import Block, Mlp, PatchEmbed, SwiGLUFFNFused, norm_kernels
 from dinov2_heads.layers.fast import fast_path, is_tracing
 
 BlockSelection = int | Sequence[int]
@@ -224,7 +224,7 @@ class DinoVisionTransformer(nn.Module):
         tokens = self.prepare_tokens_with_masks(x, masks)
         for block in self.blocks:
             tokens = block(tokens)
-        normed = self.norm(tokens)
+        normed = self._final_norm(tokens)
         r = self.num_register_tokens
         return {
             "x_norm_clstoken": normed[:, 0],
@@ -280,8 +280,13 @@ class DinoVisionTransformer(nn.Module):
         for index, block in enumerate(self.blocks[: taken[-1] + 1]):
             tokens = block(tokens)
             if index in taken:
-                outputs.append(self.norm(tokens) if norm else tokens)
+                outputs.append(self._final_norm(tokens) if norm else tokens)
         return tuple(outputs)
+
+    def _final_norm(self, tokens: Tensor) -> Tensor:
+        if fast_path(tokens) and isinstance(self.norm, nn.LayerNorm):
+            return norm_kernels.layer_norm(tokens, self.norm)
+        return self.norm(tokens)
 
     def _blocks_to_take(self, n: BlockSelection) -> list[int]:
         depth = len(self.blocks)

@@ -124,9 +124,10 @@ def add_scaled(x: Tensor, branch: Tensor, gamma: Tensor | None) -> Tensor:
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _norm_usable(x: Tensor, norm: nn.LayerNorm) -> bool:
+def _norm_usable(x: Tensor, norm: nn.Module) -> bool:
     return (
-        kernels_available(x)
+        isinstance(norm, nn.LayerNorm)
+        and kernels_available(x)
         and norm.weight is not None
         and norm.bias is not None
         and len(norm.normalized_shape) == 1
@@ -153,7 +154,7 @@ def _launch(
     gamma: Tensor | None,
     norm: nn.LayerNorm | None,
     *,
-    block_elements: int = 4096,
+    block_elements: int = 8192,
     num_warps: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One kernel launch; returns (sum, normed), either of them ``x`` when not computed.
@@ -190,7 +191,7 @@ def _launch(
         WRITE_NORM=norm is not None,
         BLOCK_ROWS=block_rows,
         BLOCK_WIDTH=block_width,
-        num_warps=num_warps or (4 if block_width * block_rows <= 4096 else 8),
+        num_warps=num_warps or (8 if block_width * block_rows >= 8192 else 4),
     )
     return total.reshape(x.shape), out.reshape(x.shape)
 
