@@ -172,3 +172,25 @@ def test_compiled_graphs_keep_the_plain_kernels(fast_on_cpu: None) -> None:
 
     torch.compile(forward, backend="eager", fullgraph=True)(torch.zeros(2))
     assert seen == [False]
+
+
+def test_gradients_through_the_fast_path_match_the_plain_path(fast_on_cpu: None) -> None:
+    # Fine-tuning on a GPU runs the fast path with autograd recording: every fast kernel must
+    # either have a backward or step aside for PyTorch's operation.
+    model = create_backbone("dinov2_vits14", depth=2, img_size=518)
+    _spread(model)
+    images = torch.randn(2, 3, 56, 42, generator=torch.Generator().manual_seed(0))
+
+    def gradients() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        out = model.forward_features(images)
+        (out["x_norm_clstoken"].square().sum() + out["x_norm_patchtokens"].sum()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    with plain_kernels():
+        want = gradients()
+    got = gradients()
+    assert got.keys() == want.keys()
+    assert len(got) == len(list(model.parameters())) - 1  # all but mask_token
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5, msg=name)

@@ -10,8 +10,9 @@ kernels here read each row once and write it once, with float32 statistics:
 - :func:`add_scaled` returns the sum alone, at twice the speed of ``torch.addcmul``, whose
   kernel is not vectorised for a broadcast ``gamma``.
 
-Both fall back to the PyTorch operations when Triton is missing or the tensors are not on a GPU,
-and for good (with one warning) if a kernel fails to build on this machine.
+They fall back to the PyTorch operations when Triton is missing, when the tensors are not on a
+GPU, where autograd records the operations (the kernels have no backward), and for good (with
+one warning) if a kernel fails to build on this machine.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def add_scaled_layer_norm(
     x: Tensor, branch: Tensor, gamma: Tensor | None, norm: nn.LayerNorm
 ) -> tuple[Tensor, Tensor]:
     """``(s, norm(s))`` with ``s = x + gamma * branch`` (``x + branch`` when gamma is None)."""
-    if _norm_usable(x, norm) and _branch_usable(x, branch):
+    if _norm_usable(x, norm) and _branch_usable(x, branch, gamma):
         try:
             return _launch(x, branch, gamma, norm)
         except Exception as error:  # any failure to build: use PyTorch
@@ -113,7 +114,7 @@ def add_scaled(x: Tensor, branch: Tensor, gamma: Tensor | None) -> Tensor:
     ``torch.addcmul`` computes the same, but its kernel is not vectorised when ``gamma`` is
     broadcast, and runs at half the memory bandwidth of this one.
     """
-    if kernels_available(x) and _branch_usable(x, branch):
+    if kernels_available(x) and _branch_usable(x, branch, gamma):
         try:
             return _launch(x, branch, gamma, None)[0]
         except Exception as error:  # any failure to build: use PyTorch
@@ -124,10 +125,16 @@ def add_scaled(x: Tensor, branch: Tensor, gamma: Tensor | None) -> Tensor:
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    # The kernels have no backward: where autograd would record them, PyTorch's operations run.
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _norm_usable(x: Tensor, norm: nn.Module) -> bool:
     return (
         isinstance(norm, nn.LayerNorm)
         and kernels_available(x)
+        and not _needs_grad(x, norm.weight, norm.bias)
         and norm.weight is not None
         and norm.bias is not None
         and len(norm.normalized_shape) == 1
@@ -138,9 +145,10 @@ def _norm_usable(x: Tensor, norm: nn.Module) -> bool:
     )
 
 
-def _branch_usable(x: Tensor, branch: Tensor) -> bool:
+def _branch_usable(x: Tensor, branch: Tensor, gamma: Tensor | None) -> bool:
     return (
-        branch.shape == x.shape
+        not _needs_grad(x, branch, gamma)
+        and branch.shape == x.shape
         and branch.dtype == x.dtype
         and branch.device == x.device
         and x.dtype in _DTYPES
