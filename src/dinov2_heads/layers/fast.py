@@ -12,6 +12,10 @@ kernels that profiling showed to be slow for this model by faster equivalents:
   That GELU is the tanh approximation (at most 5e-4 from the exact one, below bf16's and fp16's
   rounding): the only change here that is not exact in real arithmetic.
 
+The kernels without a backward (Triton's, the GELU epilogue) run only where autograd records
+nothing, as under ``torch.no_grad()`` (which ``FrozenBackbone`` uses); training through the
+backbone gets PyTorch's operations there, and the same gradients as the plain path.
+
 CPU runs, float32 MLPs, compiled graphs and exported graphs keep the plain kernels, so the CPU
 path stays bit-for-bit what it was. :func:`plain_kernels` turns the fast path off, to compare
 or to get the exact GELU in reduced precision.
@@ -49,6 +53,15 @@ def fast_path(x: Tensor) -> bool:
     return (
         x.device.type in FAST_DEVICE_TYPES and getattr(_state, "enabled", True) and not is_tracing()
     )
+
+
+def needs_grad(*tensors: Tensor | None) -> bool:
+    """True when autograd records operations on any of ``tensors``.
+
+    The fused kernels without a backward (Triton's, cuBLASLt's GELU epilogue) step aside then,
+    so fine-tuning through the fast path gets the plain path's gradients.
+    """
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dinov2_heads.layers.fast import fast_path
+from dinov2_heads.layers.fast import fast_path, needs_grad
 
 _REDUCED = (torch.bfloat16, torch.float16)
 
@@ -26,7 +26,13 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, in_features, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fc1.bias is not None and x.dtype in _REDUCED and fast_path(x):
+        fc1 = self.fc1
+        if (
+            fc1.bias is not None
+            and x.dtype in _REDUCED
+            and fast_path(x)
+            and not needs_grad(x, fc1.weight, fc1.bias)  # the fused call has no backward
+        ):
             # fc1, its bias and the GELU as one cuBLASLt call (tanh GELU, see layers.fast).
             flat = x.reshape(-1, x.shape[-1])
             weight, bias = self.fc1.weight, self.fc1.bias

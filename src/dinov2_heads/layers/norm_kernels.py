@@ -24,6 +24,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from dinov2_heads.layers.fast import needs_grad
+
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 # Set when a kernel failed to build or run here; the PyTorch operations are used from then on.
 _broken: list[str] = []
@@ -125,16 +127,11 @@ def add_scaled(x: Tensor, branch: Tensor, gamma: Tensor | None) -> Tensor:
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _needs_grad(*tensors: Tensor | None) -> bool:
-    # The kernels have no backward: where autograd would record them, PyTorch's operations run.
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def _norm_usable(x: Tensor, norm: nn.Module) -> bool:
     return (
         isinstance(norm, nn.LayerNorm)
         and kernels_available(x)
-        and not _needs_grad(x, norm.weight, norm.bias)
+        and not needs_grad(x, norm.weight, norm.bias)
         and norm.weight is not None
         and norm.bias is not None
         and len(norm.normalized_shape) == 1
@@ -147,7 +144,7 @@ def _norm_usable(x: Tensor, norm: nn.Module) -> bool:
 
 def _branch_usable(x: Tensor, branch: Tensor, gamma: Tensor | None) -> bool:
     return (
-        not _needs_grad(x, branch, gamma)
+        not needs_grad(x, branch, gamma)
         and branch.shape == x.shape
         and branch.dtype == x.dtype
         and branch.device == x.device
