@@ -210,3 +210,15 @@ def test_gradients_through_the_fast_path_match_the_plain_path(
         fast_cos = torch.nn.functional.cosine_similarity(got[name].flatten(), want.flatten(), 0)
         plain_cos = torch.nn.functional.cosine_similarity(plain[name].flatten(), want.flatten(), 0)
         assert fast_cos > min(0.98, plain_cos - 0.01), (name, float(fast_cos), float(plain_cos))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
+def test_traced_graphs_keep_the_plain_kernels(fast_on_cpu: None) -> None:
+    seen = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        seen.append(fast.fast_path(x))
+        return x + 1
+
+    torch.jit.trace(forward, torch.zeros(2), check_trace=False)
+    assert seen == [False]

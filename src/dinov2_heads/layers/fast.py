@@ -40,8 +40,8 @@ def is_exporting() -> bool:
 
 
 def is_tracing() -> bool:
-    """True while ``torch.compile`` or ``torch.export`` traces the model."""
-    return torch.compiler.is_compiling() or is_exporting()
+    """True while ``torch.compile``, ``torch.export`` or ``torch.jit.trace`` traces the model."""
+    return torch.compiler.is_compiling() or is_exporting() or torch.jit.is_tracing()
 
 
 #: Device types that take the fast path; the tests add "cpu" to check its numbers there.
