@@ -183,3 +183,9 @@ def test_the_random_backbone_is_named_after_the_variant_asked_for(tmp_path: Path
     small = {**TINY, "num_train": 8, "num_heldout": 2, "epochs": 1, "batch_size": 4}
     result = run_demo(tmp_path, variant="dinov2_vitl14_reg", **small)
     assert "4 registers (a shrunk dinov2_vitl14_reg so it runs fast" in result.backbone
+
+
+def test_progress_counts_one_epoch_in_the_singular(tmp_path: Path) -> None:
+    said: list[str] = []
+    run_demo(tmp_path / "out", seed=0, echo=said.append, **{**TINY, "epochs": 1})
+    assert any("for 1 epoch on the cached features" in line for line in said), said

@@ -326,7 +326,8 @@ def run_demo(
         kinds = ", ".join(
             f"{name}: {type(head).__name__}({head.num_classes})" for name, head in heads.items()
         )
-        say(f"training a MultiHead ({kinds}) for {epochs} epochs on the cached features")
+        passes = f"{epochs} epoch" if epochs == 1 else f"{epochs} epochs"
+        say(f"training a MultiHead ({kinds}) for {passes} on the cached features")
         tick = time.perf_counter()
         _train(heads, train_store, epochs, batch_size, learning_rate, seed, progress)
         seconds["training"] = time.perf_counter() - tick
