@@ -135,3 +135,17 @@ def test_nan_multi_label_targets_are_refused() -> None:
     targets = torch.tensor([[1.0, 0.0, float("nan"), 1.0]]).expand(6, 4)
     with pytest.raises(ValueError, match=r"head 'colour': multi-label target nan is outside"):
         head_loss(logits(), targets, HeadLoss(multi_label=True), name="colour")
+
+
+def test_head_loss_specs_compare_and_hash_by_value() -> None:
+    # Tensor or list class weights used to make == raise ("Boolean value of Tensor ... is
+    # ambiguous") and hash() raise ("unhashable type: 'list'").
+    a = HeadLoss(class_weights=torch.tensor([1.0, 2.0]))
+    b = HeadLoss(class_weights=[1.0, 2.0])
+    assert a == b
+    assert hash(a) == hash(b)
+    assert a != HeadLoss(class_weights=[1.0, 3.0])
+    assert a != HeadLoss()
+    assert HeadLoss(multi_label=True) != HeadLoss()
+    assert len({a, b, HeadLoss()}) == 2
+    assert HeadLoss() != "HeadLoss()"

@@ -53,6 +53,21 @@ class HeadLoss:
                     "out of the loss)"
                 )
 
+    def _key(self) -> tuple[bool, float, float, tuple[float, ...] | None]:
+        weights = self.class_weights
+        if weights is not None:
+            weights = tuple(torch.as_tensor(weights, dtype=torch.float64).flatten().tolist())
+        return (self.multi_label, self.weight, self.label_smoothing, weights)
+
+    # Class weights may be a tensor or a list: compare and hash them by value.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HeadLoss):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
 
 class LossOutput(NamedTuple):
     """The weighted total (a scalar to call ``backward`` on) and each head's unweighted loss."""
