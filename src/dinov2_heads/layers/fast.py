@@ -41,7 +41,12 @@ def is_exporting() -> bool:
 
 def is_tracing() -> bool:
     """True while ``torch.compile``, ``torch.export`` or ``torch.jit.trace`` traces the model."""
-    return torch.compiler.is_compiling() or is_exporting() or torch.jit.is_tracing()
+    return torch.compiler.is_compiling() or is_exporting() or _jit_tracing()
+
+
+def _jit_tracing() -> bool:
+    # torch.jit.is_tracing without its untyped wrapper.
+    return torch._C._get_tracing_state() is not None
 
 
 #: Device types that take the fast path; the tests add "cpu" to check its numbers there.
