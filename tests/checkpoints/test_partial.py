@@ -290,3 +290,19 @@ def test_extra_state_without_an_owner_is_unexpected() -> None:
     state = {**module.state_dict(), "_extra_state": torch.zeros(3, dtype=torch.uint8)}
     report = load_partial(module, state)
     assert report.unexpected == ("_extra_state",)
+
+
+@pytest.mark.parametrize("wrap", ["compile", "data_parallel", "both"])
+def test_loads_through_compile_and_data_parallel_wrappers(wrap: str) -> None:
+    # The wrappers add "_orig_mod." / "module." to the target's names; before, nothing matched
+    # and the user had to pass rename={"": "_orig_mod."}.
+    torch.manual_seed(0)
+    source, target = nn.Sequential(nn.Linear(3, 4)), nn.Sequential(nn.Linear(3, 4))
+    wrapped: nn.Module = target
+    if wrap in ("compile", "both"):
+        wrapped = torch.compile(wrapped, backend="eager")  # type: ignore[assignment]
+    if wrap in ("data_parallel", "both"):
+        wrapped = nn.DataParallel(wrapped)
+    report = load_partial(wrapped, source.state_dict(), strict=True)
+    assert sorted(report.loaded) == ["0.bias", "0.weight"]
+    assert torch.equal(target[0].weight, source[0].weight)

@@ -132,7 +132,9 @@ def load_partial(
     device of the module's (a half-precision checkpoint loads into a float32 model).
 
     Args:
-        module: The model to fill; changed in place.
+        module: The model to fill; changed in place. A model wrapped by ``torch.compile``,
+            ``DistributedDataParallel`` or ``DataParallel`` is filled through the wrapper, with
+            the names of the model inside (no ``_orig_mod.`` or ``module.``).
         source: A checkpoint path, a state dict (containers such as ``{"model": ...}`` and the
             ``module.`` / ``_orig_mod.`` wrapper prefixes are removed), or another module.
         rename: Maps checkpoint names to module names. A mapping replaces the longest matching
@@ -149,6 +151,7 @@ def load_partial(
             ``rename``), or ``strict`` and something would be skipped.
         CheckpointError: The source cannot be read, or ``rename`` maps two names to one.
     """
+    module = _unwrap_target(module)
     checkpoint, unwrapped = _source_state_dict(source)
     renamed, dropped = _renamed(checkpoint, rename)
     targets = module.state_dict()
@@ -316,6 +319,19 @@ def _nothing_loaded(
         if hint:
             lines.append(f"  the names differ by a prefix; try rename={hint!r}")
     return "\n".join(lines)
+
+
+def _unwrap_target(module: nn.Module) -> nn.Module:
+    """The model inside ``torch.compile`` / DDP / DataParallel wrappers, however nested."""
+    while True:
+        if isinstance(module, nn.DataParallel | nn.parallel.DistributedDataParallel):
+            module = module.module
+        elif type(module).__name__ == "OptimizedModule" and isinstance(
+            inner := getattr(module, "_orig_mod", None), nn.Module
+        ):
+            module = inner
+        else:
+            return module
 
 
 def _suggest_rename(
