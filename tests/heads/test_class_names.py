@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from dinov2_heads.heads import LinearHead
+from dinov2_heads.heads import LinearHead, MultiHead
 from dinov2_heads.heads.class_names import decode_class_names, encode_class_names
 
 NAMES = ("audi", "bmw", "byd", "tesla")
@@ -106,3 +106,22 @@ def test_bad_names() -> None:
 def test_unicode_names_round_trip() -> None:
     names = ("大众", "丰田", "Škoda", "Citroën")
     assert decode_class_names(encode_class_names(names)) == names
+
+
+def test_a_multi_head_checks_every_head_s_names_before_loading_any() -> None:
+    def heads(colours: list[str]) -> MultiHead:
+        return MultiHead(
+            {
+                "type": LinearHead(8, 2, class_names=["car", "van"]),
+                "colour": LinearHead(8, 2, class_names=colours),
+            }
+        )
+
+    source = heads(["red", "blue"])
+    target = heads(["red", "green"])
+    before = {k: v.clone() for k, v in target.state_dict().items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(ValueError, match="class 1 is 'blue' in the state dict but 'green' here"):
+        target.load_state_dict(source.state_dict())
+    # Before, the "type" head had already taken the source's weights when "colour" failed.
+    after = target.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())

@@ -100,6 +100,23 @@ class ClassNamesMixin(nn.Module):
         if self._class_names is not None:
             destination[prefix + EXTRA_STATE_KEY] = encode_class_names(self._class_names)
 
+    def incoming_class_names(
+        self, state_dict: Mapping[str, Any], prefix: str = ""
+    ) -> tuple[str, ...] | None:
+        """The class names ``state_dict`` would give this head (None if it has none).
+
+        Raises:
+            ValueError: They are malformed, or differ from the names this head already has.
+        """
+        key = prefix + EXTRA_STATE_KEY
+        if key not in state_dict:
+            return None
+        who = type(self).__name__ + (f" {prefix[:-1]!r}" if prefix else "")
+        incoming = _validated(decode_class_names(state_dict[key]), self.num_classes, who)
+        if self._class_names is not None and incoming != self._class_names:
+            raise ValueError(_names_differ(who, self._class_names, incoming))
+        return incoming
+
     def _load_from_state_dict(
         self,
         state_dict: dict[str, Any],
@@ -111,12 +128,8 @@ class ClassNamesMixin(nn.Module):
         error_msgs: list[str],
     ) -> None:
         key = prefix + EXTRA_STATE_KEY
-        incoming = None
+        incoming = self.incoming_class_names(state_dict, prefix)
         if key in state_dict:
-            who = type(self).__name__ + (f" {prefix[:-1]!r}" if prefix else "")
-            incoming = _validated(decode_class_names(state_dict[key]), self.num_classes, who)
-            if self._class_names is not None and incoming != self._class_names:
-                raise ValueError(_names_differ(who, self._class_names, incoming))
             # The base class does not know this key and would report it as unexpected.
             state_dict = {k: v for k, v in state_dict.items() if k != key}
         errors_before = len(error_msgs)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
 from dinov2_heads.features.features import Features
+from dinov2_heads.heads.class_names import ClassNamesMixin
 
 
 class MultiHead(nn.ModuleDict):
@@ -71,3 +73,22 @@ class MultiHead(nn.ModuleDict):
     def forward(self, features: Features) -> dict[str, Tensor]:
         """``{name: logits (B, K_name)}`` for every head, in order."""
         return {name: head(features) for name, head in self.items()}
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # PyTorch loads this module before its heads: every head's class names are checked
+        # here, so names that differ in a later head leave the earlier heads untouched.
+        for name, head in self.items():
+            if isinstance(head, ClassNamesMixin):
+                head.incoming_class_names(state_dict, f"{prefix}{name}.")
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
