@@ -222,3 +222,74 @@ def test_traced_graphs_keep_the_plain_kernels(fast_on_cpu: None) -> None:
 
     torch.jit.trace(forward, torch.zeros(2), check_trace=False)
     assert seen == [False]
+
+
+_FUSED_MODULES = [
+    "patch_embed.proj",
+    "blocks.0.norm1",
+    "blocks.0.ls1",
+    "blocks.0.norm2",
+    "blocks.0.mlp.fc1",
+    "blocks.0.mlp.act",
+    "blocks.0.ls2",
+    "norm",
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_hooks_on_the_fused_modules_still_run(fast_on_cpu: None, dtype: torch.dtype) -> None:
+    # The fast path computes some modules' outputs from their parameters; a forward hook on one
+    # of them (feature extraction, interpretability tools) must still see and change its output.
+    model = create_backbone("dinov2_vits14", depth=1, img_size=518).eval()
+    _spread(model)
+    model.to(dtype)
+    calls: list[str] = []
+
+    def hook(name: str) -> object:
+        def halve(module: torch.nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
+            calls.append(name)
+            return output * 0.5
+
+        return halve
+
+    for name in _FUSED_MODULES:
+        model.get_submodule(name).register_forward_hook(hook(name))  # type: ignore[arg-type]
+    images = torch.randn(1, 3, 28, 42, generator=torch.Generator().manual_seed(0)).to(dtype)
+    got = _features(model, images)
+    assert sorted(calls) == sorted(_FUSED_MODULES)
+    calls.clear()
+    with plain_kernels():
+        want = _features(model, images)
+    assert sorted(calls) == sorted(_FUSED_MODULES)
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=tolerance, atol=tolerance, msg=key)
+
+
+def _shift_outputs(module: torch.nn.Module) -> None:
+    # Turn the module into a subclass whose forward adds 0.5, as a LoRA or quantised wrapper
+    # changes what a layer computes while keeping its weight and bias attributes.
+    base = type(module)
+
+    def forward(self: torch.nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        return base.forward(self, *args) + 0.5
+
+    module.__class__ = type(f"Shifted{base.__name__}", (base,), {"forward": forward})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_replaced_fused_modules_are_honoured(fast_on_cpu: None, dtype: torch.dtype) -> None:
+    model = create_backbone("dinov2_vits14", depth=1, img_size=518).eval()
+    _spread(model)
+    model.to(dtype)
+    for name in _FUSED_MODULES:
+        if name != "blocks.0.mlp.act":
+            _shift_outputs(model.get_submodule(name))
+    model.blocks[0].mlp.act = torch.nn.ReLU()
+    images = torch.randn(1, 3, 28, 42, generator=torch.Generator().manual_seed(0)).to(dtype)
+    got = _features(model, images)
+    with plain_kernels():
+        want = _features(model, images)
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=tolerance, atol=tolerance, msg=key)

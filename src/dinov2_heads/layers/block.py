@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from dinov2_heads.layers import norm_kernels
 from dinov2_heads.layers.attention import Attention
-from dinov2_heads.layers.fast import fast_path
+from dinov2_heads.layers.fast import bypassable, fast_path
 from dinov2_heads.layers.layer_scale import LayerScale
 
 
@@ -54,9 +54,10 @@ class Block(nn.Module):
 
 
 def _scaling(scale: nn.Module, branch: Tensor) -> tuple[Tensor, Tensor | None]:
-    # (branch, gamma) for the fused kernels; a scale module of another kind is applied here.
-    if isinstance(scale, LayerScale):
+    # (branch, gamma) for the fused kernels; a scale module of another kind, or one with hooks,
+    # is applied here.
+    if isinstance(scale, LayerScale) and bypassable(scale, LayerScale):
         return branch, scale.gamma
-    if isinstance(scale, nn.Identity):
+    if bypassable(scale, nn.Identity):
         return branch, None
     return scale(branch), None

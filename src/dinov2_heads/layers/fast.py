@@ -16,6 +16,10 @@ The kernels without a backward (Triton's, the GELU epilogue) run only where auto
 nothing, as under ``torch.no_grad()`` (which ``FrozenBackbone`` uses); training through the
 backbone gets PyTorch's operations there, and the same gradients as the plain path.
 
+A module the fast path would compute without calling it (the patch convolution, a LayerNorm,
+LayerScale, the first MLP layer and its GELU) is called as usual when it carries hooks or is
+of another class (a subclass, a LoRA or quantised wrapper, another activation).
+
 CPU runs, float32 MLPs, compiled graphs and exported graphs keep the plain kernels, so the CPU
 path stays bit-for-bit what it was. :func:`plain_kernels` turns the fast path off, to compare
 or to get the exact GELU in reduced precision.
@@ -28,7 +32,8 @@ import threading
 from collections.abc import Iterator
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.modules import module as _module
 
 _state = threading.local()
 
@@ -67,6 +72,30 @@ def needs_grad(*tensors: Tensor | None) -> bool:
     so fine-tuning through the fast path gets the plain path's gradients.
     """
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def bypassable(module: nn.Module, kind: type[nn.Module]) -> bool:
+    """Whether the fast path may compute ``module``'s output from its parameters, uncalled.
+
+    Only for a module of exactly ``kind`` with no hooks, its own or global: a subclass or a
+    wrapper (LoRA, quantisation) may compute something else, and a hook must see the output.
+    Any other module is called as it is on the plain path.
+    """
+    return (
+        type(module) is kind
+        and not (
+            module._forward_hooks
+            or module._forward_pre_hooks
+            or module._backward_hooks
+            or module._backward_pre_hooks
+        )
+        and not (
+            _module._global_forward_hooks
+            or _module._global_forward_pre_hooks
+            or _module._global_backward_hooks
+            or _module._global_backward_pre_hooks
+        )
+    )
 
 
 @contextlib.contextmanager

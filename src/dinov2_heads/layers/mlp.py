@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dinov2_heads.layers.fast import fast_path, needs_grad
+from dinov2_heads.layers.fast import bypassable, fast_path, needs_grad
 
 _REDUCED = (torch.bfloat16, torch.float16)
 
@@ -32,6 +32,8 @@ class Mlp(nn.Module):
             and x.dtype in _REDUCED
             and fast_path(x)
             and not needs_grad(x, fc1.weight, fc1.bias)  # the fused call has no backward
+            and bypassable(fc1, nn.Linear)
+            and bypassable(self.act, nn.GELU)
         ):
             # fc1, its bias and the GELU as one cuBLASLt call (tanh GELU, see layers.fast).
             flat = x.reshape(-1, x.shape[-1])

@@ -24,7 +24,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from dinov2_heads.layers.fast import needs_grad
+from dinov2_heads.layers.fast import bypassable, needs_grad
 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 # Set when a kernel failed to build or run here; the PyTorch operations are used from then on.
@@ -130,6 +130,7 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def _norm_usable(x: Tensor, norm: nn.Module) -> bool:
     return (
         isinstance(norm, nn.LayerNorm)
+        and bypassable(norm, nn.LayerNorm)  # not a subclass, no hooks: norm(x) runs them
         and kernels_available(x)
         and not needs_grad(x, norm.weight, norm.bias)
         and norm.weight is not None

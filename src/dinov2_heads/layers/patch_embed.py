@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from dinov2_heads.layers.fast import fast_path
+from dinov2_heads.layers.fast import bypassable, fast_path
 
 
 class PatchEmbed(nn.Module):
@@ -28,7 +28,7 @@ class PatchEmbed(nn.Module):
         self.norm = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        if fast_path(x):
+        if fast_path(x) and bypassable(self.proj, nn.Conv2d):
             return self.norm(self._embed_by_matmul(x))
         return self.norm(rearrange(self.proj(x), "b d h w -> b (h w) d"))
 
