@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from dinov2_heads import create_backbone, plain_kernels
-from dinov2_heads.layers import fast, norm_kernels
+from dinov2_heads.layers import Mlp, fast, norm_kernels
 
 
 @pytest.fixture
@@ -293,3 +293,13 @@ def test_replaced_fused_modules_are_honoured(fast_on_cpu: None, dtype: torch.dty
     tolerance = 1e-5 if dtype == torch.float32 else 3e-2
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=tolerance, atol=tolerance, msg=key)
+
+
+def test_reduced_precision_mlp_takes_an_empty_batch(fast_on_cpu: None) -> None:
+    mlp = Mlp(16, 32).to(torch.bfloat16)
+    x = torch.zeros(0, 5, 16, dtype=torch.bfloat16)
+    with torch.no_grad():
+        got = mlp(x)
+        with plain_kernels():
+            want = mlp(x)
+    assert got.shape == want.shape == (0, 5, 16)

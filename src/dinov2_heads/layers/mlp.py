@@ -39,5 +39,6 @@ class Mlp(nn.Module):
             flat = x.reshape(-1, x.shape[-1])
             weight, bias = self.fc1.weight, self.fc1.bias
             hidden = torch._addmm_activation(bias, flat, weight.t(), use_gelu=True)
-            return self.fc2(hidden).reshape(*x.shape[:-1], -1)
+            out = self.fc2(hidden)
+            return out.reshape(*x.shape[:-1], out.shape[-1])  # -1 fails for 0 rows
         return self.fc2(self.act(self.fc1(x)))
