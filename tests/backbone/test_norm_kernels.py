@@ -124,3 +124,28 @@ def test_a_failing_kernel_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPa
         assert torch.equal(norm_kernels.layer_norm(x, norm), norm(x))
     assert norm_kernels._broken
     assert not norm_kernels.kernels_available(x)
+
+
+def test_running_out_of_memory_raises_and_keeps_the_kernels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An out-of-memory error is the batch's, not the kernel's: it must reach the caller as
+    # PyTorch's own would, not switch the kernels off for the rest of the process.
+    monkeypatch.setattr(norm_kernels, "_broken", [])
+    monkeypatch.setattr(norm_kernels, "kernels_available", lambda x: True)
+    monkeypatch.setattr(norm_kernels, "_norm_usable", lambda x, norm: True)
+    monkeypatch.setattr(norm_kernels, "_branch_usable", lambda x, branch, gamma: True)
+
+    def out_of_memory(*args: object) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(norm_kernels, "_launch", out_of_memory)
+    norm = _norm(16, torch.float32)
+    x = torch.randn(4, 16, device=_DEVICE)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        norm_kernels.layer_norm(x, norm)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        norm_kernels.add_scaled_layer_norm(x, x, None, norm)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        norm_kernels.add_scaled(x, x, None)
+    assert norm_kernels._broken == []

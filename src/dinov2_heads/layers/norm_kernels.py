@@ -12,7 +12,8 @@ kernels here read each row once and write it once, with float32 statistics:
 
 They fall back to the PyTorch operations when Triton is missing, when the tensors are not on a
 GPU, where autograd records the operations (the kernels have no backward), and for good (with
-one warning) if a kernel fails to build on this machine.
+one warning) if a kernel fails to build on this machine. Running out of GPU memory raises as
+PyTorch's operations would, and switches nothing off.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ def layer_norm(x: Tensor, norm: nn.LayerNorm) -> Tensor:
     if _norm_usable(x, norm):
         try:
             return _launch(x, None, None, norm)[1]
+        except torch.cuda.OutOfMemoryError:
+            raise  # the batch's, not the kernel's: raised as PyTorch's own would be
         except Exception as error:  # any failure to build: use PyTorch
             _give_up(error)
     return norm(x)
@@ -104,6 +107,8 @@ def add_scaled_layer_norm(
     if _norm_usable(x, norm) and _branch_usable(x, branch, gamma):
         try:
             return _launch(x, branch, gamma, norm)
+        except torch.cuda.OutOfMemoryError:
+            raise  # the batch's, not the kernel's: raised as PyTorch's own would be
         except Exception as error:  # any failure to build: use PyTorch
             _give_up(error)
     total = add_scaled(x, branch, gamma)
@@ -119,6 +124,8 @@ def add_scaled(x: Tensor, branch: Tensor, gamma: Tensor | None) -> Tensor:
     if kernels_available(x) and _branch_usable(x, branch, gamma):
         try:
             return _launch(x, branch, gamma, None)[0]
+        except torch.cuda.OutOfMemoryError:
+            raise  # the batch's, not the kernel's: raised as PyTorch's own would be
         except Exception as error:  # any failure to build: use PyTorch
             _give_up(error)
     return torch.addcmul(x, branch, gamma) if gamma is not None else x + branch
