@@ -6,6 +6,7 @@ neither is available, the kernel tests skip and the fallback tests still run.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -148,4 +149,25 @@ def test_running_out_of_memory_raises_and_keeps_the_kernels(
         norm_kernels.add_scaled_layer_norm(x, x, None, norm)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         norm_kernels.add_scaled(x, x, None)
+    assert norm_kernels._broken == []
+
+
+def test_vmap_steps_aside_and_keeps_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch.func.vmap (model ensembling) hands the functions batched tensors, whose storage
+    # Triton cannot read: PyTorch's operations run there, and the kernels stay on afterwards.
+    monkeypatch.setattr(norm_kernels, "_broken", [])
+    norm = _norm(16, torch.float32)
+    x, branch = torch.randn(3, 4, 16, device=_DEVICE), torch.randn(3, 4, 16, device=_DEVICE)
+    gamma = torch.rand(16, device=_DEVICE)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        normed = torch.func.vmap(lambda t: norm_kernels.layer_norm(t, norm))(x)
+        total, normed_total = torch.func.vmap(
+            lambda t, b: norm_kernels.add_scaled_layer_norm(t, b, gamma, norm)
+        )(x, branch)
+        summed = torch.func.vmap(lambda b: norm_kernels.add_scaled(x[0], b, gamma))(branch)
+        torch.testing.assert_close(normed, norm(x))
+        torch.testing.assert_close(total, torch.addcmul(x, branch, gamma))
+        torch.testing.assert_close(normed_total, norm(torch.addcmul(x, branch, gamma)))
+        torch.testing.assert_close(summed, torch.addcmul(x[0], branch, gamma))
     assert norm_kernels._broken == []

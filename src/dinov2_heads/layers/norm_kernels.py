@@ -11,9 +11,9 @@ kernels here read each row once and write it once, with float32 statistics:
   kernel is not vectorised for a broadcast ``gamma``.
 
 They fall back to the PyTorch operations when Triton is missing, when the tensors are not on a
-GPU, where autograd records the operations (the kernels have no backward), and for good (with
-one warning) if a kernel fails to build on this machine. Running out of GPU memory raises as
-PyTorch's operations would, and switches nothing off.
+GPU, where autograd records the operations (the kernels have no backward), under ``torch.func``
+transforms such as ``vmap``, and for good (with one warning) if a kernel fails to build on this
+machine. Running out of GPU memory raises as PyTorch's operations would, and switches nothing off.
 """
 
 from __future__ import annotations
@@ -83,9 +83,17 @@ if _HAS_TRITON:
 def kernels_available(x: Tensor) -> bool:
     """Whether the Triton kernels can run on ``x`` (Triton installed, GPU or Triton's CPU
     interpreter, and no earlier failure)."""
-    if not _HAS_TRITON or _broken:
+    if not _HAS_TRITON or _broken or not _plain_tensors(x):
         return False
     return x.is_cuda or (x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def _plain_tensors(*tensors: Tensor | None) -> bool:
+    # torch.func transforms (vmap, grad, jvp) wrap tensors in ones without a storage that
+    # Triton could read; PyTorch's operations know how to handle them.
+    return not any(
+        t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors
+    )
 
 
 def layer_norm(x: Tensor, norm: nn.LayerNorm) -> Tensor:
@@ -140,6 +148,7 @@ def _norm_usable(x: Tensor, norm: nn.Module) -> bool:
         and bypassable(norm, nn.LayerNorm)  # not a subclass, no hooks: norm(x) runs them
         and kernels_available(x)
         and not needs_grad(x, norm.weight, norm.bias)
+        and _plain_tensors(norm.weight, norm.bias)
         and norm.weight is not None
         and norm.bias is not None
         and len(norm.normalized_shape) == 1
@@ -153,6 +162,7 @@ def _norm_usable(x: Tensor, norm: nn.Module) -> bool:
 def _branch_usable(x: Tensor, branch: Tensor, gamma: Tensor | None) -> bool:
     return (
         not needs_grad(x, branch, gamma)
+        and _plain_tensors(branch, gamma)
         and branch.shape == x.shape
         and branch.dtype == x.dtype
         and branch.device == x.device
