@@ -18,6 +18,7 @@ machine. Running out of GPU memory raises as PyTorch's operations would, and swi
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import warnings
@@ -198,24 +199,28 @@ def _launch(
     # About block_elements per program: several short rows, or one long row.
     block_rows = max(1, min(16, block_elements // block_width))
     grid = (triton.cdiv(rows, block_rows),)
-    _norm_kernel[grid](
-        x2,
-        branch2,
-        gamma if gamma is not None else x2,
-        norm.weight if norm is not None else x2,
-        norm.bias if norm is not None else x2,
-        total,
-        out,
-        rows,
-        width,
-        norm.eps if norm is not None else 0.0,
-        HAS_BRANCH=branch is not None,
-        HAS_GAMMA=gamma is not None,
-        WRITE_NORM=norm is not None,
-        BLOCK_ROWS=block_rows,
-        BLOCK_WIDTH=block_width,
-        num_warps=num_warps or (8 if block_width * block_rows >= 8192 else 4),
-    )
+    # Triton launches on the current device and its stream: make that the tensors' device, so
+    # that a model on cuda:1 is not computed against cuda:0's stream.
+    on_device = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+    with on_device:
+        _norm_kernel[grid](
+            x2,
+            branch2,
+            gamma if gamma is not None else x2,
+            norm.weight if norm is not None else x2,
+            norm.bias if norm is not None else x2,
+            total,
+            out,
+            rows,
+            width,
+            norm.eps if norm is not None else 0.0,
+            HAS_BRANCH=branch is not None,
+            HAS_GAMMA=gamma is not None,
+            WRITE_NORM=norm is not None,
+            BLOCK_ROWS=block_rows,
+            BLOCK_WIDTH=block_width,
+            num_warps=num_warps or (8 if block_width * block_rows >= 8192 else 4),
+        )
     return total.reshape(x.shape), out.reshape(x.shape)
 
 
