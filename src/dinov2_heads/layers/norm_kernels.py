@@ -7,7 +7,7 @@ kernels here read each row once and write it once, with float32 statistics:
 - :func:`layer_norm` is ``F.layer_norm`` over the last dimension;
 - :func:`add_scaled_layer_norm` returns ``x + gamma * branch`` (rounded to the input dtype, as
   ``torch.addcmul`` returns it) and the LayerNorm of that sum, in one pass instead of two;
-- :func:`add_scaled` returns the sum alone, at twice the speed of ``torch.addcmul``, whose
+- :func:`add_scaled` returns the sum alone, a little faster than ``torch.addcmul``, whose
   kernel is not vectorised for a broadcast ``gamma``.
 
 They fall back to the PyTorch operations when Triton is missing, when the tensors are not on a
@@ -99,13 +99,8 @@ def _plain_tensors(*tensors: Tensor | None) -> bool:
 
 def layer_norm(x: Tensor, norm: nn.LayerNorm) -> Tensor:
     """``norm(x)`` for a LayerNorm with weight and bias over the last dimension."""
-    if _norm_usable(x, norm):
-        try:
-            return _launch(x, None, None, norm)[1]
-        except torch.cuda.OutOfMemoryError:
-            raise  # the batch's, not the kernel's: raised as PyTorch's own would be
-        except Exception as error:  # any failure to build: use PyTorch
-            _give_up(error)
+    if _norm_usable(x, norm) and (result := _try_launch(x, None, None, norm)) is not None:
+        return result[1]
     return norm(x)
 
 
@@ -113,13 +108,12 @@ def add_scaled_layer_norm(
     x: Tensor, branch: Tensor, gamma: Tensor | None, norm: nn.LayerNorm
 ) -> tuple[Tensor, Tensor]:
     """``(s, norm(s))`` with ``s = x + gamma * branch`` (``x + branch`` when gamma is None)."""
-    if _norm_usable(x, norm) and _branch_usable(x, branch, gamma):
-        try:
-            return _launch(x, branch, gamma, norm)
-        except torch.cuda.OutOfMemoryError:
-            raise  # the batch's, not the kernel's: raised as PyTorch's own would be
-        except Exception as error:  # any failure to build: use PyTorch
-            _give_up(error)
+    if (
+        _norm_usable(x, norm)
+        and _branch_usable(x, branch, gamma)
+        and (result := _try_launch(x, branch, gamma, norm)) is not None
+    ):
+        return result
     total = add_scaled(x, branch, gamma)
     return total, norm(total)
 
@@ -128,16 +122,28 @@ def add_scaled(x: Tensor, branch: Tensor, gamma: Tensor | None) -> Tensor:
     """``x + gamma * branch`` (``x + branch`` when gamma is None), rounded once.
 
     ``torch.addcmul`` computes the same, but its kernel is not vectorised when ``gamma`` is
-    broadcast, and runs at half the memory bandwidth of this one.
+    broadcast: this kernel ran 1.04x and 1.26x faster at ViT-S's and ViT-L's widths (H200).
     """
-    if kernels_available(x) and _branch_usable(x, branch, gamma):
-        try:
-            return _launch(x, branch, gamma, None)[0]
-        except torch.cuda.OutOfMemoryError:
-            raise  # the batch's, not the kernel's: raised as PyTorch's own would be
-        except Exception as error:  # any failure to build: use PyTorch
-            _give_up(error)
+    if (
+        kernels_available(x)
+        and _branch_usable(x, branch, gamma)
+        and (result := _try_launch(x, branch, gamma, None)) is not None
+    ):
+        return result[0]
     return torch.addcmul(x, branch, gamma) if gamma is not None else x + branch
+
+
+def _try_launch(
+    x: Tensor, branch: Tensor | None, gamma: Tensor | None, norm: nn.LayerNorm | None
+) -> tuple[Tensor, Tensor] | None:
+    """:func:`_launch`, or None (and the kernels off for good) if the kernel fails to build."""
+    try:
+        return _launch(x, branch, gamma, norm)
+    except torch.cuda.OutOfMemoryError:
+        raise  # the batch's, not the kernel's: raised as PyTorch's own would be
+    except Exception as error:  # any failure to build: use PyTorch
+        _give_up(error)
+        return None
 
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -232,5 +238,5 @@ def _give_up(error: Exception) -> None:
         f"backbone goes on with PyTorch's LayerNorm ({type(error).__name__}: "
         f"{lines[-1][:300] if lines else ''})",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
