@@ -42,7 +42,9 @@ class FrozenBackbone(nn.Module):
         n_last_blocks: How many of the last blocks to return (4 for the official linear4 heads).
         dtype: Store the frozen weights in this dtype once (``torch.bfloat16`` or
             ``torch.float16``) instead of autocasting on every call; inputs are cast to it and
-            features come out as float32. ``None`` keeps the backbone's dtype.
+            features come out as float32. ``None`` keeps the backbone's dtype. On a GPU this,
+            uncompiled, is the fastest way to run the backbone (its GPU fast path, see
+            :func:`~dinov2_heads.plain_kernels`).
         compile: ``True`` compiles the token extraction with ``torch.compile``. The batch
             dimension is dynamic, so a new batch size does not recompile; the first image size
             is compiled as is, and a second size compiles one graph with dynamic height and
