@@ -156,6 +156,14 @@ def _autocast(
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def smoke_or_cuda_device(requested: str | None, *, smoke: bool) -> torch.device:
+    """The device of a GPU script: ``requested``, else CUDA (CPU for a ``--smoke`` run)."""
+    device = torch.device(requested or ("cpu" if smoke else "cuda"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device; run with --smoke for the CPU dry run")
+    return device
+
+
 @contextlib.contextmanager
 def exact_fp32() -> Iterator[None]:
     """Switch TF32 off for a float32 reference, and restore the previous settings."""

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
+import importlib
 import json
 import statistics
 import sys
@@ -51,22 +51,9 @@ from torch import Tensor, nn
 from dinov2_heads import DinoVisionTransformer, create_backbone
 from dinov2_heads.layers import LayerScale, Mlp
 
-
-def _load_throughput_module() -> types.ModuleType:
-    # The benchmarks folder is not a package; load the sibling script by path.
-    if "backbone_throughput" in sys.modules:
-        return sys.modules["backbone_throughput"]
-    path = Path(__file__).resolve().with_name("backbone_throughput.py")
-    spec = importlib.util.spec_from_file_location("backbone_throughput", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("backbone_throughput", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-bt = _load_throughput_module()
+# The benchmarks folder is not a package: its scripts import each other from this folder.
+sys.path.append(str(Path(__file__).resolve().parent))
+bt = importlib.import_module("backbone_throughput")
 
 CANDIDATES = [
     "bf16",
@@ -354,9 +341,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run every candidate; returns what ``--json`` prints."""
     args = build_parser().parse_args(argv)
     start = time.monotonic()
-    device = torch.device(args.device or ("cpu" if args.smoke else "cuda"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("no CUDA device; run with --smoke for the CPU dry run")
+    device = bt.smoke_or_cuda_device(args.device, smoke=args.smoke)
     candidates = ["bf16", *(c for c in args.candidates if c != "bf16")]
     if args.smoke:
         overrides: dict[str, Any] = {"depth": 1, "img_size": 56}

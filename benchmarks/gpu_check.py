@@ -27,7 +27,7 @@ seconds (the test suite does this).
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import sys
 import time
@@ -43,23 +43,10 @@ from torch import Tensor
 
 from dinov2_heads import create_backbone, plain_kernels
 
-
-def _load_sibling(name: str) -> ModuleType:
-    # The benchmarks folder is not a package; load the sibling script by path.
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).resolve().with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bt = _load_sibling("backbone_throughput")
-speedups = _load_sibling("eager_speedups")
+# The benchmarks folder is not a package: its scripts import each other from this folder.
+sys.path.append(str(Path(__file__).resolve().parent))
+bt = importlib.import_module("backbone_throughput")
+speedups = importlib.import_module("eager_speedups")
 
 #: Images/s at 224x224 on one H100 with random weights, from the performance issue.
 REFERENCE: dict[tuple[str, int], dict[str, float]] = {
@@ -410,9 +397,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the check; returns what ``--json`` prints."""
     args = build_parser().parse_args(argv)
     start = time.monotonic()
-    device = torch.device(args.device or ("cpu" if args.smoke else "cuda"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("no CUDA device; run with --smoke for the CPU dry run")
+    device = bt.smoke_or_cuda_device(args.device, smoke=args.smoke)
     log = print if not args.json else (lambda text: print(text, file=sys.stderr))
     if args.smoke:
         overrides: dict[str, Any] = {"depth": 1, "img_size": 56}

@@ -14,11 +14,10 @@ LayerNorm, GELU, other elementwise, copies) per forward pass, with its share of 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import re
 import sys
-import types
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,22 +28,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from dinov2_heads import create_backbone
 
-
-def _load_sibling(name: str) -> types.ModuleType:
-    # The benchmarks folder is not a package; load the sibling script by path.
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).resolve().with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-speedups = _load_sibling("eager_speedups")
+# The benchmarks folder is not a package: its scripts import each other from this folder.
+sys.path.append(str(Path(__file__).resolve().parent))
+speedups = importlib.import_module("eager_speedups")
 
 #: Kernel families, matched in order against the lower-cased kernel name.
 FAMILIES: list[tuple[str, re.Pattern[str]]] = [
@@ -162,9 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Profile every case; returns what ``--json`` prints."""
     args = build_parser().parse_args(argv)
-    device = torch.device(args.device or ("cpu" if args.smoke else "cuda"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("no CUDA device; run with --smoke for the CPU dry run")
+    device = speedups.bt.smoke_or_cuda_device(args.device, smoke=args.smoke)
     if args.smoke:
         overrides: dict[str, Any] = {"depth": 1, "img_size": 56}
         size, iters = (28, 42), 1
