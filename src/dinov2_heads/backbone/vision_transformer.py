@@ -284,7 +284,7 @@ class DinoVisionTransformer(nn.Module):
         return tuple(outputs)
 
     def _final_norm(self, tokens: Tensor) -> Tensor:
-        if fast_path(tokens) and isinstance(self.norm, nn.LayerNorm):
+        if fast_path(tokens):
             return norm_kernels.layer_norm(tokens, self.norm)
         return self.norm(tokens)
 

@@ -7,7 +7,8 @@ kernels that profiling showed to be slow for this model by faster equivalents:
   convolution (cuDNN's default choice for a 14x14 stride-14 kernel took 9% of ViT-S's time);
 - the position table is resized with two small resampling matrices instead of the bicubic
   kernel, which runs one thread per output pixel and took 5% of ViT-L's time;
-- LayerScale and the residual addition are one ``addcmul`` instead of two passes;
+- LayerNorm, and LayerScale + the residual addition (fused with the next LayerNorm), are
+  Triton kernels (:mod:`dinov2_heads.layers.norm_kernels`, with PyTorch fallbacks);
 - with bf16 or fp16 weights, the first MLP layer, its bias and its GELU are one cuBLASLt call.
   That GELU is the tanh approximation (at most 5e-4 from the exact one, below bf16's and fp16's
   rounding): the only change here that is not exact in real arithmetic.

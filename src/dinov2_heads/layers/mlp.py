@@ -37,8 +37,7 @@ class Mlp(nn.Module):
         ):
             # fc1, its bias and the GELU as one cuBLASLt call (tanh GELU, see layers.fast).
             flat = x.reshape(-1, x.shape[-1])
-            weight, bias = self.fc1.weight, self.fc1.bias
-            hidden = torch._addmm_activation(bias, flat, weight.t(), use_gelu=True)
+            hidden = torch._addmm_activation(fc1.bias, flat, fc1.weight.t(), use_gelu=True)
             out = self.fc2(hidden)
             return out.reshape(*x.shape[:-1], out.shape[-1])  # -1 fails for 0 rows
         return self.fc2(self.act(self.fc1(x)))

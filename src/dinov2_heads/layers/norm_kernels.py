@@ -22,6 +22,7 @@ import contextlib
 import importlib.util
 import os
 import warnings
+from typing import TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +30,8 @@ from torch import Tensor, nn
 from dinov2_heads.layers.fast import bypassable, needs_grad
 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
+# Triton's CPU interpreter (the tests use it where there is no GPU).
+_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 # Set when a kernel failed to build or run here; the PyTorch operations are used from then on.
 _broken: list[str] = []
 
@@ -86,7 +89,7 @@ def kernels_available(x: Tensor) -> bool:
     interpreter, and no earlier failure)."""
     if not _HAS_TRITON or _broken or not _plain_tensors(x):
         return False
-    return x.is_cuda or (x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+    return x.is_cuda or (x.device.type == "cpu" and _INTERPRETER)
 
 
 def _plain_tensors(*tensors: Tensor | None) -> bool:
@@ -97,9 +100,9 @@ def _plain_tensors(*tensors: Tensor | None) -> bool:
     )
 
 
-def layer_norm(x: Tensor, norm: nn.LayerNorm) -> Tensor:
-    """``norm(x)`` for a LayerNorm with weight and bias over the last dimension."""
-    if _norm_usable(x, norm) and (result := _try_launch(x, None, None, norm)) is not None:
+def layer_norm(x: Tensor, norm: nn.Module) -> Tensor:
+    """``norm(x)``, by the kernel when ``norm`` is a plain LayerNorm over the last dimension."""
+    if _norm_usable(norm, x) and (result := _try_launch(x, None, None, norm)) is not None:
         return result[1]
     return norm(x)
 
@@ -109,7 +112,7 @@ def add_scaled_layer_norm(
 ) -> tuple[Tensor, Tensor]:
     """``(s, norm(s))`` with ``s = x + gamma * branch`` (``x + branch`` when gamma is None)."""
     if (
-        _norm_usable(x, norm)
+        _norm_usable(norm, x)
         and _branch_usable(x, branch, gamma)
         and (result := _try_launch(x, branch, gamma, norm)) is not None
     ):
@@ -149,7 +152,8 @@ def _try_launch(
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _norm_usable(x: Tensor, norm: nn.Module) -> bool:
+def _norm_usable(norm: nn.Module, x: Tensor) -> TypeGuard[nn.LayerNorm]:
+    # True when the kernel can compute norm(x): a plain LayerNorm over the last dimension.
     return (
         isinstance(norm, nn.LayerNorm)
         and bypassable(norm, nn.LayerNorm)  # not a subclass, no hooks: norm(x) runs them
