@@ -32,8 +32,8 @@ from dinov2_heads.checkpoints import (
     read_checkpoint_file,
     unwrap_state_dict,
 )
-from dinov2_heads.data import IMAGE_EXTENSIONS, Preprocess, SyntheticVehicles, load_batch
-from dinov2_heads.demo import RANDOM_BACKBONE
+from dinov2_heads.data import IMAGE_EXTENSIONS, Preprocess, load_batch
+from dinov2_heads.demo import RANDOM_BACKBONE, SyntheticVehicles
 from dinov2_heads.export import save_heads
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.heads import Conv1dNeck, MultiHead, predict

@@ -22,8 +22,8 @@ import torch
 
 from dinov2_heads import create_backbone
 from dinov2_heads.checkpoints import load_backbone
-from dinov2_heads.data import Preprocess, SyntheticVehicles, load_batch
-from dinov2_heads.demo import RANDOM_BACKBONE
+from dinov2_heads.data import Preprocess, load_batch
+from dinov2_heads.demo import RANDOM_BACKBONE, SyntheticVehicles
 from dinov2_heads.viz import pca_foreground, pca_rgb, save_pca_grid
 
 

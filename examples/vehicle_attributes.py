@@ -27,8 +27,8 @@ from dinov2_heads import create_backbone
 from dinov2_heads.atomic import atomic_write_bytes
 from dinov2_heads.cache import FeatureDataset, FeatureStore, extract_features
 from dinov2_heads.checkpoints import load_backbone
-from dinov2_heads.data import ManifestDataset, SyntheticVehicles, get_preset
-from dinov2_heads.demo import RANDOM_BACKBONE
+from dinov2_heads.data import ManifestDataset, get_preset
+from dinov2_heads.demo import RANDOM_BACKBONE, SyntheticVehicles
 from dinov2_heads.export import save_heads
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.heads import LinearHead, MultiHead, MultiHeadLoss, predict

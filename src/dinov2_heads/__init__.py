@@ -47,7 +47,6 @@ from dinov2_heads.data import (
     ImageFolderDataset,
     ManifestDataset,
     Preprocess,
-    SyntheticVehicles,
     TrainTransform,
     UnreadableImageError,
     get_preset,
@@ -55,6 +54,7 @@ from dinov2_heads.data import (
     load_image,
     nearest_valid_size,
 )
+from dinov2_heads.demo import SyntheticVehicles
 from dinov2_heads.export import (
     HeadCheckpoint,
     OnnxExport,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dinov2_heads import create_backbone
-from dinov2_heads.data import SyntheticVehicles
+from dinov2_heads.demo import SyntheticVehicles
 from dinov2_heads.export import save_heads
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.heads import Conv1dNeck, LinearHead, MultiHead

@@ -11,7 +11,7 @@ import torch
 from dinov2_heads.cache import FeatureStore
 from dinov2_heads.checkpoints import load_backbone
 from dinov2_heads.cli import main
-from dinov2_heads.data import BODY_TYPES
+from dinov2_heads.demo import BODY_TYPES
 
 from .conftest import Files
 

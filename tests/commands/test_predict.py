@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dinov2_heads.cli import main
-from dinov2_heads.data import BRANDS, COLOURS
+from dinov2_heads.demo import BRANDS, COLOURS
 
 from .conftest import Files
 

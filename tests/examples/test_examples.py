@@ -12,7 +12,7 @@ import torch
 
 from dinov2_heads import create_backbone
 from dinov2_heads.checkpoints import load_backbone
-from dinov2_heads.data import BODY_TYPES, BRANDS, COLOURS, ORIENTATIONS, SyntheticVehicles
+from dinov2_heads.demo import BODY_TYPES, BRANDS, COLOURS, ORIENTATIONS, SyntheticVehicles
 from dinov2_heads.export import load_heads
 from dinov2_heads.heads import Conv1dNeck, LinearHead, MultiHead
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dinov2_heads import create_backbone
-from dinov2_heads.data import SyntheticVehicles
+from dinov2_heads.demo import SyntheticVehicles
 from dinov2_heads.features import Features
 from dinov2_heads.viz import pca_foreground, pca_rgb, principal_components
 

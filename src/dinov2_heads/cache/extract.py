@@ -20,6 +20,7 @@ from torch.utils.data import (
     default_collate,
 )
 
+from dinov2_heads import distributed
 from dinov2_heads.cache.store import (
     FORMAT,
     FORMAT_VERSION,
@@ -37,8 +38,7 @@ from dinov2_heads.cache.store import (
     read_manifest,
 )
 from dinov2_heads.features import Features
-from dinov2_heads.training import distributed
-from dinov2_heads.training.progress import Progress
+from dinov2_heads.progress import Progress
 
 logger = logging.getLogger(__name__)
 

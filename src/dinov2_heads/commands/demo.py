@@ -60,7 +60,7 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    from dinov2_heads.demo import run_demo
+    from dinov2_heads.demo.run import run_demo
 
     quiet = bool(getattr(args, "quiet", False))
     library = logging.getLogger("dinov2_heads")

@@ -1,4 +1,4 @@
-"""Images in, without torchvision: loading, preprocessing, augmentation, datasets, synthetic data.
+"""Images in, without torchvision: loading, preprocessing, augmentation, datasets.
 
 Pillow (the ``images`` extra) is imported only by the functions that read or draw images.
 """
@@ -37,27 +37,13 @@ from dinov2_heads.data.loading import (
 )
 from dinov2_heads.data.manifest import ManifestDataset, read_manifest
 from dinov2_heads.data.preprocess import PRESETS, Preprocess, get_preset, list_presets
-from dinov2_heads.data.synthetic import (
-    ATTRIBUTES,
-    BODY_TYPES,
-    BRANDS,
-    COLOURS,
-    ORIENTATIONS,
-    SyntheticVehicles,
-    Vehicle,
-)
 from dinov2_heads.labels import MISSING_LABEL
 
 __all__ = [
-    "ATTRIBUTES",
-    "BODY_TYPES",
-    "BRANDS",
-    "COLOURS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "MISSING_LABEL",
-    "ORIENTATIONS",
     "PRESETS",
     "ColorJitter",
     "ImageBatch",
@@ -69,10 +55,8 @@ __all__ = [
     "RandomHorizontalFlip",
     "RandomResizedCrop",
     "SkippedImage",
-    "SyntheticVehicles",
     "TrainTransform",
     "UnreadableImageError",
-    "Vehicle",
     "center_crop",
     "check_images",
     "check_valid_size",

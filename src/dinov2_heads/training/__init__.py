@@ -1,6 +1,5 @@
-"""Training heads: the grid of linear heads, training loops, distributed helpers, progress."""
+"""Training heads: the grid of linear heads and the training loops."""
 
-from dinov2_heads.training import distributed
 from dinov2_heads.training.grid import (
     OFFICIAL_LEARNING_RATES,
     GridResult,
@@ -17,7 +16,6 @@ from dinov2_heads.training.loop import (
     train_one_epoch,
 )
 from dinov2_heads.training.optim import GridSGD
-from dinov2_heads.training.progress import Progress
 
 __all__ = [
     "OFFICIAL_LEARNING_RATES",
@@ -27,8 +25,6 @@ __all__ = [
     "GridSGD",
     "HeadSpec",
     "LinearProbeGrid",
-    "Progress",
-    "distributed",
     "evaluate_grid",
     "features_of",
     "fit_grid",

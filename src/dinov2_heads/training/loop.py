@@ -15,11 +15,11 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from dinov2_heads import distributed
 from dinov2_heads.cache.dataset import FeatureDataset, collate_features
 from dinov2_heads.features import Features
 from dinov2_heads.heads.losses import LossOutput
-from dinov2_heads.training import distributed
-from dinov2_heads.training.progress import Progress
+from dinov2_heads.progress import Progress
 
 if TYPE_CHECKING:
     from dinov2_heads.training.grid import GridResults, LinearProbeGrid

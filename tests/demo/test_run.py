@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dinov2_heads.checkpoints import load_backbone
-from dinov2_heads.demo import DemoResults, fresh_directory, run_demo
+from dinov2_heads.demo.run import DemoResults, fresh_directory, run_demo
 from dinov2_heads.export import load_heads
 from dinov2_heads.heads import Conv1dNeck, LinearHead, MultiHead
 
@@ -163,18 +163,18 @@ def test_refuses_a_folder_it_cannot_write_to(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Found before the run, not when the files are written at its end.
-    import dinov2_heads.demo
+    import dinov2_heads.demo.run
 
     folder = tmp_path / "read-only"
     folder.mkdir()
     real_access = os.access
     monkeypatch.setattr(
-        dinov2_heads.demo.os,
+        dinov2_heads.demo.run.os,
         "access",
         lambda path, mode: False if Path(path) == folder else real_access(path, mode),
     )
     extract = pytest.fail  # the backbone must not run
-    monkeypatch.setattr(dinov2_heads.demo, "extract_features", lambda *a, **k: extract("ran"))
+    monkeypatch.setattr(dinov2_heads.demo.run, "extract_features", lambda *a, **k: extract("ran"))
     with pytest.raises(PermissionError, match=f"--out {folder} is not writable"):
         run_demo(folder, **TINY)
 

@@ -3,7 +3,7 @@
 :func:`run_demo` does the main job of the library end to end on data it draws itself, so it
 needs no files and no downloads:
 
-1. a small synthetic "vehicles" set (:class:`~dinov2_heads.data.SyntheticVehicles`): a
+1. a small synthetic "vehicles" set (:class:`~dinov2_heads.demo.SyntheticVehicles`): a
    training part with a share of its labels blanked (missing annotations) and a held-out part;
 2. a frozen backbone: the weights of ``checkpoint``, or a randomly initialised one shrunk to a
    few blocks so that the demo runs in a minute or two on a laptop CPU;
@@ -39,11 +39,11 @@ from torch.utils.data import Subset
 from dinov2_heads.atomic import atomic_path, atomic_write_bytes
 from dinov2_heads.backbone import DinoVisionTransformer, create_backbone, get_config
 from dinov2_heads.cache import FeatureDataset, FeatureStore, extract_features
-from dinov2_heads.data import SyntheticVehicles
+from dinov2_heads.demo.synthetic import SyntheticVehicles
 from dinov2_heads.export import save_heads
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.heads import Conv1dNeck, LinearHead, MultiHead, MultiHeadLoss, predict
-from dinov2_heads.training.progress import Progress
+from dinov2_heads.progress import Progress
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from dinov2_heads.training import Progress
+from dinov2_heads.progress import Progress
 
 
 def test_without_tqdm_it_logs_images_per_second(
@@ -23,7 +23,7 @@ def test_without_tqdm_it_logs_images_per_second(
 
     monkeypatch.setattr(builtins, "__import__", no_tqdm)
     with (
-        caplog.at_level(logging.INFO, logger="dinov2_heads.training.progress"),
+        caplog.at_level(logging.INFO, logger="dinov2_heads.progress"),
         Progress(100, "extracting", initial=40, log_every=0.0) as bar,
     ):
         bar.update(30)

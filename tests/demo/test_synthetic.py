@@ -8,16 +8,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from dinov2_heads.data import (
-    ATTRIBUTES,
-    BRANDS,
-    MISSING_LABEL,
-    ImageFolderDataset,
-    ManifestDataset,
-    SyntheticVehicles,
-    pil_to_tensor,
-)
-from dinov2_heads.data.synthetic import _Painter
+from dinov2_heads.data import MISSING_LABEL, ImageFolderDataset, ManifestDataset, pil_to_tensor
+from dinov2_heads.demo import ATTRIBUTES, BRANDS, SyntheticVehicles
+from dinov2_heads.demo.synthetic import _Painter
 
 SIZE = (42, 84)
 

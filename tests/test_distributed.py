@@ -12,8 +12,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from dinov2_heads import distributed
 from dinov2_heads.cache import FeatureDataset, FeatureStore, extract_features
-from dinov2_heads.training import LinearProbeGrid, distributed, fit_grid
+from dinov2_heads.training import LinearProbeGrid, fit_grid
 from tests.cache.conftest import Images, tiny_frozen
 
 SAMPLES, PER_RANK, WORLD = 11, 2, 2
