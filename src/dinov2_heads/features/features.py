@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from einops import rearrange
 from torch import Tensor
+
+#: A block's tokens as (class token (B, D), patch tokens (B, N, D)), registers excluded.
+BlockTokens = tuple[Tensor, Tensor]
+
+#: A block as (absolute 0-based index, whether the final LayerNorm was applied).
+BlockKey = tuple[int, bool]
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,6 +37,12 @@ class Features:
         register_tokens: (B, R, D) register tokens of the last block, or ``None`` when the
             backbone has none or they were not kept.
         grid: The patch grid (h, w) = (H / 14, W / 14).
+        blocks: Tokens of further blocks that dense heads read, keyed by (absolute block
+            index, final norm applied) -> (class token (B, D), patch tokens (B, N, D)). Blocks
+            already among the last n normed ones are not repeated here; read any block with
+            :meth:`block` or :meth:`block_map`.
+        depth: The backbone's depth (number of blocks), which resolves negative block indices;
+            ``None`` when unknown.
     """
 
     class_tokens: tuple[Tensor, ...]
@@ -38,6 +50,8 @@ class Features:
     patch_mean: Tensor
     register_tokens: Tensor | None
     grid: tuple[int, int]
+    blocks: Mapping[BlockKey, BlockTokens] = field(default_factory=dict)
+    depth: int | None = None
 
     def __post_init__(self) -> None:
         if not self.class_tokens:
@@ -53,6 +67,47 @@ class Features:
                 f"patch tokens hold {self.patch_tokens[-1].shape[1]} patches but the grid "
                 f"{h}x{w} has {h * w}"
             )
+        self._check_blocks()
+
+    def _check_blocks(self) -> None:
+        if not isinstance(self.blocks, Mapping):
+            raise TypeError(
+                f"Features.blocks must be a mapping of (index, norm) to (class, patch) tokens, "
+                f"got {type(self.blocks).__name__}"
+            )
+        depth = self.depth
+        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int)):
+            raise TypeError(f"Features.depth must be an int or None, got {depth!r}")
+        h, w = self.grid
+        for key, value in self.blocks.items():
+            if (
+                not isinstance(key, tuple)
+                or len(key) != 2
+                or isinstance(key[0], bool)
+                or not isinstance(key[0], int)
+                or not isinstance(key[1], bool)
+                or key[0] < 0
+                or (depth is not None and key[0] >= depth)
+            ):
+                limit = f" below the depth {depth}" if depth is not None else ""
+                raise ValueError(
+                    f"Features.blocks keys must be (absolute block index >= 0{limit}, norm: "
+                    f"bool), got {key!r}"
+                )
+            if (
+                not isinstance(value, tuple)
+                or len(value) != 2
+                or not all(isinstance(part, Tensor) for part in value)
+                or value[1].ndim != 3
+            ):
+                raise ValueError(
+                    f"Features.blocks[{key!r}] must be (class token (B, D), patch tokens (B, N, D))"
+                )
+            if value[1].shape[1] != h * w:
+                raise ValueError(
+                    f"block {key[0]} holds {value[1].shape[1]} patch tokens but the grid "
+                    f"{h}x{w} has {h * w}"
+                )
 
     # ------------------------------------------------------------------ construction
 
@@ -63,8 +118,15 @@ class Features:
         patch_tokens: Sequence[Tensor],
         grid: tuple[int, int],
         register_tokens: Tensor | None = None,
+        *,
+        blocks: Mapping[BlockKey, BlockTokens] | None = None,
+        depth: int | None = None,
     ) -> Features:
-        """Features from per-block class tokens (B, D) and patch tokens (B, N, D)."""
+        """Features from per-block class tokens (B, D) and patch tokens (B, N, D).
+
+        ``blocks`` and ``depth`` are the fields of the same names (further blocks for dense
+        heads, and the backbone depth).
+        """
         patches = tuple(patch_tokens)
         return cls(
             class_tokens=tuple(class_tokens),
@@ -72,6 +134,8 @@ class Features:
             patch_mean=patches[-1].mean(dim=1),
             register_tokens=register_tokens,
             grid=(int(grid[0]), int(grid[1])),
+            blocks=dict(blocks or {}),
+            depth=depth,
         )
 
     @classmethod
@@ -149,6 +213,91 @@ class Features:
         tokens = self.require_patch_tokens("patch_map")[block]
         return rearrange(tokens, "b (h w) d -> b d h w", h=self.grid[0])
 
+    # ------------------------------------------------------------------ any block
+
+    @property
+    def available_blocks(self) -> tuple[BlockKey, ...]:
+        """Every (absolute index, norm) whose tokens :meth:`block` can return, sorted.
+
+        The last n normed blocks are listed by absolute index when the depth is known.
+        """
+        keys = set(self.blocks)
+        if self.depth is not None and self.patch_tokens is not None:
+            keys.update((self.depth - self.n_blocks + i, True) for i in range(self.n_blocks))
+        return tuple(sorted(keys))
+
+    def resolve_block(self, index: int) -> int:
+        """The absolute 0-based block index for ``index`` (negative counts from the end)."""
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"a block index must be an int, got {index!r}")
+        if index >= 0:
+            if self.depth is not None and index >= self.depth:
+                raise ValueError(
+                    f"block {index} is out of range for a backbone of depth {self.depth}"
+                )
+            return index
+        if self.depth is None:
+            raise ValueError(
+                f"block {index} counts from the end, but these Features do not know the "
+                "backbone depth; pass an absolute index or build them with depth=..."
+            )
+        if index < -self.depth:
+            raise ValueError(f"block {index} is out of range for a backbone of depth {self.depth}")
+        return self.depth + index
+
+    def block(self, index: int, *, norm: bool) -> BlockTokens:
+        """Class token (B, D) and patch tokens (B, N, D) of one block.
+
+        Args:
+            index: The block, 0-based; negative counts from the end (-1 is the last block).
+            norm: With the final LayerNorm applied (as ``get_intermediate_layers(norm=True)``)
+                or not.
+
+        Raises:
+            ValueError: These features do not hold that block; the message lists those held
+                and how to ask the backbone for it.
+        """
+        if not isinstance(norm, bool):
+            raise TypeError(f"norm must be True or False, got {norm!r}")
+        found = self._find_block(index, norm)
+        if found is None:
+            held = ", ".join(f"({i}, {n})" for i, n in self.available_blocks) or "none"
+            extra = (
+                f" (and the last {self.n_blocks} blocks, normed)"
+                if self.depth is None and self.patch_tokens is not None
+                else ""
+            )
+            raise ValueError(
+                f"these Features do not hold block {index} with norm={norm}; they hold "
+                f"(index, norm) = {held}{extra}. Extract it with FrozenBackbone(backbone, "
+                f"blocks=[({index}, {norm})]) or build the backbone for your heads with "
+                "FrozenBackbone.for_heads(backbone, heads)"
+            )
+        return found
+
+    def block_map(self, index: int, *, norm: bool) -> Tensor:
+        """Patch tokens of one block as a (B, D, h, w) map; see :meth:`block`."""
+        _, patches = self.block(index, norm=norm)
+        return rearrange(patches, "b (h w) d -> b d h w", h=self.grid[0])
+
+    def _find_block(self, index: int, norm: bool) -> BlockTokens | None:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"a block index must be an int, got {index!r}")
+        last_n = self.patch_tokens
+        if index < 0 and self.depth is None:
+            # The last n normed blocks need no depth to be found from the end.
+            if norm and last_n is not None and -index <= self.n_blocks:
+                return self.class_tokens[index], last_n[index]
+            self.resolve_block(index)  # raises the "depth unknown" error
+        absolute = self.resolve_block(index)
+        if (absolute, norm) in self.blocks:
+            return self.blocks[(absolute, norm)]
+        if norm and last_n is not None and self.depth is not None:
+            offset = absolute - (self.depth - self.n_blocks)
+            if 0 <= offset < self.n_blocks:
+                return self.class_tokens[offset], last_n[offset]
+        return None
+
     # ------------------------------------------------------------------ tensor ops
 
     def apply(self, fn: Any) -> Features:
@@ -159,6 +308,8 @@ class Features:
                 return fn(value)
             if isinstance(value, tuple) and value and isinstance(value[0], Tensor):
                 return tuple(fn(v) for v in value)
+            if isinstance(value, Mapping):
+                return {key: (fn(c), fn(p)) for key, (c, p) in value.items()}
             return value
 
         return Features(**{f.name: each(getattr(self, f.name)) for f in fields(self)})
@@ -189,6 +340,12 @@ class Features:
                     f"cannot concatenate Features of grid {item.grid} / {item.n_blocks} blocks "
                     f"with grid {first.grid} / {first.n_blocks} blocks"
                 )
+            if set(item.blocks) != set(first.blocks) or item.depth != first.depth:
+                raise ValueError(
+                    f"cannot concatenate Features holding blocks {sorted(item.blocks)} "
+                    f"(depth {item.depth}) with Features holding {sorted(first.blocks)} "
+                    f"(depth {first.depth})"
+                )
             if (item.patch_tokens is None) != (first.patch_tokens is None) or (
                 item.register_tokens is None
             ) != (first.register_tokens is None):
@@ -202,10 +359,19 @@ class Features:
                 return tuple(torch.cat(parts) for parts in zip(*values, strict=True))
             return torch.cat(values)
 
+        blocks = {
+            key: (
+                torch.cat([item.blocks[key][0] for item in items]),
+                torch.cat([item.blocks[key][1] for item in items]),
+            )
+            for key in first.blocks
+        }
         return Features(
             class_tokens=join("class_tokens"),
             patch_tokens=join("patch_tokens"),
             patch_mean=join("patch_mean"),
             register_tokens=join("register_tokens"),
             grid=first.grid,
+            blocks=blocks,
+            depth=first.depth,
         )

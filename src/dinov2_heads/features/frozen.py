@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import torch
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from dinov2_heads.backbone import DinoVisionTransformer
 from dinov2_heads.backbone.vision_transformer import check_float_images
-from dinov2_heads.features.features import Features
+from dinov2_heads.features.features import BlockKey, BlockTokens, Features
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +20,11 @@ _BACKBONE_PREFIX = "backbone."
 
 # (class tokens, patch tokens, register tokens) as the compiled or eager extraction returns them.
 _Tokens = tuple[tuple[Tensor, ...], tuple[Tensor, ...], Tensor | None]
+# The last-n tokens, then (class, patches) of each further block in FrozenBackbone.blocks order.
+_AllTokens = tuple[_Tokens, tuple[BlockTokens, ...]]
+
+#: What ``FrozenBackbone(blocks=...)`` takes per block: an index (normed) or (index, norm).
+BlockRequest = int | tuple[int, bool]
 
 
 class FrozenBackbone(nn.Module):
@@ -40,6 +45,11 @@ class FrozenBackbone(nn.Module):
             :class:`~dinov2_heads.DinoVisionTransformer` or the official ``dinov2`` model),
             with ``embed_dim`` and ``patch_size`` attributes.
         n_last_blocks: How many of the last blocks to return (4 for the official linear4 heads).
+        blocks: Further blocks for dense heads, returned in :attr:`Features.blocks` by the same
+            backbone pass: ``(index, norm)`` pairs, or plain ints meaning ``norm=True``. Indices
+            are 0-based, negative ones count from the end; ``norm`` says whether the final
+            LayerNorm is applied. Class token and patch tokens are kept (registers dropped
+            from the patches). :meth:`for_heads` works this out from the heads.
         dtype: Store the frozen weights in this dtype once (``torch.bfloat16`` or
             ``torch.float16``) instead of autocasting on every call; inputs are cast to it and
             features come out as float32. ``None`` keeps the backbone's dtype. On a GPU this,
@@ -63,6 +73,7 @@ class FrozenBackbone(nn.Module):
         backbone: nn.Module,
         *,
         n_last_blocks: int = 1,
+        blocks: Iterable[BlockRequest] = (),
         dtype: torch.dtype | None = None,
         compile: bool | Mapping[str, Any] = False,
     ) -> None:
@@ -95,8 +106,19 @@ class FrozenBackbone(nn.Module):
                 f"compile must be a bool or a mapping of torch.compile options, got {compile!r}"
             )
 
+        requested = _resolve_blocks(blocks, depth)
+
         self.backbone = backbone
         self.n_last_blocks = n_last_blocks
+        self.depth = depth
+        #: The requested blocks as sorted (absolute index, norm) pairs.
+        self.blocks: tuple[BlockKey, ...] = requested
+        # Requested blocks that the last-n normed tuple does not already hold.
+        self._extra_blocks: tuple[BlockKey, ...] = tuple(
+            key
+            for key in requested
+            if not (key[1] and depth is not None and key[0] >= depth - n_last_blocks)
+        )
         self.embed_dim = embed_dim
         self.patch_size = patch_size
         backbone.requires_grad_(False)
@@ -105,11 +127,56 @@ class FrozenBackbone(nn.Module):
         self._compile_options: dict[str, Any] | None = (
             (dict(compile) if isinstance(compile, Mapping) else {}) if compile else None
         )
-        self._compiled: Callable[[Tensor], _Tokens] | None = None
+        self._compiled: Callable[[Tensor], _AllTokens] | None = None
         self._first_grid: tuple[int, int] | None = None
         self.register_state_dict_post_hook(_strip_backbone_prefix)  # type: ignore[no-untyped-call]
         self.register_load_state_dict_pre_hook(_add_backbone_prefix)  # type: ignore[no-untyped-call]
         self.train(False)
+
+    @classmethod
+    def for_heads(
+        cls,
+        backbone: nn.Module,
+        heads: nn.Module | Mapping[str, nn.Module] | Iterable[nn.Module],
+        **kwargs: Any,
+    ) -> FrozenBackbone:
+        """A ``FrozenBackbone`` whose one pass serves every head in ``heads``.
+
+        Each head that defines ``required_blocks(depth)`` (the dense heads, and
+        :class:`~dinov2_heads.heads.MultiHead` for all of its heads) gets those blocks;
+        ``n_last_blocks`` grows to the largest ``n_blocks`` of the classifier heads.
+
+        Args:
+            backbone: As for the constructor.
+            heads: One head, a ``MultiHead``, a mapping of names to heads or a list of heads.
+            **kwargs: Other constructor arguments (``dtype``, ``compile``; ``n_last_blocks``
+                and ``blocks`` are the least to take, added to what the heads need).
+        """
+        depth = _depth(backbone)
+        leaves = _leaf_heads(heads)
+        requests: list[BlockRequest] = list(kwargs.pop("blocks", ()))
+        n_last_blocks = kwargs.pop("n_last_blocks", 1)
+        for head in leaves:
+            required = getattr(head, "required_blocks", None)
+            if callable(required):
+                if depth is None:
+                    raise ValueError(
+                        f"{type(head).__name__} needs chosen blocks of the backbone, but the "
+                        f"depth of {type(backbone).__name__} is unknown (no n_blocks or "
+                        "blocks attribute); pass FrozenBackbone(backbone, blocks=...) yourself"
+                    )
+                requests.extend(required(depth))
+            n_blocks = getattr(head, "n_blocks", None)
+            if isinstance(n_blocks, int) and not isinstance(n_blocks, bool):
+                n_last_blocks = max(n_last_blocks, n_blocks)
+        return cls(backbone, n_last_blocks=n_last_blocks, blocks=requests, **kwargs)
+
+    def serves(self, required: Iterable[BlockKey]) -> tuple[BlockKey, ...]:
+        """The blocks of ``required`` (absolute (index, norm) pairs) this backbone lacks."""
+        held = set(self.blocks)
+        if self.depth is not None:
+            held.update((self.depth - 1 - i, True) for i in range(self.n_last_blocks))
+        return tuple(key for key in required if key not in held)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -151,18 +218,25 @@ class FrozenBackbone(nn.Module):
         with torch.no_grad():
             if self._compile_options is not None:
                 self._mark_dynamic(x, grid)
-                class_tokens, patch_tokens, registers = self._compiled_tokens()(x)
+                tokens, extra = self._compiled_tokens()(x)
             else:
-                class_tokens, patch_tokens, registers = self._tokens(x)
+                tokens, extra = self._all_tokens(x)
+        class_tokens, patch_tokens, registers = tokens
         return Features.from_tokens(
             [t.float() for t in class_tokens],
             [t.float() for t in patch_tokens],
             grid,
             register_tokens=registers.float() if registers is not None else None,
+            blocks={
+                key: (c.float(), p.float())
+                for key, (c, p) in zip(self._extra_blocks, extra, strict=True)
+            },
+            depth=self.depth,
         )
 
     def extra_repr(self) -> str:
-        return f"n_last_blocks={self.n_last_blocks}, dtype={self.dtype}"
+        blocks = f", blocks={list(self.blocks)}" if self.blocks else ""
+        return f"n_last_blocks={self.n_last_blocks}{blocks}, dtype={self.dtype}"
 
     # ------------------------------------------------------------------ internals
 
@@ -178,13 +252,18 @@ class FrozenBackbone(nn.Module):
             torch._dynamo.maybe_mark_dynamic(x, 2)
             torch._dynamo.maybe_mark_dynamic(x, 3)
 
-    def _compiled_tokens(self) -> Callable[[Tensor], _Tokens]:
+    def _compiled_tokens(self) -> Callable[[Tensor], _AllTokens]:
         if self._compiled is None:
             logger.info(
                 "compiling the frozen backbone with %s", self._compile_options or "defaults"
             )
-            self._compiled = torch.compile(self._tokens, **(self._compile_options or {}))
+            self._compiled = torch.compile(self._all_tokens, **(self._compile_options or {}))
         return self._compiled
+
+    def _all_tokens(self, x: Tensor) -> _AllTokens:
+        if not self._extra_blocks:
+            return self._tokens(x), ()
+        return _tokens_and_blocks(self.backbone, x, self.n_last_blocks, self._extra_blocks)
 
     def _tokens(self, x: Tensor) -> _Tokens:
         if isinstance(self.backbone, DinoVisionTransformer):
@@ -203,6 +282,107 @@ def _tokens_with_registers(model: DinoVisionTransformer, x: Tensor, n: int) -> _
         tuple(out[:, 0] for out in outputs),
         tuple(out[:, 1 + r :] for out in outputs),
         outputs[-1][:, 1 : 1 + r] if r else None,
+    )
+
+
+def _tokens_and_blocks(
+    backbone: nn.Module, x: Tensor, n: int, extra: tuple[BlockKey, ...]
+) -> _AllTokens:
+    """The last ``n`` normed blocks and the ``extra`` blocks, from one pass through the blocks."""
+    depth = _depth(backbone)
+    assert depth is not None  # negative or absolute indices were resolved against it
+    last = list(range(depth - n, depth))
+    wanted = sorted({*last, *(index for index, _ in extra)})
+    if isinstance(backbone, DinoVisionTransformer):
+        r = backbone.num_register_tokens
+        raw = dict(
+            zip(wanted, backbone.get_intermediate_tokens(x, wanted, norm=False), strict=True)
+        )
+        # The same final norm get_intermediate_layers(norm=True) applies.
+        normed = {i: backbone._final_norm(raw[i]) for i in last}
+        normed.update({i: backbone._final_norm(raw[i]) for i, norm in extra if norm})
+        tokens: _Tokens = (
+            tuple(normed[i][:, 0] for i in last),
+            tuple(normed[i][:, 1 + r :] for i in last),
+            normed[last[-1]][:, 1 : 1 + r] if r else None,
+        )
+        blocks = tuple(
+            ((normed if norm else raw)[i][:, 0], (normed if norm else raw)[i][:, 1 + r :])
+            for i, norm in extra
+        )
+        return tokens, blocks
+    # Another backbone (the official model): only get_intermediate_layers is known. Blocks
+    # are taken without the norm, and its final norm (per token) is applied here when it has
+    # one; otherwise a second call asks for the normed ones.
+    get_intermediate_layers = cast(Callable[..., Any], backbone.get_intermediate_layers)
+    outputs = get_intermediate_layers(x, n=wanted, return_class_token=True, norm=False)
+    raw_pairs = {i: (c, p) for i, (p, c) in zip(wanted, outputs, strict=True)}
+    final_norm = getattr(backbone, "norm", None)
+    normed_indices = sorted({*last, *(i for i, norm in extra if norm)})
+    if isinstance(final_norm, nn.Module):
+        normed_pairs = {
+            i: (final_norm(raw_pairs[i][0]), final_norm(raw_pairs[i][1])) for i in normed_indices
+        }
+    else:
+        again = get_intermediate_layers(x, n=normed_indices, return_class_token=True, norm=True)
+        normed_pairs = {i: (c, p) for i, (p, c) in zip(normed_indices, again, strict=True)}
+    tokens = (
+        tuple(normed_pairs[i][0] for i in last),
+        tuple(normed_pairs[i][1] for i in last),
+        None,
+    )
+    return tokens, tuple((normed_pairs if norm else raw_pairs)[i] for i, norm in extra)
+
+
+def _resolve_blocks(blocks: Iterable[BlockRequest], depth: int | None) -> tuple[BlockKey, ...]:
+    """Sorted, distinct (absolute index, norm) pairs, with one clear error per mistake."""
+    if isinstance(blocks, str | bytes) or not isinstance(blocks, Iterable):
+        raise TypeError(
+            f"blocks must be a sequence of block indices or (index, norm) pairs, got {blocks!r}"
+        )
+    resolved: set[BlockKey] = set()
+    for entry in blocks:
+        if isinstance(entry, int) and not isinstance(entry, bool):
+            index, norm = entry, True
+        elif (
+            isinstance(entry, Sequence)
+            and len(entry) == 2
+            and isinstance(entry[0], int)
+            and not isinstance(entry[0], bool)
+            and isinstance(entry[1], bool)
+        ):
+            index, norm = entry[0], entry[1]
+        else:
+            raise TypeError(
+                f"each entry of blocks must be a block index or an (index, norm) pair such as "
+                f"(-1, True), got {entry!r}"
+            )
+        if depth is None:
+            if index < 0:
+                raise ValueError(
+                    f"block {index} counts from the end, but the backbone's depth is unknown "
+                    "(no n_blocks or blocks attribute); pass absolute block indices"
+                )
+        elif not -depth <= index < depth:
+            raise ValueError(
+                f"block {index} is out of range for a backbone of depth {depth}; use 0 to "
+                f"{depth - 1}, or -{depth} to -1 from the end"
+            )
+        resolved.add((index % depth if depth is not None else index, norm))
+    return tuple(sorted(resolved))
+
+
+def _leaf_heads(heads: Any) -> list[nn.Module]:
+    """The heads inside one head, a MultiHead / ModuleDict, a mapping or a list of heads."""
+    if isinstance(heads, nn.ModuleDict | Mapping):
+        return [leaf for head in heads.values() for leaf in _leaf_heads(head)]
+    if isinstance(heads, nn.Module):
+        return [heads]
+    if isinstance(heads, Iterable) and not isinstance(heads, str | bytes):
+        return [leaf for head in heads for leaf in _leaf_heads(head)]
+    raise TypeError(
+        f"heads must be a head, a MultiHead, a mapping of names to heads or a list of heads, "
+        f"got {type(heads).__name__}"
     )
 
 

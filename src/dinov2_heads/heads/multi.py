@@ -70,6 +70,19 @@ class MultiHead(nn.ModuleDict):
         """Each head's class names (``None`` for a head without names)."""
         return {name: getattr(head, "class_names", None) for name, head in self.items()}
 
+    def required_blocks(self, depth: int) -> tuple[tuple[int, bool], ...]:
+        """The (absolute block index, norm) pairs any head reads, sorted and distinct.
+
+        The union of each head's ``required_blocks(depth)``; heads without that method (the
+        classifiers) need only the last blocks. ``FrozenBackbone.for_heads`` uses it.
+        """
+        needed: set[tuple[int, bool]] = set()
+        for head in self.values():
+            required = getattr(head, "required_blocks", None)
+            if callable(required):
+                needed.update(required(depth))
+        return tuple(sorted(needed))
+
     def forward(self, features: Features) -> dict[str, Tensor]:
         """``{name: logits (B, K_name)}`` for every head, in order."""
         return {name: head(features) for name, head in self.items()}
