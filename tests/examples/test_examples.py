@@ -45,6 +45,7 @@ def test_every_example_has_main_and_a_test() -> None:
     scripts = sorted(path.stem for path in EXAMPLES.glob("*.py"))
     assert scripts == [
         "backbone_shapes",
+        "heads_without_training",
         "linear_probe",
         "migrate_from_blog",
         "pca_features",
@@ -190,3 +191,12 @@ def test_linear_probe_with_a_checkpoint_repeats_with_its_seed(tmp_path: Path) ->
     assert all(
         torch.equal(saved[0].state_dict[k], saved[1].state_dict[k]) for k in saved[0].state_dict
     )
+
+
+def test_heads_without_training(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--num-images", "48", "--c-every", "15", "--max-iter", "50", "--epochs", "2"]
+    assert example("heads_without_training").main(args) == 0
+    rows = table_rows(capsys.readouterr().out, "method")
+    assert list(rows) == ["k-NN", "logistic", "linear"]
+    for cells in rows.values():
+        assert 0.0 <= float(cells[-1]) <= 100.0
