@@ -8,6 +8,7 @@ block runs, so the fast path stays as it is.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from einops import rearrange
@@ -71,7 +72,8 @@ def class_attention(backbone: nn.Module, images: Tensor, *, block: int = -1) -> 
         tokens = model.prepare_tokens_with_masks(images.to(dtype))
         for earlier in model.blocks[:index]:
             tokens = earlier(tokens)
-        layer = model.blocks[index]
+        # Any block module (plain or swapped for a faster one) has norm1 and attn.qkv.
+        layer: Any = model.blocks[index]
         heads = layer.attn.num_heads
         qkv = layer.attn.qkv(layer.norm1(tokens)).float()
         q, k = rearrange(qkv, "b t (three n e) -> three b n t e", three=3, n=heads)[:2]
