@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
+
+from dinov2_heads.data.pillow import require_pillow, to_rgb
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -33,52 +35,13 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 PATCH_SIZE = 14
 
 
-#: Pillow modes of 16-bit greyscale pixels.
-_GREY16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
-
-
-def _to_rgb(image: Image.Image, file_format: str | None = None) -> Image.Image:
-    """``image`` in mode RGB; 16-bit greyscale keeps the high byte of each pixel.
-
-    Pillow's own ``convert`` clips 16-bit values at 255, which turns a 16-bit greyscale picture
-    white; Pillow itself keeps the high byte when it reads 16-bit RGB files, and so does this.
-    ``file_format`` is the format the pixels were read from (default ``image.format``): PNG holds
-    at most 16 bits, so an ``"I"`` image read from a PNG (Pillow before 12 opens 16-bit
-    greyscale PNG files so) is 16-bit too. Other ``"I"`` (32-bit integer) images convert as
-    Pillow does when their values lie in 0..255 (nothing is lost); otherwise, and for ``"F"``
-    (32-bit float) images, there is no known range to map onto 0..255 and the image is refused:
-    Pillow's conversion would clip it, typically to a black or white picture.
-
-    Raises:
-        ValueError: A floating-point image, or an integer one with values outside 0..255.
-    """
-    if file_format is None:
-        file_format = image.format
-    if image.mode in _GREY16_MODES or (image.mode == "I" and file_format == "PNG"):
-        # In mode "I", point() truncates value / 256, which is value >> 8.
-        image = image.convert("I").point(lambda value: value / 256).convert("L")
-    elif image.mode == "F" or (image.mode == "I" and not _within_bytes(image)):
-        kind = "floating-point" if image.mode == "F" else "integer"
-        raise ValueError(
-            f"32-bit {kind} pixels (Pillow mode {image.mode!r}) have no fixed range to map onto "
-            "0..255; scale the image to 8-bit RGB first"
-        )
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def _within_bytes(image: Image.Image) -> bool:
-    # A one-band image: getextrema() is (low, high).
-    low, high = cast(tuple[float, float], image.getextrema())
-    return low >= 0 and high <= 255
-
-
 def pil_to_tensor(image: Image.Image) -> Tensor:
     """A Pillow image as a ``uint8`` (3, H, W) tensor, converted to RGB first if needed.
 
     16-bit greyscale images keep the high byte of each pixel (Pillow's own conversion would
     clip them at 255). Needs no NumPy: the pixels are copied straight from Pillow's buffer.
     """
-    image = _to_rgb(image)
+    image = to_rgb(image)
     width, height = image.size
     pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
     return rearrange(pixels, "(h w c) -> c h w", h=height, w=width, c=3).contiguous()
@@ -89,8 +52,6 @@ def tensor_to_pil(image: Tensor) -> Image.Image:
 
     Float values outside [0, 1] are clipped.
     """
-    from dinov2_heads.data.loading import require_pillow
-
     pil = require_pillow()
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"expected one RGB image of shape (3, H, W), got {tuple(image.shape)}")

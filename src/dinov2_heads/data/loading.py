@@ -13,13 +13,13 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 
-from dinov2_heads.data.functional import _to_rgb
+from dinov2_heads.data.pillow import require_pillow, to_rgb
+from dinov2_heads.data.preprocess import get_preset
 from dinov2_heads.errors import Dinov2HeadsError
 
 if TYPE_CHECKING:
@@ -32,23 +32,17 @@ OnError = Literal["raise", "skip"]
 
 PathLike = str | os.PathLike[str]
 
-
-def require_pillow() -> ModuleType:
-    """The ``PIL`` package with ``Image``, ``ImageOps`` and ``ImageDraw`` loaded.
-
-    Raises:
-        ImportError: Pillow is not installed; the message names the extra to install.
-    """
-    try:
-        import PIL
-        import PIL.Image
-        import PIL.ImageDraw
-        import PIL.ImageOps
-    except ImportError as error:
-        raise ImportError(
-            "reading and writing images needs Pillow: pip install 'dinov2-heads[images]'"
-        ) from error
-    return PIL
+__all__ = [
+    "ImageBatch",
+    "OnError",
+    "SkippedImage",
+    "UnreadableImageError",
+    "check_images",
+    "check_on_error",
+    "load_batch",
+    "load_image",
+    "require_pillow",
+]
 
 
 class UnreadableImageError(Dinov2HeadsError, OSError):
@@ -110,7 +104,7 @@ def load_image(path: PathLike) -> Image.Image:
             # Decoding now, not lazily, is what surfaces a truncated file here, by its path.
             opened.load()
             upright = pil.ImageOps.exif_transpose(opened)
-            image: Image.Image = _to_rgb(upright, opened.format)
+            image: Image.Image = to_rgb(upright, opened.format)
     except Exception as error:
         raise UnreadableImageError(path, f"{type(error).__name__}: {error}") from error
     return image
@@ -187,8 +181,6 @@ def load_batch(
     Raises:
         ValueError: No image could be read, or the transform gave different sizes.
     """
-    from dinov2_heads.data.preprocess import get_preset
-
     check_on_error(on_error)
     transform = transform if transform is not None else get_preset("official_eval")
     tensors: list[Tensor] = []
