@@ -28,7 +28,7 @@ from dinov2_heads.demo import RANDOM_BACKBONE, SyntheticVehicles
 from dinov2_heads.export import load_heads, save_heads
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.heads import predict
-from dinov2_heads.training import LinearProbeGrid, fit_grid
+from dinov2_heads.training import LinearProbeGrid, evaluate_grid, fit_grid
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         progress=False,
     )
-    results = grid.evaluate(FeatureDataset(stores["val"]))
+    results = evaluate_grid(grid, FeatureDataset(stores["val"]))
     print(f"\nvalidation accuracy of the {len(grid)} heads (best 10):")
     print(results.table(top=10))
 

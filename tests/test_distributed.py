@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 
 from dinov2_heads import distributed
 from dinov2_heads.cache import FeatureDataset, FeatureStore, extract_features
-from dinov2_heads.training import LinearProbeGrid, fit_grid
+from dinov2_heads.training import LinearProbeGrid, evaluate_grid, fit_grid
 from tests.cache.conftest import Images, tiny_frozen
 
 SAMPLES, PER_RANK, WORLD = 11, 2, 2
@@ -42,7 +42,7 @@ def run(frozen_seed: int, root: Path, *, world: int) -> dict[str, object]:
     history = fit_grid(
         model, FeatureDataset(store), epochs=2, batch_size=PER_RANK * 2, seed=3, progress=False
     )
-    results = model.evaluate(FeatureDataset(store), batch_size=3)
+    results = evaluate_grid(model, FeatureDataset(store), batch_size=3)
     # A quarter of the labels missing: the processes see different numbers of labelled samples
     # per batch, and the step must still be the one-process step over the global batch.
     labels = torch.tensor([-100 if i % 4 == 1 else i % 3 for i in range(SAMPLES)])

@@ -89,7 +89,7 @@ def test_errors_name_the_head() -> None:
         loss_fn(x, {"brand": LABELS, "colr": LABELS})
     with pytest.raises(ValueError, match=r"settings for 'colour' match no head"):
         MultiHeadLoss({"colour": HeadLoss()})(x, {"brand": LABELS})
-    with pytest.raises(ValueError, match=r"'brand': expected targets of shape \(B,\) = \(6,\)"):
+    with pytest.raises(ValueError, match=r"'brand': expected labels of shape \(B,\) = \(6,\)"):
         loss_fn(x, {"brand": LABELS[:, None]})
     with pytest.raises(TypeError, match=r"head 'brand'.*integer class indices.*multi_label=True"):
         loss_fn(x, {"brand": LABELS.float()})

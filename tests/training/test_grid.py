@@ -16,6 +16,7 @@ from dinov2_heads.training import (
     GridSGD,
     HeadSpec,
     LinearProbeGrid,
+    evaluate_grid,
     fit_grid,
 )
 from tests.training.conftest import dataset, random_features, separable
@@ -130,7 +131,7 @@ def test_picks_the_learning_rate_that_is_clearly_right() -> None:
         class_names=["north", "east", "south", "west"],
     )
     fit_grid(grid, train, epochs=4, batch_size=32, progress=False)
-    results = grid.evaluate(val)
+    results = evaluate_grid(grid, val)
     accuracy = {row.spec.lr: row.accuracy for row in results.rows}
     assert accuracy[0.1] > 0.9
     assert accuracy[1e-5] < 0.5
@@ -243,11 +244,11 @@ def test_labels_out_of_range_or_not_integers_are_refused() -> None:
         grid.loss(logits, torch.tensor([0.0, 1.5, 2.0, 1.0]))
     assert grid.loss(logits, torch.tensor([0, 1, 2, -100])).isfinite()
     with pytest.raises(ValueError, match="label 5 is out of range for 3 classes"):
-        grid.evaluate(dataset(features, torch.tensor([0, 1, 5, 2])))
+        evaluate_grid(grid, dataset(features, torch.tensor([0, 1, 5, 2])))
     with pytest.raises(TypeError, match="integer class indices"):
-        grid.evaluate(dataset(features, torch.tensor([0.0, 1.5, 2.0, 1.0])))
+        evaluate_grid(grid, dataset(features, torch.tensor([0.0, 1.5, 2.0, 1.0])))
     # Negative labels are unlabelled samples in evaluation, as documented.
-    assert grid.evaluate(dataset(features, torch.tensor([0, 1, -1, -100]))).best.count == 2
+    assert evaluate_grid(grid, dataset(features, torch.tensor([0, 1, -1, -100]))).best.count == 2
 
 
 def test_evaluate_takes_the_label_column_its_error_asks_for() -> None:
@@ -255,7 +256,7 @@ def test_evaluate_takes_the_label_column_its_error_asks_for() -> None:
     store = FeatureStore.from_features(features, {"colour": labels, "type": labels % 2})
     grid = LinearProbeGrid(16, 4, learning_rates=(0.1,), n_blocks=(1,))
     with pytest.raises(ValueError, match="choose one with label="):
-        grid.evaluate(FeatureDataset(store))
-    by_argument = grid.evaluate(FeatureDataset(store), label="colour")
-    by_dataset = grid.evaluate(FeatureDataset(store, label="colour"))
+        evaluate_grid(grid, FeatureDataset(store))
+    by_argument = evaluate_grid(grid, FeatureDataset(store), label="colour")
+    by_dataset = evaluate_grid(grid, FeatureDataset(store, label="colour"))
     assert by_argument.to_dicts() == by_dataset.to_dicts()

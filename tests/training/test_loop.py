@@ -54,7 +54,7 @@ def test_cached_and_live_training_give_the_same_grid(frozen: FrozenBackbone) -> 
         grids.append(grid)
     for a, b in zip(grids[0].parameters(), grids[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    cached = grids[0].evaluate(FeatureDataset(store, label="colour"))
+    cached = evaluate_grid(grids[0], FeatureDataset(store, label="colour"))
     live = evaluate_grid(grids[1], Pictures(), frozen=frozen, label="colour")
     assert [r.accuracy for r in cached.rows] == [r.accuracy for r in live.rows]
 
@@ -122,7 +122,7 @@ def test_a_diverged_head_never_wins() -> None:
     grid = LinearProbeGrid(16, 4, learning_rates=(0.1, 0.2), n_blocks=(1,), avgpool=(False,))
     with torch.no_grad():
         grid.head_groups[0].weight[1] = float("nan")
-    results = grid.evaluate(DataLoader(dataset(*separable(32, seed=3)), batch_size=None))
+    results = evaluate_grid(grid, DataLoader(dataset(*separable(32, seed=3)), batch_size=None))
     assert results.rows[1].accuracy == 0.0
     assert results.best.index == 0
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dinov2_heads.labels import MISSING_LABEL
+from dinov2_heads.labels import MISSING_LABEL, check_class_labels
 
 #: The default "label unknown" value (the library-wide missing label, as in
 #: ``F.cross_entropy(ignore_index=-100)``).
@@ -222,31 +222,17 @@ def _single_label_loss(
     name: str,
 ) -> Tensor:
     batch, num_classes = logits.shape
-    if not isinstance(targets, Tensor) or targets.is_floating_point() or targets.is_complex():
-        kind = targets.dtype if isinstance(targets, Tensor) else type(targets).__name__
-        raise TypeError(
-            f"head {name!r}: single-label targets must be integer class indices of shape "
-            f"(B,), got {kind}; for 0/1 targets per class use HeadLoss(multi_label=True)"
-        )
-    if targets.shape != (batch,):
-        hint = (
-            "; for 0/1 targets per class use HeadLoss(multi_label=True)"
-            if targets.ndim == 2
-            else ""
-        )
-        raise ValueError(
-            f"head {name!r}: expected targets of shape (B,) = ({batch},), got "
-            f"{tuple(targets.shape)}{hint}"
-        )
-    targets = targets.to(logits.device, torch.long)
+    multi_label = "for 0/1 targets per class use HeadLoss(multi_label=True)"
+    targets = check_class_labels(
+        targets,
+        num_classes,
+        batch=batch,
+        missing=ignore_index,
+        context=f"head {name!r}: ",
+        hint=multi_label,
+        shape_hint=multi_label,
+    ).to(logits.device)
     known = targets != ignore_index
-    out_of_range = known & ((targets < 0) | (targets >= num_classes))
-    if bool(out_of_range.any()):
-        bad = int(targets[out_of_range][0])
-        raise ValueError(
-            f"head {name!r}: label {bad} is out of range for {num_classes} classes "
-            f"(valid: 0..{num_classes - 1}, or {ignore_index} for an unknown label)"
-        )
     summed = F.cross_entropy(
         logits,
         targets,

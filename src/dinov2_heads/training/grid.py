@@ -15,9 +15,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from dinov2_heads.checkpoints import read_checkpoint_file
 from dinov2_heads.features import Features
-from dinov2_heads.heads import IGNORE_INDEX, LinearHead
+from dinov2_heads.heads import LinearHead
 from dinov2_heads.heads.class_names import check_class_names
+from dinov2_heads.labels import check_class_labels
 from dinov2_heads.training.optim import GridSGD
 
 logger = logging.getLogger(__name__)
@@ -59,32 +61,6 @@ _OFFICIAL_KEY = re.compile(
 def official_lr_text(lr: float) -> str:
     """A learning rate as the official head names write it: ``0.001`` -> ``"0_00100"``."""
     return f"{lr:.5f}".replace(".", "_")
-
-
-def check_class_labels(
-    labels: Tensor, num_classes: int, *, negative_is_missing: bool = False
-) -> Tensor:
-    """Class labels (B,) as int64, refused with a clear error when they cannot be classes.
-
-    Args:
-        labels: (B,) integer class indices; ``IGNORE_INDEX`` (-100) marks an unlabelled sample.
-        num_classes: K.
-        negative_is_missing: Treat every negative label as unlabelled (evaluation does).
-    """
-    if labels.is_floating_point() or labels.is_complex():
-        raise TypeError(
-            f"labels must be integer class indices of shape (B,), got {labels.dtype}; "
-            "convert whole-number labels with labels.long()"
-        )
-    labels = labels.long()
-    known = labels >= 0 if negative_is_missing else labels != IGNORE_INDEX
-    bad = known & ((labels < 0) | (labels >= num_classes))
-    if bool(bad.any()):
-        raise ValueError(
-            f"label {int(labels[bad][0])} is out of range for {num_classes} classes "
-            f"(valid: 0..{num_classes - 1}, or {IGNORE_INDEX} for an unlabelled sample)"
-        )
-    return labels
 
 
 @dataclass(frozen=True)
@@ -219,9 +195,10 @@ class LinearProbeGrid(nn.Module):
     its own learning rate (scaled ``lr * batch_size / 256`` as the official code does).
 
     ``forward`` gives logits (B, G, K) for the G heads, :meth:`loss` the sum of their
-    cross-entropies (each head's gradient is its own loss's), :meth:`evaluate` a table of
-    per-head accuracy, and :meth:`best` the winner as a plain
-    :class:`~dinov2_heads.heads.LinearHead`.
+    cross-entropies (each head's gradient is its own loss's), and :meth:`best` the winner as a
+    plain :class:`~dinov2_heads.heads.LinearHead`. Training and validation over a data set are
+    :func:`~dinov2_heads.training.fit_grid` and :func:`~dinov2_heads.training.evaluate_grid`;
+    the latter keeps its table in :attr:`last_results`.
 
     Args:
         embed_dim: D of the backbone.
@@ -391,12 +368,9 @@ class LinearProbeGrid(nn.Module):
             logits: (B, G, K) from :meth:`forward`.
             labels: (B,) class indices; -100 marks a sample without a label.
         """
-        if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
-            raise ValueError(
-                f"expected labels of shape (B,) = ({logits.shape[0]},), got {tuple(labels.shape)}"
-            )
         heads = logits.shape[1]
-        labels = check_class_labels(labels.to(logits.device), self.num_classes)
+        labels = check_class_labels(labels, self.num_classes, batch=logits.shape[0])
+        labels = labels.to(logits.device)
         per_sample = F.cross_entropy(
             rearrange(logits, "b g k -> b k g"),
             labels[:, None].expand(-1, heads),
@@ -431,48 +405,6 @@ class LinearProbeGrid(nn.Module):
             for group in self.head_groups
         ]
         return GridSGD(groups, momentum=momentum, weight_decay=weight_decay)
-
-    # ------------------------------------------------------------------ evaluation
-
-    @torch.no_grad()
-    def evaluate(
-        self,
-        data: Any,
-        *,
-        frozen: nn.Module | None = None,
-        batch_size: int = 256,
-        num_workers: int = 0,
-        label: str | None = None,
-        progress: bool = False,
-    ) -> GridResults:
-        """Top-1 accuracy and mean cross-entropy of every head on ``data``.
-
-        Under ``torchrun`` each process evaluates its shard of a ``Dataset`` and the counts
-        are summed, so every process gets the same table. The result is also kept in
-        :attr:`last_results`, which :meth:`best` uses.
-
-        Args:
-            data: A ``FeatureDataset``, a ``Dataset`` of ``(image, label)`` (with ``frozen``),
-                or a ``DataLoader`` / iterable of batches of either.
-            frozen: The frozen backbone, when ``data`` yields images.
-            batch_size: Batch size when ``data`` is a ``Dataset``.
-            num_workers: DataLoader workers when ``data`` is a ``Dataset``.
-            label: The label column, for dict labels (as for ``fit_grid``).
-            progress: Show a progress bar.
-        """
-        from dinov2_heads.training.loop import evaluate_grid
-
-        results = evaluate_grid(
-            self,
-            data,
-            frozen=frozen,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            label=label,
-            progress=progress,
-        )
-        self.last_results = results
-        return results
 
     # ------------------------------------------------------------------ single heads
 
@@ -531,13 +463,14 @@ class LinearProbeGrid(nn.Module):
         """The head with the best validation accuracy, as a plain ``LinearHead``.
 
         Args:
-            results: Results from :meth:`evaluate`; by default the last ones.
+            results: Results from :func:`~dinov2_heads.training.evaluate_grid`; by default the
+                last ones on this grid.
         """
         results = results or self.last_results
         if results is None:
             raise ValueError(
-                "no validation results yet: call grid.evaluate(val_data) first, or pass the "
-                "results to best()"
+                "no validation results yet: call evaluate_grid(grid, val_data) first, or pass "
+                "the results to best()"
             )
         best = results.best
         logger.info("best head: %s (accuracy %.2f%%)", best.spec.name, 100 * best.accuracy)
@@ -632,8 +565,6 @@ class LinearProbeGrid(nn.Module):
 
 def _official_state(checkpoint: Mapping[str, Any] | str | os.PathLike[str]) -> Mapping[str, Any]:
     if isinstance(checkpoint, str | os.PathLike):
-        from dinov2_heads.checkpoints import read_checkpoint_file
-
         checkpoint = read_checkpoint_file(checkpoint)
     if not isinstance(checkpoint, Mapping):
         raise TypeError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -19,10 +19,9 @@ from dinov2_heads import distributed
 from dinov2_heads.cache.dataset import FeatureDataset, collate_features
 from dinov2_heads.features import Features
 from dinov2_heads.heads.losses import LossOutput
+from dinov2_heads.labels import check_class_labels
 from dinov2_heads.progress import Progress
-
-if TYPE_CHECKING:
-    from dinov2_heads.training.grid import GridResults, LinearProbeGrid
+from dinov2_heads.training.grid import GridResult, GridResults, LinearProbeGrid
 
 logger = logging.getLogger(__name__)
 
@@ -319,57 +318,33 @@ def evaluate_grid(
     label: str | None = None,
     progress: bool = False,
 ) -> GridResults:
-    """Top-1 accuracy and mean cross-entropy of every head (see ``LinearProbeGrid.evaluate``).
+    """Top-1 accuracy and mean cross-entropy of every head of ``grid`` on ``data``.
 
-    Samples with a negative label are not counted.
+    Samples with a negative label are not counted. Under ``torchrun`` each process evaluates
+    its shard of a ``Dataset`` and the counts are summed, so every process gets the same table.
+    The result is also kept in ``grid.last_results``, which ``grid.best()`` uses.
+
+    Args:
+        grid: The grid (its device is used); left in the train/eval mode it was in.
+        data: A ``FeatureDataset``, a ``Dataset`` of ``(image, label)`` (with ``frozen``),
+            or a ``DataLoader`` / iterable of batches of either.
+        frozen: The frozen backbone, when ``data`` yields images.
+        batch_size: Batch size when ``data`` is a ``Dataset``.
+        num_workers: DataLoader workers when ``data`` is a ``Dataset``.
+        label: The label column, for dict labels (as for ``fit_grid``).
+        progress: Show a progress bar (rank 0 only).
+
+    Raises:
+        ValueError: No sample has a label.
     """
-    from dinov2_heads.training.grid import GridResult, GridResults, check_class_labels
-
     world = distributed.world_size() if distributed.is_distributed() else 1
     rank = distributed.rank() if world > 1 else 0
-    if isinstance(data, Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
-        shard = data
-        if world > 1:
-            shard = Subset(data, list(distributed.shard_range(len(data), rank, world)))  # type: ignore[arg-type]
-        batches: Iterable[Any] = DataLoader(
-            shard,
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=num_workers,
-            collate_fn=_collate_for(data),
-        )
-    else:
-        batches = data
-    parameter = next(grid.parameters())
-    heads = len(grid)
-    correct = torch.zeros(heads, dtype=torch.float64)
-    loss_sum = torch.zeros(heads, dtype=torch.float64)
-    count = 0
+    batches = _evaluation_batches(data, batch_size, num_workers, rank, world)
     was_training = grid.training
     grid.eval()
     try:
         with Progress(None, "evaluating", enabled=progress and rank == 0) as bar:
-            for batch in batches:
-                inputs, labels = split_batch(batch, label)
-                features = features_of(inputs, frozen, parameter.device)
-                logits = grid(features)  # (B, G, K)
-                labels = check_class_labels(
-                    labels.to(logits.device), grid.num_classes, negative_is_missing=True
-                )
-                valid = labels >= 0
-                logits, labels = logits[valid], labels[valid]
-                if labels.numel() == 0:
-                    continue
-                hits = logits.argmax(dim=-1) == labels[:, None]  # (B, G)
-                # A diverged head (inf or NaN logits) is wrong, whatever argmax makes of NaN.
-                hits &= torch.isfinite(logits).all(dim=-1)
-                correct += hits.sum(dim=0).to("cpu", torch.float64)
-                losses = F.cross_entropy(
-                    logits.transpose(1, 2), labels[:, None].expand(-1, heads), reduction="none"
-                )
-                loss_sum += losses.sum(dim=0).to("cpu", torch.float64)
-                count += int(labels.shape[0])
-                bar.update(int(valid.shape[0]))
+            correct, loss_sum, count = _grid_scores(grid, batches, frozen, label, bar)
     finally:
         grid.train(was_training)
     if world > 1:
@@ -379,14 +354,70 @@ def evaluate_grid(
         count = sum(p[2] for p in parts)
     if count == 0:
         raise ValueError("no labelled samples to evaluate on")
-    rows = tuple(
-        GridResult(
-            index=index,
-            spec=spec,
-            accuracy=float(correct[index]) / count,
-            loss=float(loss_sum[index]) / count,
-            count=count,
+    results = GridResults(
+        tuple(
+            GridResult(
+                index=index,
+                spec=spec,
+                accuracy=float(correct[index]) / count,
+                loss=float(loss_sum[index]) / count,
+                count=count,
+            )
+            for index, spec in enumerate(grid.specs)
         )
-        for index, spec in enumerate(grid.specs)
     )
-    return GridResults(rows)
+    grid.last_results = results
+    return results
+
+
+def _evaluation_batches(
+    data: Any, batch_size: int, num_workers: int, rank: int, world: int
+) -> Iterable[Any]:
+    """Batches of this process's shard of a map-style ``Dataset``; anything else as it is."""
+    if not isinstance(data, Dataset) or isinstance(data, torch.utils.data.IterableDataset):
+        return data
+    shard = data
+    if world > 1:
+        shard = Subset(data, list(distributed.shard_range(len(data), rank, world)))  # type: ignore[arg-type]
+    return DataLoader(
+        shard,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate_for(data),
+    )
+
+
+def _grid_scores(
+    grid: LinearProbeGrid,
+    batches: Iterable[Any],
+    frozen: nn.Module | None,
+    label: str | None,
+    bar: Progress,
+) -> tuple[Tensor, Tensor, int]:
+    """Per-head correct counts (G,), summed losses (G,) and the number of labelled samples."""
+    device = next(grid.parameters()).device
+    heads = len(grid)
+    correct = torch.zeros(heads, dtype=torch.float64)
+    loss_sum = torch.zeros(heads, dtype=torch.float64)
+    count = 0
+    for batch in batches:
+        inputs, labels = split_batch(batch, label)
+        logits = grid(features_of(inputs, frozen, device))  # (B, G, K)
+        labels = check_class_labels(labels, grid.num_classes, negative_is_missing=True)
+        labels = labels.to(logits.device)
+        valid = labels >= 0
+        bar.update(int(valid.shape[0]))
+        logits, labels = logits[valid], labels[valid]
+        if labels.numel() == 0:
+            continue
+        hits = logits.argmax(dim=-1) == labels[:, None]  # (B, G)
+        # A diverged head (inf or NaN logits) is wrong, whatever argmax makes of NaN.
+        hits &= torch.isfinite(logits).all(dim=-1)
+        correct += hits.sum(dim=0).to("cpu", torch.float64)
+        losses = F.cross_entropy(
+            logits.transpose(1, 2), labels[:, None].expand(-1, heads), reduction="none"
+        )  # (B, G)
+        loss_sum += losses.sum(dim=0).to("cpu", torch.float64)
+        count += int(labels.shape[0])
+    return correct, loss_sum, count
