@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dinov2_heads.backbone import create_backbone
+from dinov2_heads.checkpoints import create_backbone
 from dinov2_heads.fingerprint import tensor_bytes, weights_fingerprint
 
 

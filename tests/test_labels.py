@@ -21,7 +21,9 @@ def test_each_mistake_is_named() -> None:
         check_class_labels(torch.tensor([0.0, 1.0]), 3)
     with pytest.raises(TypeError, match=r"got list"):
         check_class_labels([0, 1], 3)
-    with pytest.raises(ValueError, match=r"expected labels of shape \(B,\) = \(2,\), got \(2, 3\)$"):
+    with pytest.raises(
+        ValueError, match=r"expected labels of shape \(B,\) = \(2,\), got \(2, 3\)$"
+    ):
         check_class_labels(torch.zeros(2, 3, dtype=torch.long), 3, batch=2)
 
 

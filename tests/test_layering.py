@@ -194,7 +194,9 @@ def test_no_import_cycles() -> None:
 
 def test_known_cycles_still_exist() -> None:
     gone = KNOWN_CYCLES - set(cycles(imports()))
-    assert not gone, f"cycles that are gone; remove them from KNOWN_CYCLES: {sorted(map(sorted, gone))}"
+    assert not gone, (
+        f"cycles that are gone; remove them from KNOWN_CYCLES: {sorted(map(sorted, gone))}"
+    )
 
 
 def test_no_upward_imports() -> None:

@@ -48,8 +48,7 @@ def check_class_labels(
     if batch is not None and isinstance(labels, Tensor) and labels.shape != (batch,):
         extra = f"; {shape_hint}" if shape_hint and labels.ndim == 2 else ""
         raise ValueError(
-            f"{context}expected labels of shape (B,) = ({batch},), got "
-            f"{tuple(labels.shape)}{extra}"
+            f"{context}expected labels of shape (B,) = ({batch},), got {tuple(labels.shape)}{extra}"
         )
     if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.is_complex():
         kind = labels.dtype if isinstance(labels, Tensor) else type(labels).__name__

@@ -1,8 +1,6 @@
-"""Variants, builders and configuration."""
+"""Variants, configuration and the model built without weights."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
@@ -117,35 +115,6 @@ def test_register_variants_use_official_interpolation_settings() -> None:
     # Both settings are constructor arguments.
     model = DinoVisionTransformer(plain, depth=1, interpolate_offset=0.0)
     assert model.interpolate_offset == 0.0
-
-
-@pytest.mark.parametrize("form", ["path", "state_dict", "hubconf"])
-def test_hub_builder_weights_forms(tmp_path: Path, form: str) -> None:
-    source = create_backbone("dinov2_vits14", depth=1, embed_dim=32, num_heads=2)
-    path = tmp_path / "weights.pth"
-    torch.save(source.state_dict(), path)
-    weights = {"path": path, "state_dict": source.state_dict(), "hubconf": {"LVD142M": str(path)}}
-    model = dinov2_heads.dinov2_vits14(weights=weights[form], depth=1, embed_dim=32, num_heads=2)
-    assert not model.training
-    for key, value in source.state_dict().items():
-        assert torch.equal(model.state_dict()[key], value), key
-
-
-@pytest.mark.parametrize("device", ["meta", torch.device("meta")])
-def test_weights_on_the_meta_device_are_refused(device: str | torch.device) -> None:
-    # Loading into meta parameters copies nothing: the weights would be dropped.
-    weights = create_backbone("dinov2_vits14", depth=1, embed_dim=32, num_heads=2).state_dict()
-    with pytest.raises(ValueError, match=r"meta device holds no values.*load_backbone"):
-        create_backbone(
-            "dinov2_vits14", depth=1, embed_dim=32, num_heads=2, device=device, checkpoint=weights
-        )
-
-
-def test_weights_of_another_architecture_are_a_clear_error() -> None:
-    small = create_backbone("dinov2_vits14", depth=1, embed_dim=32, num_heads=2)
-    with pytest.raises(ValueError, match="do not fit") as info:
-        create_backbone("dinov2_vits14", depth=2, checkpoint=small.state_dict())
-    assert "pos_embed" in str(info.value) or "missing" in str(info.value)
 
 
 def test_gradients_reach_every_parameter() -> None:

@@ -1,16 +1,10 @@
-"""The native DINOv2 backbone: configs, the model, and builders by hub name."""
+"""The native DINOv2 backbone: its configurations and the model.
 
-from dinov2_heads.backbone.builders import (
-    create_backbone,
-    dinov2_vitb14,
-    dinov2_vitb14_reg,
-    dinov2_vitg14,
-    dinov2_vitg14_reg,
-    dinov2_vitl14,
-    dinov2_vitl14_reg,
-    dinov2_vits14,
-    dinov2_vits14_reg,
-)
+Building a variant with weights from a file is
+:func:`dinov2_heads.checkpoints.create_backbone` (and the hub-named builders beside it), one
+layer up: this package reads no files.
+"""
+
 from dinov2_heads.backbone.config import (
     VARIANTS,
     BackboneConfig,
@@ -24,15 +18,6 @@ __all__ = [
     "VARIANTS",
     "BackboneConfig",
     "DinoVisionTransformer",
-    "create_backbone",
-    "dinov2_vitb14",
-    "dinov2_vitb14_reg",
-    "dinov2_vitg14",
-    "dinov2_vitg14_reg",
-    "dinov2_vitl14",
-    "dinov2_vitl14_reg",
-    "dinov2_vits14",
-    "dinov2_vits14_reg",
     "get_config",
     "list_variants",
     "variant_name",

@@ -16,7 +16,12 @@ from dinov2_heads.layers.swiglu import swiglu_hidden_features
 HEAD_WIDTH = 64
 
 _BLOCK_INDEX = re.compile(r"^blocks\.(\d+)\.")
-_FIELDS = ("embed_dim", "depth", "num_heads", "ffn_layer", "num_register_tokens", "patch_size")
+#: What the weights decide, so what a requested architecture is compared on (not the head
+#: count: the weights do not know it).
+_COMPARED = ("embed_dim", "depth", "ffn_layer", "mlp_ratio", "num_register_tokens", "patch_size")
+
+#: The way out of every misfit between weights and an architecture asked for by name.
+REBUILD_HINT = "load_backbone(path) without variant= builds the architecture of the weights"
 
 
 def infer_config(
@@ -81,21 +86,30 @@ def infer_config(
 
 
 def check_variant(inferred: BackboneConfig, name: str, requested: BackboneConfig) -> None:
-    """Raise when the weights' architecture differs from the variant asked for.
+    """Raise when the weights' architecture differs from the one asked for.
 
-    The head count is not compared: the weights do not know it.
+    The head count is not compared: the weights do not know it. Feed-forward networks are
+    compared by their hidden width, which is what the weights hold.
+
+    Args:
+        inferred: The architecture read from the weights (:func:`infer_config`).
+        name: The variant asked for, as the message should name it.
+        requested: Its configuration, with any changes asked for.
+
+    Raises:
+        ArchitectureMismatchError: Names what differs on both sides and what the weights are.
     """
-    compared = [f for f in _FIELDS if f != "num_heads"] + ["mlp_ratio"]
-    differ = [f for f in compared if getattr(inferred, f) != getattr(requested, f)]
+    differ = [f for f in _COMPARED if getattr(inferred, f) != getattr(requested, f)]
+    if "mlp_ratio" in differ and ffn_width(inferred) == ffn_width(requested):
+        differ.remove("mlp_ratio")  # Another ratio that gives the same hidden width.
     if differ:
         got = ", ".join(f"{f}={getattr(inferred, f)!r}" for f in differ)
         want = ", ".join(f"{f}={getattr(requested, f)!r}" for f in differ)
         found = variant_name(inferred) or "a custom architecture"
         raise ArchitectureMismatchError(
-            f"variant={name!r} does not fit the weights: {name} has {want}, the weights have "
-            f"{got} (they are {found}: {describe_config(inferred, heads=False)}); leave variant "
-            "out to infer "
-            "the architecture from the weights"
+            f"the weights do not fit {name}: the model asked for has {want}, the weights have "
+            f"{got} (they are {found}: {describe_config(inferred, heads=False)}); "
+            f"{REBUILD_HINT}"
         )
 
 
@@ -107,6 +121,12 @@ def describe_config(config: BackboneConfig, *, heads: bool = True) -> str:
         + f"{config.ffn_layer}, {config.num_register_tokens} registers, "
         f"{config.pos_grid}x{config.pos_grid} grid"
     )
+
+
+def ffn_width(config: BackboneConfig) -> int:
+    """The hidden width of the feed-forward networks (the fused SwiGLU rounds it)."""
+    hidden = int(config.embed_dim * config.mlp_ratio)
+    return swiglu_hidden_features(hidden) if config.ffn_layer == "swiglufused" else hidden
 
 
 def _get(state_dict: Mapping[str, Tensor], name: str, *, ndim: int) -> Tensor:

@@ -36,10 +36,14 @@ class UnknownFormatError(CheckpointError):
 
 
 class ArchitectureMismatchError(CheckpointError):
-    """The weights do not fit the architecture that was asked for."""
+    """The weights do not fit the model they are for: the one error for every misfit.
+
+    Raised by every loader for tensors that are missing, unexpected or of another shape, and for
+    an architecture (a ``variant``, a ``config.json``) that differs from the weights'.
+    """
 
 
-class PartialLoadError(CheckpointError):
+class PartialLoadError(ArchitectureMismatchError):
     """``load_partial`` loaded nothing, or skipped something with ``strict=True``."""
 
 

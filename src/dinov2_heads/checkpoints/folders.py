@@ -22,6 +22,7 @@ from dinov2_heads.checkpoints.errors import (
     CheckpointIsADirectoryError,
     CheckpointNotFoundError,
 )
+from dinov2_heads.checkpoints.fit import check_fit
 from dinov2_heads.checkpoints.reading import (
     CHECKPOINT_SUFFIXES,
     existing_file,
@@ -439,7 +440,11 @@ def _read_shards(files: CheckpointFiles) -> dict[str, Any]:
 def _check_same_model(
     files: CheckpointFiles, content: Mapping[str, Any], alternative: CheckpointFiles
 ) -> None:
-    """Both copies of a model must hold the same names and shapes; otherwise which one is meant?"""
+    """Both copies of a model must hold the same names and shapes; otherwise which one is meant?
+
+    Raises:
+        ArchitectureMismatchError: They differ; the message names the tensors.
+    """
     try:
         other = read_checkpoint_files(alternative)
     except (CheckpointError, CheckpointFileError) as error:
@@ -449,31 +454,15 @@ def _check_same_model(
         )
         return
     mine, theirs = _display_name(files), _display_name(alternative)
-    only_mine = [key for key in content if key not in other]
-    only_theirs = [key for key in other if key not in content]
-    shapes = [
-        f"{key} {_shape(content[key])} vs {_shape(other[key])}"
-        for key in content
-        if key in other and _shape(content[key]) != _shape(other[key])
-    ]
-    if only_mine or only_theirs or shapes:
-        details = []
-        if only_mine:
-            details.append(f"only in {mine}: {_listed(only_mine)}")
-        if only_theirs:
-            details.append(f"only in {theirs}: {_listed(only_theirs)}")
-        if shapes:
-            details.append(f"shapes differ: {'; '.join(shapes[:3])}")
-        raise CheckpointError(
-            f"{files.folder} holds two different models, {mine} and {theirs} "
-            f"({'; '.join(details)}); pass the path of the one to load"
-        )
+    check_fit(
+        content,
+        other,
+        what=f"{files.folder} holds two different models, {mine} and {theirs}",
+        fix="pass the path of the one to load",
+        given_name=theirs,
+        expected_name=mine,
+    )
     logger.info("%s: read %s; %s holds the same tensors", files.folder, mine, theirs)
-
-
-def _shape(value: Any) -> tuple[int, ...] | str:
-    shape = getattr(value, "shape", None)
-    return tuple(shape) if shape is not None else type(value).__name__
 
 
 def _relative(path: Path, base: Path) -> str:

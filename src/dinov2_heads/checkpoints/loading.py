@@ -11,10 +11,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dinov2_heads.backbone.config import BackboneConfig, get_config, variant_name
+from dinov2_heads.backbone.config import BackboneConfig, get_config
 from dinov2_heads.backbone.vision_transformer import DinoVisionTransformer
-from dinov2_heads.checkpoints.architecture import check_variant, describe_config, infer_config
+from dinov2_heads.checkpoints.architecture import (
+    REBUILD_HINT,
+    check_variant,
+    describe_config,
+    infer_config,
+)
 from dinov2_heads.checkpoints.errors import ArchitectureMismatchError, CheckpointError
+from dinov2_heads.checkpoints.fit import check_fit
 from dinov2_heads.checkpoints.folders import (
     CheckpointFiles,
     find_checkpoint_files,
@@ -179,21 +185,52 @@ def load_backbone(
 
     Raises:
         ArchitectureMismatchError: ``variant`` or ``config.json`` disagrees with the weights,
-            or the weights hold names that a backbone does not have.
+            the weights hold names that a backbone does not have, or they do not fit the
+            architecture (tensors missing or of another shape); see
+            :func:`backbone_from_weights`.
         CheckpointError: The checkpoint cannot be read or is not a DINOv2 backbone.
     """
     weights = read_backbone(source)
     if variant is None:
         config = weights.infer_config(num_heads=overrides.get("num_heads"))
     else:
-        requested = get_config(variant)
-        # The head count is the variant's; the shapes are compared without it.
-        found = infer_config(weights.state_dict, num_heads=1)
-        if weights.huggingface_config is not None:
-            check_huggingface_config(weights.huggingface_config, found)
-        check_variant(found, variant, requested)
-        config = requested.replace(img_size=found.img_size)
-    config = config.replace(**overrides)
+        # The variant's architecture, at the position grid the weights were trained with.
+        grid = infer_config(weights.state_dict, num_heads=1).img_size
+        config = get_config(variant).replace(img_size=grid)
+    model = backbone_from_weights(weights, config.replace(**overrides), asked=variant)
+    logger.info(
+        "loaded %s (%s layout): %s",
+        model.variant or "a custom backbone",
+        weights.format,
+        describe_config(model.config),
+    )
+    return model
+
+
+def backbone_from_weights(
+    weights: BackboneWeights, config: BackboneConfig, *, asked: str | None = None
+) -> DinoVisionTransformer:
+    """The backbone of architecture ``config`` holding ``weights``, once they are checked to fit.
+
+    The one strict load of the library (:func:`load_backbone` and
+    :func:`~dinov2_heads.checkpoints.create_backbone` both end here). Weights read from a file
+    become the parameters as they are (memory-mapped where the file allows); weights from a
+    caller's mapping are copied. Half-precision weights become float32.
+
+    Args:
+        weights: What :func:`read_backbone` read.
+        config: The architecture to build.
+        asked: The variant name the caller asked for; the weights' architecture is then
+            compared with ``config`` first, and a ``config.json`` beside them checked.
+
+    Returns:
+        The backbone in eval mode, on the CPU (on meta for meta weights).
+
+    Raises:
+        ArchitectureMismatchError: Names that a backbone does not have, an architecture other
+            than ``asked``, or tensors that are missing or of another shape.
+        CheckpointError: Weights that are not floating point, or not a complete backbone.
+    """
     if weights.unexpected:
         names = list(weights.unexpected)
         raise ArchitectureMismatchError(
@@ -201,21 +238,25 @@ def load_backbone(
             f"{', '.join(names[:_SHOWN])}{', ...' if len(names) > _SHOWN else ''}; to take the "
             "backbone part only, use load_partial(create_backbone(...), path)"
         )
+    if asked is not None:
+        found = infer_config(weights.state_dict, num_heads=1)
+        if weights.huggingface_config is not None:
+            check_huggingface_config(weights.huggingface_config, found)
+        check_variant(found, asked, config)
     state_dict = _prepared(weights.state_dict, config_dtype=torch.get_default_dtype())
     with torch.device("meta"):
         model = DinoVisionTransformer(config)
-    _check_fit(model, state_dict)
+    check_fit(
+        model.state_dict(),
+        state_dict,
+        what=f"the weights do not fit {asked or 'the architecture'} ({describe_config(config)})",
+        fix=REBUILD_HINT if asked is not None else None,
+    )
     # Tensors read from a file become the parameters as they are (memory-mapped, no copy);
     # tensors from a caller's mapping are copied so the two never share storage.
     if not weights.from_file:
         state_dict = {key: value.clone() for key, value in state_dict.items()}
     model.load_state_dict(state_dict, strict=True, assign=True)
-    logger.info(
-        "loaded %s (%s layout): %s",
-        variant_name(config) or "a custom backbone",
-        weights.format,
-        describe_config(config),
-    )
     return model.eval()
 
 
@@ -239,23 +280,3 @@ def _prepared(state_dict: Mapping[str, Tensor], *, config_dtype: torch.dtype) ->
     if cast:
         logger.info("converted %s weights to %s", "/".join(sorted(cast)), config_dtype)
     return out
-
-
-def _check_fit(model: DinoVisionTransformer, state_dict: Mapping[str, Tensor]) -> None:
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state_dict]
-    mismatched = [
-        f"{key} {tuple(state_dict[key].shape)} vs {tuple(value.shape)}"
-        for key, value in expected.items()
-        if key in state_dict and state_dict[key].shape != value.shape
-    ]
-    extra = [key for key in state_dict if key not in expected]
-    if missing or mismatched or extra:
-        lines = [f"the weights do not fit the architecture ({describe_config(model.config)}):"]
-        if mismatched:
-            lines.append(f"  shapes, weights vs model: {'; '.join(mismatched[:3])}")
-        if missing:
-            lines.append(f"  missing from the weights: {', '.join(missing[:_SHOWN])}")
-        if extra:
-            lines.append(f"  not in the model: {', '.join(extra[:_SHOWN])}")
-        raise ArchitectureMismatchError("\n".join(lines))

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from dinov2_heads.checkpoints.errors import CheckpointError, PartialLoadError
+from dinov2_heads.checkpoints.fit import ShapeMismatch, compare_state_dicts
 from dinov2_heads.checkpoints.folders import read_checkpoint
 from dinov2_heads.checkpoints.nonfinite import nonfinite_names
 from dinov2_heads.checkpoints.unwrap import unwrap_state_dict
@@ -28,15 +29,6 @@ PartialSource = str | os.PathLike[str] | Mapping[str, Any] | nn.Module
 
 _SHOWN = 8
 _EXTRA_STATE = "_extra_state"
-
-
-@dataclass(frozen=True)
-class ShapeMismatch:
-    """A tensor present on both sides with different shapes; it was not copied."""
-
-    name: str
-    checkpoint_shape: tuple[int, ...]
-    module_shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -155,30 +147,22 @@ def load_partial(
     checkpoint, unwrapped = _source_state_dict(source)
     renamed, dropped = _renamed(checkpoint, rename)
     targets = module.state_dict()
-    loaded: list[str] = []
-    mismatched: list[ShapeMismatch] = []
-    unexpected: list[str] = []
     # Extra state (such as a head's class names) is not a tensor to copy but a value its module
     # takes through set_extra_state, which also checks it; one absent from the checkpoint is
     # not missing: the module keeps its own.
-    extra_owners: dict[str, nn.Module] = {}
-    for name, tensor in renamed.items():
-        if _is_extra_state(name):
-            owner = _extra_state_owner(module, name)
-            if owner is None:
-                unexpected.append(name)
-            else:
-                extra_owners[name] = owner
-                loaded.append(name)
-            continue
-        target = targets.get(name)
-        if target is None:
-            unexpected.append(name)
-        elif tensor.shape != target.shape:
-            mismatched.append(ShapeMismatch(name, tuple(tensor.shape), tuple(target.shape)))
-        else:
-            loaded.append(name)
-    missing = [name for name in targets if name not in renamed and not _is_extra_state(name)]
+    fit = compare_state_dicts(
+        {name: value for name, value in targets.items() if not _is_extra_state(name)},
+        {name: value for name, value in renamed.items() if not _is_extra_state(name)},
+    )
+    extra_owners = {
+        name: owner
+        for name in renamed
+        if _is_extra_state(name) and (owner := _extra_state_owner(module, name)) is not None
+    }
+    taken = set(fit.matched) | set(extra_owners)
+    mismatched = {m.name for m in fit.mismatched}
+    loaded = [name for name in renamed if name in taken]
+    unexpected = [name for name in renamed if name not in taken and name not in mismatched]
     nonfinite = nonfinite_names(renamed, loaded)
     cast = [
         name
@@ -187,9 +171,9 @@ def load_partial(
     ]
     report = LoadReport(
         loaded=tuple(loaded),
-        missing=tuple(missing),
+        missing=fit.missing,
         unexpected=tuple(unexpected),
-        mismatched=tuple(mismatched),
+        mismatched=fit.mismatched,
         dropped=tuple(dropped),
         unwrapped=unwrapped,
         nonfinite=tuple(nonfinite),

@@ -37,8 +37,9 @@ from torch import nn
 from torch.utils.data import Subset
 
 from dinov2_heads.atomic import atomic_path, atomic_write_bytes
-from dinov2_heads.backbone import DinoVisionTransformer, create_backbone, get_config
+from dinov2_heads.backbone import DinoVisionTransformer, get_config
 from dinov2_heads.cache import FeatureDataset, FeatureStore, extract_features
+from dinov2_heads.checkpoints import create_backbone
 from dinov2_heads.demo.synthetic import SyntheticVehicles
 from dinov2_heads.export import save_heads
 from dinov2_heads.features import FrozenBackbone
