@@ -91,7 +91,8 @@ def test_a_missing_tensor_is_the_same_error_as_load_backbone() -> None:
         "the weights do not fit dinov2_vits14 (D=128, depth=2, heads=2, mlp, 0 registers, "
         "5x5 grid):",
         "  missing from the weights (1): blocks.1.attn.proj.bias",
-        "  load_backbone(path) without variant= builds the architecture of the weights",
+        "  load_backbone(path) without variant= builds the architecture of the weights, or "
+        "load_partial(model, path) copies the tensors that fit and reports the rest",
     ]
 
 

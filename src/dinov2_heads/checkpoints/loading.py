@@ -42,6 +42,8 @@ CheckpointSource = str | os.PathLike[str] | Mapping[str, Any]
 
 _SHOWN = 6
 
+_PARTIAL_HINT = "load_partial(model, path) copies the tensors that fit and reports the rest"
+
 
 @dataclass(frozen=True)
 class BackboneWeights:
@@ -250,7 +252,7 @@ def backbone_from_weights(
         model.state_dict(),
         state_dict,
         what=f"the weights do not fit {asked or 'the architecture'} ({describe_config(config)})",
-        fix=REBUILD_HINT if asked is not None else None,
+        fix=f"{REBUILD_HINT}, or {_PARTIAL_HINT}" if asked is not None else _PARTIAL_HINT,
     )
     # Tensors read from a file become the parameters as they are (memory-mapped, no copy);
     # tensors from a caller's mapping are copied so the two never share storage.
