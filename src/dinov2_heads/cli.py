@@ -28,8 +28,7 @@ _OPTION_ADVICE: tuple[tuple[str, str], ...] = (
     (r"on_error='skip'", "--on-error skip"),
     (r"\boverwrite=True", "--overwrite"),
     (r"\bimage_column=", "--image-column"),
-    (r"\bvariant=('[^']*')", r"--variant \1"),
-    (r"\bleave variant out\b", "leave --variant out"),
+    (r"\bload_backbone\(path\) without variant=", "leaving --variant out"),
 )
 
 

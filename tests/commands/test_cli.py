@@ -132,8 +132,9 @@ def test_errors_name_the_options_not_python_arguments(
     other = str(tmp_path / "other")
     assert main([*argv, other, "--variant", "dinov2_vitb14", str(files.folder)]) == 1
     error = capsys.readouterr().err
-    assert "--variant 'dinov2_vitb14' does not fit the weights" in error
-    assert "leave --variant out" in error
+    assert "the weights do not fit dinov2_vitb14" in error
+    assert "leaving --variant out builds the architecture of the weights" in error
+    assert "load_backbone" not in error
 
     assert main([*argv, other, "--image-column", "file", str(files.manifest)]) == 1
     error = capsys.readouterr().err
