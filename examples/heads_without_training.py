@@ -24,7 +24,7 @@ from dinov2_heads.checkpoints import load_backbone
 from dinov2_heads.demo import ATTRIBUTES, RANDOM_BACKBONE, SyntheticVehicles
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.neighbors import OFFICIAL_C, KnnClassifier, logistic_regression
-from dinov2_heads.training import LinearProbeGrid, fit_grid
+from dinov2_heads.training import LinearProbeGrid, evaluate_grid, fit_grid
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     val_store = FeatureStore.from_features(val_features, labels[val])
     grid = LinearProbeGrid(backbone.embed_dim, len(classes), n_blocks=(1,))
     fit_grid(grid, FeatureDataset(train_store), epochs=args.epochs, batch_size=32, seed=args.seed)
-    results = grid.evaluate(FeatureDataset(val_store))
+    results = evaluate_grid(grid, FeatureDataset(val_store))
     rows.append(("linear grid", results.best.name, 100.0 * results.best.accuracy))
 
     print(f"\n{'method':<20}  {'setting':<44}  {'top-1 %':>7}")

@@ -7,7 +7,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from dinov2_heads.backbone import create_backbone
+from dinov2_heads.checkpoints import create_backbone
 from dinov2_heads.features import FrozenBackbone, attention_maps, class_attention
 from tests.helpers import randomize
 
