@@ -161,3 +161,14 @@ def test_evaluate_counts_top1_and_top5_by_hand() -> None:
     result = knn.evaluate(torch.eye(4), torch.tensor([0, 1, 3, 3]))
     assert result.top1 == {1: 75.0}
     assert result.top5 == {1: 100.0}
+
+
+def test_labels_without_a_class_are_refused() -> None:
+    train, labels, _, _ = data(5, m=40)
+    labels = labels.clone()
+    labels[3] = -100
+    with pytest.raises(ValueError, match="no label"):
+        KnnClassifier(train, labels, k=(1,))
+    labels[3] = -2
+    with pytest.raises(ValueError, match="out of range"):
+        KnnClassifier(train, labels, k=(1,))

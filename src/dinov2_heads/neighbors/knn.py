@@ -15,6 +15,7 @@ from torch import Tensor
 from dinov2_heads import distributed
 from dinov2_heads.cache import FeatureStore
 from dinov2_heads.features import Features
+from dinov2_heads.neighbors.labels import source_labels
 from dinov2_heads.neighbors.pooling import (
     Source,
     as_matrix,
@@ -122,13 +123,14 @@ class KnnClassifier:
         self.device = torch.device(device) if device is not None else None
 
         count = source_length(train_features)
-        labels = _train_labels(train_features, train_labels, label, count)
+        labels, self.num_classes = source_labels(
+            train_features, train_labels, count, column=label, num_classes=num_classes
+        )
         if self.max_k > count:
             raise ValueError(
                 f"k = {self.max_k} is larger than the training set ({count} samples); "
                 f"use k values of at most {count}"
             )
-        self.num_classes = _num_classes(labels, num_classes)
         self.count = count
 
         # This process's share of the training set, as torch.chunk splits it.
@@ -185,7 +187,7 @@ class KnnClassifier:
             batch_size: Queries scored at once.
         """
         count = source_length(features)
-        truth = _train_labels(features, labels, None, count)
+        truth, _ = source_labels(features, labels, count)
         top = min(5, self.num_classes)
         hits1 = {k: 0 for k in self.k}
         hits5 = {k: 0 for k in self.k}
@@ -273,37 +275,3 @@ def _check_k(k: int | Sequence[int]) -> tuple[int, ...]:
     if not ks or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in ks):
         raise ValueError(f"k must be a positive int or a sequence of them, got {k!r}")
     return tuple(sorted(set(ks)))
-
-
-def _train_labels(source: Source, labels: Tensor | None, column: str | None, count: int) -> Tensor:
-    if labels is None:
-        if not isinstance(source, FeatureStore):
-            raise ValueError("labels are needed: pass a (M,) tensor of class indices")
-        stored = source.labels(slice(None), column)
-        if isinstance(stored, dict):
-            raise ValueError(
-                f"the store has label columns {sorted(stored)}; choose one with label=..."
-            )
-        labels = stored
-    if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.shape[0] != count:
-        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-        raise ValueError(f"expected labels of shape ({count},) for {count} samples, got {shape}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
-    if count and int(labels.min()) < 0:
-        raise ValueError(
-            f"labels must be class indices >= 0, got {int(labels.min())}; drop the samples "
-            "without a label first"
-        )
-    return labels.long()
-
-
-def _num_classes(labels: Tensor, num_classes: int | None) -> int:
-    found = int(labels.max()) + 1 if labels.numel() else 0
-    if num_classes is None:
-        return found
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < found:
-        raise ValueError(
-            f"num_classes must be an int of at least max(label) + 1 = {found}, got {num_classes!r}"
-        )
-    return num_classes

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from dinov2_heads import distributed
 from dinov2_heads.heads import LinearHead
-from dinov2_heads.neighbors.knn import _train_labels
+from dinov2_heads.neighbors.labels import source_labels
 from dinov2_heads.neighbors.pooling import Source, as_matrix, check_pooling
 
 logger = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ def _matrix(
     source: Source, labels: Tensor | None, device: torch.device | str | None, pooling: str
 ) -> tuple[Tensor, Tensor]:
     x = as_matrix(source, pooling)
-    y = _train_labels(source, labels, None, int(x.shape[0]))
+    y, _ = source_labels(source, labels, int(x.shape[0]))
     target = torch.device(device) if device is not None else x.device
     return x.to(target, torch.float64), y.to(target)
 
