@@ -14,6 +14,11 @@ import torch
 from torch import Tensor, nn
 
 from dinov2_heads import atomic as atomic_module
+from dinov2_heads.checkpoints import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    UnsafeCheckpointError,
+)
 from dinov2_heads.export import load_heads, save_heads
 from dinov2_heads.features import Features, FrozenBackbone
 from dinov2_heads.fingerprint import weights_fingerprint
@@ -184,14 +189,59 @@ def test_save_errors(
 
 
 def test_load_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointNotFoundError):
         load_heads(tmp_path / "missing.pt")
+    with pytest.raises(IsADirectoryError):
+        load_heads(tmp_path)
     (tmp_path / "text.pt").write_text("hello")
-    with pytest.raises(ValueError, match=r"neither a safetensors nor a torch\.save file"):
+    with pytest.raises(CheckpointError, match=r"not a PyTorch or safetensors checkpoint"):
         load_heads(tmp_path / "text.pt")
     torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a head checkpoint"):
+    with pytest.raises(CheckpointError, match="not a head checkpoint"):
         load_heads(tmp_path / "other.pt")
+    safetensors = pytest.importorskip("safetensors.torch")
+    safetensors.save_file({"weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(CheckpointError, match="not a head checkpoint"):
+        load_heads(tmp_path / "other.safetensors")
+
+
+class _Payload:
+    """Unpickling this would create ``marker``: a stand-in for code in a pickle."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_head_file_that_needs_unpickling_is_refused_unrun(tmp_path: Path) -> None:
+    path = save_heads(tmp_path / "h.pt", LinearHead(64, 2))
+    payload = torch.load(path, weights_only=True)
+    marker = tmp_path / "code-ran"
+    payload["state_dict"]["bias"] = _Payload(marker)
+    torch.save(payload, path)
+    with pytest.raises(UnsafeCheckpointError, match="arbitrary unpickling"):
+        load_heads(path)
+    assert not marker.exists()
+
+
+def test_loaded_heads_do_not_change_when_the_file_is_rewritten_in_place(tmp_path: Path) -> None:
+    head = LinearHead(64, 2)
+    path = save_heads(tmp_path / "h.pt", head)
+    checkpoint = load_heads(path)
+    before = {name: value.clone() for name, value in checkpoint.state_dict.items()}
+    other = LinearHead(64, 2)
+    with torch.no_grad():
+        other.weight.fill_(3.0)
+    data = save_heads(tmp_path / "other.pt", other).read_bytes()
+    with open(path, "r+b") as file:  # in place, as cp does: the same inode, new bytes
+        file.write(data)
+        file.truncate()
+    for name, value in checkpoint.state_dict.items():
+        assert torch.equal(value, before[name])
+    assert checkpoint.heads is not None
+    assert torch.equal(checkpoint.heads.weight, head.weight)
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
@@ -304,8 +354,13 @@ def _edit_metadata(path: Path, edit: Any) -> None:
         (lambda m: m.update(multi_head=False), "multi_head"),
         (lambda m: m.update(input_size=[28]), "input_size"),
         (lambda m: m.update(extra=[1]), "extra"),
-        (lambda m: m["heads"]["brand"]["args"].pop("n_blocks"), "n_blocks"),
-        (lambda m: m["heads"]["colour"]["args"].update(num_patches=[2, 5]), "size mismatch"),
+        (lambda m: m["heads"]["brand"]["config"].pop("n_blocks"), "size mismatch"),
+        (lambda m: m["heads"]["brand"]["config"].pop("embed_dim"), "lacks .* embed_dim"),
+        (lambda m: m["heads"]["brand"]["config"].update(bias=True), "unknown key"),
+        (lambda m: m["heads"]["colour"]["config"].update(num_patches=[2, 5]), "size mismatch"),
+        (lambda m: m["heads"]["colour"].update(type="LinearHead"), "do not fit"),
+        (lambda m: m["heads"]["brand"]["config"].update(class_names=["x", "y", "z"]), "differ"),
+        (lambda m: m["heads"]["brand"].update(config=[]), "not one save_heads writes"),
         (lambda m: m["heads"]["brand"].update(class_names=["x", "y", "z"]), "class names"),
     ],
 )

@@ -3,6 +3,14 @@
 One file holds everything: a ``.safetensors`` file with the metadata as JSON in its header, or
 a ``.pt`` file (a dict of a JSON string and tensors) that loads with ``weights_only=True``.
 Files are replaced atomically, so an interrupted save never damages the previous checkpoint.
+They are read through the checkpoint reader
+(:func:`~dinov2_heads.checkpoints.read_checkpoint_file`): nothing is unpickled beyond tensors and
+strings.
+
+Each head is described by its registry name and ``config()``
+(:mod:`dinov2_heads.heads.registry`), so a new head type needs no change here. Format
+versions: 1 (0.1.0.dev0) stored constructor arguments as ``"args"`` without class names; 2
+stores ``"config"``. Both are read.
 """
 
 from __future__ import annotations
@@ -21,15 +29,23 @@ from torch import Tensor, nn
 
 from dinov2_heads.atomic import atomic_write_bytes
 from dinov2_heads.backbone import DinoVisionTransformer
+from dinov2_heads.checkpoints.errors import CheckpointError
+from dinov2_heads.checkpoints.reading import existing_file, read_checkpoint_file, sniff_file_kind
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.fingerprint import weights_fingerprint
-from dinov2_heads.heads import Conv1dNeck, LinearHead, MultiHead
+from dinov2_heads.heads import (
+    HEAD_TYPES,
+    MultiHead,
+    build_head,
+    head_spec,
+    registered_type_name,
+)
 
 logger = logging.getLogger(__name__)
 
 #: The ``format`` field of every head checkpoint, and its version.
 FORMAT = "dinov2-heads/heads"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: The metadata key inside a safetensors header.
 SAFETENSORS_KEY = "dinov2_heads"
 #: The name a single head (not a :class:`MultiHead`) has in the metadata.
@@ -137,8 +153,9 @@ def save_heads(
 
     Args:
         path: Where to write; the directory must exist.
-        heads: A :class:`~dinov2_heads.heads.MultiHead` or one head. Class names set on the
-            heads are saved with them.
+        heads: A :class:`~dinov2_heads.heads.MultiHead` or one head. Each head of a type in
+            :data:`~dinov2_heads.heads.HEAD_TYPES` is stored with its ``config()`` (class names
+            included), so :func:`load_heads` rebuilds it; other heads are stored by weights only.
         backbone: The :class:`~dinov2_heads.features.FrozenBackbone` (or bare backbone) the
             heads were trained on: its variant, configuration, block count and weights
             fingerprint are recorded so that a deployment can check it has the right one.
@@ -156,37 +173,18 @@ def save_heads(
         raise TypeError(f"heads must be an nn.Module (a head or a MultiHead), got {heads!r}")
     kind = _format_of(target)
     size = _input_size(input_size, backbone)
-    head_specs = _head_specs(heads)
     state = {
         name: value.detach().to("cpu", copy=True).contiguous()
         for name, value in heads.state_dict().items()
     }
-    variant, config = _backbone_identity(backbone) if backbone is not None else (None, None)
-    if backbone_fingerprint is None and backbone is not None:
-        backbone_fingerprint = weights_fingerprint(backbone)
-    metadata: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "multi_head": isinstance(heads, MultiHead),
-        "heads": head_specs,
-        "heads_fingerprint": weights_fingerprint(state),
-        "backbone": {
-            "variant": variant,
-            "fingerprint": backbone_fingerprint,
-            "config": config,
-            "n_last_blocks": getattr(backbone, "n_last_blocks", None),
-            "dtype": _dtype_name(_dtype_of(backbone)) if backbone is not None else None,
-        },
-        "input_size": list(size) if size is not None else None,
-        "extra": dict(extra or {}),
-    }
+    metadata = _metadata(heads, state, backbone, backbone_fingerprint, size, extra)
     try:
         text = json.dumps(metadata, ensure_ascii=False)
     except (TypeError, ValueError) as error:
         raise TypeError(f"extra metadata must be JSON-serialisable: {error}") from error
     data = _encode_safetensors(state, text) if kind == "safetensors" else _encode_torch(state, text)
     atomic_write_bytes(target, data)
-    logger.info("saved %d head(s) to %s", len(head_specs), target)
+    logger.info("saved %d head(s) to %s", len(metadata["heads"]), target)
     return target
 
 
@@ -195,6 +193,8 @@ def load_heads(
 ) -> HeadCheckpoint:
     """Read a file written by :func:`save_heads` and rebuild the heads.
 
+    Files of every format version are read, those of 0.1.0.dev0 included.
+
     Args:
         path: A ``.safetensors`` or ``.pt`` head checkpoint (the content decides, not the
             suffix).
@@ -202,24 +202,16 @@ def load_heads(
 
     Returns:
         A :class:`HeadCheckpoint`; its ``heads`` are ready to use, in eval mode.
+
+    Raises:
+        CheckpointNotFoundError: Nothing is at ``path`` (a ``FileNotFoundError``).
+        CheckpointError: The file is not a head checkpoint, needs unpickling, or was damaged
+            or edited (a ``ValueError``).
     """
-    source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"no head checkpoint at {source}")
-    with open(source, "rb") as file:
-        start = file.read(9)
-    if start.startswith(b"PK"):
-        state, text = _decode_torch(source)
-    elif len(start) == 9 and start[8:9] == b"{":
-        state, text = _decode_safetensors(source)
-    else:
-        raise ValueError(
-            f"{source} is neither a safetensors nor a torch.save file; was it written by "
-            "save_heads?"
-        )
+    source, state, text = _read_head_file(path)
     metadata = _parse_metadata(text, source)
     if weights_fingerprint(state) != metadata["heads_fingerprint"]:
-        raise ValueError(
+        raise CheckpointError(
             f"{source}: the head weights do not match the fingerprint stored with them; the "
             "file is damaged or was edited"
         )
@@ -249,6 +241,47 @@ def load_heads(
         metadata=metadata,
         path=source,
     )
+
+
+def head_specs(heads: nn.Module) -> dict[str, dict[str, Any]]:
+    """How each head is described in a head file or ONNX metadata, by name, JSON-able.
+
+    ``{name: {"type", "config", "num_classes", "class_names"}}``: the registry name and
+    ``config()`` of a registered head; the qualified class name and ``None`` for another.
+    A single head (not a :class:`~dinov2_heads.heads.MultiHead`) is named ``"head"``.
+    """
+    if isinstance(heads, MultiHead):
+        return {name: _head_spec(head) for name, head in heads.items()}
+    return {SINGLE_HEAD: _head_spec(heads)}
+
+
+def _metadata(
+    heads: nn.Module,
+    state: Mapping[str, Tensor],
+    backbone: nn.Module | None,
+    backbone_fingerprint: str | None,
+    size: tuple[int, int] | None,
+    extra: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    variant, config = _backbone_identity(backbone) if backbone is not None else (None, None)
+    if backbone_fingerprint is None and backbone is not None:
+        backbone_fingerprint = weights_fingerprint(backbone)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "multi_head": isinstance(heads, MultiHead),
+        "heads": head_specs(heads),
+        "heads_fingerprint": weights_fingerprint(dict(state)),
+        "backbone": {
+            "variant": variant,
+            "fingerprint": backbone_fingerprint,
+            "config": config,
+            "n_last_blocks": getattr(backbone, "n_last_blocks", None),
+            "dtype": _dtype_name(_dtype_of(backbone)) if backbone is not None else None,
+        },
+        "input_size": list(size) if size is not None else None,
+        "extra": dict(extra or {}),
+    }
 
 
 # ---------------------------------------------------------------------------- backbone dtype
@@ -283,59 +316,37 @@ def _cast_floating(state: Mapping[str, Any], dtype: torch.dtype) -> dict[str, An
 # ---------------------------------------------------------------------------- heads
 
 
-def _head_specs(heads: nn.Module) -> dict[str, dict[str, Any]]:
-    if isinstance(heads, MultiHead):
-        return {name: _head_spec(head) for name, head in heads.items()}
-    return {SINGLE_HEAD: _head_spec(heads)}
-
-
 def _head_spec(head: nn.Module) -> dict[str, Any]:
-    args: dict[str, Any] | None
-    if isinstance(head, LinearHead):
-        args = {
-            "embed_dim": head.embed_dim,
-            "num_classes": head.num_classes,
-            "n_blocks": head.n_blocks,
-            "avgpool": head.avgpool,
-        }
-    elif isinstance(head, Conv1dNeck):
-        args = {
-            "num_patches": list(head.grid) if head.grid is not None else head.num_patches,
-            "embed_dim": head.embed_dim,
-            "num_classes": head.num_classes,
-            "dropout": head.drop.p,
-        }
-    else:
-        args = None
+    # A head outside the registry is stored by its weights alone: load_into rebuilds it.
+    described = (
+        head_spec(head)
+        if registered_type_name(head) is not None
+        else {"type": f"{type(head).__module__}.{type(head).__qualname__}", "config": None}
+    )
     names = getattr(head, "class_names", None)
-    return {
-        "type": type(head).__name__ if args is not None else _qualified_name(head),
-        "args": args,
+    return described | {
         "num_classes": getattr(head, "num_classes", None),
         "class_names": list(names) if names is not None else None,
     }
 
 
-def _qualified_name(module: nn.Module) -> str:
-    return f"{type(module).__module__}.{type(module).__qualname__}"
-
-
 def _rebuild(specs: Mapping[str, Mapping[str, Any]], multi_head: bool) -> nn.Module | None:
-    built: dict[str, nn.Module] = {}
     for name, spec in specs.items():
-        head = _build_head(spec)
-        if head is None:
+        if spec["config"] is None or spec["type"] not in HEAD_TYPES:
             logger.info(
-                "head %r is a %s, which load_heads cannot rebuild; use "
+                "head %r is a %s, which load_heads cannot rebuild (not in HEAD_TYPES); use "
                 "checkpoint.load_into(your_module)",
                 name,
                 spec["type"],
             )
             return None
-        built[name] = head
     if multi_head:
-        return MultiHead(built)
-    return built[SINGLE_HEAD]
+        described = {
+            name: {"type": spec["type"], "config": spec["config"]} for name, spec in specs.items()
+        }
+        return MultiHead.from_config({"heads": described})
+    (spec,) = specs.values()
+    return build_head(spec["type"], spec["config"])
 
 
 def _rebuild_checked(
@@ -352,7 +363,7 @@ def _rebuild_checked(
             heads.load_state_dict(state, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         detail = " ".join(str(error).split())[:300]
-        raise ValueError(
+        raise CheckpointError(
             f"{source}: the stored head descriptions do not fit the stored weights "
             f"({type(error).__name__}: {detail}); {_EDITED}"
         ) from error
@@ -363,33 +374,11 @@ def _rebuild_checked(
         described = spec.get("class_names")
         carried = getattr(head, "class_names", None)
         if (tuple(described) if described is not None else None) != carried:
-            raise ValueError(
+            raise CheckpointError(
                 f"{source}: the metadata gives head {name!r} the class names {described} but "
                 f"its weights carry {list(carried) if carried is not None else None}; {_EDITED}"
             )
     return heads
-
-
-def _build_head(spec: Mapping[str, Any]) -> nn.Module | None:
-    args = spec.get("args")
-    if args is None:
-        return None
-    if spec["type"] == "LinearHead":
-        return LinearHead(
-            args["embed_dim"],
-            args["num_classes"],
-            n_blocks=args["n_blocks"],
-            avgpool=args["avgpool"],
-        )
-    if spec["type"] == "Conv1dNeck":
-        patches = args["num_patches"]
-        return Conv1dNeck(
-            tuple(patches) if isinstance(patches, list) else patches,
-            args["embed_dim"],
-            args["num_classes"],
-            dropout=args["dropout"],
-        )
-    return None
 
 
 # ---------------------------------------------------------------------------- backbone
@@ -445,43 +434,50 @@ def _encode_torch(state: dict[str, Tensor], metadata: str) -> bytes:
     return buffer.getvalue()
 
 
-def _decode_torch(path: Path) -> tuple[dict[str, Tensor], str]:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path} could not be read as a head checkpoint: {error}") from error
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(
-            f"{path} is a torch file but not a head checkpoint written by save_heads "
-            f"(no format {FORMAT!r})"
-        )
-    if not isinstance(payload.get("state_dict"), dict) or not isinstance(
-        payload.get("metadata"), str
-    ):
-        raise ValueError(f"{path}: the state_dict or metadata entry is missing; {_EDITED}")
-    return dict(payload["state_dict"]), str(payload["metadata"])
-
-
 def _encode_safetensors(state: dict[str, Tensor], metadata: str) -> bytes:
     save = _safetensors().save
     data: bytes = save(state, metadata={SAFETENSORS_KEY: metadata})
     return data
 
 
-def _decode_safetensors(path: Path) -> tuple[dict[str, Tensor], str]:
+def _read_head_file(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Tensor], str]:
+    """The file's head weights (owned, on CPU) and its metadata text, through the reader."""
+    source = existing_file(path)
+    content = read_checkpoint_file(source)
+    tensors: Any = content
+    if sniff_file_kind(source) == "safetensors":
+        text: Any = _safetensors_metadata(source)
+    elif content.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{source} is a torch file but not a head checkpoint written by save_heads "
+            f"(no format {FORMAT!r})"
+        )
+    else:
+        tensors, text = content.get("state_dict"), content.get("metadata")
+    if not isinstance(tensors, Mapping) or not isinstance(text, str):
+        raise CheckpointError(f"{source}: the state_dict or metadata entry is missing; {_EDITED}")
+    if not all(isinstance(value, Tensor) for value in tensors.values()):
+        raise CheckpointError(
+            f"{source}: the state_dict holds other things than tensors; {_EDITED}"
+        )
+    # The reader may map the file into memory; heads are small, so they get their own copy and
+    # a later rewrite of the file cannot change them.
+    return source, {name: value.clone() for name, value in tensors.items()}, text
+
+
+def _safetensors_metadata(path: Path) -> str:
     safe_open = _safetensors().safe_open
     try:
         with safe_open(str(path), framework="pt", device="cpu") as file:
             header = file.metadata() or {}
-            state = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118
     except Exception as error:
-        raise ValueError(f"{path} could not be read as a head checkpoint: {error}") from error
+        raise CheckpointError(f"{path} could not be read as a safetensors file: {error}") from error
     if SAFETENSORS_KEY not in header:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} is a safetensors file but not a head checkpoint written by save_heads "
             f"(no {SAFETENSORS_KEY!r} metadata)"
         )
-    return state, header[SAFETENSORS_KEY]
+    return str(header[SAFETENSORS_KEY])
 
 
 def _safetensors() -> Any:
@@ -499,34 +495,52 @@ def _parse_metadata(text: str, source: Path) -> dict[str, Any]:
     try:
         metadata = json.loads(text)
     except ValueError as error:
-        raise ValueError(f"{source}: the stored metadata is not valid JSON: {error}") from error
+        raise CheckpointError(
+            f"{source}: the stored metadata is not valid JSON: {error}"
+        ) from error
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise ValueError(f"{source} is not a head checkpoint written by save_heads")
+        raise CheckpointError(f"{source} is not a head checkpoint written by save_heads")
     version = metadata.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(
+    if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
             f"{source} has head checkpoint format version {version}, newer than this library "
             f"reads ({FORMAT_VERSION}); upgrade dinov2-heads"
         )
-    problem = _layout_problem(metadata)
+    problem = _layout_problem(metadata, version)
     if problem is not None:
-        raise ValueError(f"{source}: {problem}; {_EDITED}")
+        raise CheckpointError(f"{source}: {problem}; {_EDITED}")
+    if version == 1:
+        metadata = _upgrade_version_1(metadata)
     return metadata
 
 
-def _layout_problem(metadata: Mapping[str, Any]) -> str | None:
+def _upgrade_version_1(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 (0.1.0.dev0) kept constructor arguments as ``args``, without class names.
+
+    They are the same keys as ``config`` less ``class_names``, which the weights carry.
+    """
+    heads = {
+        name: {key: value for key, value in spec.items() if key != "args"}
+        | {"config": spec.get("args")}
+        for name, spec in metadata["heads"].items()
+    }
+    return metadata | {"heads": heads}
+
+
+def _layout_problem(metadata: Mapping[str, Any], version: int) -> str | None:
     """What is wrong with the shape of the stored metadata, or ``None``."""
     if not isinstance(metadata.get("heads_fingerprint"), str):
         return "the metadata has no heads_fingerprint string"
     heads = metadata.get("heads")
     if not isinstance(heads, dict) or not heads:
         return f"the metadata's heads must be a non-empty mapping, got {type(heads).__name__}"
+    config_key = "args" if version == 1 else "config"
     for name, spec in heads.items():
-        names = spec.get("class_names") if isinstance(spec, dict) else None
         if (
             not isinstance(spec, dict)
             or not isinstance(spec.get("type"), str)
-            or not isinstance(names, list | None)
+            or not isinstance(spec.get("class_names"), list | None)
+            or not isinstance(spec.get(config_key), dict | None)
         ):
             return f"the description of head {name!r} is not one save_heads writes"
     multi = metadata.get("multi_head")

@@ -17,7 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from dinov2_heads.atomic import atomic_path
-from dinov2_heads.features import Features, FrozenBackbone
+from dinov2_heads.export.heads_checkpoint import head_specs
+from dinov2_heads.export.onnx_input_checks import add_input_checks
+from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.fingerprint import weights_fingerprint
 from dinov2_heads.heads import MultiHead
 
@@ -64,14 +66,15 @@ class OnnxExport:
 class ExportGraph(nn.Module):
     """The exported computation: images (B, 3, H, W) -> one tensor (B, K) per head.
 
-    Runs the frozen backbone exactly as :class:`~dinov2_heads.features.FrozenBackbone` does
-    (weights' dtype, float32 features), builds the :class:`Features` the heads read, and
-    returns the heads' outputs as a tuple in ``output_names`` order.
+    Runs :class:`~dinov2_heads.features.FrozenBackbone`'s own forward (weights' dtype, float32
+    features) on the same backbone, uncompiled: ``torch.compile`` has no place in an exported
+    graph, and a compiled ``frozen`` called while exporting would lose its compilation. Returns
+    the heads' outputs as a tuple in ``output_names`` order.
     """
 
     def __init__(self, frozen: FrozenBackbone, heads: nn.Module) -> None:
         super().__init__()
-        self.frozen = frozen
+        self.frozen = FrozenBackbone(frozen.backbone, n_last_blocks=frozen.n_last_blocks)
         self.heads = heads
         self.output_names = (
             tuple(heads.keys()) if isinstance(heads, MultiHead) else (SINGLE_OUTPUT,)
@@ -79,30 +82,10 @@ class ExportGraph(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         """(B, 3, H, W) -> one (B, K) tensor per head."""
-        outputs = self.heads(traceable_features(self.frozen, images))
+        outputs = self.heads(self.frozen(images))
         if isinstance(outputs, Mapping):
             return tuple(outputs[name] for name in self.output_names)
         return (outputs,)
-
-
-def traceable_features(frozen: FrozenBackbone, images: Tensor) -> Features:
-    """``frozen(images)`` with the patch grid left symbolic under ``torch.export``.
-
-    ``FrozenBackbone.forward`` stores the grid as Python ints, which would freeze H and W to
-    the traced size; this builds the same :class:`Features` from the same token extraction.
-    """
-    patch = frozen.patch_size
-    grid = (images.shape[-2] // patch, images.shape[-1] // patch)
-    with torch.no_grad():
-        class_tokens, patch_tokens, registers = frozen._tokens(images.to(frozen.dtype))
-    patches = tuple(tokens.float() for tokens in patch_tokens)
-    return Features(
-        class_tokens=tuple(tokens.float() for tokens in class_tokens),
-        patch_tokens=patches,
-        patch_mean=patches[-1].mean(dim=1),
-        register_tokens=registers.float() if registers is not None else None,
-        grid=grid,
-    )
 
 
 def export_onnx(
@@ -114,6 +97,7 @@ def export_onnx(
     dynamic_size: bool | None = None,
     input_size: int | tuple[int, int] | None = None,
     opset: int = DEFAULT_OPSET,
+    check_finite: bool = True,
     verify: bool = True,
     atol: float = 1e-4,
 ) -> OnnxExport:
@@ -124,9 +108,11 @@ def export_onnx(
     ``logits`` for a single head). The position embeddings are resized inside the graph
     exactly as in PyTorch (the official bicubic resize, see ``docs/deployment.md``), so one
     graph serves every input size when ``dynamic_size``; heads built for one patch grid (such
-    as :class:`~dinov2_heads.heads.Conv1dNeck`) need a fixed size. The file's metadata records
-    the input size, whether H/W are dynamic, the patch size, the head names and class names,
-    and the backbone variant and fingerprint.
+    as :class:`~dinov2_heads.heads.Conv1dNeck`) need a fixed size. A dynamic graph refuses, at
+    run time, an H or W that is not a multiple of the patch size, as PyTorch does; with
+    ``check_finite`` it also refuses images with NaN or infinite pixels. The file's metadata
+    records the input size, whether H/W are dynamic, the patch size, the head names, types,
+    configurations and class names, and the backbone variant and fingerprint.
 
     With ``verify`` the file is run by onnxruntime on CPU and compared with PyTorch at two batch
     sizes (when ``dynamic_batch``) and two image sizes (when ``dynamic_size``).
@@ -142,6 +128,8 @@ def export_onnx(
         input_size: (H, W) or one side: the fixed size, or the size to trace with when dynamic.
             Required with a fixed-grid head (its training size); else defaults to 224x224.
         opset: ONNX opset version (18 or newer).
+        check_finite: Make the graph refuse images with NaN or infinite pixels (one subtraction
+            and one sum over the pixels). ``False``: such images give NaN outputs.
         verify: Check the file with onnxruntime (needs the ``export`` extra).
         atol: Largest accepted max abs difference in the verification.
 
@@ -153,58 +141,18 @@ def export_onnx(
             cannot read the backbone's features (the head's own message).
         RuntimeError: The verification found a larger difference than ``atol``.
     """
-    _require("onnxscript")
-    if not isinstance(frozen, FrozenBackbone):
-        raise TypeError(
-            f"export_onnx needs a FrozenBackbone, got {type(frozen).__name__}; wrap the "
-            "backbone: FrozenBackbone(backbone, n_last_blocks=...)"
-        )
-    if not isinstance(heads, nn.Module):
-        raise TypeError(f"heads must be an nn.Module (a head or a MultiHead), got {heads!r}")
-    if opset < 18:
-        raise ValueError(
-            f"opset must be 18 or newer (the torch.export-based exporter's oldest), got {opset}"
-        )
-    if verify and frozen.dtype == torch.bfloat16:
-        raise ValueError(
-            "verify=True needs float32 or float16 weights (onnxruntime has no bfloat16 input); "
-            "export a float32 FrozenBackbone, or pass verify=False"
-        )
+    _check_arguments(frozen, heads, opset, verify)
     patch = frozen.patch_size
-    fixed_grid = _fixed_grid(heads)
-    if dynamic_size and fixed_grid is not None:
-        raise ValueError(
-            f"head {fixed_grid[0]!r} is built for a fixed grid of {fixed_grid[1]} patch "
-            "tokens, so the graph cannot take any image size; call export_onnx with "
-            "dynamic_size=False (and input_size=the training size)"
-        )
-    dynamic = fixed_grid is None if dynamic_size is None else dynamic_size
-    size = _example_size(input_size, fixed_grid, patch, _built_size(heads, patch))
+    dynamic, size = _plan_size(heads, patch, dynamic_size, input_size)
     graph = ExportGraph(frozen, heads)
-    example = torch.randn(2 if dynamic_batch else 1, 3, *size, device=_device_of(frozen))
-    example = example.to(frozen.dtype)
     target = Path(path)
     with _eval_mode(heads), _quiet_exporter():
-        graph.eval()
-        # A head that cannot read these features (another grid, block count or width) raises
-        # its own clear error here; inside torch.export it would come wrapped in exporter advice.
-        with torch.no_grad():
-            graph(example)
-        program = torch.onnx.export(
-            graph,
-            (example,),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=list(graph.output_names),
-            dynamic_shapes={"images": _dynamic_shapes(dynamic_batch, dynamic, patch)},
-            opset_version=opset,
-            optimize=True,
-            verbose=False,
+        program = _trace(graph, size, dynamic_batch, dynamic, opset)
+        checks = add_input_checks(
+            program.model.graph, patch_size=patch, size=dynamic, finite=check_finite
         )
-        if program is None:
-            raise RuntimeError("torch.onnx.export returned no program")
         program.model.metadata_props.update(
-            _metadata(frozen, heads, graph.output_names, size, dynamic, dynamic_batch)
+            _metadata(graph, heads, size, dynamic, dynamic_batch, checks)
         )
         _save_atomically(program, target)
     logger.info(
@@ -223,10 +171,83 @@ def export_onnx(
         input_size=size,
         opset=opset,
     )
-    if not verify:
-        return result
-    shapes = _check_shapes(size, patch, dynamic_batch, dynamic)
-    session = _session(target)
+    return _verified(result, graph, patch, atol) if verify else result
+
+
+def _check_arguments(frozen: FrozenBackbone, heads: nn.Module, opset: int, verify: bool) -> None:
+    _require("onnxscript")
+    if not isinstance(frozen, FrozenBackbone):
+        raise TypeError(
+            f"export_onnx needs a FrozenBackbone, got {type(frozen).__name__}; wrap the "
+            "backbone: FrozenBackbone(backbone, n_last_blocks=...)"
+        )
+    if not isinstance(heads, nn.Module):
+        raise TypeError(f"heads must be an nn.Module (a head or a MultiHead), got {heads!r}")
+    if opset < 18:
+        raise ValueError(
+            f"opset must be 18 or newer (the torch.export-based exporter's oldest), got {opset}"
+        )
+    if verify and frozen.dtype == torch.bfloat16:
+        raise ValueError(
+            "verify=True needs float32 or float16 weights (onnxruntime has no bfloat16 input); "
+            "export a float32 FrozenBackbone, or pass verify=False"
+        )
+
+
+def _plan_size(
+    heads: nn.Module,
+    patch: int,
+    dynamic_size: bool | None,
+    input_size: int | tuple[int, int] | None,
+) -> tuple[bool, tuple[int, int]]:
+    """Whether H and W are dynamic, and the size to trace with."""
+    fixed_grid = _fixed_grid(heads)
+    if dynamic_size and fixed_grid is not None:
+        raise ValueError(
+            f"head {fixed_grid[0]!r} is built for a fixed grid of {fixed_grid[1]} patch "
+            "tokens, so the graph cannot take any image size; call export_onnx with "
+            "dynamic_size=False (and input_size=the training size)"
+        )
+    dynamic = fixed_grid is None if dynamic_size is None else dynamic_size
+    return dynamic, _example_size(input_size, fixed_grid, patch, _built_size(heads, patch))
+
+
+def _trace(
+    graph: ExportGraph,
+    size: tuple[int, int],
+    dynamic_batch: bool,
+    dynamic_size: bool,
+    opset: int,
+) -> Any:
+    """The ``torch.onnx`` program of ``graph`` traced on random images of ``size``."""
+    frozen = graph.frozen
+    example = torch.randn(2 if dynamic_batch else 1, 3, *size, device=_device_of(frozen))
+    example = example.to(frozen.dtype)
+    graph.eval()
+    # A head that cannot read these features (another grid, block count or width) raises its
+    # own clear error here; inside torch.export it would come wrapped in exporter advice.
+    with torch.no_grad():
+        graph(example)
+    program = torch.onnx.export(
+        graph,
+        (example,),
+        dynamo=True,
+        input_names=[INPUT_NAME],
+        output_names=list(graph.output_names),
+        dynamic_shapes={"images": _dynamic_shapes(dynamic_batch, dynamic_size, frozen.patch_size)},
+        opset_version=opset,
+        optimize=True,
+        verbose=False,
+    )
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
+    return program
+
+
+def _verified(result: OnnxExport, graph: ExportGraph, patch: int, atol: float) -> OnnxExport:
+    """``result`` with the largest onnxruntime - PyTorch differences, or a ``RuntimeError``."""
+    shapes = _check_shapes(result.input_size, patch, result.dynamic_batch, result.dynamic_size)
+    session = _session(result.path)
     worst: dict[str, float] = dict.fromkeys(graph.output_names, 0.0)
     for shape in shapes:
         images = torch.randn(shape, generator=torch.Generator().manual_seed(0))
@@ -273,15 +294,38 @@ def _compare(session: Any, graph: ExportGraph, images: Tensor) -> dict[str, floa
 
 
 def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``dinov2_heads.*`` metadata of an exported file, with JSON values decoded."""
+    """The ``dinov2_heads.*`` metadata of a file written by :func:`export_onnx`, JSON decoded.
+
+    Raises:
+        FileNotFoundError: Nothing is at ``path``.
+        ValueError: The file is not an ONNX model, or not one :func:`export_onnx` wrote.
+    """
     onnx = _require("onnx")
-    model = onnx.load(str(path), load_external_data=False)
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"no ONNX file at {source}")
+    try:
+        model = onnx.load(str(source), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError and friends
+        raise ValueError(
+            f"{source} is not an ONNX file: it does not parse as an ONNX model "
+            f"({type(error).__name__}); pass the .onnx file export_onnx wrote"
+        ) from error
+    if not model.graph.node and not model.opset_import:
+        # Protocol buffers parse many short byte strings as an empty message.
+        raise ValueError(f"{source} is not an ONNX file: it holds no ONNX graph")
     prefix = "dinov2_heads."
-    return {
+    metadata = {
         prop.key[len(prefix) :]: json.loads(prop.value)
         for prop in model.metadata_props
         if prop.key.startswith(prefix)
     }
+    if not metadata:
+        raise ValueError(
+            f"{source} is an ONNX model but has no dinov2_heads metadata: export_onnx did not "
+            "write it"
+        )
+    return metadata
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -384,17 +428,15 @@ def _check_shapes(
 
 
 def _metadata(
-    frozen: FrozenBackbone,
+    graph: ExportGraph,
     heads: nn.Module,
-    output_names: Sequence[str],
     size: tuple[int, int],
     dynamic_size: bool,
     dynamic_batch: bool,
+    checks: Sequence[str],
 ) -> dict[str, str]:
-    if isinstance(heads, MultiHead):
-        class_names = {name: getattr(head, "class_names", None) for name, head in heads.items()}
-    else:
-        class_names = {SINGLE_OUTPUT: getattr(heads, "class_names", None)}
+    frozen = graph.frozen
+    specs = dict(zip(graph.output_names, head_specs(heads).values(), strict=True))
     values: dict[str, Any] = {
         "input": {
             "name": INPUT_NAME,
@@ -405,8 +447,10 @@ def _metadata(
         "dynamic_size": dynamic_size,
         "dynamic_batch": dynamic_batch,
         "patch_size": frozen.patch_size,
-        "outputs": list(output_names),
-        "class_names": {k: list(v) if v is not None else None for k, v in class_names.items()},
+        "input_checks": list(checks),
+        "outputs": list(graph.output_names),
+        "heads": {name: {"type": s["type"], "config": s["config"]} for name, s in specs.items()},
+        "class_names": {name: spec["class_names"] for name, spec in specs.items()},
         "backbone_variant": getattr(frozen.backbone, "variant", None),
         "backbone_fingerprint": weights_fingerprint(frozen.backbone),
         "n_last_blocks": frozen.n_last_blocks,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 from einops import rearrange
@@ -133,7 +133,7 @@ class Features:
             patch_tokens=patches,
             patch_mean=patches[-1].mean(dim=1),
             register_tokens=register_tokens,
-            grid=(int(grid[0]), int(grid[1])),
+            grid=(_grid_side(grid[0]), _grid_side(grid[1])),
             blocks=dict(blocks or {}),
             depth=depth,
         )
@@ -375,3 +375,9 @@ class Features:
             blocks=blocks,
             depth=first.depth,
         )
+
+
+def _grid_side(value: int | torch.SymInt) -> int:
+    # Under torch.export the sides are symbolic (torch.SymInt); int() would fix them to the
+    # traced size, so they stay as they are. Anything else (numpy or tensor ints) becomes int.
+    return cast(int, value) if isinstance(value, torch.SymInt) else int(value)

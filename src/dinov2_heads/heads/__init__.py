@@ -6,8 +6,16 @@ from dinov2_heads.heads.linear import LinearHead, linear_input
 from dinov2_heads.heads.losses import IGNORE_INDEX, HeadLoss, LossOutput, MultiHeadLoss, head_loss
 from dinov2_heads.heads.multi import MultiHead
 from dinov2_heads.heads.predict import Prediction, predict, predict_logits
+from dinov2_heads.heads.registry import (
+    HEAD_TYPES,
+    build_head,
+    head_spec,
+    head_type_name,
+    registered_type_name,
+)
 
 __all__ = [
+    "HEAD_TYPES",
     "IGNORE_INDEX",
     "ClassNamesMixin",
     "Conv1dNeck",
@@ -17,8 +25,12 @@ __all__ = [
     "MultiHead",
     "MultiHeadLoss",
     "Prediction",
+    "build_head",
     "head_loss",
+    "head_spec",
+    "head_type_name",
     "linear_input",
     "predict",
     "predict_logits",
+    "registered_type_name",
 ]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import Self
 
 from dinov2_heads.features.features import Features
 from dinov2_heads.heads.class_names import ClassNamesMixin
+from dinov2_heads.heads.config import config_arguments
+from dinov2_heads.heads.inputs import require_features
 
 
 class ConvBlock(nn.Module):
@@ -82,6 +86,8 @@ class Conv1dNeck(ClassNamesMixin):
         ):
             if not _positive_int(value):
                 raise ValueError(f"Conv1dNeck: {name} must be a positive int, got {value!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float):
+            raise TypeError(f"Conv1dNeck: dropout must be a number, got {dropout!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"Conv1dNeck: dropout must be in [0, 1), got {dropout}")
         self.num_patches = num_patches
@@ -103,8 +109,30 @@ class Conv1dNeck(ClassNamesMixin):
         nn.init.normal_(self.linear.weight, mean=0.0, std=0.01)
         nn.init.zeros_(self.linear.bias)
 
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments, JSON-able: ``Conv1dNeck.from_config`` rebuilds the neck.
+
+        ``num_patches`` is the grid ``[h, w]`` when the neck was built with one, else N.
+        """
+        return {
+            "num_patches": list(self.grid) if self.grid is not None else self.num_patches,
+            "embed_dim": self.embed_dim,
+            "num_classes": self.num_classes,
+            "dropout": self.drop.p,
+            "class_names": list(self.class_names) if self.class_names is not None else None,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Self:
+        """A new neck (fresh weights) from :meth:`config`'s output (a grid may be a list)."""
+        arguments = config_arguments(cls, config)
+        if isinstance(arguments["num_patches"], list):  # JSON has no tuples
+            arguments["num_patches"] = tuple(arguments["num_patches"])
+        return cls(**arguments)
+
     def forward(self, features: Features) -> Tensor:
         """Logits (B, K) from the last block's N patch tokens and class token."""
+        features = require_features(features, "Conv1dNeck")
         patches = features.require_patch_tokens("Conv1dNeck")[-1]
         self._check_grid(features)
         dtype = self.linear.weight.dtype

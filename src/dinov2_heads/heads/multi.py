@@ -6,9 +6,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
+from typing_extensions import Self
 
 from dinov2_heads.features.features import Features
 from dinov2_heads.heads.class_names import ClassNamesMixin
+from dinov2_heads.heads.registry import build_head, head_spec
 
 
 class MultiHead(nn.ModuleDict):
@@ -25,6 +27,12 @@ class MultiHead(nn.ModuleDict):
             Names are state dict prefixes, so they cannot be empty or contain dots, and
             ``training`` (a module's own flag) is refused. Reach a head as ``multi[name]``
             (``multi.type`` is still ``nn.Module.type``).
+
+    Example:
+        >>> spec = {"heads": {"colour": {"type": "LinearHead", "config": {"embed_dim": 384,
+        ...     "num_classes": 4}}}}
+        >>> MultiHead.from_config(spec)["colour"].num_classes
+        4
     """
 
     def __init__(self, heads: Mapping[str, nn.Module]) -> None:
@@ -83,8 +91,64 @@ class MultiHead(nn.ModuleDict):
                 needed.update(required(depth))
         return tuple(sorted(needed))
 
-    def forward(self, features: Features) -> dict[str, Tensor]:
-        """``{name: logits (B, K_name)}`` for every head, in order."""
+    def config(self) -> dict[str, Any]:
+        """``{"heads": {name: {"type": ..., "config": ...}}}``, JSON-able, heads in order.
+
+        Raises:
+            ValueError: A head's type is not in :data:`~dinov2_heads.heads.HEAD_TYPES`.
+        """
+        return {"heads": {name: head_spec(head) for name, head in self.items()}}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Self:
+        """New heads (fresh weights) from :meth:`config`'s output, each built by the registry.
+
+        A training specification has the same form, for example
+        ``{"heads": {"brand": {"type": "Conv1dNeck", "config": {"num_patches": [9, 18],
+        "embed_dim": 384, "num_classes": 178}}}}``; arguments with defaults may be left out.
+
+        Raises:
+            TypeError: ``config`` or a head's entry is not a mapping.
+            ValueError: Another key than ``heads``, no heads, an entry without ``type`` and
+                ``config`` (or with other keys), an unknown type, or a configuration the head
+                refuses (the message names the head).
+        """
+        if not isinstance(config, Mapping):
+            raise TypeError(
+                "a MultiHead config must be a mapping such as "
+                '{"heads": {"brand": {"type": "LinearHead", "config": {...}}}}, '
+                f"got {type(config).__name__}"
+            )
+        if set(config) != {"heads"} or not isinstance(config["heads"], Mapping):
+            raise ValueError(
+                "a MultiHead config has one key, 'heads', mapping names to "
+                f'{{"type": ..., "config": ...}}, got the keys {sorted(map(str, config))}'
+            )
+        heads: dict[str, nn.Module] = {}
+        for name, spec in config["heads"].items():
+            if not isinstance(spec, Mapping):
+                raise TypeError(
+                    f"MultiHead config: head {name!r} must be a mapping "
+                    f'{{"type": ..., "config": ...}}, got {type(spec).__name__}'
+                )
+            if set(spec) != {"type", "config"}:
+                raise ValueError(
+                    f"MultiHead config: head {name!r} needs exactly the keys 'type' and "
+                    f"'config', got {sorted(map(str, spec))}"
+                )
+            try:
+                heads[name] = build_head(spec["type"], spec["config"])
+            except (TypeError, ValueError) as error:
+                kind = TypeError if isinstance(error, TypeError) else ValueError
+                raise kind(f"MultiHead config: head {name!r}: {error}") from error
+        return cls(heads)
+
+    def forward(self, features: Features | Tensor) -> dict[str, Tensor]:
+        """``{name: logits (B, K_name)}`` for every head, in order.
+
+        ``features`` is passed to every head as it is: :class:`Features`, or a plain
+        (B, in_features) tensor when every head takes one (``LinearHead``).
+        """
         return {name: head(features) for name, head in self.items()}
 
     def _load_from_state_dict(
