@@ -115,3 +115,9 @@ def test_bad_arguments() -> None:
         Conv1dNeck((3, 0), 8, 3)
     with pytest.raises(ValueError, match="dropout"):
         Conv1dNeck(6, 8, 3, dropout=1.0)
+
+
+def test_a_plain_tensor_is_a_type_error_saying_what_the_neck_reads() -> None:
+    neck = Conv1dNeck((2, 3), 8, 3)
+    with pytest.raises(TypeError, match=r"Conv1dNeck reads Features .* got a tensor of shape"):
+        neck(torch.randn(4, 16))

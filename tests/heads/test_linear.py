@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -135,3 +136,60 @@ def test_errors() -> None:
         LinearHead(8, 3, n_blocks=0)
     with pytest.raises(RuntimeError, match="size mismatch"):
         LinearHead(8, 3).load_state_dict(LinearHead(8, 3, n_blocks=2).state_dict())
+
+
+# ---------------------------------------------------------------------------- a plain tensor
+
+
+def test_takes_the_official_linear_input_as_a_plain_tensor() -> None:
+    # The official LinearClassifier's habit: create_linear_input(...) -> (B, (n + 1) * D).
+    head = LinearHead(384, 3)
+    assert head(torch.randn(2, 768)).shape == (2, 3)
+    for n_blocks, avgpool in [(1, True), (2, True), (2, False)]:
+        head = LinearHead(8, 3, n_blocks=n_blocks, avgpool=avgpool)
+        features = random_features(dim=8, n_blocks=2)
+        pooled = linear_input(features, n_blocks, avgpool)
+        assert pooled.shape == (4, head.in_features)
+        assert torch.equal(head(pooled), head(features))
+
+
+def test_official_linear4_input_as_a_tensor(fixtures_dir: Path) -> None:
+    ref = torch.load(fixtures_dir / "reference_outputs_x224.pt", weights_only=True)
+    blocks = [
+        (
+            ref[f"vits14_d2/get_intermediate_layers_n2/{i}/patch"],
+            ref[f"vits14_d2/get_intermediate_layers_n2/{i}/cls"],
+        )
+        for i in range(2)
+    ]
+    head = LinearHead(384, 10, n_blocks=2)
+    official_input = official_linear_input(blocks, 2)
+    assert torch.allclose(
+        head(official_input), head(Features.from_official(blocks)), atol=1e-6, rtol=0
+    )
+
+
+def test_gradients_reach_the_head_from_a_tensor() -> None:
+    head = LinearHead(8, 3)
+    x = torch.randn(4, 16, requires_grad=True)
+    nn.functional.cross_entropy(head(x), torch.tensor([0, 1, 2, 0])).backward()
+    assert head.weight.grad is not None
+    assert head.weight.grad.abs().sum() > 0
+    assert x.grad is not None
+
+
+@pytest.mark.parametrize(
+    ("x", "error", "match"),
+    [
+        (torch.randn(2, 384), ValueError, r"reads a \(B, 768\) tensor \(the class token, then"),
+        (torch.randn(2, 1920), ValueError, "that width fits LinearHead.*n_blocks=4, avgpool=True"),
+        (torch.randn(2, 3, 768), ValueError, r"got \(2, 3, 768\)"),
+        (torch.ones(2, 768, dtype=torch.long), TypeError, "float features"),
+        ([1.0, 2.0], TypeError, "LinearHead reads Features or a"),
+    ],
+)
+def test_a_tensor_of_the_wrong_width_is_a_clear_error(
+    x: Any, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        LinearHead(384, 3)(x)

@@ -104,3 +104,12 @@ def test_names_that_are_module_state_are_refused() -> None:
     for name in ("training", "_modules", "_parameters"):
         with pytest.raises(ValueError, match=rf"head name {name!r} .*nn\.Module"):
             MultiHead({name: LinearHead(8, 2)})
+
+
+def test_a_plain_tensor_reaches_every_head() -> None:
+    linear = MultiHead({"a": LinearHead(8, 2), "b": LinearHead(8, 3)})
+    out = linear(torch.randn(4, 16))
+    assert out["a"].shape == (4, 2)
+    assert out["b"].shape == (4, 3)
+    with pytest.raises(TypeError, match="Conv1dNeck reads Features"):
+        make_multi()(torch.randn(4, 24))  # the linear head takes it, the neck cannot
