@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from dinov2_heads.export import export_onnx, read_onnx_metadata, verify_onnx
-from dinov2_heads.export.onnx import ExportGraph, _save_atomically
+from dinov2_heads.export.onnx import ExportGraph, OnnxExport, _save_atomically
+from dinov2_heads.export.onnx_input_checks import FINITE_CHECK, SIZE_CHECK
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.heads import Conv1dNeck, LinearHead, MultiHead
 from tests.export.conftest import TokenHead, official_fixture_backbone, tiny_frozen
@@ -20,7 +21,9 @@ ATOL = 1e-4
 
 
 def run_onnx(path: Path, images: torch.Tensor) -> list[np.ndarray]:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # the refused inputs below would log each error as well
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return list(session.run(None, {"images": images.numpy()}))
 
 
@@ -91,6 +94,8 @@ def test_a_fixed_grid_head_gives_a_fixed_size_graph(tmp_path: Path) -> None:
     metadata = read_onnx_metadata(path)
     assert metadata["dynamic_size"] is False
     assert metadata["input_size"] == [28, 56]
+    # The runtime itself holds a fixed size to it; the graph adds the check of the pixels only.
+    assert metadata["input_checks"] == [FINITE_CHECK]
     with pytest.raises(Exception, match=r"(?i)dimension|shape"):
         run_onnx(path, torch.randn(1, 3, 42, 56))
 
@@ -194,3 +199,96 @@ def test_heads_that_cannot_read_the_features_fail_with_their_own_error(
 def test_a_missing_size_for_a_neck_with_a_grid_names_its_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="input_size=\\(28, 56\\)"):
         export_onnx(tiny_frozen(), Conv1dNeck((2, 4), 64, 3), tmp_path / "x.onnx")
+
+
+# ---------------------------------------------------------------------------- input checks
+
+SIZE_REFUSED = SIZE_CHECK.format(patch=14)
+
+
+@pytest.fixture(scope="module")
+def checked_export(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[OnnxExport, FrozenBackbone, MultiHead]:
+    # compile=True: the export must neither need nor disturb the frozen backbone's compilation.
+    frozen = FrozenBackbone(tiny_frozen().backbone, compile=True)
+    brand = LinearHead(64, 3, class_names=["audi", "byd", "ford"])
+    heads = MultiHead({"brand": brand, "cls": TokenHead("class")})
+    result = export_onnx(frozen, heads, tmp_path_factory.mktemp("onnx") / "checked.onnx")
+    return result, frozen, heads
+
+
+@pytest.mark.slow
+def test_the_dynamic_graph_refuses_sizes_pytorch_refuses(
+    checked_export: tuple[OnnxExport, FrozenBackbone, MultiHead],
+) -> None:
+    result, frozen, heads = checked_export
+    good = torch.randn(2, 3, 42, 70)
+    assert max(verify_onnx(result.path, frozen, heads, good).values()) <= ATOL
+    eager = FrozenBackbone(frozen.backbone)
+    for shape in [(1, 3, 125, 250), (1, 3, 126, 250), (2, 3, 43, 70), (1, 3, 13, 28)]:
+        images = torch.randn(shape)
+        with pytest.raises(ValueError, match="multiple"):
+            eager(images)  # PyTorch refuses ...
+        with pytest.raises(Exception, match=SIZE_REFUSED):
+            run_onnx(result.path, images)  # ... and so does the graph, naming its check
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_the_graph_refuses_non_finite_pixels(
+    checked_export: tuple[OnnxExport, FrozenBackbone, MultiHead], bad: float
+) -> None:
+    result, _, _ = checked_export
+    images = torch.randn(3, 3, 28, 42)
+    images[1, 2, 5, 7] = bad  # one pixel of one image of the batch
+    with pytest.raises(Exception, match=FINITE_CHECK):
+        run_onnx(result.path, images)
+    # The largest finite pixels pass the check (what the backbone makes of them is another matter).
+    run_onnx(result.path, torch.full((1, 3, 28, 42), torch.finfo(torch.float32).max))
+
+
+@pytest.mark.slow
+def test_the_metadata_describes_the_heads_and_the_checks(
+    checked_export: tuple[OnnxExport, FrozenBackbone, MultiHead],
+) -> None:
+    result, frozen, heads = checked_export
+    metadata = read_onnx_metadata(result.path)
+    assert metadata["input_checks"] == [SIZE_REFUSED, FINITE_CHECK]
+    assert metadata["heads"]["brand"] == {"type": "LinearHead", "config": heads["brand"].config()}
+    assert metadata["heads"]["cls"]["type"].endswith("TokenHead")
+    assert metadata["heads"]["cls"]["config"] is None
+    assert metadata["class_names"] == {"brand": ["audi", "byd", "ford"], "cls": None}
+    assert frozen._compiled is None  # exporting compiled nothing and cached nothing
+
+
+@pytest.mark.slow
+def test_without_the_finite_check_nan_pixels_give_nan_outputs(tmp_path: Path) -> None:
+    frozen = tiny_frozen()
+    path = tmp_path / "unchecked.onnx"
+    result = export_onnx(frozen, LinearHead(64, 3), path, check_finite=False, verify=False)
+    assert read_onnx_metadata(path)["input_checks"] == [SIZE_REFUSED]
+    images = torch.randn(1, 3, 28, 28)
+    images[0, 0, 0, 0] = float("nan")
+    (logits,) = run_onnx(result.path, images)
+    assert np.isnan(logits).all()
+    with pytest.raises(Exception, match=SIZE_REFUSED):
+        run_onnx(result.path, torch.randn(1, 3, 28, 29))
+
+
+def test_read_onnx_metadata_says_what_a_file_is_not(tmp_path: Path) -> None:
+    import onnx
+    from onnx import helper
+
+    with pytest.raises(FileNotFoundError, match="no ONNX file"):
+        read_onnx_metadata(tmp_path / "missing.onnx")
+    (tmp_path / "text.onnx").write_text("not a model at all\n" * 10)
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "weights.onnx")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    for name in ["text.onnx", "weights.onnx", "empty.onnx"]:
+        with pytest.raises(ValueError, match="is not an ONNX file"):
+            read_onnx_metadata(tmp_path / name)
+    other = helper.make_model(helper.make_graph([], "g", [], []))
+    onnx.save(other, str(tmp_path / "other.onnx"))
+    with pytest.raises(ValueError, match="no dinov2_heads metadata"):
+        read_onnx_metadata(tmp_path / "other.onnx")
