@@ -76,7 +76,8 @@ class HeadCheckpoint:
         backbone_dtype: The dtype the backbone's weights were stored in when the heads were
             saved (``"bfloat16"`` for ``FrozenBackbone(dtype=torch.bfloat16)``), or ``None``.
         extra: The user's own metadata given to :func:`save_heads`.
-        metadata: The whole stored metadata.
+        metadata: The whole stored metadata, in the current layout (the ``args`` of a format
+            version 1 file read as ``config``).
         path: The file read.
     """
 
