@@ -10,7 +10,7 @@ import torch
 from dinov2_heads.export import export_onnx, read_onnx_metadata, verify_onnx
 from dinov2_heads.export.onnx import ExportGraph, OnnxExport, _save_atomically
 from dinov2_heads.export.onnx_input_checks import FINITE_CHECK, SIZE_CHECK
-from dinov2_heads.features import FrozenBackbone
+from dinov2_heads.features import Features, FrozenBackbone
 from dinov2_heads.heads import Conv1dNeck, LinearHead, MultiHead
 from tests.export.conftest import TokenHead, official_fixture_backbone, tiny_frozen
 
@@ -292,3 +292,21 @@ def test_read_onnx_metadata_says_what_a_file_is_not(tmp_path: Path) -> None:
     onnx.save(other, str(tmp_path / "other.onnx"))
     with pytest.raises(ValueError, match="no dinov2_heads metadata"):
         read_onnx_metadata(tmp_path / "other.onnx")
+
+
+class EarlyBlockHead(torch.nn.Module):
+    """Returns the patch tokens of block 0 before the final norm, as a dense head reads them."""
+
+    def forward(self, features: Features) -> torch.Tensor:
+        return features.block(0, norm=False)[1]
+
+
+@pytest.mark.slow
+def test_the_frozen_backbones_chosen_blocks_are_exported(tmp_path: Path) -> None:
+    frozen = FrozenBackbone(tiny_frozen(depth=2).backbone, blocks=[(0, False)])
+    path = tmp_path / "blocks.onnx"
+    export_onnx(frozen, EarlyBlockHead(), path, input_size=(28, 42))
+    images = torch.randn(2, 3, 42, 56)
+    (tokens,) = run_onnx(path, images)
+    expected = frozen(images).block(0, norm=False)[1]
+    assert np.abs(tokens - expected.numpy()).max() <= ATOL

@@ -74,7 +74,9 @@ class ExportGraph(nn.Module):
 
     def __init__(self, frozen: FrozenBackbone, heads: nn.Module) -> None:
         super().__init__()
-        self.frozen = FrozenBackbone(frozen.backbone, n_last_blocks=frozen.n_last_blocks)
+        self.frozen = FrozenBackbone(
+            frozen.backbone, n_last_blocks=frozen.n_last_blocks, blocks=frozen.blocks
+        )
         self.heads = heads
         self.output_names = (
             tuple(heads.keys()) if isinstance(heads, MultiHead) else (SINGLE_OUTPUT,)
