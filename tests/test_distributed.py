@@ -54,7 +54,7 @@ def run(frozen_seed: int, root: Path, *, world: int) -> dict[str, object]:
     return {
         "world": distributed.world_size(),
         "rank": distributed.rank(),
-        "memory": {name: memory.array(name) for name in memory.manifest["arrays"]},
+        "memory": {name: memory.array(name) for name in memory.layout.arrays},
         "grid": model.state_dict(),
         "partly_labelled": partly_labelled.state_dict(),
         "steps": history.steps,
@@ -96,9 +96,9 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     assert one["world"] == 1
 
     single = FeatureStore.open(tmp_path / "single")
-    assert sharded.manifest["arrays"] == single.manifest["arrays"]
+    assert sharded.layout == single.layout
     assert torch.equal(sharded.sample_ids(), torch.arange(SAMPLES))
-    for name in single.manifest["arrays"]:
+    for name in single.layout.arrays:
         assert torch.equal(sharded.array(name), single.array(name)), name
         if name in two["memory"]:
             assert torch.equal(two["memory"][name], one["memory"][name]), name

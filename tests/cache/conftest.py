@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from dinov2_heads import create_backbone
+from dinov2_heads.cache import FeatureStore
 from dinov2_heads.features import FrozenBackbone
 
 
@@ -72,6 +73,34 @@ class Images(Dataset[Any]):
         if self.labels == "multi":
             return image, torch.tensor([(index >> bit) & 1 for bit in range(5)])
         return image
+
+
+class Samples(Dataset[Any]):
+    """A list of items as a map-style ``Dataset``."""
+
+    def __init__(self, items: Sequence[Any]) -> None:
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.items[index]
+
+
+class Batches(IterableDataset[Any]):
+    """Batches made by ``make()`` each time it is iterated (use with ``batch_size=None``)."""
+
+    def __init__(self, make: Callable[[], Iterator[Any]]) -> None:
+        self.make = make
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.make()
+
+
+def layout_of(store: FeatureStore) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Every array's dtype and per-sample shape (what two equal stores share)."""
+    return {name: (spec.dtype, spec.shape) for name, spec in store.layout.arrays.items()}
 
 
 @pytest.fixture(scope="module")

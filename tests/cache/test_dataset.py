@@ -67,7 +67,7 @@ def test_loader_visits_every_sample_once(store: FeatureStore) -> None:
 
 def test_worker_processes_reopen_the_memory_maps(store: FeatureStore) -> None:
     copy = pickle.loads(pickle.dumps(store))
-    assert copy._arrays is None
+    assert copy._mapped == {}
     assert torch.equal(copy.features([1, 2]).patch_mean, store.features([1, 2]).patch_mean)
     loader = DataLoader(
         FeatureDataset(store, label="colour"),
@@ -84,7 +84,7 @@ def test_head_inputs_are_checked(store: FeatureStore) -> None:
     assert FeatureDataset(store, n_blocks=1)[0][0].n_blocks == 1
     with pytest.raises(StoreMismatchError, match="last 4 blocks but the feature store"):
         FeatureDataset(store, n_blocks=4)
-    with pytest.raises(ValueError, match="not a label column"):
+    with pytest.raises(ValueError, match="not a label of the store"):
         FeatureDataset(store, label="brand")
     with pytest.raises(TypeError, match="FeatureStore"):
         FeatureDataset("store")  # type: ignore[arg-type]
@@ -107,7 +107,7 @@ def test_collate_errors() -> None:
 
 def test_store_without_manifest_entries_is_refused(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text('{"format": "something-else"}')
-    with pytest.raises(ValueError, match="not a dinov2-heads feature store"):
+    with pytest.raises(ValueError, match="not a valid feature store manifest"):
         FeatureStore.open(tmp_path)
 
 

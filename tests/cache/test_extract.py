@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from dinov2_heads.cache import FeatureStore, estimate_store_size, extract_features
 from dinov2_heads.features import Features, FrozenBackbone
-from tests.cache.conftest import Images
+from tests.cache.conftest import Images, Samples, layout_of
 
 ARRAYS = ("class_tokens", "patch_mean", "sample_ids", "labels")
 
@@ -58,7 +58,7 @@ def test_memory_and_disk_stores_are_identical(frozen: FrozenBackbone, tmp_path: 
     disk = extract_features(frozen, data, path=tmp_path / "s", batch_size=4, progress=False)
     memory = extract_features(frozen, data, batch_size=3, progress=False)
     assert memory.path is None
-    assert disk.manifest["arrays"] == memory.manifest["arrays"]
+    assert layout_of(disk) == layout_of(memory)
     for name in ("class_tokens", "patch_mean", "sample_ids", "labels.0", "labels.1"):
         assert torch.equal(disk.array(name), memory.array(name)), name
     assert disk.label_columns == ["colour", "type"]
@@ -82,7 +82,7 @@ def test_patch_and_register_tokens(frozen_reg: FrozenBackbone, tmp_path: Path) -
     assert features.register_tokens.shape == (2, 4, 32)
     for ours, theirs in zip(features.patch_tokens, reference.patch_tokens, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
-    assert store.manifest["num_register_tokens"] == 4
+    assert store.layout.num_register_tokens == 4
     # n_blocks keeps the last blocks only.
     last = store.features([1, 2], n_blocks=1)
     assert last.n_blocks == 1
@@ -118,11 +118,9 @@ def test_label_kinds(
 
 def test_data_loader_with_ids_and_float_labels(frozen: FrozenBackbone) -> None:
     images = torch.stack([Images().image(i) for i in range(6)])
-    batches = [
-        (images[i : i + 3], torch.tensor([0.5, 1.5, 2.5]) + i, torch.tensor([70, 71, 72]) + i)
-        for i in (0, 3)
-    ]
-    store = extract_features(frozen, batches, progress=False)
+    labels = torch.tensor([0.5, 1.5, 2.5, 3.5, 4.5, 5.5])
+    data = TensorDataset(images, labels, torch.arange(70, 76))
+    store = extract_features(frozen, DataLoader(data, batch_size=3), progress=False)
     assert torch.equal(store.sample_ids(), torch.tensor([70, 71, 72, 73, 74, 75]))
     labels = store.labels(slice(None))
     assert isinstance(labels, torch.Tensor)
@@ -156,8 +154,8 @@ def test_size_is_logged_before_writing_and_estimated(
         per_sample + 2 * 6 * 32 * 2
     )
     for name in ARRAYS:
-        spec = store.manifest["arrays"][name]
-        assert (tmp_path / "s" / spec["file"]).stat().st_size == 8 * store._specs[name].row_bytes
+        spec = store.layout.arrays[name]
+        assert (tmp_path / "s" / spec.file).stat().st_size == 8 * spec.row_bytes
 
 
 def test_manifest_records_the_run(frozen: FrozenBackbone, tmp_path: Path) -> None:
@@ -195,7 +193,9 @@ def test_bad_arguments(frozen: FrozenBackbone, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no samples"):
         extract_features(frozen, Images(0), progress=False)
     with pytest.raises(TypeError, match="each batch"):
-        extract_features(frozen, [{"image": torch.zeros(1, 3, 28, 28)}], progress=False)
+        extract_features(frozen, Samples([{"image": torch.zeros(3, 28, 28)}]), progress=False)
+    with pytest.raises(TypeError, match="a torch Dataset, a DataLoader or an image tensor"):
+        extract_features(frozen, [torch.zeros(3, 28, 28)], progress=False)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "thesis.tex").write_text("precious")
     with pytest.raises(ValueError, match="not a feature store"):
@@ -225,7 +225,7 @@ def test_non_finite_features_are_refused_before_they_are_stored(
     images[4] = (torch.full_like(images[4][0], float("nan")), images[4][1])
     path = tmp_path / "store"
     with pytest.raises(ValueError, match=r"sample 4 .*not finite"):
-        extract_features(frozen, images, path=path, batch_size=2, progress=False)
+        extract_features(frozen, Samples(images), path=path, batch_size=2, progress=False)
     assert len(FeatureStore.open(path, allow_incomplete=True)) == 4
     # float32 features beyond the float16 range would become inf in the store.
     with pytest.raises(ValueError, match=r"sample 0 .*float16 range"):

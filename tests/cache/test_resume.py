@@ -7,22 +7,25 @@ import multiprocessing
 import os
 import random
 import signal
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from dinov2_heads.cache import FeatureStore, StoreMismatchError, extract_features
 from dinov2_heads.features import FrozenBackbone
-from tests.cache.conftest import Images, tiny_frozen
+from tests.cache.conftest import Batches, Images, layout_of, tiny_frozen
 
 ARRAYS = ("class_tokens", "patch_mean", "patch_tokens", "sample_ids", "labels")
 
 
 def assert_same_store(a: FeatureStore, b: FeatureStore) -> None:
     assert len(a) == len(b)
-    assert a.manifest["arrays"] == b.manifest["arrays"]
-    for name in a.manifest["arrays"]:
+    assert layout_of(a) == layout_of(b)
+    for name in a.layout.arrays:
         assert torch.equal(a.array(name), b.array(name)), name
 
 
@@ -75,11 +78,14 @@ def test_resume_a_stream_of_batches(
     images = torch.stack([data.image(i) for i in range(11)])
     labels = torch.arange(11) % 3
 
-    def batches(fail: bool):
-        for start in range(0, 11, 4):
-            if fail and start == 8:
-                raise RuntimeError("interrupted at the third batch")
-            yield images[start : start + 4], labels[start : start + 4]
+    def batches(fail: bool) -> DataLoader[Any]:
+        def make() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for start in range(0, 11, 4):
+                if fail and start == 8:
+                    raise RuntimeError("interrupted at the third batch")
+                yield images[start : start + 4], labels[start : start + 4]
+
+        return DataLoader(Batches(make), batch_size=None)
 
     path = tmp_path / "stream"
     with pytest.raises(RuntimeError, match="interrupted"):
@@ -133,10 +139,7 @@ def test_refuses_to_resume_with_other_weights(frozen: FrozenBackbone, tmp_path: 
     message = str(caught.value)
     stored = FeatureStore.open(path, allow_incomplete=True).fingerprint
     assert stored in message
-    assert (
-        FeatureStore.open(path, allow_incomplete=True).manifest["backbone"]["fingerprint"]
-        in message
-    )
+    assert FeatureStore.open(path, allow_incomplete=True).manifest.backbone.fingerprint in message
     from dinov2_heads.fingerprint import weights_fingerprint
 
     assert weights_fingerprint(other) in message

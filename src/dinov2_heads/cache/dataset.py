@@ -3,16 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from dinov2_heads.cache.store import FeatureStore
 from dinov2_heads.features import Features
 
-__all__ = ["FeatureDataset", "collate_features"]
+__all__ = ["FeatureDataset", "FeatureSource", "collate_features"]
+
+
+@runtime_checkable
+class FeatureSource(Protocol):
+    """What :class:`FeatureDataset` reads: a :class:`~dinov2_heads.cache.FeatureStore`."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def label_names(self) -> tuple[str, ...]: ...
+
+    @property
+    def has_labels(self) -> bool: ...
+
+    def check_blocks(self, n_blocks: int | None) -> int: ...
+
+    def features(self, index: Tensor, *, n_blocks: int | None = None) -> Features: ...
+
+    def labels(self, index: Tensor, column: str | None = None) -> Tensor | dict[str, Tensor]: ...
+
+    def sample_ids(self, index: Tensor | None = None) -> Tensor: ...
 
 
 class FeatureDataset(Dataset[Any]):
@@ -28,8 +48,9 @@ class FeatureDataset(Dataset[Any]):
 
     Args:
         store: The feature store.
-        label: For stores with label columns (dict labels), the column to yield; ``None``
-            yields a dict of all columns.
+        label: The label to yield: a column of dict labels, or the name of the one label
+            tensor (``"label"`` unless the data named it; see ``store.label_names``). ``None``
+            yields every label: the tensor, or a dict of all columns.
         n_blocks: Yield only the last ``n_blocks`` blocks (all stored ones by default); a
             head that needs more blocks than were stored is refused here.
         return_ids: Append the sample id to each item.
@@ -41,24 +62,24 @@ class FeatureDataset(Dataset[Any]):
 
     def __init__(
         self,
-        store: FeatureStore,
+        store: FeatureSource,
         *,
         label: str | None = None,
         n_blocks: int | None = None,
         return_ids: bool = False,
     ) -> None:
-        if not isinstance(store, FeatureStore):
+        if not isinstance(store, FeatureSource):
             raise TypeError(
                 f"FeatureDataset needs a FeatureStore, got {type(store).__name__}; open one "
                 "with FeatureStore.open(path) or make it with extract_features(...)"
             )
-        columns = store.label_columns
-        if label is not None and (columns is None or label not in columns):
-            have = f"label columns {columns}" if columns else "no label columns"
-            raise ValueError(f"label={label!r} is not a label column; the store has {have}")
+        names = store.label_names
+        if label is not None and label not in names:
+            have = f"the labels {list(names)}" if names else "no labels"
+            raise ValueError(f"label={label!r} is not a label of the store; it has {have}")
         self.store = store
         self.label = label
-        self.n_blocks = store._blocks(n_blocks)
+        self.n_blocks = store.check_blocks(n_blocks)
         self.return_ids = return_ids
 
     def __len__(self) -> int:

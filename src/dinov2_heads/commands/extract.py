@@ -80,15 +80,18 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from dinov2_heads.cache import extract_features
-    from dinov2_heads.cache.store import MANIFEST
+    from dinov2_heads.cache import extract_features, remove_store
+    from dinov2_heads.cache.manifest import MANIFEST
     from dinov2_heads.features import FrozenBackbone
 
     transform = _common.preprocessing(args, "official_eval")
     dataset, description = _dataset(args, transform)
     out = Path(args.out)
     started_here = args.overwrite or not (out / MANIFEST).is_file()
-    if not args.overwrite:
+    if args.overwrite:
+        # Deletes only a store and its dataset.json; a folder holding anything else is refused.
+        remove_store(out, companions=(DATASET_FILE,))
+    else:
         _check_same_images(out, description)
     frozen = FrozenBackbone(_common.load_backbone(args), n_last_blocks=args.n_last_blocks)
     try:
@@ -102,7 +105,6 @@ def run(args: argparse.Namespace) -> int:
             num_workers=args.num_workers,
             preprocessing=transform,
             progress=not args.quiet,
-            overwrite=args.overwrite,
         )
     except BaseException:
         # A store this run started and did not finish records its images too, so that the run
