@@ -28,11 +28,11 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="forks a second 
 
 
 def _first_writer(path: Path, started: int, proceed: int) -> None:
-    """In a child: extract, pausing while reading sample 3 until the parent says go on."""
+    """In a child: extract, pausing while reading sample 0 until the parent says go on."""
     torch.set_num_threads(1)
 
     def pause(index: int) -> None:
-        if index == 3:
+        if index == 0:
             os.write(started, b"x")
             os.read(proceed, 1)
 

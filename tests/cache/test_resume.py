@@ -122,6 +122,8 @@ def test_resume_after_the_process_is_killed(reference: FeatureStore, tmp_path: P
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["written"] == kill_at // 3 * 3
     assert not manifest["complete"]
+    # The killed writer's lock file stays behind, naming it; the next writer takes it over.
+    assert (path / ".feature-store.lock").read_text().split()[0] == str(child.pid)
 
     store = extract_features(
         tiny_frozen(), Images(11), path=path, keep="patch_tokens", batch_size=3, progress=False

@@ -12,6 +12,7 @@ example:
   dinov2-heads inspect teacher_checkpoint.pth --json
   dinov2-heads inspect dinov2-base/
   dinov2-heads inspect ~/.cache/huggingface/hub/models--facebook--dinov2-base
+  dinov2-heads inspect features/train --verify
 """
 
 
@@ -21,19 +22,34 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
         help="describe a checkpoint: format, variant, parameters, dtype, unwrapped containers",
         description=(
             "Describe a DINOv2 checkpoint file or Hugging Face model folder (sharded or not, or "
-            "a cache repo) without building a model.\n\n" + EXAMPLE
+            "a cache repo) without building a model, or a feature store folder.\n\n" + EXAMPLE
         ),
         formatter_class=formatter,
     )
     parser.add_argument(
         "checkpoint",
-        help="a .pth, .pt, .bin or .safetensors file, a model folder, or its *.index.json",
+        help="a .pth, .pt, .bin or .safetensors file, a model folder, or its *.index.json; or "
+        "a feature store folder (dinov2-heads extract --out)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="for a feature store: check every data file's size and sha256 against its manifest",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from dinov2_heads.cache.manifest import is_store_manifest
     from dinov2_heads.checkpoints import UnknownFormatError, describe_checkpoint
+
+    if is_store_manifest(args.checkpoint):
+        return _inspect_store(args)
+    if args.verify:
+        raise ValueError(
+            f"--verify checks a feature store folder (made by dinov2-heads extract); "
+            f"{args.checkpoint} is not one"
+        )
 
     try:
         summary = describe_checkpoint(args.checkpoint)
@@ -41,6 +57,25 @@ def run(args: argparse.Namespace) -> int:
         _refuse_head_checkpoint(args.checkpoint)
         raise
     print(json.dumps(summary.to_dict(), indent=2) if args.json else str(summary))
+    return 0
+
+
+def _inspect_store(args: argparse.Namespace) -> int:
+    """Describe (and with ``--verify`` check) the feature store at ``args.checkpoint``."""
+    from dinov2_heads.cache import FeatureStore
+
+    store = FeatureStore.open(args.checkpoint, allow_incomplete=True)
+    if args.json:
+        print(json.dumps(store.manifest.to_json(), indent=2))
+    else:
+        print(store)
+        for label, names in store.class_names.items():
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            print(f"  {label}: {len(names)} classes ({shown})")
+    if args.verify:
+        checked = store.verify()
+        what = "sizes and sha256" if checked.checksums else "sizes (no checksums recorded)"
+        print(f"verified {len(checked.files)} files ({checked.nbytes} bytes): {what} match")
     return 0
 
 
