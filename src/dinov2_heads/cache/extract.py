@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dinov2_heads import distributed
 from dinov2_heads.cache.batches import Batch, batch_length, slice_batch, split_batch
 from dinov2_heads.cache.layout import Keep, batch_rows, format_bytes, plan_layout, resolve_keep
 from dinov2_heads.cache.manifest import (
@@ -62,63 +63,59 @@ def extract_features(
 ) -> FeatureStore:
     """Run the frozen backbone once over ``data`` and store what heads need.
 
-    With ``path``, the store is a directory of memory-mapped files (see
-    :mod:`dinov2_heads.cache.store`), locked while it is written, and extraction is
-    resumable: after an interruption (an exception, Ctrl-C, a killed process, a full disk),
-    calling this again with the same arguments continues where it stopped, and the finished
-    store holds every sample exactly once, in data order. Calling it on a finished store
-    returns it without running the backbone. Without ``path`` the features are kept in memory.
-
-    Under ``torchrun`` (a process group of several processes), a map-style dataset is sharded:
-    each round, each process runs one batch of consecutive samples, all write into the one
-    store at their final positions, and rank 0 records the progress. Every process returns
-    the whole store.
-
-    The expected size is logged (INFO) before anything is written.
+    With ``path`` the store is a folder of memory-mapped files (:mod:`dinov2_heads.cache.store`),
+    locked while written and resumable: after an interruption (an exception, Ctrl-C, a killed
+    process, a full disk) the same call continues where it stopped, and the finished store holds
+    every sample once, in data order; on a finished store it returns it without running the
+    backbone. Without ``path`` the features stay in memory. Under ``torchrun`` a map-style
+    dataset is sharded: each round every process runs one batch of consecutive samples into the
+    one store, rank 0 records the progress, and every process returns the whole store. The
+    expected size is logged (INFO) before anything is written.
 
     Args:
         frozen: A :class:`~dinov2_heads.features.FrozenBackbone` (or a module that maps images
             (B, 3, H, W) to :class:`~dinov2_heads.features.Features`); its device is used.
-        data: A map-style ``Dataset`` of ``image``, ``(image, label)`` or
-            ``(image, label, id)`` items (labels may be ints, tensors or dicts of them: one
-            column per key, stored by name), an ``IterableDataset`` of such items, a
-            ``DataLoader`` over either (a map-style one with ``shuffle=False``), or an image
-            tensor (N, 3, H, W). Every image must have the same size.
+        data: A map-style ``Dataset`` of ``image``, ``(image, label)`` or ``(image, label, id)``
+            items (labels: ints, tensors or dicts of them, one column per key, stored by name),
+            an ``IterableDataset`` of such items, a ``DataLoader`` over either (not shuffling),
+            or an image tensor (N, 3, H, W). Every image must have the same size.
         path: Store directory (created if needed), or ``None`` to keep it in memory.
         keep: ``"pooled"`` (class tokens + mean patch token), ``"patch_tokens"`` (also all
             patch tokens: large), ``"all"`` (also register tokens), or a list of array names.
-        dtype: Storage dtype of the tokens (``float16`` halves the size of ``float32``;
-            features are always returned as float32).
+        dtype: Storage dtype of the tokens (read back as float32).
         batch_size: Images per backbone call (per process); a DataLoader's own batch size wins.
         num_workers: DataLoader workers for a ``Dataset``.
-        preprocessing: A description of how images were prepared (a string, a mapping or a
-            dataclass such as :class:`dinov2_heads.data.Preprocess`), recorded in the store
-            and checked by :meth:`FeatureStore.open`.
-        class_names: The class names of each label, ``{label name: names}``; by default the
-            data's ``vocabularies`` (``ImageFolderDataset``, ``ManifestDataset``). One label
-            tensor takes the name of the only vocabulary (``"label"`` without one). Read them
-            back from ``store.class_names``.
+        preprocessing: How images were prepared (a string, a mapping or a dataclass such as
+            :class:`dinov2_heads.data.Preprocess`), recorded and checked by ``open``.
+        class_names: ``{label name: class names}``; by default the data's ``vocabularies``
+            (``ImageFolderDataset``, ``ManifestDataset``). One label tensor takes the name of
+            the only vocabulary (``"label"`` without one). See ``store.class_names``.
         progress: Show a progress bar with images/s (tqdm, or log lines without it).
-        overwrite: Delete the store at ``path`` and start again. Only a folder that holds
-            nothing but a store's own files is deleted; anything else is refused.
-
-    Returns:
-        The finished :class:`FeatureStore`.
+        overwrite: Delete the store at ``path`` first: only a folder that holds nothing but a
+            store's own files; anything else is refused.
 
     Raises:
         TypeError: If ``data`` is not a Dataset, a DataLoader or an image tensor.
-        StoreMismatchError: If ``path`` holds a store made with other weights, another input
-            size, other preprocessing or other settings (the message names both values), or
-            if a batch has images of another size than the first.
+        StoreMismatchError: If ``path`` holds a store made with other weights, input size,
+            preprocessing or settings (naming both values), or a batch has another image size.
         StoreLockedError: If another process is writing the store at ``path``.
-        ValueError: If the features of a sample are NaN or inf (in float32, or once cast to
-            ``dtype``), or a batch's labels differ from the first batch's (other columns,
-            floats after ints); the samples before its batch stay in the store.
+        ValueError: If features are NaN or inf (in float32 or once cast to ``dtype``), or a
+            batch's labels differ from the first's (columns, floats after ints); the batches
+            before stay in the store.
     """
     keep_names, registers_optional = _check_arguments(keep, dtype, batch_size)
     source = as_source(data, batch_size, num_workers)
     if source.count == 0:
         raise ValueError("the data holds no samples; nothing to extract")
+    if (
+        isinstance(source, StreamSource)
+        and distributed.is_distributed()
+        and distributed.world_size() > 1
+    ):
+        raise ValueError(
+            "distributed extraction shards a map-style Dataset by index; pass the Dataset "
+            "(or a DataLoader over it with shuffle=False) rather than an iterable of batches"
+        )
     encoder = _Encoder(
         frozen,
         keep=keep_names,
@@ -128,26 +125,18 @@ def extract_features(
         names_given=class_names is not None,
     )
     header = _header(frozen, preprocessing, dtype, source.count)
-    writer: Writer = (
-        DiskWriter(Path(path), header, overwrite=overwrite)
-        if path is not None
-        else MemoryWriter(header)
-    )
+    if path is None:
+        return _extract(encoder, source, MemoryWriter(header), progress)
+    writer = DiskWriter(Path(path), header, overwrite=overwrite)
     try:
-        if writer.world > 1 and isinstance(source, StreamSource):
-            raise ValueError(
-                "distributed extraction shards a map-style Dataset by index; pass the Dataset "
-                "(or a DataLoader over it with shuffle=False) rather than an iterable of batches"
-            )
         if writer.layout is not None and (writer.complete or writer.start == source.count):
             # No batch will run, so nothing reaches the check of the first batch: check what
             # is known without the backbone.
-            encoder.check_known(writer.layout, source, path)
+            encoder.check_known(writer.layout, source, writer.root)
             if writer.complete:
                 logger.info("feature store at %s is already complete; nothing to extract", path)
-                return FeatureStore.open(Path(str(path)))
-        total = _extract(encoder, source, writer, progress)
-        return writer.finish(total)
+                return FeatureStore.open(writer.root)
+        return _extract(encoder, source, writer, progress)
     finally:
         writer.close()
 
@@ -205,8 +194,8 @@ class _Step:
 
 def _extract(
     encoder: _Encoder, source: MapSource | StreamSource, writer: Writer, progress: bool
-) -> int:
-    """Source -> batches -> writer; returns the number of samples in the data."""
+) -> FeatureStore:
+    """Source -> batches -> writer -> the finished store."""
     bar = Progress(
         source.count,
         "extracting features",
@@ -228,7 +217,7 @@ def _extract(
             done = step.done
     finally:
         bar.close()
-    return done if source.count is None else source.count
+    return writer.finish(done if source.count is None else source.count)
 
 
 def _map_steps(source: MapSource, writer: Writer) -> Iterator[_Step]:
@@ -317,7 +306,7 @@ class _Encoder:
             )
         return features
 
-    def check_known(self, stored: Layout, source: MapSource | StreamSource, path: Any) -> None:
+    def check_known(self, stored: Layout, source: MapSource | StreamSource, root: Path) -> None:
         """Check n_blocks, keep and the input size against a store, without the backbone.
 
         n_blocks and the register count come from a ``FrozenBackbone``'s attributes, the input
@@ -336,7 +325,7 @@ class _Encoder:
         size = source.first_image_size() if isinstance(source, MapSource) else None
         if size is not None:
             known["input_size"] = size
-        check_layout(Path(str(path)), stored, _replace_layout(stored, known))
+        check_layout(root, stored, _replace_layout(stored, known))
 
 
 def _replace_layout(layout: Layout, known: Mapping[str, Any]) -> Layout:

@@ -19,7 +19,7 @@ from torch import Tensor
 from dinov2_heads.cache.errors import DamagedStoreError
 from dinov2_heads.cache.manifest import ArraySpec, parse_dtype
 
-__all__ = ["MappedFile", "file_sha256", "pwrite_all", "rows_on_disk"]
+__all__ = ["MappedFile", "check_size", "file_sha256", "pwrite_all", "rows_on_disk"]
 
 _CHUNK = 1 << 22
 

@@ -41,6 +41,8 @@ __all__ = [
     "Manifest",
     "describe_preprocessing",
     "dtype_name",
+    "is_store_manifest",
+    "manifest_path",
     "parse_dtype",
     "read_manifest",
     "write_manifest",
