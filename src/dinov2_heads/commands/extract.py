@@ -88,12 +88,12 @@ def run(args: argparse.Namespace) -> int:
     dataset, description = _dataset(args, transform)
     out = Path(args.out)
     started_here = args.overwrite or not (out / MANIFEST).is_file()
+    if not args.overwrite:
+        _check_same_images(out, description)
+    frozen = FrozenBackbone(_common.load_backbone(args), n_last_blocks=args.n_last_blocks)
     if args.overwrite:
         # Deletes only a store and its dataset.json; a folder holding anything else is refused.
         remove_store(out, companions=(DATASET_FILE,))
-    else:
-        _check_same_images(out, description)
-    frozen = FrozenBackbone(_common.load_backbone(args), n_last_blocks=args.n_last_blocks)
     try:
         store = extract_features(
             frozen,
