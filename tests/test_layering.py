@@ -35,9 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 
 #: Cycles that are known and being untangled; each entry names every module of the cycle.
 #: Remove an entry once its cycle is gone (the test says so when it is).
-KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset(
-    {frozenset({"dinov2_heads.cache.dataset", "dinov2_heads.cache.store"})}
-)
+KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ def test_class_names_given_and_checked(frozen: FrozenBackbone) -> None:
     assert store.label_names == ("defect",)
     _, labels = FeatureDataset(store, label="defect")[3]
     assert labels.tolist() == [1]
-    with pytest.raises(ValueError, match=r"has the value 2, but it has 2 classes"):
+    with pytest.raises(ValueError, match=r"label 2 is out of range for 2 classes"):
         extract_features(
             frozen, items(4, lambda i: i % 3), class_names={"d": ["a", "b"]}, progress=False
         )

@@ -27,6 +27,7 @@ from dinov2_heads.cache.manifest import (
     parse_dtype,
 )
 from dinov2_heads.features import Features
+from dinov2_heads.labels import check_class_labels
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +38,6 @@ __all__ = ["Keep", "batch_rows", "estimate_store_size", "format_bytes", "plan_la
 #: heads such as ``Conv1dNeck``), ``"all"`` (also the register tokens when the backbone has
 #: them), or a sequence of array names from ``TOKEN_ARRAYS``.
 Keep = str | Sequence[str]
-
-#: The label value that marks a missing label (``cross_entropy``'s ``ignore_index``).
-MISSING_LABEL = -100
 
 _PRESETS = {
     "pooled": ("class_tokens", "patch_mean"),
@@ -311,14 +309,7 @@ def _checked_column(value: Tensor, column: LabelColumn, layout: Layout, where: s
             "labels would be cut to ints)"
         )
     if column.class_names is not None and value.ndim == 1 and not value.is_floating_point():
-        count = len(column.class_names)
-        bad = (value != MISSING_LABEL) & ((value < 0) | (value >= count))
-        if bool(bad.any()):
-            wrong = int(value[bad][0])
-            raise ValueError(
-                f"label {column.name!r} of {where} has the value {wrong}, but it has {count} "
-                f"classes (0..{count - 1}, or {MISSING_LABEL} for a missing label)"
-            )
+        check_class_labels(value, len(column.class_names), context=f"{column.name!r} of {where}: ")
     return value
 
 
