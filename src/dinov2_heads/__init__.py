@@ -77,7 +77,6 @@ from dinov2_heads.heads import (
     head_loss,
     predict,
 )
-from dinov2_heads.layers import plain_kernels
 from dinov2_heads.training import (
     OFFICIAL_LEARNING_RATES,
     GridResults,
@@ -158,7 +157,6 @@ __all__ = [
     "nearest_valid_size",
     "pca_foreground",
     "pca_rgb",
-    "plain_kernels",
     "predict",
     "read_onnx_metadata",
     "save_heads",

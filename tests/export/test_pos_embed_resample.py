@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dinov2_heads.backbone.vision_transformer import _resample_pos_table
+from dinov2_heads.backbone.pos_resample import resample_pos_table
 
 GRIDS = [(1, 1), (2, 3), (9, 18), (16, 16), (36, 37), (37, 36), (38, 38), (45, 46), (100, 20)]
 
@@ -22,8 +22,8 @@ def test_resampling_matrices_equal_the_official_bicubic_resize(grid: tuple[int, 
     plain = F.interpolate(table, scale_factor=((h + 0.1) / 37, (w + 0.1) / 37), mode="bicubic")
     antialiased = F.interpolate(table, size=(h, w), mode="bicubic", antialias=True)
 
-    ours_plain = _resample_pos_table(table, h, w, offset=0.1, antialias=False)
-    ours_antialiased = _resample_pos_table(table, h, w, offset=0.0, antialias=True)
+    ours_plain = resample_pos_table(table, h, w, offset=0.1, antialias=False)
+    ours_antialiased = resample_pos_table(table, h, w, offset=0.0, antialias=True)
 
     assert ours_plain.shape == plain.shape == (1, 8, h, w)
     assert ours_antialiased.shape == antialiased.shape
@@ -37,9 +37,9 @@ def test_resampling_matrices_equal_the_official_bicubic_resize(grid: tuple[int, 
 def test_the_table_size_is_kept_unchanged() -> None:
     table = torch.randn(1, 8, 37, 37)
     for antialias, offset in ((False, 0.1), (True, 0.0)):
-        same = _resample_pos_table(table, 37, 37, offset=offset, antialias=antialias)
+        same = resample_pos_table(table, 37, 37, offset=offset, antialias=antialias)
         assert torch.allclose(same, table, atol=1e-6, rtol=0)
     # Only both sides equal to the table's count: one side alone is still resized (plain).
-    resized = _resample_pos_table(table, 37, 36, offset=0.1, antialias=False)
+    resized = resample_pos_table(table, 37, 36, offset=0.1, antialias=False)
     official = F.interpolate(table, scale_factor=(37.1 / 37, 36.1 / 37), mode="bicubic")
     assert (resized - official).abs().max() < 5e-6 * table.abs().max()

@@ -13,8 +13,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from dinov2_heads.backbone.config import BackboneConfig, variant_name
-from dinov2_heads.layers import Block, Mlp, PatchEmbed, SwiGLUFFNFused, norm_kernels
-from dinov2_heads.layers.fast import fast_path, is_tracing
+from dinov2_heads.backbone.pos_resample import resample_pos_table
+from dinov2_heads.backbone.tracing import is_tracing
+from dinov2_heads.layers import Block, Mlp, PatchEmbed, SwiGLUFFNFused
 
 BlockSelection = int | Sequence[int]
 
@@ -132,56 +133,42 @@ class DinoVisionTransformer(nn.Module):
     def interpolate_pos_encoding(self, x: Tensor, height: int, width: int) -> Tensor:
         """Position embeddings for an image of ``height`` x ``width`` pixels: (1, 1 + N, D).
 
-        Follows the official resizing exactly: the plain models use bicubic with
-        ``scale_factor = (grid + offset) / 37`` and no antialias; the register models resize to
-        the exact grid with antialias. The stored table is returned as is when the patch count
-        equals the table's and the image is square (518x518 for the released weights).
-
-        Under ``torch.compile`` and ``torch.export`` (and so ONNX export) the same resampling is
-        computed by :func:`_resample_pos_table` instead, which keeps H and W symbolic: one
-        compiled graph serves every image size, and an exported graph takes any size. Eager
-        CUDA runs use it too, in float64, because it is faster there (see
-        :mod:`dinov2_heads.layers.fast`).
+        Follows the official resizing exactly (see :meth:`_resize_pos_table`). The stored table
+        is returned as is when the patch count equals the table's and the image is square
+        (518x518 for the released weights).
         """
         previous_dtype = x.dtype
         num_patches = x.shape[1] - 1
         num_positions = self.pos_embed.shape[1] - 1
-        tracing = is_tracing()
-        if not tracing and num_patches == num_positions and height == width:
+        if not is_tracing() and num_patches == num_positions and height == width:
             return self.pos_embed
         pos_embed = self.pos_embed.float()
         side = math.isqrt(num_positions)
-        grid_h, grid_w = height // self.patch_size, width // self.patch_size
         # The official view: (1, S, S, D) permuted to (1, D, S, S), a channels-last layout.
         # PyTorch's CPU bicubic kernels depend on the layout: for a grid one patch wide, the
         # antialiased kernel of a contiguous table gives other (and wrong) numbers.
         table = pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        if tracing or fast_path(x):
-            # On the GPU the bicubic kernel is slow for a table this small (one thread per
-            # output pixel); the matrices are exact to float rounding, and in eager mode they
-            # run in float64 so that TF32 matrix products cannot round them.
-            exact = torch.float32 if tracing else torch.float64
-            table = _resample_pos_table(
-                table.to(exact),
-                grid_h,
-                grid_w,
-                offset=self.interpolate_offset,
-                antialias=self.interpolate_antialias,
-            ).float()
-        elif self.interpolate_offset:
-            scale = (
-                (grid_h + self.interpolate_offset) / side,
-                (grid_w + self.interpolate_offset) / side,
-            )
-            table = F.interpolate(
-                table, scale_factor=scale, mode="bicubic", antialias=self.interpolate_antialias
-            )
-        else:
-            table = F.interpolate(
-                table, size=(grid_h, grid_w), mode="bicubic", antialias=self.interpolate_antialias
-            )
+        table = self._resize_pos_table(table, height // self.patch_size, width // self.patch_size)
         patch_pos = rearrange(table, "1 d h w -> 1 (h w) d")
         return torch.cat((pos_embed[:, :1], patch_pos), dim=1).to(previous_dtype)
+
+    def _resize_pos_table(self, table: Tensor, grid_h: int, grid_w: int) -> Tensor:
+        """The official bicubic resize of the table: (1, D, S, S) float32 -> (1, D, h, w).
+
+        The plain models use ``scale_factor = (h + offset) / S`` and no antialias; the register
+        models resize to the exact grid with antialias. Under ``torch.compile`` and
+        ``torch.export`` (and so ONNX export) the same resampling is computed by
+        :func:`~dinov2_heads.backbone.pos_resample.resample_pos_table`, which keeps h and w
+        symbolic: one compiled graph serves every image size, and an exported graph takes any.
+        """
+        offset, antialias = self.interpolate_offset, self.interpolate_antialias
+        if is_tracing():
+            return resample_pos_table(table, grid_h, grid_w, offset=offset, antialias=antialias)
+        if offset:
+            side = table.shape[-1]
+            scale = ((grid_h + offset) / side, (grid_w + offset) / side)
+            return F.interpolate(table, scale_factor=scale, mode="bicubic", antialias=antialias)
+        return F.interpolate(table, size=(grid_h, grid_w), mode="bicubic", antialias=antialias)
 
     def prepare_tokens_with_masks(self, x: Tensor, masks: Tensor | None = None) -> Tensor:
         """(B, 3, H, W) -> (B, 1 + R + N, D): class token, registers, then patch tokens.
@@ -224,7 +211,7 @@ class DinoVisionTransformer(nn.Module):
         tokens = self.prepare_tokens_with_masks(x, masks)
         for block in self.blocks:
             tokens = block(tokens)
-        normed = self._final_norm(tokens)
+        normed = self.norm(tokens)
         r = self.num_register_tokens
         return {
             "x_norm_clstoken": normed[:, 0],
@@ -280,13 +267,8 @@ class DinoVisionTransformer(nn.Module):
         for index, block in enumerate(self.blocks[: taken[-1] + 1]):
             tokens = block(tokens)
             if index in taken:
-                outputs.append(self._final_norm(tokens) if norm else tokens)
+                outputs.append(self.norm(tokens) if norm else tokens)
         return tuple(outputs)
-
-    def _final_norm(self, tokens: Tensor) -> Tensor:
-        if fast_path(tokens):
-            return norm_kernels.layer_norm(tokens, self.norm)
-        return self.norm(tokens)
 
     def _blocks_to_take(self, n: BlockSelection) -> list[int]:
         depth = len(self.blocks)
@@ -338,73 +320,3 @@ def check_float_images(x: Tensor) -> None:
 
 def _nearest_multiple(value: int, multiple: int) -> int:
     return max(multiple, round(value / multiple) * multiple)
-
-
-def _resample_pos_table(
-    table: Tensor, grid_h: int, grid_w: int, *, offset: float, antialias: bool
-) -> Tensor:
-    """The official bicubic resize of the position table, as two resampling matrices.
-
-    ``(1, D, S, S) -> (1, D, h, w)`` as ``M_h @ table @ M_w^T`` with ``M_h`` (h, S) and ``M_w``
-    (w, S) built with tensor operations from the grid sizes, so ``torch.export`` keeps h and w
-    symbolic. ``F.interpolate`` cannot be exported that way: torch.export freezes a
-    ``scale_factor`` computed from a symbolic size into a constant, and an ONNX ``Resize`` from
-    sizes maps pixels with h / S instead of the official (h + 0.1) / S. The weights are PyTorch's
-    own bicubic kernels (see :func:`_bicubic_matrix`), so the result equals ``F.interpolate`` to
-    float rounding (about 1e-7), and the 518x518 case keeps the table unchanged as above.
-    """
-    side = table.shape[-1]
-    rows = torch.arange(grid_h, device=table.device, dtype=torch.float32)
-    cols = torch.arange(grid_w, device=table.device, dtype=torch.float32)
-    # The grid sizes as tensors (the last index + 1), so that the comparison and the scale stay
-    # in the graph rather than becoming Python constants.
-    size_h, size_w = rows[-1:] + 1, cols[-1:] + 1
-    unchanged = (size_h == side) & (size_w == side)
-    matrix_h = _bicubic_matrix(rows, size_h, side, offset, antialias, unchanged)
-    matrix_w = _bicubic_matrix(cols, size_w, side, offset, antialias, unchanged)
-    return matrix_h.to(table.dtype) @ table @ matrix_w.T.to(table.dtype)
-
-
-def _bicubic_matrix(
-    positions: Tensor, size: Tensor, side: int, offset: float, antialias: bool, unchanged: Tensor
-) -> Tensor:
-    """(n,) output positions -> (n, S) weights of PyTorch's bicubic resize from S samples.
-
-    Without antialias (the plain models): ``scale_factor = (n + offset) / S``, source
-    coordinate ``(i + 0.5) / scale_factor - 0.5``, Keys kernel with a = -0.75, and taps past an
-    edge clamped onto it. With antialias (the register models): scale ``S / n`` (or, with an
-    offset, the inverted ``scale_factor`` as above), the kernel with a = -0.5 stretched by the
-    scale when shrinking, taps past an edge dropped and each row renormalised. The arithmetic
-    follows ATen's CPU kernels step by step.
-    """
-    if antialias:
-        if offset:
-            # A custom configuration: F.interpolate by scale_factor, which ATen inverts in double
-            # and rounds once, and a side whose size is unchanged is copied, not resampled.
-            scale = (1.0 / ((size.double() + offset) / side)).float()
-            scale = torch.where(size == side, 1.0, scale)
-        else:
-            scale = side / size
-        center = scale * (positions + 0.5)
-        source = torch.arange(side, device=positions.device, dtype=torch.float32)
-        stretch = torch.clamp(1.0 / scale, max=1.0)
-        weights = _keys_kernel((source - center[:, None] + 0.5) * stretch, a=-0.5)
-        return weights / weights.sum(dim=1, keepdim=True)
-    # ATen inverts the double scale factor and rounds it to float once.
-    scale = (1.0 / ((size.double() + offset) / side)).float()
-    scale = torch.where(unchanged, 1.0, scale)
-    coordinate = scale * (positions + 0.5) - 0.5
-    # Two extra taps on each side, folded back onto the edge samples as ATen clamps them.
-    source = torch.arange(-2, side + 2, device=positions.device, dtype=torch.float32)
-    weights = _keys_kernel(source - coordinate[:, None], a=-0.75)
-    samples = torch.arange(side, device=positions.device, dtype=torch.float32)
-    fold = (torch.clamp(source, 0, side - 1)[:, None] == samples).float()
-    return weights @ fold
-
-
-def _keys_kernel(x: Tensor, *, a: float) -> Tensor:
-    """The cubic convolution kernel of Keys (1981), zero beyond a distance of 2."""
-    x = x.abs()
-    near = ((a + 2) * x - (a + 3)) * x * x + 1
-    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-    return torch.where(x < 1, near, torch.where(x < 2, far, 0.0))

@@ -9,6 +9,8 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from dinov2_heads import accel
+from dinov2_heads.accel.conditions import runs_fast
 from dinov2_heads.backbone import DinoVisionTransformer
 from dinov2_heads.backbone.vision_transformer import check_float_images
 from dinov2_heads.features.features import BlockKey, BlockTokens, Features
@@ -53,13 +55,17 @@ class FrozenBackbone(nn.Module):
         dtype: Store the frozen weights in this dtype once (``torch.bfloat16`` or
             ``torch.float16``) instead of autocasting on every call; inputs are cast to it and
             features come out as float32. ``None`` keeps the backbone's dtype. On a GPU this,
-            uncompiled, is the fastest way to run the backbone (its GPU fast path, see
-            :func:`~dinov2_heads.plain_kernels`).
+            uncompiled and accelerated, is the fastest way to run the backbone.
         compile: ``True`` compiles the token extraction with ``torch.compile``. The batch
             dimension is dynamic, so a new batch size does not recompile; the first image size
             is compiled as is, and a second size compiles one graph with dynamic height and
             width that serves every later size (two compilations in all). A mapping is passed to
             ``torch.compile`` as keyword arguments (for example ``{"mode": "max-autotune"}``).
+        accelerate: On the first batch on a GPU, swap the backbone's modules for the faster
+            ones of :mod:`dinov2_heads.accel` (:func:`~dinov2_heads.accel.accelerate`, once, in
+            place; the state dict does not change). ``False`` keeps PyTorch's plain kernels,
+            for instance for the exact GELU in reduced precision. CPU runs and compiled runs
+            never take them.
 
     Example:
         >>> from dinov2_heads import create_backbone
@@ -76,6 +82,7 @@ class FrozenBackbone(nn.Module):
         blocks: Iterable[BlockRequest] = (),
         dtype: torch.dtype | None = None,
         compile: bool | Mapping[str, Any] = False,
+        accelerate: bool = True,
     ) -> None:
         super().__init__()
         if not callable(getattr(backbone, "get_intermediate_layers", None)):
@@ -105,6 +112,8 @@ class FrozenBackbone(nn.Module):
             raise TypeError(
                 f"compile must be a bool or a mapping of torch.compile options, got {compile!r}"
             )
+        if not isinstance(accelerate, bool):
+            raise TypeError(f"accelerate must be True or False, got {accelerate!r}")
 
         requested = _resolve_blocks(blocks, depth)
 
@@ -129,6 +138,7 @@ class FrozenBackbone(nn.Module):
         )
         self._compiled: Callable[[Tensor], _AllTokens] | None = None
         self._first_grid: tuple[int, int] | None = None
+        self._accelerate_pending = accelerate and self._compile_options is None
         self.register_state_dict_post_hook(_strip_backbone_prefix)  # type: ignore[no-untyped-call]
         self.register_load_state_dict_pre_hook(_add_backbone_prefix)  # type: ignore[no-untyped-call]
         self.train(False)
@@ -215,6 +225,9 @@ class FrozenBackbone(nn.Module):
         check_float_images(x)  # before the cast below would turn pixels 0..255 into floats
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
         x = x.to(self.dtype)
+        if self._accelerate_pending and runs_fast(x):
+            accel.accelerate(self.backbone)
+            self._accelerate_pending = False
         with torch.no_grad():
             if self._compile_options is not None:
                 self._mark_dynamic(x, grid)

@@ -2,7 +2,6 @@
 
 from dinov2_heads.layers.attention import Attention
 from dinov2_heads.layers.block import Block
-from dinov2_heads.layers.fast import plain_kernels
 from dinov2_heads.layers.layer_scale import LayerScale
 from dinov2_heads.layers.mlp import Mlp
 from dinov2_heads.layers.patch_embed import PatchEmbed
@@ -15,6 +14,5 @@ __all__ = [
     "Mlp",
     "PatchEmbed",
     "SwiGLUFFNFused",
-    "plain_kernels",
     "swiglu_hidden_features",
 ]

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from dinov2_heads.layers import norm_kernels
 from dinov2_heads.layers.attention import Attention
-from dinov2_heads.layers.fast import bypassable, fast_path
 from dinov2_heads.layers.layer_scale import LayerScale
 
 
@@ -43,21 +41,5 @@ class Block(nn.Module):
         self.ls2: nn.Module = LayerScale(dim, init_values) if init_values else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        if fast_path(x):
-            # The same sums with fewer passes over the tokens (see layers.fast).
-            branch, gamma = _scaling(self.ls1, self.attn(norm_kernels.layer_norm(x, self.norm1)))
-            x, normed = norm_kernels.add_scaled_layer_norm(x, branch, gamma, self.norm2)
-            branch, gamma = _scaling(self.ls2, self.mlp(normed))
-            return norm_kernels.add_scaled(x, branch, gamma)
         x = x + self.ls1(self.attn(self.norm1(x)))
         return x + self.ls2(self.mlp(self.norm2(x)))
-
-
-def _scaling(scale: nn.Module, branch: Tensor) -> tuple[Tensor, Tensor | None]:
-    # (branch, gamma) for the fused kernels; a scale module of another kind, or one with hooks,
-    # is applied here.
-    if isinstance(scale, LayerScale) and bypassable(scale, LayerScale):
-        return branch, scale.gamma
-    if bypassable(scale, nn.Identity):
-        return branch, None
-    return scale(branch), None

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-
-from dinov2_heads.layers.fast import bypassable, fast_path
 
 
 class PatchEmbed(nn.Module):
@@ -28,14 +25,4 @@ class PatchEmbed(nn.Module):
         self.norm = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        if fast_path(x) and bypassable(self.proj, nn.Conv2d):
-            return self.norm(self._embed_by_matmul(x))
         return self.norm(rearrange(self.proj(x), "b d h w -> b (h w) d"))
-
-    def _embed_by_matmul(self, x: Tensor) -> Tensor:
-        # The convolution's kernel equals its stride, so it is one matrix product over the
-        # cut-out patches, flattened in the kernel's (channel, row, column) order.
-        p = self.patch_size
-        patches = rearrange(x, "b c (h p) (w q) -> b (h w) (c p q)", p=p, q=p)
-        weight = self.proj.weight.reshape(self.proj.out_channels, -1)
-        return F.linear(patches, weight, self.proj.bias)
