@@ -20,8 +20,12 @@ Modes:
 - ``bf16`` / ``fp16``: weights stored in that dtype once, inputs cast to it (what
   ``FrozenBackbone(dtype=...)`` does).
 - ``compiled-bf16`` / ``compiled-fp16``: the same, through ``torch.compile``.
-- ``autocast-fp16-plain`` / ``bf16-plain``: as above under ``plain_kernels()``, without the GPU
-  fast path (on CUDA our model then runs the official model's sequence of PyTorch kernels).
+- ``autocast-fp16-plain`` / ``bf16-plain``: as above without ``dinov2_heads.accel.accelerate``
+  (on CUDA our model then runs the official model's sequence of PyTorch kernels).
+
+Our model runs accelerated (``accelerate(model)``, as ``FrozenBackbone`` runs it on a GPU) in
+every uncompiled mode but the ``-plain`` ones; the official model is never accelerated. On CPU
+the accelerated modules compute what the plain ones do.
 
 Achieved TFLOP/s counts a multiply-add as two FLOPs, from the analytic count of
 :func:`vit_forward_flops`. Each case runs ``--warmup`` untimed then ``--iters`` timed forward
@@ -53,13 +57,8 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from dinov2_heads import (
-    BackboneConfig,
-    create_backbone,
-    get_config,
-    list_variants,
-    plain_kernels,
-)
+from dinov2_heads import BackboneConfig, create_backbone, get_config, list_variants
+from dinov2_heads.accel import accelerate
 from dinov2_heads.layers import swiglu_hidden_features
 
 # ---------------------------------------------------------------------------- FLOPs
@@ -100,13 +99,13 @@ def vit_forward_flops(config: BackboneConfig, height: int, width: int) -> int:
 
 @dataclass(frozen=True)
 class Mode:
-    """How the backbone is run: storage dtype, autocast dtype, compilation, plain kernels."""
+    """How the backbone is run: storage dtype, autocast dtype, compilation, acceleration."""
 
     name: str
     weights: torch.dtype
     autocast: torch.dtype | None = None
     compiled: bool = False
-    #: Run under ``plain_kernels()``: PyTorch's own kernels, without the GPU fast path.
+    #: Leave our model unaccelerated: PyTorch's own kernels, without ``dinov2_heads.accel``.
     plain: bool = False
 
 
@@ -127,22 +126,29 @@ CPU_MODES = ["fp32"]
 
 
 def prepare(
-    model: nn.Module, mode: Mode, device: torch.device, compile_mode: str | None = None
+    model: nn.Module,
+    mode: Mode,
+    device: torch.device,
+    compile_mode: str | None = None,
+    *,
+    ours: bool = False,
 ) -> Callable[[Tensor], Any]:
     """Put ``model`` in ``mode`` on ``device`` and return the forward function to time.
 
     The returned function takes float32 images (B, 3, H, W) and casts them itself, as a data
-    loader would hand them over.
+    loader would hand them over. ``ours`` marks this library's model, which is accelerated
+    (``dinov2_heads.accel.accelerate``) in the uncompiled modes that are not ``-plain``, as
+    ``FrozenBackbone`` runs it on a GPU.
     """
     model.to(device=device, dtype=mode.weights).eval().requires_grad_(False)
+    if ours and not mode.plain and not mode.compiled:
+        accelerate(model)
     forward: Callable[[Tensor], Any] = model.forward_features  # type: ignore[assignment]
     if mode.compiled:
         forward = torch.compile(forward, mode=compile_mode, dynamic=False)
 
-    kernels = plain_kernels if mode.plain else contextlib.nullcontext
-
     def run(images: Tensor) -> Any:
-        with torch.no_grad(), _autocast(device, mode.autocast), kernels():
+        with torch.no_grad(), _autocast(device, mode.autocast):
             return forward(images.to(mode.weights))
 
     return run
@@ -418,7 +424,8 @@ def _time_case(
     model: nn.Module | None = None
     try:
         model = build()
-        run = prepare(model, mode, settings.device, settings.compile_mode)
+        ours = row.implementation == "dinov2-heads"
+        run = prepare(model, mode, settings.device, settings.compile_mode, ours=ours)
         timing = measure(run, images, warmup=settings.warmup, iters=settings.iters)
     except (RuntimeError, ValueError, TypeError, NotImplementedError) as error:
         row.error = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"

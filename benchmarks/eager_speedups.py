@@ -1,11 +1,12 @@
 """Candidate speed-ups of the uncompiled bf16 path, each timed against it in the same run.
 
 The ``bf16`` row is the library's default GPU path (weights stored in bf16, no compilation,
-the GPU fast path of ``dinov2_heads.layers.fast``). This script measures, on one machine and in
-one run, what each candidate change gains on top of it before any of them goes into the
-library; its first GPU run, before the fast path existed, chose what the fast path now does
-(see docs/performance.md):
+the model accelerated by ``dinov2_heads.accel.accelerate`` as ``FrozenBackbone`` runs it). This
+script measures, on one machine and in one run, what each candidate change gains on top of it
+before any of them goes into the library; its first GPU run, before the fast modules existed,
+chose what they now do (see docs/performance.md):
 
+- ``bf16-plain``: the same without ``accelerate``, PyTorch's own kernels (for comparison);
 - ``fold-layerscale``: LayerScale folded into the weights and bias of the linear layer before
   it (``gamma * (W x + b) = (gamma W) x + gamma b``, exact in real arithmetic), removing one
   elementwise pass per residual branch;
@@ -49,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from dinov2_heads import DinoVisionTransformer, create_backbone
+from dinov2_heads.accel import accelerate
 from dinov2_heads.layers import LayerScale, Mlp
 
 # The benchmarks folder is not a package: its scripts import each other from this folder.
@@ -57,6 +59,7 @@ bt = importlib.import_module("backbone_throughput")
 
 CANDIDATES = [
     "bf16",
+    "bf16-plain",
     "fold-layerscale",
     "cudnn-attention",
     "gelu-epilogue",
@@ -71,6 +74,7 @@ CUDA_ONLY = {"cuda-graph"}
 #: The changes each candidate makes.
 CHANGES: dict[str, set[str]] = {
     "bf16": set(),
+    "bf16-plain": {"plain"},
     "fold-layerscale": {"fold"},
     "cudnn-attention": {"cudnn"},
     "gelu-epilogue": {"gelu"},
@@ -187,9 +191,14 @@ def build_run(
     example: Tensor,
     compile_backend: str,
 ) -> tuple[Callable[[Tensor], Any], str]:
-    """Apply ``candidate`` to a float32 ``model`` and return (bf16 forward, what was changed)."""
+    """Apply ``candidate`` to a float32 ``model`` and return (bf16 forward, what was changed).
+
+    The model is accelerated first (the default path; not for ``bf16-plain``), then changed.
+    """
     notes = []
     changes = CHANGES[candidate]
+    if "plain" not in changes:
+        accelerate(model)
     if "fold" in changes:
         notes.append(f"{fold_layer_scale(model)} LayerScales folded")
     if "gelu" in changes:

@@ -1,4 +1,4 @@
-"""The Triton LayerNorm kernels against PyTorch's, at the token shapes of ViT-S and ViT-L.
+"""The Triton LayerNorm kernel of ``dinov2_heads.accel`` against PyTorch, at ViT-S/ViT-L shapes.
 
 For each shape (ViT-S/14 batch 256 and ViT-L/14 batch 128 at 224x224, bf16) times, as medians
 of CUDA-event timings: PyTorch's ``F.layer_norm``, ``torch.addcmul`` (LayerScale + residual),
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dinov2_heads.layers import norm_kernels
+from dinov2_heads.accel import norm_kernels
 
 #: (name, rows, width): the tokens of one batch through one block.
 SHAPES = [("ViT-S/14 b256", 256 * 257, 384), ("ViT-L/14 b128", 128 * 257, 1024)]
@@ -104,9 +104,7 @@ def run_shape(
 
 def _launcher(elements: int, warps: int) -> Callable[..., Any]:
     def launch(x: Tensor, branch: Tensor | None, gamma: Tensor | None, norm: Any) -> Any:
-        return norm_kernels._launch(
-            x, branch, gamma, norm, block_elements=elements, num_warps=warps
-        )
+        return norm_kernels.launch(x, branch, gamma, norm, block_elements=elements, num_warps=warps)
 
     return launch
 

@@ -1,12 +1,13 @@
 """Where the uncompiled GPU forward pass spends its time: GPU time per kernel family.
 
 Profiles ``forward_features`` of ViT-S/14 (batch 256) and ViT-L/14 (batch 128) at 224x224 with
-random weights, for chosen candidates of ``benchmarks/eager_speedups.py`` (plain bf16 weights by
-default), and prints, per case, the GPU time of each kind of kernel (matrix products, attention,
-LayerNorm, GELU, other elementwise, copies) per forward pass, with its share of the total::
+random weights, for chosen candidates of ``benchmarks/eager_speedups.py`` (by default ``bf16``:
+bf16 weights, accelerated as ``FrozenBackbone`` runs the model on a GPU), and prints, per case,
+the GPU time of each kind of kernel (matrix products, attention, LayerNorm, GELU, other
+elementwise, copies) per forward pass, with its share of the total::
 
     python benchmarks/profile_forward.py
-    python benchmarks/profile_forward.py --candidates bf16 fold+gelu --json
+    python benchmarks/profile_forward.py --candidates bf16-plain bf16 --json
 
 ``--smoke`` profiles a one-block model on CPU (the test suite does this); its figures mean nothing.
 """

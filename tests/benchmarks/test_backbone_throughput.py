@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
-from dinov2_heads import get_config
+from dinov2_heads import create_backbone, get_config
+from dinov2_heads.accel import FastVisionTransformer
 from dinov2_heads.layers import swiglu_hidden_features
 from tests.benchmarks.conftest import load_script, write_stand_in_checkout
 
@@ -102,3 +104,22 @@ def test_compare_official_times_both_in_one_run(
     assert result["notes"][0].startswith("official DINOv2 from")
     # The same weights are loaded into both, so the stand-in agrees exactly.
     assert result["notes"][1].endswith("fp32 max |ours - official| = 0.00e+00")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:torch")
+def test_our_model_runs_accelerated_except_in_the_plain_and_compiled_modes() -> None:
+    cpu = torch.device("cpu")
+    for mode, accelerated in [
+        ("fp32", True),
+        ("bf16", True),
+        ("bf16-plain", False),
+        ("autocast-fp16-plain", False),
+        ("compiled-bf16", False),
+    ]:
+        model = create_backbone("dinov2_vits14", depth=1)
+        bt.prepare(model, bt.MODES[mode], cpu, ours=True)
+        assert (type(model) is FastVisionTransformer) == accelerated, mode
+    # Another implementation is timed as it is.
+    model = create_backbone("dinov2_vits14", depth=1)
+    bt.prepare(model, bt.MODES["bf16"], cpu)
+    assert type(model) is not FastVisionTransformer
