@@ -22,6 +22,7 @@ from dinov2_heads.accel import (
     FastPatchEmbed,
     FastVisionTransformer,
     accelerate,
+    norm_kernels,
 )
 from dinov2_heads.layers import Block
 from tests.accel.conftest import DEVICES, features, spread
@@ -152,8 +153,6 @@ def test_each_fast_computation_replaces_the_plain_one(
     accelerate(model)
     features(model, images)
     # Without Triton both residual additions are torch.addcmul; with it, Triton kernels.
-    from dinov2_heads.accel import norm_kernels
-
     fused = 0 if norm_kernels.kernels_available(images) else 2
     assert calls == {"conv": 1, "interpolate": 1, "addcmul": fused}
 
@@ -310,3 +309,11 @@ def test_frozen_backbone_accelerates_on_its_first_gpu_batch(fast_on_cpu: None) -
 def test_frozen_backbone_rejects_a_non_bool_accelerate() -> None:
     with pytest.raises(TypeError, match="accelerate must be True or False, got 'yes'"):
         FrozenBackbone(create_backbone("dinov2_vits14", depth=1), accelerate="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:torch")
+def test_a_compiled_frozen_backbone_keeps_the_plain_modules(fast_on_cpu: None) -> None:
+    backbone = create_backbone("dinov2_vits14", depth=1, embed_dim=64, num_heads=2)
+    frozen = FrozenBackbone(backbone, compile={"backend": "eager"})
+    frozen(torch.randn(2, 3, 28, 28))
+    assert not any(type(m).__name__.startswith("Fast") for m in frozen.modules())

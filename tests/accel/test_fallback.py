@@ -24,6 +24,7 @@ def kernels_declared(fast_on_cpu: None, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def _model() -> nn.Module:
+    torch.manual_seed(0)
     model = create_backbone("dinov2_vits14", depth=2, embed_dim=32, num_heads=2).eval()
     spread(model)
     return model
@@ -58,7 +59,8 @@ def test_a_failing_kernel_warns_once_per_module_and_falls_back(
         )
     assert {n for n, m in model.named_modules() if getattr(m, "kernel_failed", False)} == failed
     for key in want:
-        torch.testing.assert_close(got[key], want[key], rtol=1e-6, atol=1e-6, msg=key)
+        # PyTorch's operations; the residual rounded once (torch.addcmul) instead of twice.
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5, msg=key)
     caplog.clear()
     again = features(model, images)
     assert len(launches) == len(failed)  # not tried again
