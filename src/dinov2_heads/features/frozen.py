@@ -312,8 +312,8 @@ def _tokens_and_blocks(
             zip(wanted, backbone.get_intermediate_tokens(x, wanted, norm=False), strict=True)
         )
         # The same final norm get_intermediate_layers(norm=True) applies.
-        normed = {i: backbone._final_norm(raw[i]) for i in last}
-        normed.update({i: backbone._final_norm(raw[i]) for i, norm in extra if norm})
+        normed = {i: backbone.norm(raw[i]) for i in last}
+        normed.update({i: backbone.norm(raw[i]) for i, norm in extra if norm})
         tokens: _Tokens = (
             tuple(normed[i][:, 0] for i in last),
             tuple(normed[i][:, 1 + r :] for i in last),
