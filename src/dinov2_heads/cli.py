@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "pca": "dinov2_heads.commands.pca",
     "predict": "dinov2_heads.commands.predict",
     "inspect": "dinov2_heads.commands.inspect",
+    "search": "dinov2_heads.commands.search",
 }
 
 
