@@ -180,6 +180,9 @@ class NearestNeighbors:
             self._ids = torch.arange(self.count)
             self.embed_dim = int(rows.shape[1])
         self.paths = self._check_paths(features, paths)
+        # Taken from the features as given (not the normalised copy), as open() will see them.
+        self.fingerprint = source_fingerprint(features, pooling)
+        self._backbone = _backbone_fingerprint(features)
         self._faiss: Any = None
         if backend == "faiss":
             self._faiss = self._build_faiss()
@@ -245,8 +248,8 @@ class NearestNeighbors:
             "faiss_index": self.faiss_index,
             "count": self.count,
             "embed_dim": self.embed_dim,
-            "backbone_fingerprint": _backbone_fingerprint(self._source),
-            "fingerprint": source_fingerprint(self._source, self.pooling),
+            "backbone_fingerprint": self._backbone,
+            "fingerprint": self.fingerprint,
         }
         target.parent.mkdir(parents=True, exist_ok=True)
         if self._faiss is not None:
@@ -277,7 +280,15 @@ class NearestNeighbors:
         record = _read_record(Path(path))
         pooling = str(record["pooling"])
         check_pooling(pooling)
-        found = source_fingerprint(features, pooling)
+        search = cls(
+            features,
+            paths=paths,
+            pooling=pooling,
+            chunk_size=int(record["chunk_size"]),
+            faiss_index=str(record["faiss_index"]),
+            device=device,
+        )
+        found = search.fingerprint
         if found != record["fingerprint"]:
             raise StoreMismatchError(
                 f"the index at {path} was built for other features: fingerprint "
@@ -287,14 +298,6 @@ class NearestNeighbors:
                 f"{_short(_backbone_fingerprint(features))}); build a new index with "
                 "NearestNeighbors(features) and save it"
             )
-        search = cls(
-            features,
-            paths=paths,
-            pooling=pooling,
-            chunk_size=int(record["chunk_size"]),
-            faiss_index=str(record["faiss_index"]),
-            device=device,
-        )
         if record["backend"] == "faiss":
             # The built index is read back, not rebuilt.
             faiss = _import_faiss()
