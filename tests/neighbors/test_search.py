@@ -87,7 +87,8 @@ def test_neighbors_and_table() -> None:
     first = result.neighbors(0)[0]
     assert (first.rank, first.index, first.sample_id, first.path) == (1, 3, 3, "img/3.png")
     assert first.similarity == pytest.approx(1.0, abs=1e-6)
-    assert result.paths is not None and result.paths[1][0] == "img/4.png"
+    assert result.paths is not None
+    assert result.paths[1][0] == "img/4.png"
     lines = result.table(1).splitlines()
     assert lines[0].split() == ["rank", "similarity", "id", "path"]
     assert lines[1].split() == ["1", "1.0000", "4", "img/4.png"]
@@ -119,7 +120,8 @@ def test_paths_come_from_dataset_json_by_sample_id(frozen: FrozenBackbone, tmp_p
     search = NearestNeighbors(store)
     result = search.search(store.features([2, 9]), k=3)
     assert result.paths is not None
-    assert result.paths[0][0] == "photos/002.jpg" and result.paths[1][0] == "photos/009.jpg"
+    assert result.paths[0][0] == "photos/002.jpg"
+    assert result.paths[1][0] == "photos/009.jpg"
     assert result.paths == [[listed[i] for i in row] for row in result.sample_ids.tolist()]
     # Given paths win over the file.
     given = NearestNeighbors(store, paths=[f"x{i}" for i in range(12)]).search(
@@ -151,7 +153,8 @@ def test_save_and_open_keep_the_settings_and_refuse_other_features(
     search = NearestNeighbors(store, pooling="patch_mean", chunk_size=5)
     saved = search.save(tmp_path / "index" / "search.json")
     record = json.loads(saved.read_text(encoding="utf-8"))
-    assert record["pooling"] == "patch_mean" and record["chunk_size"] == 5
+    assert record["pooling"] == "patch_mean"
+    assert record["chunk_size"] == 5
     assert record["backbone_fingerprint"] == store.fingerprint
     assert record["fingerprint"] == source_fingerprint(store, "patch_mean")
 
@@ -161,7 +164,7 @@ def test_save_and_open_keep_the_settings_and_refuse_other_features(
     assert torch.equal(reopened.search(queries, k=4).indices, search.search(queries, k=4).indices)
 
     other_images = disk_store(frozen, tmp_path / "other", seed=1)
-    with pytest.raises(StoreMismatchError, match="built for other features.*12 samples"):
+    with pytest.raises(StoreMismatchError, match=r"built for other features.*12 samples"):
         NearestNeighbors.open(saved, other_images)
     fewer = disk_store(frozen, tmp_path / "fewer", seed=0, count=11)
     with pytest.raises(StoreMismatchError, match="11 samples"):

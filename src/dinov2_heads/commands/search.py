@@ -116,9 +116,7 @@ def run(args: argparse.Namespace) -> int:
         result.similarities,
         labels=labels,
         query_labels=[Path(p).name for p in batch.paths],
-        caption=contact_sheet_caption(
-            args.k, what=f"{args.pooling} features", missing=missing > 0
-        ),
+        caption=contact_sheet_caption(args.k, what=f"{args.pooling} features", missing=missing > 0),
     )
     print(f"wrote {out}: {len(batch.paths)} query image(s), {args.k} neighbours each")
     if search.paths is None:

@@ -9,6 +9,7 @@ and a store larger than memory can be searched. A faiss index is an option for v
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ from dinov2_heads.neighbors.topk import TopK, chunked_topk
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["INDEX_FORMAT", "Neighbor", "NearestNeighbors", "SearchResult", "source_fingerprint"]
+__all__ = ["INDEX_FORMAT", "NearestNeighbors", "Neighbor", "SearchResult", "source_fingerprint"]
 
 #: The ``format`` entry of a saved index.
 INDEX_FORMAT = "dinov2-heads/nearest-neighbors"
@@ -325,7 +326,9 @@ class NearestNeighbors:
                 return None
             return store_image_paths(features)
         if isinstance(paths, str | os.PathLike):
-            raise TypeError("paths must be a sequence with one path per stored sample, not one path")
+            raise TypeError(
+                "paths must be a sequence with one path per stored sample, not one path"
+            )
         listed = [str(p) for p in paths]
         if len(listed) != self.count:
             raise ValueError(
@@ -405,10 +408,7 @@ def source_fingerprint(source: Source, pooling: str = "class") -> str:
     count = source_length(source)
     digest = hashlib.sha256()
     digest.update(f"{_backbone_fingerprint(source)} {count} {pooling}\n".encode())
-    if isinstance(source, FeatureStore):
-        ids = source.sample_ids()
-    else:
-        ids = torch.arange(count)
+    ids = source.sample_ids() if isinstance(source, FeatureStore) else torch.arange(count)
     digest.update(ids.to(torch.int64).contiguous().numpy().tobytes())
     if count:
         probes = sorted({round(i * (count - 1) / max(_PROBE_ROWS - 1, 1)) for i in range(16)})
@@ -457,7 +457,8 @@ def _read_record(path: Path) -> dict[str, Any]:
 
 def _import_faiss() -> Any:
     try:
-        import faiss
+        # Through importlib: faiss ships no type information.
+        faiss = importlib.import_module("faiss")
     except ImportError:
         raise ImportError(
             'backend="faiss" needs faiss, which is not installed: pip install faiss-cpu (or '

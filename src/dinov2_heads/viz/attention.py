@@ -46,9 +46,7 @@ def attention_caption(
     )
     if register_share is not None:
         text += f" The registers took {100 * register_share:.1f} % of the attention."
-    ranged = (
-        "each map scaled to its own range" if scale == "each" else "one range per image"
-    )
+    ranged = "each map scaled to its own range" if scale == "each" else "one range per image"
     return text + f" Colours: {colourmap}, dark = low, {ranged}."
 
 

@@ -79,9 +79,7 @@ def add_caption(picture: Image.Image, caption: str, padding: int = 4) -> Image.I
     sheet.paste(picture, (0, 0))
     draw = ImageDraw.Draw(sheet)
     for index, line in enumerate(lines):
-        draw.text(
-            (margin, picture.height + index * line_height), line, fill=TEXT_COLOUR, font=face
-        )
+        draw.text((margin, picture.height + index * line_height), line, fill=TEXT_COLOUR, font=face)
     return sheet
 
 

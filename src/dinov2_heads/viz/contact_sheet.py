@@ -104,7 +104,9 @@ def save_contact_sheet(
     sheet = torch.ones(3, padding + batch * row_height, padding + (k + 1) * (width + padding))
     for b in range(batch):
         top = padding + b * row_height
-        tiles = [shown[b]] + [_tile(image, height, width, normalized, mean, std) for image in rows[b]]
+        tiles = [shown[b]] + [
+            _tile(image, height, width, normalized, mean, std) for image in rows[b]
+        ]
         for column, tile in enumerate(tiles):
             left = padding + column * (width + padding)
             sheet[:, top : top + height, left : left + width] = tile
