@@ -106,19 +106,58 @@ def test_sharded_pytorch_bin_folder_gives_huggingface_outputs(saved: dict[str, A
     assert_matches(folder, saved["swiglu"])
 
 
-def test_every_shard_is_memory_mapped(saved: dict[str, Any]) -> None:
+@pytest.mark.parametrize("name", ["bin_sharded", "sharded"])
+def test_shards_are_mapped_only_with_mmap(saved: dict[str, Any], name: str) -> None:
     maps = Path("/proc/self/maps")
     if not maps.exists():
         pytest.skip("needs /proc/self/maps (Linux) to see the mappings")
-    folder = saved["root"] / "bin_sharded"
-    state = read_checkpoint(folder)
-    # torch.save writes zip files: each shard appears among the process's memory mappings.
+    folder = saved["root"] / name
+    shards = find_checkpoint_files(folder).weights
+    owned = read_checkpoint(folder)
+    assert not any(str(shard.resolve()) in maps.read_text() for shard in shards)
+    state = read_checkpoint(folder, mmap=True)
+    # Each shard appears among the process's memory mappings while its tensors live.
     mapped = maps.read_text()
-    for shard in find_checkpoint_files(folder).weights:
+    for shard in shards:
         assert str(shard.resolve()) in mapped, shard.name
-    assert len(state) == len(
-        json.loads((folder / "pytorch_model.bin.index.json").read_text())["weight_map"]
-    )
+    assert all(torch.equal(owned[key], state[key]) for key in owned)
+    index = "pytorch_model.bin.index.json" if name == "bin_sharded" else INDEX
+    assert len(state) == len(json.loads((folder / index).read_text())["weight_map"])
+
+
+@pytest.mark.parametrize("source", ["file", "folder", "state dict"])
+def test_custom_huggingface_weights_without_config_json_need_num_heads(
+    saved: dict[str, Any], tmp_path: Path, source: str
+) -> None:
+    """32-wide heads: taking D / 64 = 1 head would load silently and give other outputs."""
+    folder = copy(saved, "whole", tmp_path)
+    path: Path | dict[str, Tensor] = folder / "model.safetensors"
+    hint = "pass the folder"
+    if source == "folder":
+        (folder / "config.json").unlink()
+        path, hint = folder, "put the model's config.json beside the weights"
+    elif source == "state dict":
+        path, hint = saved["registers"].state_dict(), "a state dict, which has no config.json"
+    with pytest.raises(CheckpointError, match=r"number of attention heads is unknown") as caught:
+        load_backbone(path)
+    assert "Pass num_heads=" in str(caught.value)
+    assert hint in str(caught.value)
+    with pytest.raises(CheckpointError, match=r"number of attention heads is unknown"):
+        describe_checkpoint(path)
+    # Given the count, the model is Hugging Face's; a wrong count is a different model.
+    model = load_backbone(path, num_heads=2)
+    x = images((SIZE, SIZE))
+    assert (tokens(model, x) - hf_tokens(saved["registers"], x)).abs().max().item() < TOL
+    wrong = load_backbone(path, num_heads=1)
+    assert (tokens(wrong, x) - hf_tokens(saved["registers"], x)).abs().max().item() > TOL
+
+
+def test_official_architecture_in_huggingface_layout_needs_no_config() -> None:
+    """The released models' heads are 64 wide: their shapes alone are unambiguous."""
+    theirs = hf_model(registers=False, hidden_size=384, num_heads=6, depth=12, size=SIZE)
+    model = load_backbone(theirs.state_dict())
+    assert model.variant == "dinov2_vits14"
+    assert model.config.num_heads == 6
 
 
 def test_config_json_gives_the_head_count(
@@ -126,8 +165,6 @@ def test_config_json_gives_the_head_count(
 ) -> None:
     folder = saved["root"] / "whole"
     assert load_backbone(folder).config.num_heads == 2
-    # The file alone has no config.json: D / 64 = 1 head, the documented default.
-    assert load_backbone(folder / "model.safetensors").config.num_heads == 1
     with caplog.at_level(logging.WARNING):
         assert load_backbone(folder, num_heads=4).config.num_heads == 4
     assert "num_heads=4 is used" in caplog.text
@@ -147,7 +184,7 @@ def test_describe_names_the_files_it_read(saved: dict[str, Any]) -> None:
     assert len(summary.files) == 2 + len(list((saved["root"] / "sharded").glob("model-*")))
     row = next(line for line in str(summary).splitlines() if line.startswith("files"))
     assert row.split(None, 1)[1] == f"{INDEX} ({len(summary.files) - 2} shards), config.json"
-    single = describe_checkpoint(saved["root"] / "whole" / "model.safetensors")
+    single = describe_checkpoint(saved["root"] / "whole" / "model.safetensors", num_heads=2)
     assert single.files == ("model.safetensors",)
     assert "files" not in [line.split()[0] for line in str(single).splitlines()]
 
@@ -408,13 +445,16 @@ def test_config_json_that_contradicts_the_weights(
     ):
         describe_checkpoint(folder)
     # The file on its own is read without the folder's config.json.
-    assert load_backbone(folder / "model.safetensors").config.depth == 2
+    assert load_backbone(folder / "model.safetensors", num_heads=2).config.depth == 2
 
 
 def test_config_json_of_another_model_is_not_used(saved: dict[str, Any], tmp_path: Path) -> None:
     folder = copy(saved, "whole", tmp_path)
     (folder / "config.json").write_text(json.dumps({"model_type": "vit", "num_hidden_layers": 9}))
-    assert load_backbone(folder).config.num_heads == 1
+    # Not used, so the head count is unknown again.
+    with pytest.raises(CheckpointError, match=r"config.json is not a DINOv2 configuration"):
+        load_backbone(folder)
+    assert load_backbone(folder, num_heads=2).config.depth == 2
     (folder / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"config.json is not valid JSON.*remove it"):
         load_backbone(folder)

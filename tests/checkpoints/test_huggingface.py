@@ -39,7 +39,8 @@ def test_live_state_dict_gives_huggingface_outputs(registers: bool, swiglu: bool
     theirs = hf_model(registers=registers, swiglu=swiglu, size=size)
     state = theirs.state_dict()
     assert detect_format(state) == "huggingface"
-    ours = load_backbone(state)
+    # A state dict carries no config.json: the head count is given.
+    ours = load_backbone(state, num_heads=2)
     assert ours.num_register_tokens == (4 if registers else 0)
     assert ours.config.ffn_layer == ("swiglufused" if swiglu else "mlp")
     assert ours.config.img_size == size
@@ -52,10 +53,11 @@ def test_saved_model_file_gives_huggingface_outputs(tmp_path: Path, registers: b
     pytest.importorskip("safetensors")
     theirs = hf_model(registers=registers, swiglu=True, seed=3)
     theirs.save_pretrained(tmp_path)
-    ours = load_backbone(tmp_path / "model.safetensors")
+    # The folder: its config.json gives the head count.
+    ours = load_backbone(tmp_path)
     x = images((SMALL, SMALL))
     assert_close(tokens(ours, x), hf_tokens(theirs, x))
-    summary = describe_checkpoint(tmp_path / "model.safetensors")
+    summary = describe_checkpoint(tmp_path)
     assert summary.format == "huggingface"
     assert summary.unexpected == ()
 
@@ -63,7 +65,7 @@ def test_saved_model_file_gives_huggingface_outputs(tmp_path: Path, registers: b
 def test_register_models_match_at_other_sizes() -> None:
     # Both resize the position table to the exact grid, bicubic with antialias.
     theirs = hf_model(registers=True)
-    ours = load_backbone(theirs.state_dict())
+    ours = load_backbone(theirs.state_dict(), num_heads=2)
     x = images((98, 126))
     assert_close(tokens(ours, x), hf_tokens(theirs, x))
 
@@ -75,9 +77,9 @@ def test_plain_models_interpolate_differently_at_other_sizes() -> None:
     """
     theirs = hf_model(registers=False)
     x = images((112, 112))
-    official = load_backbone(theirs.state_dict())
+    official = load_backbone(theirs.state_dict(), num_heads=2)
     assert (tokens(official, x) - hf_tokens(theirs, x)).abs().max().item() > 1e-3
-    like_hf = load_backbone(theirs.state_dict(), interpolate_offset=0.0)
+    like_hf = load_backbone(theirs.state_dict(), num_heads=2, interpolate_offset=0.0)
     assert_close(tokens(like_hf, x), hf_tokens(theirs, x))
 
 
@@ -111,11 +113,11 @@ def test_task_model_prefix_and_classifier_are_set_aside() -> None:
         hidden_size=128, num_hidden_layers=1, num_attention_heads=2, image_size=56, num_labels=3
     )
     classifier = transformers.Dinov2ForImageClassification(config)
-    summary = describe_checkpoint(classifier.state_dict())
+    summary = describe_checkpoint(classifier.state_dict(), num_heads=2)
     assert summary.format == "huggingface"
     assert summary.set_aside == ("classifier.weight", "classifier.bias")
     assert summary.config["img_size"] == 56
-    model = load_backbone(classifier.state_dict())
+    model = load_backbone(classifier.state_dict(), num_heads=2)
     assert model.config.depth == 1
 
 

@@ -56,16 +56,50 @@ def test_safetensors(tmp_path: Path) -> None:
     assert_same(read_checkpoint_file(path), small_state())
 
 
-def test_zip_format_is_memory_mapped(tmp_path: Path) -> None:
-    path = tmp_path / "model.pth"
-    torch.save({"big": torch.ones(1000)}, path)
+def _mapped(path: Path) -> bool:
     maps = Path("/proc/self/maps")
     if not maps.exists():
-        pytest.skip("needs /proc/self/maps (Linux) to see the mapping")
-    tensor = read_checkpoint_file(path)["big"]
-    # The file now appears among the process's memory mappings, while the tensor lives.
-    assert str(path.resolve()) in maps.read_text()
-    assert torch.equal(tensor, torch.ones(1000))
+        pytest.skip("needs /proc/self/maps (Linux) to see the mappings")
+    return str(path.resolve()) in maps.read_text()
+
+
+@pytest.mark.parametrize("kind", ["zip", "safetensors"])
+def test_tensors_own_their_memory_unless_mmap_is_asked(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / ("model.safetensors" if kind == "safetensors" else "model.pth")
+    save(kind, {"big": torch.ones(1000)}, path)
+    owned = read_checkpoint_file(path)["big"]
+    # Nothing of the file stays mapped: the tensor is memory of its own.
+    assert not _mapped(path)
+    mapped = read_checkpoint_file(path, mmap=True)["big"]
+    # With mmap=True the file appears among the process's memory mappings while the tensor lives.
+    assert _mapped(path)
+    assert torch.equal(owned, torch.ones(1000))
+    assert torch.equal(mapped, torch.ones(1000))
+
+
+@pytest.mark.parametrize("kind", ["zip", "safetensors"])
+def test_rewriting_the_file_in_place_leaves_what_was_read(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / ("model.safetensors" if kind == "safetensors" else "model.pth")
+    save(kind, {"w": torch.zeros(4096)}, path)
+    owned = read_checkpoint_file(path)["w"]
+    mapped = read_checkpoint_file(path, mmap=True)["w"]
+    # The same size, written in place (same inode), as torch.save to the same path does.
+    with path.open("r+b") as stream:
+        data = bytearray(stream.read())
+        data[-8000:-4000] = bytes(range(200)) * 20
+        stream.seek(0)
+        stream.write(data)
+    assert torch.equal(owned, torch.zeros(4096))
+    # The documented hazard of mmap=True: the mapped tensor shows the new bytes.
+    assert not torch.equal(mapped, torch.zeros(4096))
+
+
+def save(kind: str, state: dict[str, torch.Tensor], path: Path) -> None:
+    if kind == "safetensors":
+        safetensors_torch = pytest.importorskip("safetensors.torch")
+        safetensors_torch.save_file(state, str(path))
+    else:
+        torch.save(state, path)
 
 
 def test_path_like_and_user_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

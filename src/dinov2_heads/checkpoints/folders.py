@@ -23,6 +23,11 @@ from dinov2_heads.checkpoints.errors import (
     CheckpointNotFoundError,
 )
 from dinov2_heads.checkpoints.fit import check_fit
+from dinov2_heads.checkpoints.huggingface_cache import (
+    cached_repo,
+    looks_like_repo_id,
+    not_cached_message,
+)
 from dinov2_heads.checkpoints.reading import (
     CHECKPOINT_SUFFIXES,
     existing_file,
@@ -99,7 +104,10 @@ def find_checkpoint_files(path: str | os.PathLike[str]) -> CheckpointFiles:
       both ``model.safetensors`` and ``pytorch_model.bin`` (or their indexes) are there, the
       safetensors copy is used, as transformers does;
     - a Hugging Face cache repo (``models--facebook--dinov2-base``): the snapshot that
-      ``refs/main`` names, or its only snapshot.
+      ``refs/main`` names, or its only snapshot;
+    - a Hugging Face repo id (``"facebook/dinov2-base"``) that is not a local path: its folder
+      in the local Hugging Face cache (``HF_HUB_CACHE``, ``HF_HOME``, by default
+      ``~/.cache/huggingface/hub``), offline; nothing is downloaded.
 
     Args:
         path: A local path.
@@ -109,8 +117,9 @@ def find_checkpoint_files(path: str | os.PathLike[str]) -> CheckpointFiles:
 
     Raises:
         TypeError: ``path`` is not a str or os.PathLike.
-        CheckpointNotFoundError: Nothing at ``path``, or a shard or snapshot named by an index
-            or ``refs/main`` is missing.
+        CheckpointNotFoundError: Nothing at ``path`` (for a repo id: not in the cache; the
+            message says how to put it there), or a shard or snapshot named by an index or
+            ``refs/main`` is missing.
         CheckpointIsADirectoryError: A folder with no checkpoint in it, or several that are not
             one model; the message lists them.
         CheckpointError: The path is one shard of several, or an index is malformed.
@@ -118,6 +127,12 @@ def find_checkpoint_files(path: str | os.PathLike[str]) -> CheckpointFiles:
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"expected a path (str or os.PathLike), got {type(path).__name__}")
     source = Path(path).expanduser()
+    if isinstance(path, str) and not source.exists() and looks_like_repo_id(path):
+        repo = cached_repo(path)
+        if repo is None:
+            raise CheckpointNotFoundError(not_cached_message(path))
+        logger.info("%s: found in the Hugging Face cache at %s", path, repo)
+        return _in_folder(repo, _snapshot(repo))
     if source.is_dir():
         return _in_folder(source, _snapshot(source))
     file = existing_file(source)
@@ -127,16 +142,21 @@ def find_checkpoint_files(path: str | os.PathLike[str]) -> CheckpointFiles:
     return CheckpointFiles(source=source, folder=file.parent, weights=(file,))
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_checkpoint(
+    path: str | os.PathLike[str], *, mmap: bool = False, verify: bool = False
+) -> dict[str, Any]:
     """The mapping stored at ``path``: a checkpoint file, a model folder, an index or a cache repo.
 
     Shards are merged into one mapping; each is read as
-    :func:`~dinov2_heads.checkpoints.read_checkpoint_file` reads a file (memory-mapped where the
-    format allows, no code run). Every tensor must be in exactly one shard, the one the index
-    names.
+    :func:`~dinov2_heads.checkpoints.read_checkpoint_file` reads a file (into memory of its own
+    unless ``mmap=True``, no code run). Every tensor must be in exactly one shard, the one the
+    index names.
 
     Args:
         path: Any path that :func:`find_checkpoint_files` accepts.
+        mmap: Leave the tensors as views of memory-mapped files; see
+            :func:`~dinov2_heads.checkpoints.read_checkpoint_file` for the hazard.
+        verify: Check every checksum the files record first.
 
     Returns:
         The stored mapping (for shards, names to tensors).
@@ -146,13 +166,17 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         CheckpointIsADirectoryError: A folder with no checkpoint, or several unrelated ones.
         CheckpointError: A file cannot be read, or the shards and their index disagree.
     """
-    return read_checkpoint_files(find_checkpoint_files(path))
+    return read_checkpoint_files(find_checkpoint_files(path), mmap=mmap, verify=verify)
 
 
-def read_checkpoint_files(files: CheckpointFiles) -> dict[str, Any]:
+def read_checkpoint_files(
+    files: CheckpointFiles, *, mmap: bool = False, verify: bool = False
+) -> dict[str, Any]:
     """Read the files that :func:`find_checkpoint_files` found; see :func:`read_checkpoint`."""
     content = (
-        _read_shards(files) if files.index is not None else read_checkpoint_file(files.weights[0])
+        _read_shards(files, mmap=mmap, verify=verify)
+        if files.index is not None
+        else read_checkpoint_file(files.weights[0], mmap=mmap, verify=verify)
     )
     for ignored in files.ignored:
         logger.warning("%s is not named by %s and was not read", ignored.name, files.index)
@@ -391,7 +415,7 @@ def _from_index(source: Path, index: Path, *, config: Path | None) -> Checkpoint
     )
 
 
-def _read_shards(files: CheckpointFiles) -> dict[str, Any]:
+def _read_shards(files: CheckpointFiles, *, mmap: bool, verify: bool) -> dict[str, Any]:
     index = files.index
     assert index is not None
     weight_map = _read_index(index)
@@ -404,7 +428,9 @@ def _read_shards(files: CheckpointFiles) -> dict[str, Any]:
             f"{files.folder}: {_listed([s.name for s in missing])}{note}; the download is "
             "incomplete: fetch the missing files again"
         )
-    contents = {shard.name: read_checkpoint_file(shard) for shard in files.weights}
+    contents = {
+        shard.name: read_checkpoint_file(shard, mmap=mmap, verify=verify) for shard in files.weights
+    }
     origin: dict[str, str] = {}
     for shard, content in contents.items():
         for key in content:
@@ -446,7 +472,8 @@ def _check_same_model(
         ArchitectureMismatchError: They differ; the message names the tensors.
     """
     try:
-        other = read_checkpoint_files(alternative)
+        # Mapped: only names and shapes are compared, so no tensor data is read.
+        other = read_checkpoint_files(alternative, mmap=True)
     except (CheckpointError, CheckpointFileError) as error:
         # The copy that is loaded is fine; a broken spare copy is worth a warning, not a failure.
         logger.warning(

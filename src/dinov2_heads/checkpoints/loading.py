@@ -11,9 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dinov2_heads.backbone.config import BackboneConfig, get_config
+from dinov2_heads.backbone.config import BackboneConfig, get_config, variant_name
 from dinov2_heads.backbone.vision_transformer import DinoVisionTransformer
 from dinov2_heads.checkpoints.architecture import (
+    HEAD_WIDTH,
     REBUILD_HINT,
     check_variant,
     describe_config,
@@ -22,6 +23,7 @@ from dinov2_heads.checkpoints.architecture import (
 from dinov2_heads.checkpoints.errors import ArchitectureMismatchError, CheckpointError
 from dinov2_heads.checkpoints.fit import check_fit
 from dinov2_heads.checkpoints.folders import (
+    CONFIG_NAME,
     CheckpointFiles,
     find_checkpoint_files,
     read_checkpoint_files,
@@ -56,7 +58,8 @@ class BackboneWeights:
         set_aside: Parts stored next to the backbone and not loaded (projection heads,
             classifiers), under their names in the file.
         unexpected: Names that are not part of a DINOv2 backbone, after conversion.
-        from_file: Whether the tensors were read from files (and may be memory-mapped).
+        from_file: Whether the tensors were read from files.
+        mapped: Whether they are memory-mapped views of the files (``mmap=True``).
         files: The files read, for a path; ``None`` for an in-memory mapping.
         huggingface_config: The DINOv2 ``config.json`` beside the weights of a model folder.
     """
@@ -67,6 +70,7 @@ class BackboneWeights:
     set_aside: dict[str, Tensor] = field(default_factory=dict)
     unexpected: dict[str, Tensor] = field(default_factory=dict)
     from_file: bool = False
+    mapped: bool = False
     files: CheckpointFiles | None = None
     huggingface_config: HuggingFaceConfig | None = None
 
@@ -75,13 +79,22 @@ class BackboneWeights:
 
         Args:
             num_heads: The head count; by default ``num_attention_heads`` of ``config.json``,
-                else D / 64.
+                else D / 64 (see below).
+
+        The weights do not show the head count. Official and timm weights always have 64-wide
+        heads (the convention of both codebases), so D / 64 is taken. Hugging Face weights keep
+        it in ``config.json``; without one, D / 64 is taken only when the shapes are an official
+        variant's, and anything else is refused: a custom Hugging Face model's heads need not be
+        64 wide, and a wrong count loads without an error and gives wrong outputs.
 
         Raises:
             ArchitectureMismatchError: ``config.json`` contradicts the weights.
-            CheckpointError: The weights are not a complete backbone.
+            CheckpointError: The weights are not a complete backbone, or they are a custom
+                Hugging Face model read without ``config.json`` and ``num_heads`` is not given.
         """
         hf = self.huggingface_config
+        if hf is None and num_heads is None and self.format == "huggingface":
+            self._refuse_unknown_head_count()
         stated = hf.num_heads if hf is not None else None
         if hf is not None and num_heads is not None and stated is not None and num_heads != stated:
             logger.warning(
@@ -92,14 +105,44 @@ class BackboneWeights:
             check_huggingface_config(hf, infer_config(self.state_dict, num_heads=1))
         return infer_config(self.state_dict, num_heads=num_heads or stated)
 
+    def _refuse_unknown_head_count(self) -> None:
+        shapes = infer_config(self.state_dict, num_heads=1)
+        width = shapes.embed_dim
+        if width % HEAD_WIDTH == 0 and variant_name(shapes.replace(num_heads=width // HEAD_WIDTH)):
+            return  # an official architecture: its heads are 64 wide
+        guess = f", e.g. num_heads={width // HEAD_WIDTH} for 64-wide heads" if width % HEAD_WIDTH == 0 else ""
+        if self.files is None:
+            where, hint = "a state dict, which has no config.json", ""
+        else:
+            where = f"{_listed_files(self.files)} without a config.json"
+            beside = self.files.folder / CONFIG_NAME
+            if not beside.is_file():
+                hint = "; or put the model's config.json beside the weights and pass the folder"
+            elif self.files.source.is_dir():
+                where = f"{_listed_files(self.files)} ({beside} is not a DINOv2 configuration)"
+                hint = ""
+            else:
+                hint = f"; or pass the folder {self.files.folder}, whose config.json gives it"
+        raise CheckpointError(
+            f"the number of attention heads is unknown: a custom Hugging Face DINOv2 model "
+            f"(D={width}, depth={shapes.depth}) was read from {where}. The weights do not "
+            "show the head count, and a wrong one loads silently and gives wrong outputs. "
+            f"Pass num_heads=... (the model's num_attention_heads{guess}){hint}"
+        )
 
-def read_backbone(source: CheckpointSource) -> BackboneWeights:
+
+def read_backbone(
+    source: CheckpointSource, *, mmap: bool = False, verify: bool = False
+) -> BackboneWeights:
     """Read, unwrap, detect the layout and convert to official names.
 
     Args:
-        source: A checkpoint path (a file, a model folder, a shard index or a Hugging Face cache
-            repo, see :func:`~dinov2_heads.checkpoints.find_checkpoint_files`), or a state dict
-            / container around one.
+        source: A checkpoint path (a file, a model folder, a shard index, a Hugging Face cache
+            repo or repo id, see :func:`~dinov2_heads.checkpoints.find_checkpoint_files`), or a
+            state dict / container around one.
+        mmap: Leave the tensors memory-mapped (views of the file); see
+            :func:`~dinov2_heads.checkpoints.read_checkpoint_file`.
+        verify: Check every checksum the files record first.
 
     Raises:
         CheckpointError: Anything wrong with the content (see :mod:`~dinov2_heads.checkpoints`).
@@ -111,7 +154,7 @@ def read_backbone(source: CheckpointSource) -> BackboneWeights:
         content: Mapping[str, Any] = source
     else:
         files = find_checkpoint_files(source)
-        content = read_checkpoint_files(files)
+        content = read_checkpoint_files(files, mmap=mmap, verify=verify)
         hf = read_huggingface_config(files.config) if files.config is not None else None
     unwrapped = unwrap_state_dict(content)
     converted = to_official(unwrapped.state_dict)
@@ -122,6 +165,7 @@ def read_backbone(source: CheckpointSource) -> BackboneWeights:
         set_aside={**unwrapped.set_aside, **converted.set_aside},
         unexpected=converted.unexpected,
         from_file=files is not None,
+        mapped=files is not None and mmap,
         files=files,
         huggingface_config=hf,
     )
@@ -152,7 +196,12 @@ def _refuse_integer_weights(state_dict: Mapping[str, Tensor]) -> None:
 
 
 def load_backbone(
-    source: CheckpointSource, *, variant: str | None = None, **overrides: Any
+    source: CheckpointSource,
+    *,
+    variant: str | None = None,
+    mmap: bool = False,
+    verify: bool = False,
+    **overrides: Any,
 ) -> DinoVisionTransformer:
     """Build the backbone that a checkpoint holds, with its weights, in eval mode.
 
@@ -163,14 +212,17 @@ def load_backbone(
 
     ``source`` may also be a model folder: a Hugging Face one (``save_pretrained``,
     ``huggingface-cli download``, sharded or not), its ``*.index.json``, a cache repo
-    (``models--facebook--dinov2-base``) or a folder holding a single checkpoint file; see
-    :func:`~dinov2_heads.checkpoints.find_checkpoint_files`. Shards are merged. A
+    (``models--facebook--dinov2-base``), a Hugging Face repo id found in the local cache
+    (``"facebook/dinov2-base"``; nothing is downloaded) or a folder holding a single checkpoint
+    file; see :func:`~dinov2_heads.checkpoints.find_checkpoint_files`. Shards are merged. A
     ``config.json`` there gives the head count and is checked against the weights, which
     decide the architecture.
 
-    Weights read from a PyTorch zip file stay memory-mapped and become the model's parameters
-    without a copy, so a ViT-g needs about its size in RAM rather than twice it. Half-precision
-    weights are converted to float32.
+    The model owns its memory: each tensor is read from the file into memory of its own and
+    becomes a parameter without a further copy (the model is built on the ``meta`` device), so
+    a ViT-g needs about its size in RAM rather than twice it, and nothing of the file stays
+    open: saving a new checkpoint under the same name later cannot change or crash the model.
+    Half-precision weights are converted to float32.
 
     Args:
         source: A checkpoint path (file or folder), or a state dict / container around one
@@ -178,7 +230,17 @@ def load_backbone(
         variant: An official name (``"dinov2_vitb14_reg"``) to check the weights against; the
             error names both architectures when they differ. It also sets the head count,
             which the weights cannot tell (``config.json``'s ``num_attention_heads``, else
-            D / 64, is used otherwise).
+            D / 64, is used otherwise; see :meth:`BackboneWeights.infer_config`).
+        mmap: Share the file's pages instead of copying them: the parameters are views of a
+            private memory map of the file, read from disk when first used. Opening is faster
+            and a file's pages are shared between processes, but the model stays tied to the
+            file: rewriting the file in place (``torch.save`` to the same path, ``cp``,
+            ``shutil.copyfile``) silently changes the live model, and truncating it kills the
+            process with ``SIGBUS`` at the next forward. Use it only for files that nothing
+            rewrites while the model lives (a read-only model store). Training the model never
+            writes to the file.
+        verify: Check every checksum the file records before loading (``torch.save`` writes a
+            CRC-32 per tensor); a mismatch is a ``CheckpointError``. Reads the file once more.
         **overrides: :class:`~dinov2_heads.BackboneConfig` fields to change, e.g.
             ``num_heads=2`` for a custom model whose heads are not 64 wide.
 
@@ -192,7 +254,7 @@ def load_backbone(
             :func:`backbone_from_weights`.
         CheckpointError: The checkpoint cannot be read or is not a DINOv2 backbone.
     """
-    weights = read_backbone(source)
+    weights = read_backbone(source, mmap=mmap, verify=verify)
     if variant is None:
         config = weights.infer_config(num_heads=overrides.get("num_heads"))
     else:
@@ -254,8 +316,8 @@ def backbone_from_weights(
         what=f"the weights do not fit {asked or 'the architecture'} ({describe_config(config)})",
         fix=f"{REBUILD_HINT}, or {_PARTIAL_HINT}" if asked is not None else _PARTIAL_HINT,
     )
-    # Tensors read from a file become the parameters as they are (memory-mapped, no copy);
-    # tensors from a caller's mapping are copied so the two never share storage.
+    # Tensors read from a file become the parameters as they are (memory of their own, or views
+    # of the file with mmap=True); a caller's mapping is copied so the two never share storage.
     if not weights.from_file:
         state_dict = {key: value.clone() for key, value in state_dict.items()}
     model.load_state_dict(state_dict, strict=True, assign=True)
@@ -282,3 +344,8 @@ def _prepared(state_dict: Mapping[str, Tensor], *, config_dtype: torch.dtype) ->
     if cast:
         logger.info("converted %s weights to %s", "/".join(sorted(cast)), config_dtype)
     return out
+
+
+def _listed_files(files: CheckpointFiles) -> str:
+    names = [path.name for path in files.weights]
+    return ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
