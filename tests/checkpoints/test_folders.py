@@ -218,6 +218,69 @@ def test_huggingface_cache_repo(saved: dict[str, Any], tmp_path: Path) -> None:
     assert find_checkpoint_files(repo).folder == repo / "snapshots" / "d4e5f6"
 
 
+def _cache_with(saved: dict[str, Any], cache: Path, repo_id: str) -> Path:
+    """A hub cache as huggingface-cli download leaves it: blobs, a snapshot of links, refs/main."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / "c0ffee"
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for file in (saved["root"] / "whole").iterdir():
+        shutil.copy(file, repo / "blobs" / file.name)
+        (snapshot / file.name).symlink_to(Path("../..") / "blobs" / file.name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("c0ffee")
+    return repo
+
+
+@pytest.mark.parametrize("variable", ["HF_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"])
+def test_repo_id_is_found_in_the_local_huggingface_cache(
+    saved: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    root = tmp_path / "somewhere"
+    cache = {"HF_HUB_CACHE": root, "HF_HOME": root / "hub"}.get(variable, root / "huggingface/hub")
+    repo = _cache_with(saved, cache, "facebook/dinov2-tiny")
+    monkeypatch.setenv(variable, str(root))
+    monkeypatch.chdir(tmp_path)  # "facebook/dinov2-tiny" is no path here
+    files = find_checkpoint_files("facebook/dinov2-tiny")
+    assert files.folder == repo / "snapshots" / "c0ffee"
+    assert files.config == files.folder / "config.json"
+    assert_matches("facebook/dinov2-tiny", saved["registers"])
+    assert describe_checkpoint("facebook/dinov2-tiny").config["num_heads"] == 2
+
+
+def test_repo_id_in_the_default_cache(
+    saved: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _cache_with(saved, tmp_path / ".cache" / "huggingface" / "hub", "facebook/dinov2-tiny")
+    monkeypatch.chdir(tmp_path)
+    assert load_backbone("facebook/dinov2-tiny").config.num_heads == 2
+
+
+def test_repo_id_not_in_the_cache_says_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointNotFoundError) as caught:
+        load_backbone("facebook/dinov2-small")
+    message = str(caught.value)
+    assert "not in the local Hugging Face cache" in message
+    assert str(tmp_path / "empty-cache" / "models--facebook--dinov2-small") in message
+    assert "huggingface-cli download facebook/dinov2-small" in message
+    assert "Nothing is downloaded" in message
+    # A local folder of that name wins over the cache; a missing file path keeps its own error.
+    (tmp_path / "facebook" / "dinov2-small").mkdir(parents=True)
+    with pytest.raises(CheckpointIsADirectoryError, match=r"no checkpoint in it"):
+        load_backbone("facebook/dinov2-small")
+    with pytest.raises(CheckpointNotFoundError, match=r"no checkpoint file at"):
+        load_backbone("facebook/weights.pth")
+
+
 def test_broken_link_to_a_blob_names_the_shard(saved: dict[str, Any], tmp_path: Path) -> None:
     folder = copy(saved, "sharded", tmp_path)
     shard = shard_of(folder, "embeddings.cls_token")

@@ -251,3 +251,185 @@ def test_error_classes_are_value_and_os_errors() -> None:
 def test_path_must_be_a_path() -> None:
     with pytest.raises(TypeError, match=r"expected a file path"):
         read_checkpoint_file(3)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ special files, names, sizes
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes (POSIX)")
+def test_named_pipe_is_refused_instead_of_blocking(tmp_path: Path) -> None:
+    from tests.checkpoints.test_corrupted_files import time_limit
+
+    pipe = tmp_path / "model.pth"
+    os.mkfifo(pipe)
+    # Opening a FIFO for reading waits for a writer, forever; the guard turns that into a failure.
+    with time_limit(10), pytest.raises(CheckpointFileError, match=r"is a named pipe \(FIFO\)"):
+        read_checkpoint_file(pipe)
+    from dinov2_heads.checkpoints import load_backbone
+
+    with time_limit(10), pytest.raises(CheckpointFileError, match=r"not a regular file"):
+        load_backbone(pipe)
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_device_is_refused() -> None:
+    with pytest.raises(CheckpointFileError, match=r"/dev/zero is a character device"):
+        read_checkpoint_file("/dev/zero")
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_pytorch_file_named_safetensors_is_read_for_what_it_is(
+    tmp_path: Path, legacy: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "model.safetensors"
+    torch.save(small_state(), path, _use_new_zipfile_serialization=not legacy)
+    with caplog.at_level("WARNING", logger="dinov2_heads.checkpoints.reading"):
+        assert_same(read_checkpoint_file(path), small_state())
+        assert_same(read_checkpoint_file(path, mmap=True), small_state())
+    assert "is a PyTorch file (torch.save" in caplog.text
+    assert "not a safetensors file as its name says" in caplog.text
+
+
+def test_safetensors_file_named_pth_is_read_for_what_it_is(tmp_path: Path) -> None:
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    path = tmp_path / "model.pth"
+    safetensors_torch.save_file(small_state(), str(path))
+    assert_same(read_checkpoint_file(path), small_state())
+
+
+def test_safetensors_every_dtype_and_shape(tmp_path: Path) -> None:
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    state = {
+        "f32": torch.randn(3, 5),
+        "f16": torch.randn(7).half(),
+        "bf16": torch.randn(2, 2, 3).bfloat16(),
+        "f64": torch.randn(1).double(),
+        "i64": torch.arange(5),
+        "i8": torch.arange(-3, 4, dtype=torch.int8),
+        "u8": torch.arange(9, dtype=torch.uint8),
+        "bool": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 4),
+    }
+    path = tmp_path / "all.safetensors"
+    safetensors_torch.save_file(state, str(path))
+    for mmap in (False, True):
+        got = read_checkpoint_file(path, mmap=mmap)
+        assert got.keys() == state.keys()
+        for key, tensor in state.items():
+            assert got[key].dtype == tensor.dtype, key
+            assert torch.equal(got[key], tensor), key
+
+
+def _edit_safetensors_header(path: Path, edit: object) -> None:
+    import json
+
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    edit(header)  # type: ignore[operator]
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + length :])
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda h: h["weight"].update(shape=[3, 2, 1]), None),  # same size: a reshape, allowed
+        (lambda h: h["weight"].update(shape=[2, 2]), r"'weight' has the shape \(2, 2\)"),
+        (lambda h: h["weight"].update(shape=[2, 4]), r"but the file stores 24 bytes"),
+        (lambda h: h["weight"].update(dtype="F16"), r"F16 \(12 bytes\)"),
+        (lambda h: h["weight"].update(dtype="Q4"), r"unknown dtype 'Q4'"),
+        (lambda h: h["weight"].update(data_offsets=[0, 24]), r"overlaps"),
+        (lambda h: h["weight"].update(shape="big"), r"expected a list of sizes"),
+    ],
+)
+def test_safetensors_shapes_must_match_the_bytes(
+    tmp_path: Path, edit: object, message: str | None
+) -> None:
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    path = tmp_path / "model.safetensors"
+    safetensors_torch.save_file(small_state(), str(path))
+    _edit_safetensors_header(path, edit)
+    if message is None:
+        assert read_checkpoint_file(path)["weight"].shape == (3, 2, 1)
+        return
+    for mmap in (False, True):
+        with pytest.raises(CheckpointError, match=message):
+            read_checkpoint_file(path, mmap=mmap)
+
+
+def test_safetensors_with_bytes_after_the_last_tensor(tmp_path: Path) -> None:
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    path = tmp_path / "model.safetensors"
+    safetensors_torch.save_file(small_state(), str(path))
+    path.write_bytes(path.read_bytes() + b"\0" * 16)
+    with pytest.raises(CheckpointError, match=r"16 bytes follow the last tensor"):
+        read_checkpoint_file(path)
+
+
+def _rewrite_zip(source: Path, target: Path, edit: object) -> None:
+    """A valid archive (fresh checksums) whose pickled structure was edited by ``edit``."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(target, "w") as out:
+        for info in archive.infolist():
+            data = archive.read(info)
+            if info.filename.endswith("/data.pkl"):
+                data = edit(data)  # type: ignore[operator]
+            out.writestr(info.filename, data)
+
+
+def test_storage_size_edited_to_exceed_its_bytes_is_refused(tmp_path: Path) -> None:
+    """A mapped read would take the bytes of the next member; a read without a map refuses."""
+    path = tmp_path / "model.pth"
+    torch.save({"a": torch.arange(1000.0), "b": torch.ones(10, 10)}, path)
+    edited = tmp_path / "edited.pth"
+    # The storage of "a" is pickled as ('storage', FloatStorage, '0', 'cpu', 1000).
+    _rewrite_zip(path, edited, lambda d: d.replace(b"cpu" + b"q\x06M\xe8\x03", b"cpuq\x06M\xd0\x07"))
+    for mmap in (False, True):
+        with pytest.raises(CheckpointError, match=r"edited or damaged|truncated or corrupted"):
+            read_checkpoint_file(edited, mmap=mmap)
+
+
+def _flip(path: Path, member: str, offset: int) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(next(n for n in archive.namelist() if n.endswith(member)))
+    data = bytearray(path.read_bytes())
+    name_length = int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little")
+    extra_length = int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_length + extra_length
+    data[start + offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("member", "what"), [("/data/0", "a tensor's bytes"), ("/data.pkl", "the structure")])
+def test_verify_finds_flipped_bytes(tmp_path: Path, member: str, what: str) -> None:
+    from dinov2_heads.checkpoints import verify_checkpoint_file
+
+    path = tmp_path / "model.pth"
+    torch.save({"weight": torch.arange(1000.0)}, path)
+    assert verify_checkpoint_file(path) > 0
+    assert_same(read_checkpoint_file(path, verify=True), {"weight": torch.arange(1000.0)})
+    # A bit flipped in the bytes of a member: read silently without verify (a number changed).
+    _flip(path, member, 40 if member == "/data/0" else 2)
+    if member == "/data/0":
+        assert not torch.equal(read_checkpoint_file(path)["weight"], torch.arange(1000.0))
+    with pytest.raises(CheckpointError, match=rf"failed verification: .*{member} \({what}\)"):
+        read_checkpoint_file(path, verify=True)
+    with pytest.raises(CheckpointError, match=r"failed verification"):
+        verify_checkpoint_file(path)
+
+
+def test_verify_says_when_a_format_has_no_checksums(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dinov2_heads.checkpoints import verify_checkpoint_file
+
+    path = tmp_path / "old.pth"
+    torch.save(small_state(), path, _use_new_zipfile_serialization=False)
+    with caplog.at_level("WARNING"):
+        assert verify_checkpoint_file(path) == 0
+    assert "records no checksums" in caplog.text

@@ -50,6 +50,7 @@ from dinov2_heads.checkpoints.folders import (
 from dinov2_heads.checkpoints.formats import CheckpointFormat, Converted, detect_format, to_official
 from dinov2_heads.checkpoints.huggingface import convert_huggingface
 from dinov2_heads.checkpoints.huggingface_config import HuggingFaceConfig
+from dinov2_heads.checkpoints.integrity import verify_checkpoint_file
 from dinov2_heads.checkpoints.loading import (
     BackboneWeights,
     backbone_from_weights,
@@ -109,4 +110,5 @@ __all__ = [
     "read_checkpoint_file",
     "to_official",
     "unwrap_state_dict",
+    "verify_checkpoint_file",
 ]
