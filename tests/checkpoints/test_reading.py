@@ -385,8 +385,12 @@ def test_storage_size_edited_to_exceed_its_bytes_is_refused(tmp_path: Path) -> N
     path = tmp_path / "model.pth"
     torch.save({"a": torch.arange(1000.0), "b": torch.ones(10, 10)}, path)
     edited = tmp_path / "edited.pth"
+
     # The storage of "a" is pickled as ('storage', FloatStorage, '0', 'cpu', 1000).
-    _rewrite_zip(path, edited, lambda d: d.replace(b"cpu" + b"q\x06M\xe8\x03", b"cpuq\x06M\xd0\x07"))
+    def edit(pickled: bytes) -> bytes:
+        return pickled.replace(b"cpuq\x06M\xe8\x03", b"cpuq\x06M\xd0\x07")  # 1000 -> 2000
+
+    _rewrite_zip(path, edited, edit)
     for mmap in (False, True):
         with pytest.raises(CheckpointError, match=r"edited or damaged|truncated or corrupted"):
             read_checkpoint_file(edited, mmap=mmap)
@@ -405,7 +409,9 @@ def _flip(path: Path, member: str, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize(("member", "what"), [("/data/0", "a tensor's bytes"), ("/data.pkl", "the structure")])
+@pytest.mark.parametrize(
+    ("member", "what"), [("/data/0", "a tensor's bytes"), ("/data.pkl", "the structure")]
+)
 def test_verify_finds_flipped_bytes(tmp_path: Path, member: str, what: str) -> None:
     from dinov2_heads.checkpoints import verify_checkpoint_file
 

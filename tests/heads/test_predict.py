@@ -87,3 +87,42 @@ def test_errors() -> None:
         # One logits tensor has no head names: refused rather than read as softmax.
         with pytest.raises(TypeError, match="pass multi_label=True or False"):
             predict(LinearHead(8, 3), random_features(dim=8), multi_label=names)
+
+
+@pytest.mark.parametrize("threshold", [2.0, -0.1, 1.0001, float("nan"), float("inf")])
+def test_threshold_outside_zero_one_is_refused(threshold: float) -> None:
+    with pytest.raises(ValueError, match=r"threshold must be a probability in \[0, 1\]"):
+        predict_logits(torch.zeros(2, 3), multi_label=True, threshold=threshold)
+    with pytest.raises(ValueError, match=r"threshold must be a probability in \[0, 1\]"):
+        predict(LinearHead(8, 3), random_features(dim=8), multi_label=True, threshold=threshold)
+
+
+def test_threshold_edges_and_type() -> None:
+    logits = torch.tensor([[-30.0, 0.0, 30.0]])
+    assert predict_logits(logits, multi_label=True, threshold=0).positives.tolist() == [  # type: ignore[union-attr]
+        [True, True, True]
+    ]
+    assert predict_logits(logits, multi_label=True, threshold=1).positives.tolist() == [  # type: ignore[union-attr]
+        [False, False, True]
+    ]
+    with pytest.raises(TypeError, match=r"threshold must be a number"):
+        predict_logits(logits, multi_label=True, threshold="0.5")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_logits_are_refused_instead_of_naming_a_class(value: float) -> None:
+    logits = torch.tensor([[0.0, 1.0, 2.0], [value, 1.0, 2.0]])
+    with pytest.raises(ValueError, match=r"head 'head' gave NaN or infinite logits for samples 1"):
+        predict_logits(logits, class_names=["a", "b", "c"])
+    pred = predict_logits(logits, check_finite=False)
+    assert pred.indices.shape == (2, 1)
+    # A head whose weights hold NaN: the features are fine, the logits are not.
+    head = LinearHead(8, 3, class_names=["a", "b", "c"])
+    with torch.no_grad():
+        head.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"gave NaN or infinite logits"):
+        predict(head, random_features(dim=8))
+    multi = MultiHead({"brand": head})
+    with pytest.raises(ValueError, match=r"head 'brand' gave NaN"):
+        predict(multi, random_features(dim=8))
+    assert isinstance(predict(multi, random_features(dim=8), check_finite=False), dict)

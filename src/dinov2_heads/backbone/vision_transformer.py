@@ -107,9 +107,10 @@ class DinoVisionTransformer(nn.Module):
 
         Raises:
             TypeError: Integer (e.g. ``uint8``) images, which must be normalised first.
-            ValueError: Wrong shape, an empty batch, or sides that are not multiples of P.
+            ValueError: Wrong shape, an empty batch or image, sides that are not multiples of
+                P, or images on another device than the weights.
         """
-        check_float_images(x)
+        check_float_images(x, weights=self.pos_embed)
         if x.ndim != 4:
             raise ValueError(
                 f"expected images of shape (B, 3, H, W), got a {x.ndim}-D tensor of shape "
@@ -308,14 +309,71 @@ class DinoVisionTransformer(nn.Module):
         return self.head(features["x_norm_clstoken"])
 
 
-def check_float_images(x: Tensor) -> None:
-    """Raise ``TypeError`` for integer images: the backbone takes normalised float images."""
+def check_float_images(x: Tensor, *, weights: Tensor | None = None) -> None:
+    """The checks every entry point makes before a backbone sees ``x``; none reads a pixel.
+
+    Args:
+        x: Images, (B, 3, H, W) where the caller checks the shape.
+        weights: A weight of the model that will run, whose device ``x`` must share.
+
+    Raises:
+        TypeError: Integer images: the backbone takes normalised float images.
+        ValueError: An image side of 0 pixels, or images on another device than ``weights``
+            (the ``meta`` device, which holds no values, included).
+    """
     if not x.is_floating_point():
         raise TypeError(
             f"expected float images normalised with the ImageNet mean and std, got {x.dtype}; "
             "normalise them first with dinov2_heads.data.normalize(images) or load them "
             "through dinov2_heads.data.Preprocess"
         )
+    if x.ndim == 4 and (x.shape[-2] == 0 or x.shape[-1] == 0):
+        raise ValueError(
+            f"images of {x.shape[-2]}x{x.shape[-1]} pixels (shape {tuple(x.shape)}) have no "
+            "pixels to cut into patches; check the crop or resize that made them"
+        )
+    if weights is not None and x.device != weights.device:
+        if x.is_meta:
+            raise ValueError(
+                f"the images are on the meta device, which holds shapes but no values, while "
+                f"the backbone's weights are on {weights.device}; create the images on "
+                f"{weights.device}, or build the backbone with device='meta' to work out shapes"
+            )
+        raise ValueError(
+            f"the images are on {x.device} but the backbone's weights are on {weights.device}; "
+            f"move the images with images.to({str(weights.device)!r}) or the backbone with "
+            f".to({str(x.device)!r})"
+        )
+
+
+def check_finite_images(x: Tensor, *, what: str = "images") -> None:
+    """Raise ``ValueError`` when ``x`` holds NaN or infinity, at the cost of one reduction.
+
+    A non-finite pixel makes every output of the backbone NaN, and a head then still names a
+    class. The check reads ``x`` once (on a GPU it waits for ``x`` to be ready); it is skipped
+    for ``meta`` tensors and while ``torch.compile`` or ``torch.export`` traces, where values
+    are not known.
+
+    Args:
+        x: (B, ...) images or other inputs.
+        what: What ``x`` is, for the message.
+    """
+    if x.is_meta or not x.is_floating_point() or torch.compiler.is_compiling():
+        return
+    if bool(torch.isfinite(x).all()):
+        return
+    # Only on failure: which samples, and how many values of each kind.
+    finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1) if x.ndim > 1 else None
+    samples = [] if finite is None else (~finite).nonzero().flatten().tolist()
+    shown = ", ".join(str(i) for i in samples[:8]) + (", ..." if len(samples) > 8 else "")
+    nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+    raise ValueError(
+        f"the {what} hold {nan} NaN and {inf} infinite values"
+        + (f" (samples {shown} of the batch)" if samples else "")
+        + "; every output computed from them would be NaN. Check the image files and the "
+        "preprocessing (a division by a zero std, an empty crop), or pass check_finite=False "
+        "to let them through"
+    )
 
 
 def _nearest_multiple(value: int, multiple: int) -> int:

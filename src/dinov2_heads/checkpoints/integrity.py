@@ -60,8 +60,7 @@ def verify_checkpoint_file(path: str | Path) -> int:
             members = archive.infolist()
             if members and all(info.CRC == 0 for info in members if info.file_size):
                 logger.warning(
-                    "%s was saved without checksums (set_crc32_options(False)); nothing to "
-                    "verify",
+                    "%s was saved without checksums (set_crc32_options(False)); nothing to verify",
                     file,
                 )
                 return 0

@@ -110,7 +110,9 @@ class BackboneWeights:
         width = shapes.embed_dim
         if width % HEAD_WIDTH == 0 and variant_name(shapes.replace(num_heads=width // HEAD_WIDTH)):
             return  # an official architecture: its heads are 64 wide
-        guess = f", e.g. num_heads={width // HEAD_WIDTH} for 64-wide heads" if width % HEAD_WIDTH == 0 else ""
+        guess = ""
+        if width % HEAD_WIDTH == 0:
+            guess = f", e.g. num_heads={width // HEAD_WIDTH} for 64-wide heads"
         if self.files is None:
             where, hint = "a state dict, which has no config.json", ""
         else:

@@ -10,12 +10,13 @@ refused before a byte of tensor data is read.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import torch
 from torch import Tensor
@@ -99,12 +100,14 @@ def read_layout(path: Path, stream: BinaryIO, size: int) -> list[TensorEntry]:
     return entries
 
 
-def read_tensors(path: Path, stream: BinaryIO, entries: list[TensorEntry]) -> dict[str, Tensor]:
+def read_tensors(
+    path: Path, stream: io.BufferedIOBase, entries: list[TensorEntry]
+) -> dict[str, Tensor]:
     """Read each tensor with ``readinto`` into memory of its own: nothing stays mapped."""
     out: dict[str, Tensor] = {}
     for entry in entries:
         buffer = torch.empty(entry.nbytes, dtype=torch.uint8)
-        view = memoryview(buffer.numpy())
+        view = buffer.numpy().data
         stream.seek(entry.start)
         done = 0
         while done < entry.nbytes:
@@ -130,7 +133,9 @@ def map_tensors(path: Path, entries: list[TensorEntry], size: int) -> dict[str, 
 
     A tensor whose bytes are not aligned to its item size is copied out of the map.
     """
-    storage = torch.UntypedStorage.from_file(os.fspath(path), False, size)
+    storage = cast(
+        torch.UntypedStorage, torch.UntypedStorage.from_file(os.fspath(path), False, size)
+    )
     whole = torch.empty(0, dtype=torch.uint8).set_(storage)
     out: dict[str, Tensor] = {}
     for entry in entries:

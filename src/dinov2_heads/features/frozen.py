@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from dinov2_heads import accel
 from dinov2_heads.accel.conditions import runs_fast
 from dinov2_heads.backbone import DinoVisionTransformer
-from dinov2_heads.backbone.vision_transformer import check_float_images
+from dinov2_heads.backbone.vision_transformer import check_finite_images, check_float_images
 from dinov2_heads.features.features import BlockKey, BlockTokens, Features
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,9 @@ class FrozenBackbone(nn.Module):
             place; the state dict does not change). ``False`` keeps PyTorch's plain kernels,
             for instance for the exact GELU in reduced precision. CPU runs and compiled runs
             never take them.
+        check_finite: Refuse images that hold NaN or infinity (a ``ValueError`` naming the
+            samples), at the cost of one reduction over each batch; ``False`` lets them
+            through, and every feature of such an image is NaN.
 
     Example:
         >>> from dinov2_heads import create_backbone
@@ -83,6 +86,7 @@ class FrozenBackbone(nn.Module):
         dtype: torch.dtype | None = None,
         compile: bool | Mapping[str, Any] = False,
         accelerate: bool = True,
+        check_finite: bool = True,
     ) -> None:
         super().__init__()
         if not callable(getattr(backbone, "get_intermediate_layers", None)):
@@ -130,6 +134,7 @@ class FrozenBackbone(nn.Module):
         )
         self.embed_dim = embed_dim
         self.patch_size = patch_size
+        self.check_finite = check_finite
         backbone.requires_grad_(False)
         if dtype is not None:
             backbone.to(dtype)
@@ -222,7 +227,10 @@ class FrozenBackbone(nn.Module):
                 f"expected images of shape (B, 3, H, W), got {shape}; "
                 "add a batch dimension with x.unsqueeze(0) for one image"
             )
-        check_float_images(x)  # before the cast below would turn pixels 0..255 into floats
+        # Before the cast below would turn pixels 0..255 into floats.
+        check_float_images(x, weights=next(self.backbone.parameters(), None))
+        if self.check_finite:
+            check_finite_images(x)
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
         x = x.to(self.dtype)
         if self._accelerate_pending and runs_fast(x):

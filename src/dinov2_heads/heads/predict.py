@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from dinov2_heads.backbone.vision_transformer import check_finite_images
 from dinov2_heads.features.features import Features
 
 
@@ -57,6 +60,7 @@ def predict_logits(
     multi_label: bool = False,
     threshold: float = 0.5,
     name: str = "head",
+    check_finite: bool = True,
 ) -> Prediction:
     """A :class:`Prediction` from logits (B, K).
 
@@ -65,9 +69,16 @@ def predict_logits(
         class_names: K names in class index order, for ``Prediction.names``.
         top_k: How many classes to return per sample, most probable first.
         multi_label: Sigmoid probabilities and ``positives`` instead of a softmax.
-        threshold: Multi-label decision threshold.
+        threshold: Multi-label decision threshold, a probability in [0, 1].
         name: The head's name, for error messages.
+        check_finite: Refuse logits that hold NaN or infinity (their probabilities would be
+            NaN, yet a class would still be named); ``False`` returns them as they are.
+
+    Raises:
+        ValueError: Logits of another shape, ``top_k`` out of range, a class-name count that
+            is not K, a threshold outside [0, 1], or non-finite logits.
     """
+    check_threshold(threshold)
     if logits.ndim != 2:
         raise ValueError(f"head {name!r}: expected logits (B, K), got {tuple(logits.shape)}")
     num_classes = logits.shape[1]
@@ -80,6 +91,14 @@ def predict_logits(
             f"head {name!r}: got {len(class_names)} class names for {num_classes} classes"
         )
     logits = logits.detach().float()
+    if check_finite and not bool(torch.isfinite(logits).all()):
+        rows = (~torch.isfinite(logits).all(dim=1)).nonzero().flatten().tolist()
+        shown = ", ".join(str(i) for i in rows[:8]) + (", ..." if len(rows) > 8 else "")
+        raise ValueError(
+            f"head {name!r} gave NaN or infinite logits for samples {shown} of the batch, so "
+            "their probabilities and classes mean nothing; the inputs or the head's weights "
+            "hold NaN or infinity (pass check_finite=False to get them as they are)"
+        )
     probabilities = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
     scores, indices = probabilities.topk(top_k, dim=-1)
     names = (
@@ -97,6 +116,7 @@ def predict(
     multi_label: bool | Collection[str] = False,
     threshold: float = 0.5,
     class_names: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+    check_finite: bool = True,
 ) -> Prediction | dict[str, Prediction]:
     """Run a head (or a model ending in heads) in eval mode and read off its predictions.
 
@@ -110,13 +130,23 @@ def predict(
             with a backbone.
         top_k: Classes per sample, most probable first.
         multi_label: ``True`` for every head, or the names of the multi-label heads.
-        threshold: Multi-label decision threshold.
+        threshold: Multi-label decision threshold, a probability in [0, 1].
         class_names: Names to use instead of those the heads carry (a sequence for one head,
             ``{head: names}`` for several).
+        check_finite: Refuse images (a tensor input) and logits that hold NaN or infinity, at
+            the cost of one reduction over each; ``False`` returns NaN probabilities as they
+            come.
 
     Returns:
         A :class:`Prediction`, or ``{name: Prediction}`` when the model returns a mapping.
+
+    Raises:
+        ValueError: A threshold outside [0, 1], non-finite inputs or logits, or logits that
+            do not fit the class names or ``top_k``.
     """
+    check_threshold(threshold)
+    if check_finite and isinstance(inputs, Tensor):
+        check_finite_images(inputs, what="inputs")
     if isinstance(multi_label, str):
         multi_label = (multi_label,)
     was_training = model.training
@@ -143,6 +173,7 @@ def predict(
             top_k=top_k,
             multi_label=multi_label,
             threshold=threshold,
+            check_finite=check_finite,
         )
     if not isinstance(outputs, Mapping):
         raise TypeError(
@@ -171,5 +202,18 @@ def predict(
             multi_label=is_multi,
             threshold=threshold,
             name=head,
+            check_finite=check_finite,
         )
     return results
+
+
+def check_threshold(threshold: object) -> None:
+    """Raise unless ``threshold`` is a probability in [0, 1] (sigmoid outputs never leave it)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+        raise TypeError(f"threshold must be a number in [0, 1], got {threshold!r}")
+    if not (math.isfinite(float(threshold)) and 0.0 <= float(threshold) <= 1.0):
+        raise ValueError(
+            f"threshold must be a probability in [0, 1], got {threshold!r}: a sample is "
+            "positive for a class when its sigmoid probability is at least the threshold, so "
+            "a threshold above 1 marks nothing and one below 0 marks everything"
+        )
