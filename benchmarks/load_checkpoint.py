@@ -13,7 +13,10 @@ Methods:
   ``model.load_state_dict(state_dict)`` -- the usual recipe: random init, then a full copy.
 - ``plain+mmap``: the same with ``torch.load(..., mmap=True)``; the copy into the model remains.
 - ``load_backbone``: ``dinov2_heads.checkpoints.load_backbone(path)``; architecture inferred,
-  the model built on the meta device, the memory-mapped tensors become its parameters.
+  the model built on the meta device, each tensor read into memory of its own and adopted as a
+  parameter (nothing of the file stays mapped).
+- ``load_backbone+mmap``: ``load_backbone(path, mmap=True)``; the memory-mapped tensors become
+  the parameters (views of the file: the file must not be rewritten while the model lives).
 
 Columns: ``load_s`` is the median wall time from the call to a ready model (imports excluded);
 ``peak_mb`` the process's peak resident memory during the load minus its resident memory just
@@ -41,7 +44,7 @@ import torch
 
 from dinov2_heads import create_backbone, list_variants
 
-METHODS = ("plain", "plain+mmap", "load_backbone")
+METHODS = ("plain", "plain+mmap", "load_backbone", "load_backbone+mmap")
 
 
 def write_checkpoint(path: Path, variant: str, depth: int | None) -> int:
@@ -95,8 +98,8 @@ def child(method: str, path: Path, variant: str, depth: int | None) -> dict[str,
     reset_peak()
     before = current_mb()
     start = time.perf_counter()
-    if method == "load_backbone":
-        model = load_backbone(path)
+    if method.startswith("load_backbone"):
+        model = load_backbone(path, mmap=method.endswith("+mmap"))
     else:
         model = create_backbone(variant, **overrides)
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=method != "plain")
@@ -157,12 +160,12 @@ def print_table(result: dict[str, Any]) -> None:
         f"{result['repeats']} fresh processes per method (torch {result['torch']})"
     )
     print(
-        f"{'method':<14} {'load_s':>7} {'x plain':>8} {'peak MiB':>9} {'x plain':>8} "
+        f"{'method':<18} {'load_s':>7} {'x plain':>8} {'peak MiB':>9} {'x plain':>8} "
         f"{'after fwd MiB':>14}"
     )
     for row in result["rows"]:
         print(
-            f"{row['method']:<14} {row['load_s']:>7.2f} {row['time_ratio']:>8.2f} "
+            f"{row['method']:<18} {row['load_s']:>7.2f} {row['time_ratio']:>8.2f} "
             f"{row['peak_mb']:>9.0f} {row['memory_ratio']:>8.2f} {row['after_forward_mb']:>14.0f}"
         )
 

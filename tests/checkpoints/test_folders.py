@@ -152,12 +152,15 @@ def test_custom_huggingface_weights_without_config_json_need_num_heads(
     assert (tokens(wrong, x) - hf_tokens(saved["registers"], x)).abs().max().item() > TOL
 
 
-def test_official_architecture_in_huggingface_layout_needs_no_config() -> None:
-    """The released models' heads are 64 wide: their shapes alone are unambiguous."""
-    theirs = hf_model(registers=False, hidden_size=384, num_heads=6, depth=12, size=SIZE)
+@pytest.mark.parametrize("depth", [12, 2])
+def test_official_width_in_huggingface_layout_needs_no_config(depth: int) -> None:
+    """The released models' heads are 64 wide: so are those of a model with fewer blocks."""
+    theirs = hf_model(registers=False, hidden_size=384, num_heads=6, depth=depth, size=SIZE)
     model = load_backbone(theirs.state_dict())
-    assert model.variant == "dinov2_vits14"
+    assert model.variant == ("dinov2_vits14" if depth == 12 else None)
     assert model.config.num_heads == 6
+    x = images((SIZE, SIZE))
+    assert (tokens(model, x) - hf_tokens(theirs, x)).abs().max().item() < TOL
 
 
 def test_config_json_gives_the_head_count(

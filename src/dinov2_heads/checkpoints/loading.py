@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dinov2_heads.backbone.config import BackboneConfig, get_config, variant_name
+from dinov2_heads.backbone.config import VARIANTS, BackboneConfig, get_config, variant_name
 from dinov2_heads.backbone.vision_transformer import DinoVisionTransformer
 from dinov2_heads.checkpoints.architecture import (
     HEAD_WIDTH,
@@ -83,9 +83,10 @@ class BackboneWeights:
 
         The weights do not show the head count. Official and timm weights always have 64-wide
         heads (the convention of both codebases), so D / 64 is taken. Hugging Face weights keep
-        it in ``config.json``; without one, D / 64 is taken only when the shapes are an official
-        variant's, and anything else is refused: a custom Hugging Face model's heads need not be
-        64 wide, and a wrong count loads without an error and gives wrong outputs.
+        it in ``config.json``; without one, D / 64 is taken only when D is the width of an official
+        variant (384, 768, 1024 or 1536: a released model or some of its blocks), and any
+        other width is refused: a custom Hugging Face model's heads need not be 64 wide, and a
+        wrong count loads without an error and gives wrong outputs.
 
         Raises:
             ArchitectureMismatchError: ``config.json`` contradicts the weights.
@@ -108,8 +109,8 @@ class BackboneWeights:
     def _refuse_unknown_head_count(self) -> None:
         shapes = infer_config(self.state_dict, num_heads=1)
         width = shapes.embed_dim
-        if width % HEAD_WIDTH == 0 and variant_name(shapes.replace(num_heads=width // HEAD_WIDTH)):
-            return  # an official architecture: its heads are 64 wide
+        if width in {config.embed_dim for config in VARIANTS.values()}:
+            return  # an official width (a released model, or fewer of its blocks): 64-wide heads
         guess = ""
         if width % HEAD_WIDTH == 0:
             guess = f", e.g. num_heads={width // HEAD_WIDTH} for 64-wide heads"
