@@ -439,3 +439,16 @@ def test_verify_says_when_a_format_has_no_checksums(
     with caplog.at_level("WARNING"):
         assert verify_checkpoint_file(path) == 0
     assert "records no checksums" in caplog.text
+
+
+def test_verify_checks_a_head_file(tmp_path: Path) -> None:
+    """Head files that save_heads writes to .pt carry torch.save's checksums too."""
+    from dinov2_heads.checkpoints import verify_checkpoint_file
+    from dinov2_heads.export import save_heads
+    from dinov2_heads.heads import LinearHead
+
+    path = save_heads(tmp_path / "heads.pt", LinearHead(8, 3, class_names=["a", "b", "c"]))
+    assert verify_checkpoint_file(path) > 0
+    _flip(path, "/data/0", 3)
+    with pytest.raises(CheckpointError, match=r"heads.pt failed verification"):
+        verify_checkpoint_file(path)

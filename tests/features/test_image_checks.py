@@ -12,7 +12,11 @@ import torch
 from torch import nn
 
 from dinov2_heads import DinoVisionTransformer, create_backbone
-from dinov2_heads.backbone.vision_transformer import check_finite_images, check_float_images
+from dinov2_heads.backbone.vision_transformer import (
+    NonFiniteInputError,
+    check_finite_images,
+    check_float_images,
+)
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.heads import LinearHead, predict
 
@@ -52,8 +56,12 @@ def test_the_message_counts_and_lists_samples() -> None:
     x = torch.zeros(12, 3, 14, 14)
     x[[0, 2, 3, 4, 5, 6, 7, 8, 9], 0, 0, 0] = float("nan")
     x[11, 2, 3, 3] = float("inf")
-    with pytest.raises(ValueError, match=r"9 NaN and 1 infinite values \(samples 0, 2, 3, 4, 5"):
+    with pytest.raises(
+        NonFiniteInputError, match=r"9 NaN and 1 infinite values \(samples 0, 2, 3, 4"
+    ) as caught:
         check_finite_images(x)
+    assert caught.value.samples == [0, 2, 3, 4, 5, 6, 7, 8, 9, 11]
+    assert isinstance(caught.value, ValueError)
     check_finite_images(torch.zeros(2, 3, 14, 14))
     check_finite_images(torch.full((2, 3, 14, 14), float("nan"), device="meta"))
 

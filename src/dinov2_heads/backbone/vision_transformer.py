@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from dinov2_heads.backbone.config import BackboneConfig, variant_name
 from dinov2_heads.backbone.pos_resample import resample_pos_table
 from dinov2_heads.backbone.tracing import is_tracing
+from dinov2_heads.errors import Dinov2HeadsError
 from dinov2_heads.layers import Block, Mlp, PatchEmbed, SwiGLUFFNFused
 
 BlockSelection = int | Sequence[int]
@@ -346,8 +347,20 @@ def check_float_images(x: Tensor, *, weights: Tensor | None = None) -> None:
         )
 
 
+class NonFiniteInputError(Dinov2HeadsError, ValueError):
+    """Images (or other inputs) hold NaN or infinity.
+
+    Attributes:
+        samples: The positions in the batch of the samples that do.
+    """
+
+    def __init__(self, message: str, samples: list[int]) -> None:
+        super().__init__(message)
+        self.samples = samples
+
+
 def check_finite_images(x: Tensor, *, what: str = "images") -> None:
-    """Raise ``ValueError`` when ``x`` holds NaN or infinity, at the cost of one reduction.
+    """Raise :class:`NonFiniteInputError` when ``x`` holds NaN or infinity (one reduction).
 
     A non-finite pixel makes every output of the backbone NaN, and a head then still names a
     class. The check reads ``x`` once (on a GPU it waits for ``x`` to be ready); it is skipped
@@ -367,12 +380,13 @@ def check_finite_images(x: Tensor, *, what: str = "images") -> None:
     samples = [] if finite is None else (~finite).nonzero().flatten().tolist()
     shown = ", ".join(str(i) for i in samples[:8]) + (", ..." if len(samples) > 8 else "")
     nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
-    raise ValueError(
+    raise NonFiniteInputError(
         f"the {what} hold {nan} NaN and {inf} infinite values"
         + (f" (samples {shown} of the batch)" if samples else "")
         + "; every output computed from them would be NaN. Check the image files and the "
         "preprocessing (a division by a zero std, an empty crop), or pass check_finite=False "
-        "to let them through"
+        "to let them through",
+        samples,
     )
 
 
