@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dinov2_heads.backbone.config import VARIANTS, BackboneConfig, get_config, variant_name
+from dinov2_heads.backbone.config import VARIANTS, BackboneConfig, get_config
 from dinov2_heads.backbone.vision_transformer import DinoVisionTransformer
 from dinov2_heads.checkpoints.architecture import (
     HEAD_WIDTH,
