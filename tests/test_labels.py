@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dinov2_heads.labels import MISSING_LABEL, check_class_labels, check_label_dtype
+from dinov2_heads.labels import MISSING_LABEL, check_class_labels
 
 
 def test_valid_labels_come_back_as_int64() -> None:
@@ -42,30 +42,3 @@ def test_negative_labels_may_all_mean_missing() -> None:
     assert check_class_labels(labels, 3, negative_is_missing=True).tolist() == labels.tolist()
     with pytest.raises(ValueError, match="label -1 is out of range"):
         check_class_labels(labels, 3)
-
-
-def test_float_labels_after_integer_labels_are_refused() -> None:
-    # What a column that took int64 from its first batch does to a later float batch.
-    later = torch.tensor([2.7, 0.4])
-    assert later.to(torch.int64).tolist() == [2, 0]
-    with pytest.raises(
-        TypeError, match=r"brand: a batch of float32 labels such as 2.7 came after int64"
-    ):
-        check_label_dtype(later, torch.int64, name="brand")
-    # Whole-number floats are a mix of kinds too.
-    with pytest.raises(TypeError, match=r"float64 labels came after int64 labels"):
-        check_label_dtype(torch.tensor([1.0, 2.0], dtype=torch.float64), torch.int64)
-
-
-@pytest.mark.parametrize(
-    ("labels", "column"),
-    [
-        (torch.tensor([1, 2]), torch.int64),
-        (torch.tensor([1, 2], dtype=torch.int32), torch.int64),
-        (torch.tensor([0.5, 2.0]), torch.float32),
-        (torch.tensor([3, 4]), torch.float32),  # integers into a float column are exact
-        (torch.tensor([True, False]), torch.int64),
-    ],
-)
-def test_labels_a_column_holds_exactly_pass(labels: torch.Tensor, column: torch.dtype) -> None:
-    check_label_dtype(labels, column)

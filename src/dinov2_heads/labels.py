@@ -1,9 +1,7 @@
-"""Class labels: the value that means "no label for this head", the one check of a batch, and
-the check that a label column keeps its kind."""
+"""Class labels: the value that means "no label for this head", and the one check of a batch."""
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 #: A per-sample label that drops out of a head's loss and metrics: empty manifest cells and
@@ -11,7 +9,7 @@ from torch import Tensor
 #: ``ignore_index`` convention).
 MISSING_LABEL = -100
 
-__all__ = ["MISSING_LABEL", "check_class_labels", "check_label_dtype"]
+__all__ = ["MISSING_LABEL", "check_class_labels"]
 
 
 def check_class_labels(
@@ -66,32 +64,3 @@ def check_class_labels(
             f"(valid: 0..{num_classes - 1}, or {missing} for a sample without a label)"
         )
     return labels
-
-
-def check_label_dtype(labels: Tensor, column: torch.dtype, *, name: str = "labels") -> None:
-    """Refuse a batch of labels that a column of dtype ``column`` would not hold as they are.
-
-    A column takes its dtype from the first batch. Float labels into an integer column would
-    be cut towards zero (2.7 -> 2) without a word, so they are refused, whole numbers or not:
-    a mix of kinds is a bug in the data. Integer labels into a float column are exact (up to
-    2**24) and pass.
-
-    Args:
-        labels: (B, ...) one batch of one label column.
-        column: The dtype the column stores (int64 or float32).
-        name: The column's name, for the message.
-
-    Raises:
-        TypeError: Float labels for an integer column.
-    """
-    if not labels.is_floating_point() or column.is_floating_point:
-        return
-    fractional = labels[labels != labels.trunc()]
-    example = f" such as {fractional.flatten()[0].item():g}" if fractional.numel() else ""
-    raise TypeError(
-        f"{name}: a batch of {str(labels.dtype).removeprefix('torch.')} labels{example} came "
-        f"after {str(column).removeprefix('torch.')} labels, and the column keeps the first "
-        "batch's kind, so they would be cut to integers. Give every batch one kind: integers "
-        "for class indices (labels.long() for whole numbers), or floats from the first batch "
-        "on for targets such as regression values (labels.float())"
-    )

@@ -371,7 +371,7 @@ def check_finite_images(x: Tensor, *, what: str = "images") -> None:
         x: (B, ...) images or other inputs.
         what: What ``x`` is, for the message.
     """
-    if x.is_meta or not x.is_floating_point() or torch.compiler.is_compiling():
+    if x.is_meta or not x.is_floating_point() or is_tracing():
         return
     if bool(torch.isfinite(x).all()):
         return
