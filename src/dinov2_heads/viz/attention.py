@@ -95,6 +95,31 @@ def save_attention_grid(
     """
     target = Path(path)
     image_format = _image_format(target)
+    maps, block, register_share = _unpack(attention, block)
+    shown = _display_images(images.detach().cpu(), normalized, mean, std)
+    chosen = _check_settings(maps, shown.shape[0], heads, colourmap, alpha, scale, upscale, padding)
+    sheet = _sheet(shown, maps, chosen, colourmap, alpha, scale, upscale, padding)
+    picture = tensor_to_pil(sheet)
+    width = shown.shape[-1]
+    names = ["image", "mean of heads"] + [f"head {h}" for h in chosen]
+    for column, name in enumerate(names):
+        draw_label(picture, name, (padding + column * (width + padding), padding), width)
+    text = (
+        attention_caption(
+            block, maps.shape[1], register_share=register_share, scale=scale, colourmap=colourmap
+        )
+        if caption is None
+        else caption
+    )
+    save_picture(picture, target, image_format, text or None)
+    logger.debug("wrote %s (%d image(s), %d heads)", target, shown.shape[0], len(chosen))
+    return target
+
+
+def _unpack(
+    attention: Tensor | ClassAttention, block: int | None
+) -> tuple[Tensor, int | None, float | None]:
+    """(B, heads, h, w) float32 maps on the CPU, the block and the registers' mean share."""
     register_share = None
     if isinstance(attention, ClassAttention):
         maps = attention.patches
@@ -116,8 +141,20 @@ def save_attention_grid(
     maps = maps.detach().float().cpu()
     if not bool(torch.isfinite(maps).all()):
         raise ValueError("the attention maps hold NaN or infinite values")
-    shown = _display_images(images.detach().cpu(), normalized, mean, std)
-    batch, _, height, width = shown.shape
+    return maps, block, register_share
+
+
+def _check_settings(
+    maps: Tensor,
+    batch: int,
+    heads: Sequence[int] | None,
+    colourmap: str,
+    alpha: float,
+    scale: str,
+    upscale: str,
+    padding: int,
+) -> list[int]:
+    """The chosen head indices, or a ``ValueError`` naming the bad setting."""
     if maps.shape[0] != batch:
         raise ValueError(
             f"got {batch} images but attention maps for {maps.shape[0]}; pass the maps of these "
@@ -144,19 +181,30 @@ def save_attention_grid(
         raise ValueError(f"upscale must be 'nearest' or 'bilinear', got {upscale!r}")
     if padding < 0:
         raise ValueError(f"padding must be >= 0, got {padding}")
+    return chosen
 
+
+def _sheet(
+    shown: Tensor,
+    maps: Tensor,
+    chosen: list[int],
+    colourmap: str,
+    alpha: float,
+    scale: str,
+    upscale: str,
+    padding: int,
+) -> Tensor:
+    """(3, H', W') white sheet: per row the image, the overlaid mean and each chosen head."""
+    batch, _, height, width = shown.shape
     average = maps.mean(dim=1, keepdim=True)  # (B, 1, h, w)
     picked = maps[:, chosen]  # (B, n, h, w)
-    if scale == "each":
-        average, picked = _stretch(average, dims=(2, 3)), _stretch(picked, dims=(2, 3))
-    else:
-        average, picked = _stretch(average, dims=(1, 2, 3)), _stretch(picked, dims=(1, 2, 3))
+    dims = (2, 3) if scale == "each" else (1, 2, 3)
+    average, picked = _stretch(average, dims=dims), _stretch(picked, dims=dims)
     big_average = _upscale(average, height, width, upscale)[:, 0]  # (B, H, W)
     big_heads = _upscale(picked, height, width, upscale)  # (B, n, H, W)
 
-    line = text_height()
+    header = text_height() + padding
     columns = 2 + len(chosen)
-    header = line + padding
     sheet = torch.ones(
         3, header + padding + batch * (height + padding), padding + columns * (width + padding)
     )
@@ -167,21 +215,7 @@ def save_attention_grid(
         for column, tile in enumerate(tiles):
             left = padding + column * (width + padding)
             sheet[:, top : top + height, left : left + width] = tile.clamp(0, 1)
-
-    picture = tensor_to_pil(sheet)
-    names = ["image", "mean of heads"] + [f"head {h}" for h in chosen]
-    for column, name in enumerate(names):
-        draw_label(picture, name, (padding + column * (width + padding), padding), width)
-    text = (
-        attention_caption(
-            block, total_heads, register_share=register_share, scale=scale, colourmap=colourmap
-        )
-        if caption is None
-        else caption
-    )
-    save_picture(picture, target, image_format, text or None)
-    logger.debug("wrote %s (%d image(s), %d heads)", target, batch, len(chosen))
-    return target
+    return sheet
 
 
 def _stretch(maps: Tensor, dims: tuple[int, ...]) -> Tensor:
