@@ -11,7 +11,11 @@ def check_depth_range(min_depth: float, max_depth: float, *, who: str) -> tuple[
     Both must be finite numbers with ``0 <= min_depth < max_depth``.
     """
     for name, value in (("min_depth", min_depth), ("max_depth", max_depth)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
             raise ValueError(f"{who}: {name} must be a finite number of metres, got {value!r}")
     if not 0 <= min_depth < max_depth:
         raise ValueError(

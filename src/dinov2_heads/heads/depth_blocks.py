@@ -11,7 +11,7 @@ OFFICIAL_FOUR_BLOCKS: MappingProxyType[int, tuple[int, ...]] = MappingProxyType(
 
 
 def depth_blocks(depth: int, layers: int) -> tuple[int, ...]:
-    """The absolute indices of the ``layers`` blocks a depth head reads on a ``depth``-block backbone.
+    """Absolute indices of the ``layers`` blocks a depth head reads on a ``depth``-block backbone.
 
     ``layers=1`` is the last block. Four layers on the official backbones are the hub's
     choice (:data:`OFFICIAL_FOUR_BLOCKS`: ``[2, 5, 8, 11]`` for ViT-S/B, ``[4, 11, 17, 23]``

@@ -61,9 +61,7 @@ class DPTDepthHead(nn.Module):
         self.embed_dim = embed_dim
         self.channels = channels
         self.layers = DPT_LAYERS
-        self.min_depth, self.max_depth = check_depth_range(
-            min_depth, max_depth, who="DPTDepthHead"
-        )
+        self.min_depth, self.max_depth = check_depth_range(min_depth, max_depth, who="DPTDepthHead")
         post_process = tuple(embed_dim // 2 ** (3 - i) for i in range(DPT_LAYERS))
         self.reassemble_blocks = ReassembleBlocks(embed_dim, post_process)
         self.convs = nn.ModuleList(

@@ -43,9 +43,7 @@ class ConvModule(nn.Module):
     ) -> None:
         super().__init__()
         if activation not in ("none", "before", "after"):
-            raise ValueError(
-                f"activation must be 'none', 'before' or 'after', got {activation!r}"
-            )
+            raise ValueError(f"activation must be 'none', 'before' or 'after', got {activation!r}")
         self.activation = activation
         self.conv = nn.Conv2d(
             in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias

@@ -40,9 +40,7 @@ class FeatureFusionBlock(nn.Module):
                     "this fusion block was built with with_skip=False and takes no skip map"
                 )
             if skip.shape != x.shape:
-                skip = F.interpolate(
-                    skip, size=x.shape[-2:], mode="bilinear", align_corners=False
-                )
+                skip = F.interpolate(skip, size=x.shape[-2:], mode="bilinear", align_corners=False)
             x = x + self.res_conv_unit1(skip)
         x = self.res_conv_unit2(x)
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
