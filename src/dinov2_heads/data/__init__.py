@@ -10,6 +10,9 @@ from dinov2_heads.data.augment import (
     RandomResizedCrop,
     TrainTransform,
 )
+from dinov2_heads.data.depth_dataset import DepthDataset
+from dinov2_heads.data.depth_io import DEPTH_SCALES, read_depth, write_depth_png
+from dinov2_heads.data.depth_transforms import DepthTransform, resize_pair
 from dinov2_heads.data.folder import IMAGE_EXTENSIONS, ImageFolderDataset
 from dinov2_heads.data.functional import (
     IMAGENET_MEAN,
@@ -40,12 +43,15 @@ from dinov2_heads.data.preprocess import PRESETS, Preprocess, get_preset, list_p
 from dinov2_heads.labels import MISSING_LABEL
 
 __all__ = [
+    "DEPTH_SCALES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "MISSING_LABEL",
     "PRESETS",
     "ColorJitter",
+    "DepthDataset",
+    "DepthTransform",
     "ImageBatch",
     "ImageDataset",
     "ImageFolderDataset",
@@ -69,9 +75,12 @@ __all__ = [
     "nearest_valid_size",
     "normalize",
     "pil_to_tensor",
+    "read_depth",
     "read_manifest",
     "resize",
+    "resize_pair",
     "resize_shorter_side",
     "tensor_to_pil",
     "to_float",
+    "write_depth_png",
 ]
