@@ -1,8 +1,9 @@
-"""Pictures of features: PCA pictures, attention maps and image-search contact sheets as PNGs."""
+"""Pictures of features: PCA pictures, attention maps, image-search contact sheets and depth."""
 
 from dinov2_heads.viz.attention import attention_caption, save_attention_grid
 from dinov2_heads.viz.colourmap import COLOURMAPS, apply_colourmap
 from dinov2_heads.viz.contact_sheet import contact_sheet_caption, save_contact_sheet
+from dinov2_heads.viz.depth import colourize_depth, depth_range, save_depth_picture
 from dinov2_heads.viz.grid import save_pca_grid
 from dinov2_heads.viz.pca import ForegroundSplit, pca_foreground, pca_rgb, principal_components
 
@@ -11,11 +12,14 @@ __all__ = [
     "ForegroundSplit",
     "apply_colourmap",
     "attention_caption",
+    "colourize_depth",
     "contact_sheet_caption",
+    "depth_range",
     "pca_foreground",
     "pca_rgb",
     "principal_components",
     "save_attention_grid",
     "save_contact_sheet",
+    "save_depth_picture",
     "save_pca_grid",
 ]
