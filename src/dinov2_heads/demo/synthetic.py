@@ -472,6 +472,10 @@ class SyntheticVehicles(Dataset[tuple[Tensor, dict[str, int]]]):
         """(H, W) bool: the pixels the vehicle covers in image ``index``."""
         return pil_to_tensor(self._render(index, mask=True))[0] > 127
 
+    def depth_map(self, index: int) -> Tensor:
+        """(1, H, W) depth in metres of image ``index``, 0 on the sky (:func:`synthetic_depth`)."""
+        return synthetic_depth(self, index)
+
     def _render(self, index: int, *, mask: bool) -> Image.Image:
         pil = require_pillow()
         vehicle = self.vehicle(index)
@@ -642,3 +646,190 @@ def _write_tree(root: Path, fill: Callable[[Path], None]) -> Path:
         raise
     logger.info("wrote %s", root)
     return root
+
+
+# ---------------------------------------------------------------------------- depth
+
+#: Real heights (metres) of the body types, which set the scene's scale.
+VEHICLE_HEIGHTS: dict[str, float] = {"bus": 3.2, "sedan": 1.45, "suv": 1.8, "truck": 2.0}
+#: The camera's focal length in units of the image height (a vertical field of view of 53°).
+FOCAL = 1.0
+#: The farthest depth of the ground plane, and the distance of the background buildings.
+FAR_DEPTH = 40.0
+BUILDING_DEPTH = 30.0
+
+
+@dataclass(frozen=True)
+class SceneLayout:
+    """Where image ``i``'s horizon, buildings and vehicle box are, in output pixels.
+
+    Attributes:
+        horizon: Row of the horizon (the top of the ground plane).
+        buildings: (left, top, right, bottom) of each background building.
+        box: (left, top, width, height) of the vehicle's drawing box; its bottom edge is
+            where the wheels meet the ground.
+    """
+
+    horizon: float
+    buildings: tuple[tuple[float, float, float, float], ...]
+    box: tuple[float, float, float, float]
+
+
+def scene_layout(dataset: SyntheticVehicles, index: int) -> SceneLayout:
+    """The layout :meth:`SyntheticVehicles.render` draws image ``index`` with.
+
+    It takes the same random draws in the same order as the rendering, so the horizon and
+    the vehicle box are those of the picture.
+    """
+    vehicle = dataset.vehicle(index)
+    rng = dataset._rng(index, "scene")
+    height, width = dataset.size
+    big_h, big_w = height * _SUPERSAMPLE, width * _SUPERSAMPLE
+    _jitter(rng.choice(_SKIES), rng, 12)
+    _jitter(rng.choice(_GROUNDS), rng, 10)
+    horizon = big_h * rng.uniform(0.55, 0.72)
+    buildings = []
+    for _ in range(rng.randint(0, 3)):
+        bw, bh = rng.uniform(0.08, 0.3) * big_w, rng.uniform(0.15, 0.45) * big_h
+        bx = rng.uniform(-0.1, 1.0) * big_w
+        _jitter(rng.choice(_SKIES), rng, 30)
+        buildings.append((bx, horizon - bh, bx + bw, horizon))
+    side = vehicle.orientation in ("left", "right")
+    aspect = _SIDE_ASPECT[vehicle.body] if side else _FRONT[vehicle.body][4]
+    scale = rng.uniform(0.78, 0.92)
+    box_h = min(big_h * scale, big_w * scale / aspect)
+    box_w = box_h * aspect
+    left = (big_w - box_w) / 2 + rng.uniform(-0.5, 0.5) * (big_w - box_w) * 0.6
+    bottom = big_h - (big_h - box_h) * rng.uniform(0.15, 0.45)
+    s = 1 / _SUPERSAMPLE
+    return SceneLayout(
+        horizon=horizon * s,
+        buildings=tuple((a * s, b * s, c * s, d * s) for a, b, c, d in buildings),
+        box=(left * s, (bottom - box_h) * s, box_w * s, box_h * s),
+    )
+
+
+def _silhouette(dataset: SyntheticVehicles, index: int, layout: SceneLayout) -> Tensor:
+    """(H, W) float: the fraction of each pixel the vehicle covers, drawn with ``layout``."""
+    pil = require_pillow()
+    vehicle = dataset.vehicle(index)
+    height, width = dataset.size
+    canvas = pil.Image.new("L", (width * _SUPERSAMPLE, height * _SUPERSAMPLE), 0)
+    left, top, box_w, box_h = (v * _SUPERSAMPLE for v in layout.box)
+    painter = _Painter(
+        pil.ImageDraw.Draw(canvas),
+        (left, top, box_w, box_h),
+        mirror=vehicle.orientation == "left",
+        mask=True,
+    )
+    colour = COLOURS[vehicle.colour]
+    if vehicle.orientation in ("left", "right"):
+        _draw_side(painter, vehicle.body, colour, lambda u, v: None)
+    else:
+        rear = vehicle.orientation == "rear"
+        _draw_front_or_rear(painter, vehicle.body, colour, rear, lambda u, v: None)
+    return pil_to_tensor(canvas.reduce(_SUPERSAMPLE))[0].float() / 255
+
+
+def synthetic_depth(dataset: SyntheticVehicles, index: int) -> Tensor:
+    """(1, H, W) float32 depth in metres of image ``index``; 0 (no depth) on the sky.
+
+    A pinhole camera with focal length ``FOCAL`` x H looks level at a flat ground: a
+    ground pixel r rows below the horizon is ``f * camera_height / r`` metres away (at most
+    ``FAR_DEPTH``). The vehicle stands on the ground at the bottom of its box; its real
+    height (:data:`VEHICLE_HEIGHTS`) fixes its distance ``f * height / box_height`` and, with
+    where the box meets the ground, the camera height. Its surface faces the camera, the
+    upper part set back (a windscreen sloping away, by up to 0.5 m) and, seen from the side,
+    the ends rounded (up to 0.3 m). Background buildings are flat walls at
+    ``BUILDING_DEPTH``.
+    """
+    layout = scene_layout(dataset, index)
+    vehicle = dataset.vehicle(index)
+    height, width = dataset.size
+    focal = FOCAL * height
+    left, top, box_w, box_h = layout.box
+    bottom = top + box_h
+    vehicle_distance = focal * VEHICLE_HEIGHTS[vehicle.body] / box_h
+    camera_height = vehicle_distance * (bottom - layout.horizon) / focal
+
+    rows = torch.arange(height, dtype=torch.float32)[:, None] + 0.5
+    cols = torch.arange(width, dtype=torch.float32)[None, :] + 0.5
+    below = (rows - layout.horizon).clamp(min=1e-6)
+    ground = (focal * camera_height / below).clamp(max=FAR_DEPTH)
+    depth = torch.where(rows > layout.horizon, ground, torch.zeros(()))
+    depth = depth.expand(height, width).clone()
+    for b_left, b_top, b_right, b_bottom in layout.buildings:
+        inside = (cols >= b_left) & (cols < b_right) & (rows >= b_top) & (rows < b_bottom)
+        depth[inside] = BUILDING_DEPTH
+
+    u = ((cols - left) / box_w).clamp(0, 1)
+    v = ((rows - top) / box_h).clamp(0, 1)
+    if vehicle.orientation in ("left", "right"):
+        surface = vehicle_distance + 0.3 * (2 * u - 1) ** 2  # (1, W): rounded ends
+    else:
+        surface = vehicle_distance + 0.5 * (1 - v / 0.5).clamp(min=0)  # (H, 1): cabin set back
+    covered = _silhouette(dataset, index, layout) >= 0.5
+    depth[covered] = surface.expand(height, width)[covered]
+    return depth[None]
+
+
+class SyntheticDepthPairs(Dataset[tuple[Tensor, Tensor]]):
+    """``SyntheticVehicles`` images with depth: items ``(image (3, H, W), depth (1, H, W))``.
+
+    The image is normalised as :class:`SyntheticVehicles` returns it (or as ``transform``
+    makes it from the ``uint8`` image); depth is in metres with 0 on the sky.
+
+    Args:
+        vehicles: The image set; its ``size`` is kept (sizes that are not multiples of 14
+            work with a :class:`~dinov2_heads.dense.Depther`, which pads).
+        transform: (image ``uint8`` (3, H, W), depth (1, H, W)) -> the pair, such as
+            :class:`~dinov2_heads.data.DepthTransform`; ``None`` normalises the image only.
+    """
+
+    def __init__(
+        self,
+        vehicles: SyntheticVehicles,
+        transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+    ) -> None:
+        from dinov2_heads.data.depth_transforms import DepthTransform
+
+        self.vehicles = vehicles
+        self.transform = transform if transform is not None else DepthTransform.evaluation()
+
+    def __len__(self) -> int:
+        return len(self.vehicles)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        if -len(self) <= index < 0:
+            index += len(self)
+        image = self.vehicles.image_tensor(index)
+        return self.transform(image, synthetic_depth(self.vehicles, index))
+
+    def batches(self, batch_size: int = 16) -> Iterator[tuple[Tensor, Tensor]]:
+        """The whole set in order, as (B, 3, H, W) images and (B, 1, H, W) depths."""
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        for start in range(0, len(self), batch_size):
+            items = [self[i] for i in range(start, min(start + batch_size, len(self)))]
+            yield torch.stack([i for i, _ in items]), torch.stack([d for _, d in items])
+
+    def write_folders(self, root: str | os.PathLike[str], *, scale: float | str = "kitti") -> Path:
+        """Write ``root/images/<index>.png`` and ``root/depth/<index>.png`` (16-bit, ``scale``).
+
+        :meth:`DepthDataset.from_folders <dinov2_heads.data.DepthDataset.from_folders>` reads
+        them back with the same ``scale``. The folder appears complete or not at all.
+
+        Returns:
+            ``root``.
+        """
+        from dinov2_heads.data.depth_io import write_depth_png
+
+        def fill(staging: Path) -> None:
+            (staging / "images").mkdir()
+            (staging / "depth").mkdir()
+            for index in range(len(self)):
+                self.vehicles.render(index).save(staging / "images" / f"{index:06d}.png")
+                depth = synthetic_depth(self.vehicles, index)
+                write_depth_png(staging / "depth" / f"{index:06d}.png", depth, scale=scale)
+
+        return _write_tree(Path(root), fill)
