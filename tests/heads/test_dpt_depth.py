@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch import Tensor
 
+from dinov2_heads import create_backbone
 from dinov2_heads.checkpoints import load_partial
+from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.heads.dpt_depth import DPTDepthHead
 from dinov2_heads.layers.dpt import (
     ConvModule,
@@ -21,6 +23,7 @@ from tests.heads.official_depth import (
     official_dpt,
     official_encode_decode,
 )
+from tests.helpers import randomize
 
 
 def random_blocks(
@@ -103,7 +106,8 @@ def test_fixture_weights_equal_the_restated_official_head() -> None:
 
 def test_output_shape_dtype_and_lower_bound() -> None:
     head = randomized(DPTDepthHead(16, channels=8, min_depth=0.25, max_depth=5.0))
-    depth = head.decode(random_blocks(16, (4, 6)))
+    with torch.no_grad():
+        depth = head.decode(random_blocks(16, (4, 6)))
     assert depth.shape == (2, 1, 64, 96)
     assert depth.dtype == torch.float32
     assert torch.isfinite(depth).all()
@@ -179,3 +183,30 @@ def test_building_blocks() -> None:
     ]
     with pytest.raises(ValueError, match="four output widths"):
         ReassembleBlocks(16, (2, 4))
+
+
+def test_forward_reads_the_four_blocks_from_features() -> None:
+    torch.manual_seed(0)
+    backbone = randomize(
+        create_backbone("dinov2_vits14", depth=8, embed_dim=16, num_heads=2, img_size=56)
+    )
+    head = randomized(DPTDepthHead(16, channels=8))
+    frozen = FrozenBackbone.for_heads(backbone, head)
+    assert frozen.blocks == ((1, False), (3, False), (5, False), (7, False))
+    images = torch.randn(1, 3, 42, 56)
+    with torch.no_grad():
+        blocks = backbone.get_intermediate_layers(
+            images, n=[1, 3, 5, 7], reshape=True, return_class_token=True, norm=False
+        )
+        expected = official_dpt(head.state_dict(), blocks, head.min_depth)
+        got = head(frozen(images))
+    assert got.shape == (1, 1, 64, 64)  # the odd grid side 3 goes to 2 at 1/2x, then 16x
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_config_round_trip() -> None:
+    head = DPTDepthHead(16, channels=8, max_depth=80.0)
+    assert head.config() == {"embed_dim": 16, "channels": 8, "min_depth": 0.001, "max_depth": 80.0}
+    rebuilt = DPTDepthHead.from_config(head.config())
+    assert set(rebuilt.state_dict()) == set(head.state_dict())
+    assert rebuilt.max_depth == 80.0

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dinov2_heads import DinoVisionTransformer, create_backbone
 from dinov2_heads.checkpoints import load_partial
-from dinov2_heads.heads.linear_depth import LinearDepthHead
+from dinov2_heads.features import Features, FrozenBackbone
+from dinov2_heads.heads import DPTDepthHead, LinearDepthHead, LinearHead, MultiHead
 from tests.heads.official_depth import (
     FIXTURE_BLOCKS,
     dense_fixtures,
@@ -15,6 +19,7 @@ from tests.heads.official_depth import (
     official_encode_decode,
     official_linear,
 )
+from tests.helpers import randomize
 
 
 def random_blocks(
@@ -168,3 +173,77 @@ def test_matches_interpolate_then_conv_by_hand() -> None:
     logits = logits + (class_token @ weight[:, 4:].T + head.conv_depth.bias)[:, :, None, None]
     expected = head.depth_from_logits(logits)
     assert torch.allclose(head.decode([(patch_map, class_token)]), expected, atol=1e-5)
+
+
+def tiny_backbone(depth: int = 4) -> DinoVisionTransformer:
+    torch.manual_seed(0)
+    model = create_backbone("dinov2_vits14", depth=depth, embed_dim=16, num_heads=2, img_size=56)
+    return randomize(model)
+
+
+@pytest.mark.parametrize("layers", [1, 4])
+def test_forward_reads_its_blocks_from_features(layers: int) -> None:
+    backbone = tiny_backbone(depth=8)
+    head = randomized(LinearDepthHead(16, layers=layers, n_bins=8))
+    images = torch.randn(2, 3, 28, 42)
+    frozen = FrozenBackbone.for_heads(backbone, head)
+    assert frozen.blocks == head.required_blocks(8)
+    with torch.no_grad():
+        blocks = backbone.get_intermediate_layers(
+            images,
+            n=[i for i, _ in head.required_blocks(8)],
+            reshape=True,
+            return_class_token=True,
+            norm=False,
+        )
+        expected = head.decode(blocks)
+        got = head(frozen(images))
+    assert got.shape == (2, 1, 8, 12)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_one_backbone_pass_feeds_classifier_and_depth_heads() -> None:
+    backbone = tiny_backbone()
+    multi = MultiHead(
+        {
+            "brand": LinearHead(16, 5, n_blocks=2),
+            "depth": LinearDepthHead(16, layers=4),
+            "dpt": DPTDepthHead(16, channels=8),
+        }
+    )
+    frozen = FrozenBackbone.for_heads(backbone, multi)
+    outputs = multi(frozen(torch.randn(2, 3, 28, 28)))
+    assert outputs["brand"].shape == (2, 5)
+    assert outputs["depth"].shape == (2, 1, 8, 8)
+    assert outputs["dpt"].shape == (2, 1, 32, 32)
+
+
+def test_features_without_the_blocks_or_depth_are_refused() -> None:
+    backbone = tiny_backbone()
+    head = LinearDepthHead(16, layers=4)
+    images = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        plain = FrozenBackbone(backbone)(images)
+    with pytest.raises(ValueError, match=r"do not hold block 0 with norm=False.*for_heads"):
+        head(plain)
+    no_depth = Features.from_tokens(plain.class_tokens, plain.patch_tokens or (), plain.grid)
+    with pytest.raises(ValueError, match="needs the backbone depth"):
+        head(no_depth)
+    with pytest.raises(ValueError, match="built for D = 32 but the features have D = 16"):
+        LinearDepthHead(32, layers=4)(FrozenBackbone.for_heads(backbone, head)(images))
+
+
+def test_config_round_trip() -> None:
+    head = LinearDepthHead(16, layers=4, n_bins=32, min_depth=0.5, max_depth=20.0)
+    config = head.config()
+    assert config == {
+        "embed_dim": 16,
+        "layers": 4,
+        "n_bins": 32,
+        "min_depth": 0.5,
+        "max_depth": 20.0,
+    }
+    rebuilt = LinearDepthHead.from_config(json.loads(json.dumps(config)))
+    assert rebuilt.config() == config
+    with pytest.raises(TypeError, match="must be a mapping"):
+        LinearDepthHead.from_config([16])  # type: ignore[arg-type]

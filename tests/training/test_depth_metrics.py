@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from torch import Tensor
 
 from dinov2_heads.training.depth_metrics import (
-    METRICS,
+    DEPTH_METRICS,
     DepthMetrics,
     depth_metrics,
     format_depth_metrics,
@@ -56,8 +56,8 @@ def test_metrics_equal_the_reference_per_image_then_averaged(median_scaling: boo
         if median_scaling:
             est = est * np.median(gt) / np.median(est)
         per_image.append(reference_metrics(gt, est))
-    assert list(got) == list(METRICS)
-    for name in METRICS:
+    assert list(got) == list(DEPTH_METRICS)
+    for name in DEPTH_METRICS:
         expected = float(np.mean([row[name] for row in per_image]))
         assert got[name] == pytest.approx(expected, rel=1e-6, abs=1e-9), name
 
@@ -121,7 +121,7 @@ def test_bad_inputs_are_refused() -> None:
 def test_format_lists_every_metric() -> None:
     pred, target = batch()
     line = format_depth_metrics(depth_metrics(pred, target))
-    assert line.split()[::2] == list(METRICS)
+    assert line.split()[::2] == list(DEPTH_METRICS)
 
 
 WORLD = 2

@@ -1,5 +1,6 @@
 """Dense prediction on top of the heads: padding, whole and sliding-window inference."""
 
+from dinov2_heads.dense.depther import Depther
 from dinov2_heads.dense.inference import (
     DenseForward,
     InferenceSettings,
@@ -11,6 +12,7 @@ from dinov2_heads.dense.padding import center_pad, center_pad_amounts, center_pa
 
 __all__ = [
     "DenseForward",
+    "Depther",
     "InferenceSettings",
     "center_pad",
     "center_pad_amounts",

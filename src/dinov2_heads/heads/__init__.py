@@ -2,7 +2,10 @@
 
 from dinov2_heads.heads.class_names import ClassNamesMixin
 from dinov2_heads.heads.conv1d_neck import Conv1dNeck
+from dinov2_heads.heads.depth_losses import DepthLoss, DepthLossOutput, GradientLoss, SigLoss
+from dinov2_heads.heads.dpt_depth import DPTDepthHead
 from dinov2_heads.heads.linear import LinearHead, linear_input
+from dinov2_heads.heads.linear_depth import LinearDepthHead
 from dinov2_heads.heads.losses import IGNORE_INDEX, HeadLoss, LossOutput, MultiHeadLoss, head_loss
 from dinov2_heads.heads.multi import MultiHead
 from dinov2_heads.heads.predict import Prediction, predict, predict_logits
@@ -19,12 +22,18 @@ __all__ = [
     "IGNORE_INDEX",
     "ClassNamesMixin",
     "Conv1dNeck",
+    "DPTDepthHead",
+    "DepthLoss",
+    "DepthLossOutput",
+    "GradientLoss",
     "HeadLoss",
+    "LinearDepthHead",
     "LinearHead",
     "LossOutput",
     "MultiHead",
     "MultiHeadLoss",
     "Prediction",
+    "SigLoss",
     "build_head",
     "head_loss",
     "head_spec",

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import MappingProxyType
+
+from torch import Tensor
+
+from dinov2_heads.features.features import Features
 
 #: The official hub's four blocks per backbone depth: ViT-S/B (12 blocks), ViT-L (24), ViT-g (40).
 OFFICIAL_FOUR_BLOCKS: MappingProxyType[int, tuple[int, ...]] = MappingProxyType(
@@ -32,3 +37,34 @@ def depth_blocks(depth: int, layers: int) -> tuple[int, ...]:
     if layers == 4 and depth in OFFICIAL_FOUR_BLOCKS:
         return OFFICIAL_FOUR_BLOCKS[depth]
     return tuple((k + 1) * depth // layers - 1 for k in range(layers))
+
+
+def depth_head_inputs(
+    features: Features, blocks: Sequence[tuple[int, bool]], embed_dim: int, who: str
+) -> list[tuple[Tensor, Tensor]]:
+    """(patch map (B, D, h, w), class token (B, D)) of each of ``blocks`` in ``features``.
+
+    Raises:
+        ValueError: The features were built for another width, or lack one of the blocks (the
+            message says how to extract it).
+    """
+    if features.embed_dim != embed_dim:
+        raise ValueError(
+            f"{who} was built for D = {embed_dim} but the features have D = "
+            f"{features.embed_dim}; build it with embed_dim={features.embed_dim}"
+        )
+    inputs = []
+    for index, norm in blocks:
+        class_token, _ = features.block(index, norm=norm)
+        inputs.append((features.block_map(index, norm=norm), class_token))
+    return inputs
+
+
+def backbone_depth(features: Features, who: str) -> int:
+    """The backbone depth the features came from, or a ``ValueError`` naming the fix."""
+    if features.depth is None:
+        raise ValueError(
+            f"{who} reads chosen blocks and needs the backbone depth, which these Features "
+            "do not hold; extract them with FrozenBackbone.for_heads(backbone, head)"
+        )
+    return features.depth

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from dinov2_heads.depth_range import check_depth_range
-from dinov2_heads.heads.depth_blocks import depth_blocks
+from dinov2_heads.features.features import Features
+from dinov2_heads.heads.depth_blocks import backbone_depth, depth_blocks, depth_head_inputs
 from dinov2_heads.layers.dpt import ConvModule, FeatureFusionBlock, HeadDepth, ReassembleBlocks
 
 #: The DPT head always reads four blocks.
@@ -73,9 +75,34 @@ class DPTDepthHead(nn.Module):
         self.project = ConvModule(channels, channels, 3, padding=1, activation="after")
         self.conv_depth = HeadDepth(channels)
 
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments, JSON-able: :meth:`from_config` rebuilds the head."""
+        return {
+            "embed_dim": self.embed_dim,
+            "channels": self.channels,
+            "min_depth": self.min_depth,
+            "max_depth": self.max_depth,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> DPTDepthHead:
+        """A new head (fresh weights) from :meth:`config`'s output."""
+        if not isinstance(config, Mapping):
+            raise TypeError(f"a DPTDepthHead config must be a mapping, got {type(config).__name__}")
+        return cls(**dict(config))
+
     def required_blocks(self, depth: int) -> tuple[tuple[int, bool], ...]:
         """``(block index, final norm)`` pairs this head reads on a ``depth``-block backbone."""
         return tuple((index, False) for index in depth_blocks(depth, DPT_LAYERS))
+
+    def forward(self, features: Features) -> Tensor:
+        """Depth in metres from the blocks of :meth:`required_blocks` held in ``features``.
+
+        Returns:
+            See :meth:`decode`.
+        """
+        blocks = self.required_blocks(backbone_depth(features, "DPTDepthHead"))
+        return self.decode(depth_head_inputs(features, blocks, self.embed_dim, "DPTDepthHead"))
 
     def decode(self, blocks: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
         """Depth in metres from the tokens of the four blocks of :meth:`required_blocks`.

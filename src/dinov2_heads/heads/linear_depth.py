@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dinov2_heads.depth_range import check_depth_range
-from dinov2_heads.heads.depth_blocks import depth_blocks
+from dinov2_heads.features.features import Features
+from dinov2_heads.heads.depth_blocks import backbone_depth, depth_blocks, depth_head_inputs
 
 #: The official linear heads resize every block to this multiple of the patch grid.
 UPSAMPLE = 4
@@ -74,6 +76,25 @@ class LinearDepthHead(nn.Module):
         self.in_channels = 2 * layers * embed_dim
         self.conv_depth = nn.Conv2d(self.in_channels, n_bins, kernel_size=1)
 
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments, JSON-able: :meth:`from_config` rebuilds the head."""
+        return {
+            "embed_dim": self.embed_dim,
+            "layers": self.layers,
+            "n_bins": self.n_bins,
+            "min_depth": self.min_depth,
+            "max_depth": self.max_depth,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> LinearDepthHead:
+        """A new head (fresh weights) from :meth:`config`'s output."""
+        if not isinstance(config, Mapping):
+            raise TypeError(
+                f"a LinearDepthHead config must be a mapping, got {type(config).__name__}"
+            )
+        return cls(**dict(config))
+
     def required_blocks(self, depth: int) -> tuple[tuple[int, bool], ...]:
         """``(block index, final norm)`` pairs this head reads on a ``depth``-block backbone."""
         return tuple((index, False) for index in depth_blocks(depth, self.layers))
@@ -81,6 +102,15 @@ class LinearDepthHead(nn.Module):
     def bins(self, device: torch.device | None = None) -> Tensor:
         """(n_bins,) bin centres in metres, float32."""
         return torch.linspace(self.min_depth, self.max_depth, self.n_bins, device=device)
+
+    def forward(self, features: Features) -> Tensor:
+        """Depth in metres from the blocks of :meth:`required_blocks` held in ``features``.
+
+        Returns:
+            See :meth:`decode`.
+        """
+        blocks = self.required_blocks(backbone_depth(features, "LinearDepthHead"))
+        return self.decode(depth_head_inputs(features, blocks, self.embed_dim, "LinearDepthHead"))
 
     def decode(self, blocks: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
         """Depth in metres from the tokens of the blocks of :meth:`required_blocks`, in order.

@@ -1,5 +1,11 @@
-"""Training heads: the grid of linear heads and the training loops."""
+"""Training heads: the grid of linear heads, the training loops and the depth metrics."""
 
+from dinov2_heads.training.depth_metrics import (
+    DEPTH_METRICS,
+    DepthMetrics,
+    depth_metrics,
+    format_depth_metrics,
+)
 from dinov2_heads.training.grid import (
     OFFICIAL_LEARNING_RATES,
     GridResult,
@@ -18,16 +24,20 @@ from dinov2_heads.training.loop import (
 from dinov2_heads.training.optim import GridSGD
 
 __all__ = [
+    "DEPTH_METRICS",
     "OFFICIAL_LEARNING_RATES",
+    "DepthMetrics",
     "FitHistory",
     "GridResult",
     "GridResults",
     "GridSGD",
     "HeadSpec",
     "LinearProbeGrid",
+    "depth_metrics",
     "evaluate_grid",
     "features_of",
     "fit_grid",
+    "format_depth_metrics",
     "split_batch",
     "train_one_epoch",
 ]

@@ -26,7 +26,7 @@ from dinov2_heads import distributed
 from dinov2_heads.depth_range import check_depth_map, check_depth_range, valid_depth_mask
 
 #: The metric names in report order; lower is better for the first five, higher for the deltas.
-METRICS: tuple[str, ...] = (
+DEPTH_METRICS: tuple[str, ...] = (
     "abs_rel",
     "sq_rel",
     "rmse",
@@ -48,7 +48,7 @@ def _median(values: Tensor) -> Tensor:
 
 
 def _per_image(pred: Tensor, target: Tensor, valid: Tensor, median_scaling: bool) -> Tensor:
-    """(len(METRICS),) float64 metrics of one image's valid pixels (at least one)."""
+    """(len(DEPTH_METRICS),) float64 metrics of one image's valid pixels (at least one)."""
     d_star = target[valid].double()
     d = pred[valid].double()
     if median_scaling:
@@ -103,7 +103,7 @@ class DepthMetrics:
 
     def reset(self) -> None:
         """Forget every image seen so far."""
-        self.sums = torch.zeros(len(METRICS), dtype=torch.float64)
+        self.sums = torch.zeros(len(DEPTH_METRICS), dtype=torch.float64)
         self.count = 0
         self.skipped = 0
 
@@ -135,7 +135,7 @@ class DepthMetrics:
             self.count += 1
 
     def state(self) -> tuple[Tensor, int, int]:
-        """(sums (len(METRICS),), images counted, images skipped): what :meth:`compute` reduces."""
+        """(sums (len(DEPTH_METRICS),), images counted, images skipped), as :meth:`compute` sums."""
         return self.sums.clone(), self.count, self.skipped
 
     def compute(self, *, reduce: bool = True) -> dict[str, float]:
@@ -158,7 +158,7 @@ class DepthMetrics:
                 f"no image had a valid ground-truth depth ({skipped} skipped); check the depth "
                 f"scale and the valid range ({self.min_depth}, {self.max_depth}]"
             )
-        return {name: float(value) / count for name, value in zip(METRICS, sums, strict=True)}
+        return {name: float(value) / count for name, value in zip(DEPTH_METRICS, sums, strict=True)}
 
     def merge(self, other: DepthMetrics) -> DepthMetrics:
         """Add another accumulator's images (same settings) into this one; returns ``self``."""
@@ -190,4 +190,4 @@ def depth_metrics(
 
 def format_depth_metrics(values: Mapping[str, float]) -> str:
     """One line, for example ``abs_rel 0.112  sq_rel 0.071  rmse 0.402 ... delta3 0.993``."""
-    return "  ".join(f"{name} {values[name]:.3f}" for name in METRICS if name in values)
+    return "  ".join(f"{name} {values[name]:.3f}" for name in DEPTH_METRICS if name in values)
