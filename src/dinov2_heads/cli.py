@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "predict": "dinov2_heads.commands.predict",
     "inspect": "dinov2_heads.commands.inspect",
     "search": "dinov2_heads.commands.search",
+    "depth": "dinov2_heads.commands.depth",
 }
 
 

@@ -1,0 +1,247 @@
+"""``dinov2-heads depth``: a depth head + a backbone checkpoint + images -> depth pictures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dinov2_heads.commands import _common
+
+if TYPE_CHECKING:
+    from torch import nn
+
+logger = logging.getLogger(__name__)
+
+EXAMPLE = """\
+example:
+  dinov2-heads depth --checkpoint dinov2_vits14_pretrain.pth \\
+      --head dinov2_vits14_nyu_dpt_head.pth --out depth/ room.jpg
+  dinov2-heads depth --checkpoint backbone.pth --head my_depth_head.pt --out depth/ \\
+      --mode slide --crop-size 352 704 --stride 176 352 --flip --save-npy street/
+
+--head takes a released DINOv2 depth head (dinov2_{arch}_{nyu,kitti}_{linear,linear4,dpt}
+_head.pth: its kind is read from its tensors, and DPT heads get max depth 80 m from "kitti" in
+the file name, else 10 m) or a depth head saved with save_heads. Images run at their own size
+unless --size is given (Depther pads them to multiples of 14). For each image OUT/<name>.png
+shows the image beside its depth with a colour bar in metres.
+"""
+
+#: The official linear heads' bins, and the DPT heads' ranges per data set (metres).
+_LINEAR_MAX_DEPTH = 80.0
+_DPT_MAX_DEPTH = {"kitti": 80.0, "nyu": 10.0}
+
+
+def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    parser = subparsers.add_parser(
+        "depth",
+        help="estimate depth in metres with a depth head on a backbone checkpoint",
+        description="Write a colour-mapped depth picture (with a colour bar in metres) for each "
+        "image, using a released DINOv2 depth head or your own.\n\n" + EXAMPLE,
+        formatter_class=formatter,
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
+    parser.add_argument(
+        "--head", required=True, help="a released *_head.pth depth head or a save_heads file"
+    )
+    _common.add_backbone_arguments(parser)
+    parser.add_argument("--out", required=True, help="folder for the pictures")
+    parser.add_argument(
+        "--max-depth",
+        type=float,
+        help="the head's largest depth in metres (default: 80 for linear heads and KITTI "
+        "DPT heads, 10 for other DPT heads)",
+    )
+    parser.add_argument("--mode", choices=("whole", "slide"), default="whole")
+    parser.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"))
+    parser.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"))
+    parser.add_argument("--flip", action="store_true", help="average with the mirrored image")
+    parser.add_argument(
+        "--size", type=int, nargs=2, metavar=("H", "W"), help="resize every image to H x W first"
+    )
+    parser.add_argument(
+        "--colourmap", default="magma", help="magma, viridis, inferno or gray (near is bright)"
+    )
+    parser.add_argument("--vmax", type=float, help="the far end of the colour bar (metres)")
+    parser.add_argument(
+        "--save-npy", action="store_true", help="also write the depth in metres as <name>.npy"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace pictures already in --out"
+    )
+    _common.add_on_error_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from dinov2_heads.data import UnreadableImageError, load_image, normalize, pil_to_tensor
+    from dinov2_heads.data.functional import resize
+    from dinov2_heads.dense import Depther
+    from dinov2_heads.viz import save_depth_picture
+
+    backbone = _common.load_backbone(args)
+    where = next(backbone.parameters()).device
+    head = load_depth_head(args.head, backbone.embed_dim, args.max_depth).to(where)
+    settings: dict[str, Any] = {"mode": args.mode, "flip": args.flip}
+    if args.crop_size is not None or args.stride is not None:
+        settings.update(crop_size=args.crop_size, stride=args.stride)
+    depther = Depther(backbone, head, **settings).eval()
+    paths = _common.image_paths(args.images)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = _output_names(paths)
+    if not args.overwrite:
+        taken = [out / f"{name}.png" for name in names if (out / f"{name}.png").exists()]
+        if taken:
+            raise FileExistsError(
+                f"{taken[0]} already exists ({len(taken)} in all); choose another folder or "
+                "pass overwrite=True"
+            )
+
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    for path, name in zip(paths, names, strict=True):
+        try:
+            image = pil_to_tensor(load_image(path))
+        except UnreadableImageError as error:
+            if args.on_error != "skip":
+                raise
+            logger.warning("skipped %s: %s", path, error.reason)
+            skipped.append({"path": str(path), "reason": error.reason})
+            continue
+        if args.size is not None:
+            image = resize(image, (args.size[0], args.size[1]))
+        images = normalize(image)[None].to(where)
+        with torch.no_grad():
+            depth = depther(images)[0]
+        picture = save_depth_picture(
+            out / f"{name}.png", depth, images[0], colourmap=args.colourmap, vmax=args.vmax
+        )
+        row: dict[str, Any] = {"path": str(path), "picture": str(picture)}
+        if args.save_npy:
+            array_path = out / f"{name}.npy"
+            _save_npy(array_path, depth[0].cpu().numpy().astype(np.float32))
+            row["npy"] = str(array_path)
+        values = depth.flatten()
+        row.update(
+            {
+                "min": round(float(values.min()), 4),
+                "median": round(float(values.median()), 4),
+                "max": round(float(values.max()), 4),
+            }
+        )
+        rows.append(row)
+
+    if args.json:
+        print(json.dumps({"depth": rows, "skipped": skipped}, indent=2, ensure_ascii=False))
+    else:
+        print(_table(rows))
+        if skipped:
+            print(f"skipped {len(skipped)} unreadable image(s), listed in the log")
+    return 0
+
+
+def load_depth_head(path: str | Path, embed_dim: int, max_depth: float | None = None) -> nn.Module:
+    """A depth head from a released ``*_head.pth`` file or a :func:`save_heads` file.
+
+    A released file's kind follows from its tensors: DPT keys, or ``conv_depth`` reading
+    ``2 * D`` (linear, the last block) or ``8 * D`` channels (linear4). Linear heads have bins
+    up to 80 m, as the hub builds them; DPT heads 80 m when "kitti" is in the file name, else
+    10 m. ``max_depth`` overrides either.
+    """
+    from dinov2_heads.checkpoints import load_partial, read_checkpoint, unwrap_state_dict
+    from dinov2_heads.export import load_heads
+    from dinov2_heads.heads import DPTDepthHead, LinearDepthHead
+
+    file = Path(path)
+    try:
+        saved = load_heads(file)
+    except (ValueError, KeyError, TypeError):
+        saved = None
+    if saved is not None:
+        if saved.heads is None:
+            raise ValueError(
+                f"{file} holds heads this library cannot rebuild; load them in Python with "
+                "load_heads(...).load_into(your_module)"
+            )
+        return saved.heads
+    stored = unwrap_state_dict(read_checkpoint(file), backbone=False).state_dict
+    state = {k.removeprefix("decode_head."): v for k, v in stored.items()}
+    head: nn.Module
+    if any(key.startswith("reassemble_blocks.") for key in state):
+        dataset = "kitti" if "kitti" in file.name.lower() else "nyu"
+        channels = (
+            int(state["project.conv.weight"].shape[0]) if "project.conv.weight" in state else 256
+        )
+        head = DPTDepthHead(
+            embed_dim, channels=channels, max_depth=max_depth or _DPT_MAX_DEPTH[dataset]
+        )
+    elif "conv_depth.weight" in state:
+        channels = int(state["conv_depth.weight"].shape[1])
+        layers, remainder = divmod(channels, 2 * embed_dim)
+        if remainder or layers not in (1, 4):
+            raise ValueError(
+                f"{file}: conv_depth reads {channels} channels, which is neither 2 x {embed_dim} "
+                f"(a linear head) nor 8 x {embed_dim} (linear4) for this backbone's width "
+                f"{embed_dim}; use the backbone the head was trained on"
+            )
+        head = LinearDepthHead(
+            embed_dim,
+            layers=layers,
+            n_bins=int(state["conv_depth.weight"].shape[0]),
+            max_depth=max_depth or _LINEAR_MAX_DEPTH,
+        )
+    else:
+        raise ValueError(
+            f"{file} is not a DINOv2 depth head: it has no conv_depth or reassemble_blocks "
+            "tensors; pass a *_linear_head.pth, *_linear4_head.pth or *_dpt_head.pth file"
+        )
+    report = load_partial(head, state, strict=True)
+    logger.info("loaded %s as %s (%s)", file, type(head).__name__, report.summary())
+    return head.eval()
+
+
+def _output_names(paths: list[Path]) -> list[str]:
+    """A file name per image: its stem, with -2, -3, ... where stems repeat."""
+    seen: dict[str, int] = {}
+    names = []
+    for path in paths:
+        stem = re.sub(r"[^\w.-]", "_", path.stem) or "image"
+        count = seen.get(stem, 0) + 1
+        seen[stem] = count
+        names.append(stem if count == 1 else f"{stem}-{count}")
+    return names
+
+
+def _save_npy(path: Path, array: Any) -> None:
+    import numpy as np
+
+    from dinov2_heads.atomic import atomic_path
+
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        np.save(handle, array)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    header = ["image", "min m", "median m", "max m", "picture"]
+    cells = [
+        [
+            row["path"],
+            f"{row['min']:.3g}",
+            f"{row['median']:.3g}",
+            f"{row['max']:.3g}",
+            row["picture"],
+        ]
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in [header, *cells]
+    )

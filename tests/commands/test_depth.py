@@ -1,0 +1,206 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dinov2_heads import create_backbone
+from dinov2_heads.cli import main
+from dinov2_heads.commands.depth import load_depth_head
+from dinov2_heads.data import load_image, normalize, pil_to_tensor
+from dinov2_heads.demo import SyntheticVehicles
+from dinov2_heads.dense import Depther
+from dinov2_heads.heads import DPTDepthHead, LinearDepthHead
+from tests.helpers import randomize
+
+
+def released_file(path: Path, head: torch.nn.Module) -> Path:
+    """A head in the layout of the released files: meta and decode_head.* tensors."""
+    state = {f"decode_head.{k}": v.half() for k, v in head.state_dict().items()}
+    torch.save({"meta": {"note": "test"}, "state_dict": state}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("depth_cli")
+    torch.manual_seed(0)
+    backbone = randomize(
+        create_backbone("dinov2_vits14", depth=4, embed_dim=64, num_heads=1, img_size=56)
+    )
+    torch.save(backbone.state_dict(), root / "backbone.pth")
+    torch.manual_seed(1)
+    head = LinearDepthHead(64, layers=4)
+    with torch.no_grad():
+        head.conv_depth.weight.normal_()
+    vehicles = SyntheticVehicles(3, size=(30, 50))
+    images = root / "images"
+    images.mkdir()
+    for index in range(3):
+        vehicles.render(index).save(images / f"car{index}.png")
+    return {
+        "root": root,
+        "backbone": root / "backbone.pth",
+        "linear4": released_file(root / "dinov2_vits14_nyu_linear4_head.pth", head),
+        "dpt_kitti": released_file(root / "x_kitti_dpt_head.pth", DPTDepthHead(64, channels=8)),
+        "dpt_nyu": released_file(root / "x_nyu_dpt_head.pth", DPTDepthHead(64, channels=8)),
+        "images": images,
+    }
+
+
+def test_pictures_and_arrays_equal_the_depther(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    code = main(
+        [
+            "depth",
+            str(setup["images"]),
+            "--checkpoint",
+            str(setup["backbone"]),
+            "--head",
+            str(setup["linear4"]),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--save-npy",
+            "--json",
+        ]
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [Path(row["path"]).name for row in report["depth"]] == [
+        "car0.png",
+        "car1.png",
+        "car2.png",
+    ]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "car0.npy",
+        "car0.png",
+        "car1.npy",
+        "car1.png",
+        "car2.npy",
+        "car2.png",
+    ]
+    depth = np.load(out / "car1.npy")
+    assert depth.shape == (30, 50)
+    # The same numbers as the library, with the head read from the released layout.
+    backbone = create_backbone("dinov2_vits14", depth=4, embed_dim=64, num_heads=1, img_size=56)
+    backbone.load_state_dict(torch.load(setup["backbone"], weights_only=True))
+    head = load_depth_head(setup["linear4"], 64)
+    image = normalize(pil_to_tensor(load_image(setup["images"] / "car1.png")))[None]
+    with torch.no_grad():
+        expected = Depther(backbone, head)(image)[0, 0].numpy()
+    np.testing.assert_allclose(depth, expected, rtol=1e-5)
+    assert report["depth"][1]["median"] == pytest.approx(float(np.median(depth)), rel=1e-3)
+    picture = Image.open(out / "car1.png")
+    assert picture.size[1] == 30 + 8  # the image height plus padding
+
+    # Again into the same folder: refused without --overwrite; slide, flip and a size work.
+    assert (
+        main(
+            [
+                "depth",
+                str(setup["images"]),
+                "--checkpoint",
+                str(setup["backbone"]),
+                "--head",
+                str(setup["linear4"]),
+                "--out",
+                str(out),
+            ]
+        )
+        == 1
+    )
+    assert "already exists" in capsys.readouterr().err
+    code = main(
+        [
+            "depth",
+            str(setup["images"] / "car0.png"),
+            "--checkpoint",
+            str(setup["backbone"]),
+            "--head",
+            str(setup["linear4"]),
+            "--out",
+            str(out),
+            "--overwrite",
+            "--mode",
+            "slide",
+            "--crop-size",
+            "28",
+            "28",
+            "--stride",
+            "14",
+            "14",
+            "--flip",
+            "--size",
+            "42",
+            "56",
+        ]
+    )
+    assert code == 0
+    assert "car0.png" in capsys.readouterr().out
+    assert Image.open(out / "car0.png").size[1] == 42 + 8
+
+
+def test_head_kinds_and_depth_ranges_follow_the_file(setup: dict[str, Path]) -> None:
+    linear = load_depth_head(setup["linear4"], 64)
+    assert isinstance(linear, LinearDepthHead)
+    assert (linear.layers, linear.max_depth) == (4, 80.0)
+    kitti = load_depth_head(setup["dpt_kitti"], 64)
+    assert isinstance(kitti, DPTDepthHead)
+    assert kitti.max_depth == 80.0
+    assert load_depth_head(setup["dpt_nyu"], 64).max_depth == 10.0
+    assert load_depth_head(setup["dpt_nyu"], 64, max_depth=5.0).max_depth == 5.0
+
+
+def test_bad_head_files_are_refused(setup: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="neither 2 x 32"):
+        load_depth_head(setup["linear4"], 32)
+    torch.save(
+        {"state_dict": {"decode_head.conv_seg.weight": torch.zeros(2, 2, 1, 1)}},
+        tmp_path / "seg.pth",
+    )
+    with pytest.raises(ValueError, match="is not a DINOv2 depth head"):
+        load_depth_head(tmp_path / "seg.pth", 64)
+
+
+def test_errors_are_one_line(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "depth",
+            str(tmp_path / "missing.png"),
+            "--checkpoint",
+            str(setup["backbone"]),
+            "--head",
+            str(setup["linear4"]),
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("dinov2-heads depth: error: no such file or folder")
+    code = main(
+        [
+            "depth",
+            str(setup["images"]),
+            "--checkpoint",
+            str(setup["backbone"]),
+            "--head",
+            str(setup["linear4"]),
+            "--out",
+            str(tmp_path / "o"),
+            "--mode",
+            "slide",
+        ]
+    )
+    assert code == 1
+    assert "needs crop_size and stride" in capsys.readouterr().err
