@@ -50,6 +50,7 @@ def test_every_example_has_main_and_a_test() -> None:
         "migrate_from_blog",
         "pca_features",
         "predict",
+        "train_depth",
         "vehicle_attributes",
         "vehicle_brand",
     ]

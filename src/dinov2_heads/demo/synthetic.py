@@ -655,8 +655,8 @@ VEHICLE_HEIGHTS: dict[str, float] = {"bus": 3.2, "sedan": 1.45, "suv": 1.8, "tru
 #: The camera's focal length in units of the image height (a vertical field of view of 53°).
 FOCAL = 1.0
 #: The farthest depth of the ground plane, and the distance of the background buildings.
-FAR_DEPTH = 40.0
-BUILDING_DEPTH = 30.0
+FAR_DEPTH = 20.0
+BUILDING_DEPTH = 15.0
 
 
 @dataclass(frozen=True)
