@@ -14,6 +14,7 @@ from dinov2_heads.commands.depth import load_depth_head
 from dinov2_heads.data import load_image, normalize, pil_to_tensor
 from dinov2_heads.demo import SyntheticVehicles
 from dinov2_heads.dense import Depther
+from dinov2_heads.export import save_heads
 from dinov2_heads.heads import DPTDepthHead, LinearDepthHead
 from tests.helpers import randomize
 
@@ -157,6 +158,14 @@ def test_head_kinds_and_depth_ranges_follow_the_file(setup: dict[str, Path]) -> 
     assert kitti.max_depth == 80.0
     assert load_depth_head(setup["dpt_nyu"], 64).max_depth == 10.0
     assert load_depth_head(setup["dpt_nyu"], 64, max_depth=5.0).max_depth == 5.0
+
+
+def test_heads_saved_by_save_heads_load_as_they_were(tmp_path: Path) -> None:
+    head = LinearDepthHead(64, layers=4, n_bins=16, max_depth=12.0)
+    loaded = load_depth_head(save_heads(tmp_path / "mine.pt", head), 64)
+    assert isinstance(loaded, LinearDepthHead)
+    assert loaded.config() == head.config()
+    assert torch.equal(loaded.conv_depth.weight, head.conv_depth.weight)
 
 
 def test_bad_head_files_are_refused(setup: dict[str, Path], tmp_path: Path) -> None:

@@ -22,12 +22,16 @@ from typing import Any
 from torch import nn
 
 from dinov2_heads.heads.conv1d_neck import Conv1dNeck
+from dinov2_heads.heads.dpt_depth import DPTDepthHead
 from dinov2_heads.heads.linear import LinearHead
+from dinov2_heads.heads.linear_depth import LinearDepthHead
 
 #: Type name -> head class. Names are what head files and JSON specifications store.
 HEAD_TYPES: dict[str, type[nn.Module]] = {
     "LinearHead": LinearHead,
     "Conv1dNeck": Conv1dNeck,
+    "LinearDepthHead": LinearDepthHead,
+    "DPTDepthHead": DPTDepthHead,
 }
 
 
