@@ -156,10 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     head_path = save_heads(
         out / "depth_head.pt", head, backbone=frozen, extra={"metrics": results, "scaled": scaled}
     )
-    reloaded = load_heads(head_path).load_into(
-        build_head(args.head, backbone.embed_dim, args.max_depth)
-    )
-    assert isinstance(reloaded, nn.Module)
+    reloaded = load_heads(head_path).heads  # rebuilt from the file alone
+    assert isinstance(reloaded, type(head))
     print(f"\nfiles: {picture}, {out / 'ground_truth.png'}, {head_path}")
     return 0
 
