@@ -10,6 +10,10 @@ Four labels describe it:
 - ``brand``: decided only by the shape of a small emblem (about one patch wide at 126x252),
   the fine-grained label that needs patch tokens rather than the class token.
 
+Each image also has a depth map in metres (:func:`synthetic_depth`: a ground plane, the vehicle
+standing on it, background walls, no depth on the sky), so depth heads train offline too
+(:class:`SyntheticDepthPairs`).
+
 Image ``i`` depends only on ``(seed, i)``, so a set is reproducible and can be indexed in any
 order. Rendering takes about 2 ms per 126x252 image on one CPU core.
 """
