@@ -3,6 +3,7 @@
 from dinov2_heads.heads.class_names import ClassNamesMixin
 from dinov2_heads.heads.conv1d_neck import Conv1dNeck
 from dinov2_heads.heads.linear import LinearHead, linear_input
+from dinov2_heads.heads.linear_segmentation import LinearSegmentationHead
 from dinov2_heads.heads.losses import IGNORE_INDEX, HeadLoss, LossOutput, MultiHeadLoss, head_loss
 from dinov2_heads.heads.multi import MultiHead
 from dinov2_heads.heads.predict import Prediction, predict, predict_logits
@@ -21,6 +22,7 @@ __all__ = [
     "Conv1dNeck",
     "HeadLoss",
     "LinearHead",
+    "LinearSegmentationHead",
     "LossOutput",
     "MultiHead",
     "MultiHeadLoss",
