@@ -52,6 +52,7 @@ def test_every_example_has_main_and_a_test() -> None:
         "predict",
         "vehicle_attributes",
         "vehicle_brand",
+        "vehicle_parts",
     ]
     for name in scripts:
         assert callable(example(name).main)
