@@ -161,6 +161,10 @@ def test_errors() -> None:
         LinearSegmentationHead(16, 2, class_names=["a"])
     with pytest.raises(TypeError, match="config must be a mapping"):
         LinearSegmentationHead.from_config([16, 2])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown key"):
+        LinearSegmentationHead.from_config({"embed_dim": 16, "num_classes": 2, "depth": 3})
+    with pytest.raises(TypeError, match="reads Features"):
+        LinearSegmentationHead(16, 2)(torch.randn(2, 16))  # type: ignore[arg-type]
 
 
 def test_is_a_module_with_a_readable_repr() -> None:

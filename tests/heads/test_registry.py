@@ -16,6 +16,7 @@ from dinov2_heads.heads import (
     HEAD_TYPES,
     Conv1dNeck,
     LinearHead,
+    LinearSegmentationHead,
     MultiHead,
     build_head,
     head_spec,
@@ -29,6 +30,7 @@ from tests.heads.conftest import random_features
 EXAMPLES: dict[str, nn.Module] = {
     "LinearHead": LinearHead(8, 3, n_blocks=2, avgpool=False, class_names=["a", "b", "c"]),
     "Conv1dNeck": Conv1dNeck((2, 3), 8, 2, dropout=0.25, class_names=["x", "y"]),
+    "LinearSegmentationHead": LinearSegmentationHead(8, 3, layers=2, dropout=0.0),
 }
 
 

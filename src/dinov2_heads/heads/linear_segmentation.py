@@ -8,9 +8,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import Self
 
 from dinov2_heads.features.features import Features
 from dinov2_heads.heads.class_names import ClassNamesMixin
+from dinov2_heads.heads.config import config_arguments
+from dinov2_heads.heads.inputs import require_features
 
 
 class LinearSegmentationHead(ClassNamesMixin):
@@ -108,16 +111,13 @@ class LinearSegmentationHead(ClassNamesMixin):
         }
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> LinearSegmentationHead:
+    def from_config(cls, config: Mapping[str, Any]) -> Self:
         """A new head (fresh weights) from :meth:`config`'s output."""
-        if not isinstance(config, Mapping):
-            raise TypeError(
-                f"a LinearSegmentationHead config must be a mapping, got {type(config).__name__}"
-            )
-        return cls(**dict(config))
+        return cls(**config_arguments(cls, config))
 
     def input_maps(self, features: Features) -> Tensor:
         """The concatenated input (B, layers * D, h, w), before ``bn``."""
+        features = require_features(features, "LinearSegmentationHead")
         if features.embed_dim != self.embed_dim:
             raise ValueError(
                 f"LinearSegmentationHead was built for D = {self.embed_dim} but the features "

@@ -23,11 +23,13 @@ from torch import nn
 
 from dinov2_heads.heads.conv1d_neck import Conv1dNeck
 from dinov2_heads.heads.linear import LinearHead
+from dinov2_heads.heads.linear_segmentation import LinearSegmentationHead
 
 #: Type name -> head class. Names are what head files and JSON specifications store.
 HEAD_TYPES: dict[str, type[nn.Module]] = {
     "LinearHead": LinearHead,
     "Conv1dNeck": Conv1dNeck,
+    "LinearSegmentationHead": LinearSegmentationHead,
 }
 
 
