@@ -11,6 +11,9 @@ from dinov2_heads import DinoVisionTransformer
 #: Reference files made with the official DINOv2 code, beside the repository.
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "dinov2_official"
 
+#: Outputs of the official segmentation and depth heads (random weights), beside the repository.
+DENSE_FIXTURES = FIXTURES.parent / "dinov2_dense"
+
 
 def randomize(model: DinoVisionTransformer, seed: int = 0) -> DinoVisionTransformer:
     """Give every parameter non-trivial random values (tokens, norms and layer scales included).

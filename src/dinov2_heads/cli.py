@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "extract": "dinov2_heads.commands.extract",
     "pca": "dinov2_heads.commands.pca",
     "predict": "dinov2_heads.commands.predict",
+    "segment": "dinov2_heads.commands.segment",
     "inspect": "dinov2_heads.commands.inspect",
     "search": "dinov2_heads.commands.search",
     "depth": "dinov2_heads.commands.depth",

@@ -8,14 +8,13 @@ averaged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from dinov2_heads.dense import InferenceSettings, dense_inference, slide_inference, sliding_windows
+from tests.dense.official import official_aug_test, official_slide
 
 
 class CountingModel:
@@ -36,59 +35,6 @@ class CountingModel:
         centred = (x - x.mean(dim=(-2, -1), keepdim=True)) * ramp
         spread = x.std(dim=(1, 2, 3), keepdim=True).expand(-1, 1, *x.shape[-2:])
         return torch.cat([centred, spread], dim=1)
-
-
-def official_slide(
-    model: Callable[[Tensor], Tensor], img: Tensor, crop: tuple[int, int], stride: tuple[int, int]
-) -> Tensor:
-    h_stride, w_stride = stride
-    h_crop, w_crop = crop
-    batch_size, _, h_img, w_img = img.size()
-    h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
-    w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
-    preds: Tensor | None = None
-    count_mat = img.new_zeros((batch_size, 1, h_img, w_img))
-    for h_idx in range(h_grids):
-        for w_idx in range(w_grids):
-            y1 = h_idx * h_stride
-            x1 = w_idx * w_stride
-            y2 = min(y1 + h_crop, h_img)
-            x2 = min(x1 + w_crop, w_img)
-            y1 = max(y2 - h_crop, 0)
-            x1 = max(x2 - w_crop, 0)
-            crop_seg_logit = model(img[:, :, y1:y2, x1:x2])
-            if preds is None:
-                preds = img.new_zeros((batch_size, crop_seg_logit.shape[1], h_img, w_img))
-            preds += F.pad(crop_seg_logit, (x1, preds.shape[3] - x2, y1, preds.shape[2] - y2))
-            count_mat[:, :, y1:y2, x1:x2] += 1
-    assert (count_mat == 0).sum() == 0
-    assert preds is not None
-    return preds / count_mat
-
-
-def official_aug_test(
-    model: Callable[[Tensor], Tensor],
-    img: Tensor,
-    scales: list[float],
-    flip: bool,
-    slide: tuple[tuple[int, int], tuple[int, int]] | None,
-) -> Tensor:
-    """MultiScaleFlipAug views (resize, then flip), each inferred with rescale and softmax."""
-    ori_shape = img.shape[-2:]
-    outputs = []
-    for scale in scales:
-        size = (int(img.shape[-2] * scale + 0.5), int(img.shape[-1] * scale + 0.5))
-        resized = F.interpolate(img, size=size, mode="bilinear", align_corners=False)
-        for flipped in [False, True] if flip else [False]:
-            view = resized.flip(dims=(3,)) if flipped else resized
-            logit = official_slide(model, view, *slide) if slide else model(view)
-            logit = F.interpolate(logit, size=ori_shape, mode="bilinear", align_corners=False)
-            output = F.softmax(logit, dim=1)
-            outputs.append(output.flip(dims=(3,)) if flipped else output)
-    seg_logit = outputs[0].clone()
-    for output in outputs[1:]:
-        seg_logit += output
-    return seg_logit / len(outputs)
 
 
 def softmax(x: Tensor) -> Tensor:

@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from dinov2_heads.dense import center_pad, center_pad_amounts, center_padding
-
-
-def official_center_padding(x: Tensor, multiple: int) -> Tensor:
-    """The official module, written out: pads for the last two sides, W first, then H."""
-
-    def get_pad(size: int) -> tuple[int, int]:
-        new_size = math.ceil(size / multiple) * multiple
-        pad_size = new_size - size
-        pad_size_left = pad_size // 2
-        return pad_size_left, pad_size - pad_size_left
-
-    pads = list(itertools.chain.from_iterable(get_pad(m) for m in x.shape[:1:-1]))
-    return F.pad(x, pads)
+from tests.dense.official import official_center_padding
 
 
 @pytest.mark.parametrize(("height", "width"), [(14, 14), (15, 27), (224, 225), (13, 1), (100, 41)])

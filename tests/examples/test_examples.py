@@ -53,6 +53,7 @@ def test_every_example_has_main_and_a_test() -> None:
         "train_depth",
         "vehicle_attributes",
         "vehicle_brand",
+        "vehicle_parts",
     ]
     for name in scripts:
         assert callable(example(name).main)

@@ -295,3 +295,23 @@ def test_for_heads_serves_a_mixed_multihead_in_one_pass() -> None:
 
 def test_multihead_without_dense_heads_needs_no_blocks() -> None:
     assert MultiHead({"a": LinearHead(64, 2)}).required_blocks(12) == ()
+
+
+def test_normed_blocks_up_to_the_last_are_taken_as_last_blocks() -> None:
+    from dinov2_heads.heads import LinearSegmentationHead
+
+    model = tiny_backbone(depth=4)
+    head = LinearSegmentationHead(64, 3, layers=3)
+    frozen = FrozenBackbone.for_heads(model, head)
+    assert frozen.n_last_blocks == 3
+    assert frozen.blocks == ((1, True), (2, True), (3, True))
+    x = images()
+    features = frozen(x)
+    assert features.blocks == {}  # all three are among the last n, not stored twice
+    # So Features that keep only the last blocks and no depth (a feature cache) serve the head.
+    assert features.patch_tokens is not None
+    cached = Features.from_tokens(features.class_tokens, features.patch_tokens, features.grid)
+    assert torch.equal(head.eval()(cached), head(features))
+    mixed = FrozenBackbone.for_heads(model, DenseProbe([(0, True), (3, True), (2, False)]))
+    assert mixed.n_last_blocks == 1
+    assert mixed.blocks == ((0, True), (2, False), (3, True))

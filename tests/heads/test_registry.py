@@ -18,6 +18,7 @@ from dinov2_heads.heads import (
     DPTDepthHead,
     LinearDepthHead,
     LinearHead,
+    LinearSegmentationHead,
     MultiHead,
     build_head,
     head_spec,
@@ -33,6 +34,7 @@ EXAMPLES: dict[str, nn.Module] = {
     "Conv1dNeck": Conv1dNeck((2, 3), 8, 2, dropout=0.25, class_names=["x", "y"]),
     "LinearDepthHead": LinearDepthHead(8, layers=2, n_bins=16, min_depth=0.5, max_depth=20.0),
     "DPTDepthHead": DPTDepthHead(8, channels=4, min_depth=0.1, max_depth=80.0),
+    "LinearSegmentationHead": LinearSegmentationHead(8, 3, layers=2, dropout=0.0),
 }
 
 

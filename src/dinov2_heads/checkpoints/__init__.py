@@ -48,6 +48,7 @@ from dinov2_heads.checkpoints.folders import (
     read_checkpoint,
 )
 from dinov2_heads.checkpoints.formats import CheckpointFormat, Converted, detect_format, to_official
+from dinov2_heads.checkpoints.head_files import HeadFileSummary, identify_head_file
 from dinov2_heads.checkpoints.huggingface import convert_huggingface
 from dinov2_heads.checkpoints.huggingface_config import HuggingFaceConfig
 from dinov2_heads.checkpoints.integrity import verify_checkpoint_file
@@ -75,6 +76,7 @@ __all__ = [
     "CheckpointSummary",
     "Converted",
     "Dinov2HeadsError",
+    "HeadFileSummary",
     "HuggingFaceConfig",
     "LoadReport",
     "PartialLoadError",
@@ -101,6 +103,7 @@ __all__ = [
     "dinov2_vits14",
     "dinov2_vits14_reg",
     "find_checkpoint_files",
+    "identify_head_file",
     "infer_config",
     "load_backbone",
     "load_partial",

@@ -10,10 +10,18 @@ from pathlib import PurePath
 from typing import Any
 
 from dinov2_heads.backbone.config import variant_name
-from dinov2_heads.checkpoints.folders import CONFIG_NAME, INDEX_SUFFIX
+from dinov2_heads.checkpoints.errors import UnknownFormatError
+from dinov2_heads.checkpoints.folders import (
+    CONFIG_NAME,
+    INDEX_SUFFIX,
+    find_checkpoint_files,
+    read_checkpoint_files,
+)
 from dinov2_heads.checkpoints.formats import CheckpointFormat
+from dinov2_heads.checkpoints.head_files import HeadFileSummary, identify_head_file
 from dinov2_heads.checkpoints.loading import CheckpointSource, read_backbone
 from dinov2_heads.checkpoints.nonfinite import nonfinite_names
+from dinov2_heads.checkpoints.unwrap import unwrap_state_dict
 
 _SHOWN = 8
 
@@ -101,8 +109,12 @@ class CheckpointSummary:
 
 def describe_checkpoint(
     source: CheckpointSource, *, num_heads: int | None = None
-) -> CheckpointSummary:
+) -> CheckpointSummary | HeadFileSummary:
     """Read a backbone checkpoint and say what it is, without building the model.
+
+    A released DINOv2 segmentation head file (``*_ade20k_linear_head.pth``, ...) is named
+    instead: a :class:`HeadFileSummary` gives its type, layers, classes and the call that loads
+    it.
 
     Args:
         source: A checkpoint path (a file, a model folder, a shard index or a Hugging Face cache
@@ -118,7 +130,13 @@ def describe_checkpoint(
         CheckpointError: The checkpoint cannot be read or is not a DINOv2 backbone.
         CheckpointFileError: The file cannot be opened.
     """
-    weights = read_backbone(source)
+    try:
+        weights = read_backbone(source)
+    except UnknownFormatError:
+        head = _head_file(source)
+        if head is None:
+            raise
+        return head
     config = weights.infer_config(num_heads=num_heads)
     files = weights.files
     tensors = weights.state_dict.values()
@@ -138,6 +156,16 @@ def describe_checkpoint(
         nonfinite=nonfinite,
         files=files.names() if files is not None else (),
     )
+
+
+def _head_file(source: CheckpointSource) -> HeadFileSummary | None:
+    if isinstance(source, Mapping):
+        content: Mapping[str, Any] = source
+        name = "<state dict>"
+    else:
+        content = read_checkpoint_files(find_checkpoint_files(source))
+        name = os.fspath(source)
+    return identify_head_file(unwrap_state_dict(content, backbone=False).state_dict, name)
 
 
 def _files(files: tuple[str, ...]) -> str:

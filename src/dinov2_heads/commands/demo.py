@@ -52,6 +52,12 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
         "--epochs", type=_at_least(1), default=8, help="passes over the cached features"
     )
     parser.add_argument(
+        "--parts",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train a segmentation head on vehicle parts and report its mIoU",
+    )
+    parser.add_argument(
         "--quiet",
         action="store_true",
         default=argparse.SUPPRESS,
@@ -90,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             "(random backbone weights: these numbers show that training works, not what DINOv2 "
             "features can do; --checkpoint gives real ones)"
         )
+    parts = _parts(args, results, quiet) if args.parts else None
     print(f"\nfiles in {results.out}:")
     described = {
         "heads": "the four trained heads with their class names (dinov2_heads.export.load_heads)",
@@ -101,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
     for name, path in results.files.items():
         label = f"{path.name}/" if name == "samples" else path.name
         print(f"  {label:<14} {described[name]}")
+    if parts is not None:
+        print(f"  {parts.files['overlay'].name:<14} held-out parts: image, prediction, truth")
+        print(f"  {parts.files['results'].name:<14} the parts scores as JSON")
     checkpoint = results.files.get("backbone", results.checkpoint)
     print("\ntry next:")
     print(
@@ -109,6 +119,30 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"\ndone in {results.seconds['total']:.0f} s")
     return 0
+
+
+def _parts(args: argparse.Namespace, results: Any, quiet: bool) -> Any:
+    """The segmentation part: a LinearSegmentationHead on the same backbone, on part masks."""
+    from dinov2_heads.checkpoints import load_backbone
+    from dinov2_heads.demo.segmentation import run_parts_demo
+
+    source = results.files.get("backbone", results.checkpoint)
+    parts = run_parts_demo(
+        load_backbone(source),
+        results.out,
+        seed=args.seed,
+        num_train=max(2, args.num_train // 2),
+        num_heldout=max(1, args.num_heldout // 4),
+        epochs=max(2, round(2.5 * args.epochs)),
+        progress=not quiet,
+        echo=None if quiet else _say,
+    )
+    print(
+        f"\nvehicle parts, held out ({parts.num_heldout} images): mIoU "
+        f"{100 * parts.scores.miou:.1f}% against {100 * parts.chance_miou:.1f}% by chance"
+    )
+    print(parts.table())
+    return parts
 
 
 def _at_least(least: int) -> Callable[[str], int]:

@@ -29,6 +29,7 @@ from dinov2_heads.data.functional import (
     tensor_to_pil,
     to_float,
 )
+from dinov2_heads.data.joint_transforms import SegmentationTransform
 from dinov2_heads.data.loading import (
     ImageBatch,
     OnError,
@@ -39,11 +40,14 @@ from dinov2_heads.data.loading import (
     load_image,
 )
 from dinov2_heads.data.manifest import ManifestDataset, read_manifest
+from dinov2_heads.data.masks import IGNORE_LABEL, load_mask
 from dinov2_heads.data.preprocess import PRESETS, Preprocess, get_preset, list_presets
+from dinov2_heads.data.segmentation import SegmentationDataset
 from dinov2_heads.labels import MISSING_LABEL
 
 __all__ = [
     "DEPTH_SCALES",
+    "IGNORE_LABEL",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
@@ -60,6 +64,8 @@ __all__ = [
     "Preprocess",
     "RandomHorizontalFlip",
     "RandomResizedCrop",
+    "SegmentationDataset",
+    "SegmentationTransform",
     "SkippedImage",
     "TrainTransform",
     "UnreadableImageError",
@@ -72,6 +78,7 @@ __all__ = [
     "list_presets",
     "load_batch",
     "load_image",
+    "load_mask",
     "nearest_valid_size",
     "normalize",
     "pil_to_tensor",

@@ -83,6 +83,7 @@ _PLATE = (30, 32, 36)
 _CHROME = (228, 230, 236)
 _GLASS = (42, 52, 68)
 _TYRE = (18, 18, 18)
+_HUB = (120, 120, 125)
 _SKIES = ((150, 175, 200), (185, 195, 205), (120, 140, 160), (205, 190, 165), (160, 160, 150))
 _GROUNDS = ((90, 90, 92), (110, 105, 100), (70, 72, 75), (125, 125, 120))
 
@@ -109,7 +110,8 @@ class _Painter:
     """Draws in a vehicle's own box: u (0 = left, 1 = right) and v (0 = top, 1 = bottom).
 
     ``mirror`` flips u, so every side view is drawn facing right and mirrored for ``left``.
-    In mask mode every vehicle colour is painted white, which gives the vehicle's silhouette.
+    In mask mode every vehicle colour is painted white, which gives the vehicle's silhouette;
+    in parts mode each fill is painted with its part index (see :func:`_part_of`).
     """
 
     def __init__(
@@ -119,11 +121,13 @@ class _Painter:
         *,
         mirror: bool = False,
         mask: bool = False,
+        parts: bool = False,
     ) -> None:
         self.draw = draw
         self.left, self.top, self.width, self.height = box
         self.mirror = mirror
         self.mask = mask
+        self.parts = parts
 
     def xy(self, u: float, v: float) -> Point:
         if self.mirror:
@@ -131,6 +135,8 @@ class _Painter:
         return (self.left + u * self.width, self.top + v * self.height)
 
     def fill(self, colour: Colour) -> Colour | int:
+        if self.parts:
+            return _part_of(colour)
         return 255 if self.mask else colour
 
     def rect(
@@ -155,7 +161,7 @@ class _Painter:
         """A tyre and hub; ``radius`` is in units of the box height."""
         ru = radius * self.height / self.width
         self.ellipse(u, v, ru, radius, _TYRE)
-        self.ellipse(u, v, ru * 0.45, radius * 0.45, (120, 120, 125))
+        self.ellipse(u, v, ru * 0.45, radius * 0.45, _HUB)
 
     def emblem(self, u: float, v: float, size: float, shape: str) -> None:
         """A dark badge with a light ``shape`` on it; ``size`` (diameter) is in pixels."""
@@ -480,7 +486,7 @@ class SyntheticVehicles(Dataset[tuple[Tensor, dict[str, int]]]):
         """(1, H, W) depth in metres of image ``index``, 0 on the sky (:func:`synthetic_depth`)."""
         return synthetic_depth(self, index)
 
-    def _render(self, index: int, *, mask: bool) -> Image.Image:
+    def _render(self, index: int, *, mask: bool, parts: bool = False) -> Image.Image:
         pil = require_pillow()
         vehicle = self.vehicle(index)
         rng = self._rng(index, "scene")
@@ -489,12 +495,12 @@ class SyntheticVehicles(Dataset[tuple[Tensor, dict[str, int]]]):
         sky = _jitter(rng.choice(_SKIES), rng, 12)
         ground = _jitter(rng.choice(_GROUNDS), rng, 10)
         horizon = big_h * rng.uniform(0.55, 0.72)
-        if mask:
+        if mask or parts:
             canvas = pil.Image.new("L", (big_w, big_h), 0)
         else:
             canvas = pil.Image.new("RGB", (big_w, big_h), sky)
         draw = pil.ImageDraw.Draw(canvas)
-        if not mask:
+        if not (mask or parts):
             draw.rectangle((0, horizon, big_w, big_h), fill=ground)
             for _ in range(rng.randint(0, 3)):
                 # Background buildings: muted blocks behind the vehicle.
@@ -515,6 +521,7 @@ class SyntheticVehicles(Dataset[tuple[Tensor, dict[str, int]]]):
             (left, bottom - box_h, box_w, box_h),
             mirror=vehicle.orientation == "left",
             mask=mask,
+            parts=parts,
         )
         paint = _jitter(COLOURS[vehicle.colour], rng, 14)
         shape = BRANDS[vehicle.brand]
@@ -527,6 +534,9 @@ class SyntheticVehicles(Dataset[tuple[Tensor, dict[str, int]]]):
             _draw_side(painter, vehicle.body, paint, emblem)
         else:
             _draw_front_or_rear(painter, vehicle.body, paint, vehicle.orientation == "rear", emblem)
+        if parts:
+            # Part indices must not be averaged: take one drawn pixel per output pixel.
+            return canvas.resize((width, height), pil.Image.Resampling.NEAREST)
         return canvas.reduce(_SUPERSAMPLE)
 
     def image_tensor(self, index: int) -> Tensor:
@@ -615,6 +625,117 @@ class SyntheticVehicles(Dataset[tuple[Tensor, dict[str, int]]]):
             (staging / filename).write_bytes(_manifest_bytes(rows, manifest_format))
 
         return _write_tree(Path(root), fill) / filename
+
+    # ------------------------------------------------------------------ part masks
+
+    def part_mask(self, index: int) -> Tensor:
+        """(H, W) int64 part of each pixel of image ``index``: an index into :data:`PARTS`.
+
+        0 background, 1 body (paint, lamps, grille, plates), 2 windows, 3 wheels, 4 emblem;
+        drawn with the same shapes as the image, so parts line up with its pixels.
+        """
+        mask = self._render(index, mask=False, parts=True)
+        width, height = mask.size
+        pixels = torch.frombuffer(bytearray(mask.tobytes()), dtype=torch.uint8)
+        return pixels.reshape(height, width).long()
+
+    def parts(self, transform: JointTransform | None = None) -> SyntheticVehicleParts:
+        """This set as a segmentation set: items ``(image (3, H, W), part mask (H, W))``."""
+        return SyntheticVehicleParts(self, transform)
+
+    def write_parts(self, root: str | os.PathLike[str], *, image_format: str = "png") -> Path:
+        """Write ``root/images/<index>.png`` and palette PNG masks ``root/masks/<index>.png``.
+
+        :meth:`~dinov2_heads.data.SegmentationDataset.from_folders` reads them back; the folder
+        appears complete or not at all.
+
+        Returns:
+            ``root``.
+        """
+        pil = require_pillow()
+        palette = [channel for colour in PART_PALETTE for channel in colour]
+
+        def fill(staging: Path) -> None:
+            (staging / "images").mkdir()
+            (staging / "masks").mkdir()
+            for index in range(self.num_images):
+                self.render(index).save(staging / "images" / f"{index:06d}.{image_format}")
+                mask = self._render(index, mask=False, parts=True)
+                paletted = pil.Image.frombytes("P", mask.size, mask.tobytes())
+                paletted.putpalette(palette)
+                paletted.save(staging / "masks" / f"{index:06d}.png")
+
+        return _write_tree(Path(root), fill)
+
+
+#: The parts of :meth:`SyntheticVehicles.part_mask`, in index order.
+PARTS: tuple[str, ...] = ("background", "body", "windows", "wheels", "emblem")
+#: A colour per part for pictures and palette PNGs.
+PART_PALETTE: tuple[Colour, ...] = (
+    (0, 0, 0),
+    (220, 60, 60),
+    (70, 140, 230),
+    (250, 200, 40),
+    (60, 210, 120),
+)
+#: (image, mask) -> (image (3, H, W), mask (H, W)), as ``SegmentationTransform``.
+JointTransform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def _part_of(colour: Colour) -> int:
+    """The part index of a fill. The parts are known by the constants they are drawn with:
+    compared by identity, since a jittered paint colour may equal one of them in value."""
+    if colour is _GLASS:
+        return 2
+    if colour is _TYRE or colour is _HUB:
+        return 3
+    if colour is _PLATE or colour is _CHROME:
+        return 4
+    return 1
+
+
+class SyntheticVehicleParts(Dataset[tuple[Tensor, Tensor]]):
+    """Vehicle part segmentation on :class:`SyntheticVehicles` images.
+
+    Items are ``(image (3, H, W), mask (H, W) int64)`` with the :data:`PARTS` indices. Without
+    a ``transform`` the image gets the set's own transform (ImageNet normalisation at its size)
+    and the mask is returned as drawn.
+
+    Args:
+        vehicles: The images.
+        transform: Moves image (``uint8`` (3, H, W)) and mask together, such as
+            :class:`~dinov2_heads.data.SegmentationTransform` for training.
+    """
+
+    class_names: tuple[str, ...] = PARTS
+    palette: tuple[Colour, ...] = PART_PALETTE
+
+    def __init__(self, vehicles: SyntheticVehicles, transform: JointTransform | None = None):
+        self.vehicles = vehicles
+        self.transform = transform
+
+    @property
+    def num_classes(self) -> int:
+        """K = 5 parts."""
+        return len(PARTS)
+
+    def __len__(self) -> int:
+        return len(self.vehicles)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        if -len(self) <= index < 0:
+            index += len(self)
+        mask = self.vehicles.part_mask(index)
+        if self.transform is not None:
+            return self.transform(self.vehicles.image_tensor(index), mask)
+        image = self.vehicles.transform(self.vehicles.render(index))
+        if tuple(image.shape[-2:]) != tuple(mask.shape):
+            # The default transform rounds the size to a multiple of 14: follow it.
+            resized = torch.nn.functional.interpolate(
+                mask[None, None].float(), size=image.shape[-2:], mode="nearest-exact"
+            )
+            mask = resized[0, 0].long()
+        return image, mask
 
 
 def _manifest_bytes(rows: list[dict[str, Any]], manifest_format: str) -> bytes:

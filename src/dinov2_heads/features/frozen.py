@@ -159,7 +159,9 @@ class FrozenBackbone(nn.Module):
 
         Each head that defines ``required_blocks(depth)`` (the dense heads, and
         :class:`~dinov2_heads.heads.MultiHead` for all of its heads) gets those blocks;
-        ``n_last_blocks`` grows to the largest ``n_blocks`` of the classifier heads.
+        ``n_last_blocks`` grows to the largest ``n_blocks`` of the classifier heads, and to
+        cover normed blocks that run up to the last one (so a feature cache or an ONNX export,
+        which keep the last blocks, serve those heads too).
 
         Args:
             backbone: As for the constructor.
@@ -184,6 +186,14 @@ class FrozenBackbone(nn.Module):
             n_blocks = getattr(head, "n_blocks", None)
             if isinstance(n_blocks, int) and not isinstance(n_blocks, bool):
                 n_last_blocks = max(n_last_blocks, n_blocks)
+        if depth is not None:
+            # Normed blocks that run up to the last one are taken as last blocks: the same
+            # tokens, and what feature caches and ONNX export keep.
+            normed = {index for index, norm in _resolve_blocks(requests, depth) if norm}
+            run = 0
+            while depth - 1 - run in normed:
+                run += 1
+            n_last_blocks = max(n_last_blocks, min(run, depth))
         return cls(backbone, n_last_blocks=n_last_blocks, blocks=requests, **kwargs)
 
     def serves(self, required: Iterable[BlockKey]) -> tuple[BlockKey, ...]:

@@ -6,6 +6,7 @@ from dinov2_heads.heads.depth_losses import DepthLoss, DepthLossOutput, Gradient
 from dinov2_heads.heads.dpt_depth import DPTDepthHead
 from dinov2_heads.heads.linear import LinearHead, linear_input
 from dinov2_heads.heads.linear_depth import LinearDepthHead
+from dinov2_heads.heads.linear_segmentation import LinearSegmentationHead
 from dinov2_heads.heads.losses import IGNORE_INDEX, HeadLoss, LossOutput, MultiHeadLoss, head_loss
 from dinov2_heads.heads.multi import MultiHead
 from dinov2_heads.heads.predict import Prediction, predict, predict_logits
@@ -29,6 +30,7 @@ __all__ = [
     "HeadLoss",
     "LinearDepthHead",
     "LinearHead",
+    "LinearSegmentationHead",
     "LossOutput",
     "MultiHead",
     "MultiHeadLoss",

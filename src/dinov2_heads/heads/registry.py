@@ -25,6 +25,7 @@ from dinov2_heads.heads.conv1d_neck import Conv1dNeck
 from dinov2_heads.heads.dpt_depth import DPTDepthHead
 from dinov2_heads.heads.linear import LinearHead
 from dinov2_heads.heads.linear_depth import LinearDepthHead
+from dinov2_heads.heads.linear_segmentation import LinearSegmentationHead
 
 #: Type name -> head class. Names are what head files and JSON specifications store.
 HEAD_TYPES: dict[str, type[nn.Module]] = {
@@ -32,6 +33,7 @@ HEAD_TYPES: dict[str, type[nn.Module]] = {
     "Conv1dNeck": Conv1dNeck,
     "LinearDepthHead": LinearDepthHead,
     "DPTDepthHead": DPTDepthHead,
+    "LinearSegmentationHead": LinearSegmentationHead,
 }
 
 

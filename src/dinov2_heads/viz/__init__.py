@@ -1,4 +1,5 @@
-"""Pictures of features: PCA pictures, attention maps, image-search contact sheets and depth."""
+"""Pictures of features and predictions: PCA pictures, attention maps, image-search contact
+sheets, depth maps, and label maps as palette PNGs and overlays."""
 
 from dinov2_heads.viz.attention import attention_caption, save_attention_grid
 from dinov2_heads.viz.colourmap import COLOURMAPS, apply_colourmap
@@ -6,15 +7,19 @@ from dinov2_heads.viz.contact_sheet import contact_sheet_caption, save_contact_s
 from dinov2_heads.viz.depth import colourize_depth, depth_range, save_depth_picture
 from dinov2_heads.viz.grid import save_pca_grid
 from dinov2_heads.viz.pca import ForegroundSplit, pca_foreground, pca_rgb, principal_components
+from dinov2_heads.viz.segmentation import colour_labels, label_image, overlay_labels
 
 __all__ = [
     "COLOURMAPS",
     "ForegroundSplit",
     "apply_colourmap",
     "attention_caption",
+    "colour_labels",
     "colourize_depth",
     "contact_sheet_caption",
     "depth_range",
+    "label_image",
+    "overlay_labels",
     "pca_foreground",
     "pca_rgb",
     "principal_components",

@@ -1,0 +1,269 @@
+"""``dinov2-heads segment``: a segmentation head + a backbone checkpoint + images -> label maps."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dinov2_heads.commands import _common
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from dinov2_heads.dense import SegmentationPreset
+
+logger = logging.getLogger(__name__)
+
+EXAMPLE = """\
+example:
+  dinov2-heads segment street.jpg --heads dinov2_vits14_ade20k_linear_head.pth \\
+      --checkpoint dinov2_vits14_pretrain.pth --preset ade20k_linear --out labels/
+  dinov2-heads segment photos/ --heads parts.pt --checkpoint backbone.pth --out parts/
+
+The heads file is a released DINOv2 segmentation head (*_{ade20k,voc2012}_{linear,ms}_head.pth)
+or a file written by save_heads holding a LinearSegmentationHead. For each image, OUT gets
+NAME.png (a palette PNG of class indices, at the image's size) and NAME_overlay.png. --preset
+applies the released test settings (resize, sliding windows, scales, flip) and class names.
+"""
+
+
+def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    from dinov2_heads.dense import SEGMENTATION_PRESETS
+
+    parser = subparsers.add_parser(
+        "segment",
+        help="label every pixel of images with a segmentation head",
+        description="Run a segmentation head on a backbone checkpoint over images and write a "
+        "label PNG and a coloured overlay per image.\n\n" + EXAMPLE,
+        formatter_class=formatter,
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
+    parser.add_argument(
+        "--heads", required=True, help="a released segmentation head file or a save_heads file"
+    )
+    _common.add_backbone_arguments(parser)
+    parser.add_argument("--out", required=True, help="folder for the label PNGs and overlays")
+    parser.add_argument(
+        "--preset",
+        choices=list(SEGMENTATION_PRESETS),
+        help="the released test settings and class names of a head family",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="run at H x W (labels are resized back to each image's size); default: the "
+        "preset's test size, else the image's own size",
+    )
+    parser.add_argument("--mode", choices=("whole", "slide"), help="override the preset's mode")
+    parser.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"))
+    parser.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"))
+    parser.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average with the mirror image (default: as the preset; off without one)",
+    )
+    parser.add_argument("--scales", type=float, nargs="+", help="resize ratios to average over")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the labels")
+    parser.add_argument(
+        "--head-name", help="with a save_heads file of several heads: the segmentation head"
+    )
+    _common.add_on_error_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    import torch.nn.functional as F
+
+    from dinov2_heads.data import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        UnreadableImageError,
+        load_image,
+        normalize,
+        to_float,
+    )
+    from dinov2_heads.data.functional import pil_to_tensor
+    from dinov2_heads.dense import Segmenter, get_preset
+    from dinov2_heads.viz.segmentation import label_image, overlay_labels, save_image
+
+    preset = get_preset(args.preset) if args.preset else None
+    backbone = _common.load_backbone(args)
+    head, class_names, palette = _load_head(args, backbone, preset)
+    device = next(backbone.parameters()).device
+    head.to(device).eval()
+    segmenter = Segmenter(backbone, head, **_settings(args, preset)).eval()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    for path in _common.image_paths(args.images):
+        try:
+            image = load_image(path)
+        except UnreadableImageError as error:
+            if args.on_error == "raise":
+                raise
+            print(f"{path}: skipped ({error.reason})")
+            continue
+        pixels = pil_to_tensor(image)
+        height, width = pixels.shape[-2:]
+        size = _run_size(args, preset, height, width)
+        x = to_float(pixels)[None]
+        if size != (height, width):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        x = normalize(x, IMAGENET_MEAN, IMAGENET_STD).to(device)
+        with torch.no_grad():
+            probabilities = segmenter(x)
+            if size != (height, width):
+                # The official evaluation resizes its output back to the original image.
+                probabilities = F.interpolate(
+                    probabilities, size=(height, width), mode="bilinear", align_corners=False
+                )
+        labels = probabilities[0].argmax(dim=0).cpu()
+        name = _unique(path.stem, used)
+        save_image(label_image(labels, palette), out / f"{name}.png")
+        overlay = overlay_labels(pixels, labels, palette, alpha=args.alpha)
+        save_image(overlay, out / f"{name}_overlay.png")
+        counts = torch.bincount(labels.flatten(), minlength=len(class_names))
+        top = counts.argsort(descending=True)[:3]
+        shares = ", ".join(
+            f"{class_names[int(k)]} {100 * int(counts[k]) / labels.numel():.0f}%"
+            for k in top
+            if counts[k] > 0
+        )
+        print(f"{path}: {out / (name + '.png')} ({shares})")
+    return 0
+
+
+def _unique(stem: str, used: set[str]) -> str:
+    name, number = stem, 1
+    while name in used:
+        number += 1
+        name = f"{stem}-{number}"
+    used.add(name)
+    return name
+
+
+def _run_size(
+    args: argparse.Namespace, preset: SegmentationPreset | None, height: int, width: int
+) -> tuple[int, int]:
+    if args.size is not None:
+        return int(args.size[0]), int(args.size[1])
+    if preset is not None:
+        return preset.test_size(height, width)
+    return height, width
+
+
+def _settings(args: argparse.Namespace, preset: SegmentationPreset | None) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    if preset is not None:
+        base = preset.settings()
+        settings = {
+            "mode": base.mode,
+            "crop_size": base.crop_size,
+            "stride": base.stride,
+            "flip": base.flip,
+            "scales": base.scales,
+        }
+    if args.mode is not None:
+        settings["mode"] = args.mode
+        if args.mode == "whole":
+            settings.pop("crop_size", None)
+            settings.pop("stride", None)
+    if args.crop_size is not None:
+        settings["crop_size"] = tuple(args.crop_size)
+    if args.stride is not None:
+        settings["stride"] = tuple(args.stride)
+    if args.flip is not None:
+        settings["flip"] = args.flip
+    if args.scales is not None:
+        settings["scales"] = tuple(args.scales)
+    return settings
+
+
+def _load_head(
+    args: argparse.Namespace, backbone: nn.Module, preset: SegmentationPreset | None
+) -> tuple[nn.Module, tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    """The head, its class names and a palette."""
+    from dinov2_heads.checkpoints import load_partial
+    from dinov2_heads.checkpoints.folders import find_checkpoint_files, read_checkpoint_files
+    from dinov2_heads.checkpoints.head_files import RELEASED_PREFIX, identify_head_file
+    from dinov2_heads.checkpoints.unwrap import unwrap_state_dict
+    from dinov2_heads.heads import LinearSegmentationHead
+
+    embed_dim = int(getattr(backbone, "embed_dim", 0))
+    content = read_checkpoint_files(find_checkpoint_files(args.heads))
+    try:
+        state = unwrap_state_dict(content, backbone=False).state_dict
+    except ValueError:
+        state = {}
+    released = identify_head_file(state, str(args.heads)) if state else None
+    if released is not None:
+        layers = released.layers or (preset.layers if preset is not None else 1)
+        if released.embed_dim is not None and released.embed_dim != embed_dim:
+            raise ValueError(
+                f"{args.heads} is a head for D = {released.embed_dim} but the backbone has "
+                f"D = {embed_dim}; use the matching backbone checkpoint"
+            )
+        head = LinearSegmentationHead(embed_dim, released.num_classes, layers=layers)
+        load_partial(head, state, rename={RELEASED_PREFIX: ""}, strict=True)
+        labels = preset.labels if preset is not None else _label_set(released.num_classes)
+        if labels is not None and labels.num_classes == released.num_classes:
+            return head, labels.class_names, labels.palette
+        return head, _numbered(released.num_classes), _palette(released.num_classes)
+    return _saved_head(args)
+
+
+def _saved_head(
+    args: argparse.Namespace,
+) -> tuple[nn.Module, tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    from torch import nn
+
+    from dinov2_heads.export import load_heads
+    from dinov2_heads.heads import LinearSegmentationHead
+
+    heads = load_heads(args.heads).heads
+    candidates: dict[str, nn.Module] = {}
+    if isinstance(heads, LinearSegmentationHead):
+        candidates = {"": heads}
+    elif isinstance(heads, nn.ModuleDict):
+        candidates = {
+            name: head for name, head in heads.items() if isinstance(head, LinearSegmentationHead)
+        }
+    if args.head_name is not None:
+        candidates = {k: v for k, v in candidates.items() if k == args.head_name}
+    if len(candidates) != 1:
+        found = ", ".join(repr(name) for name in candidates) or "none"
+        raise ValueError(
+            f"{args.heads} must hold exactly one LinearSegmentationHead (found: {found}); "
+            "give a released head file, or pick one with --head-name"
+        )
+    head = next(iter(candidates.values()))
+    assert isinstance(head, LinearSegmentationHead)
+    names = head.class_names or _numbered(head.num_classes)
+    return head, tuple(names), _palette(head.num_classes)
+
+
+def _label_set(num_classes: int) -> Any:
+    from dinov2_heads.dense import ADE20K, VOC2012
+
+    return {150: ADE20K, 21: VOC2012}.get(num_classes)
+
+
+def _numbered(num_classes: int) -> tuple[str, ...]:
+    return tuple(f"class {k}" for k in range(num_classes))
+
+
+def _palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
+    """Distinct colours: class 0 black, the rest spread around the hue circle."""
+    import colorsys
+
+    colours = [(0, 0, 0)]
+    for k in range(1, num_classes):
+        hue = (k * 0.618033988749895) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(hue, 0.75, 0.95)
+        colours.append((round(r * 255), round(g * 255), round(b * 255)))
+    return tuple(colours)

@@ -1,0 +1,134 @@
+"""Transforms that move an image and its segmentation mask together."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dinov2_heads.data.functional import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    normalize,
+    pil_to_tensor,
+    to_float,
+)
+from dinov2_heads.data.masks import IGNORE_LABEL
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+@dataclass
+class SegmentationTransform:
+    """(image, mask) -> (normalised image (3, H, W) float32, mask (H, W) int64), moved together.
+
+    In order: a random rescale of both (bilinear for the image, nearest for the mask), a
+    random crop of ``crop_size`` (sides shorter than the crop are padded: image with 0 after
+    normalisation, mask with 255, as mmsegmentation's ``Pad``), and a horizontal flip with
+    probability ``flip``. With the defaults (no scale, no crop, no flip) only the image is
+    normalised: the evaluation transform.
+
+    Attributes:
+        crop_size: Output (H, W) of the random crop, or ``None`` to keep the size.
+        scale_range: Rescale factor drawn uniformly from (low, high), or ``None``.
+        flip: Probability of a horizontal flip.
+        mean: Normalisation mean (RGB).
+        std: Normalisation standard deviation (RGB).
+        seed: Seeds the transform's own generator (repeatable runs); ``None`` draws from
+            torch's global generator, which DataLoader workers seed apart.
+    """
+
+    crop_size: tuple[int, int] | None = None
+    scale_range: tuple[float, float] | None = None
+    flip: float = 0.0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    seed: int | None = None
+    generator: torch.Generator | None = field(init=False, repr=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.crop_size is not None:
+            crop = (
+                (self.crop_size, self.crop_size)
+                if isinstance(self.crop_size, int)
+                else tuple(self.crop_size)
+            )
+            if len(crop) != 2 or not all(isinstance(v, int) and v > 0 for v in crop):
+                raise ValueError(f"crop_size must be (height, width) > 0, got {self.crop_size!r}")
+            self.crop_size = (int(crop[0]), int(crop[1]))
+        if self.scale_range is not None:
+            low, high = (float(v) for v in self.scale_range)
+            if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
+                raise ValueError(
+                    "scale_range must be (low, high) with 0 < low <= high, got "
+                    f"{self.scale_range!r}"
+                )
+            self.scale_range = (low, high)
+        if not 0.0 <= self.flip <= 1.0:
+            raise ValueError(f"flip must be a probability in [0, 1], got {self.flip!r}")
+        if self.seed is not None:
+            self.generator = torch.Generator().manual_seed(int(self.seed))
+
+    def __call__(self, image: Image.Image | Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Transform an image (PIL, or (3, H, W) uint8 / float in [0, 1]) and its mask (H, W).
+
+        Raises:
+            ValueError: The mask is not (H, W), or its size differs from the image's.
+        """
+        x = to_float(image if isinstance(image, Tensor) else pil_to_tensor(image))
+        check_pair(x, mask)
+        target = mask.long()
+        if self.scale_range is not None:
+            factor = self._uniform(*self.scale_range)
+            height, width = x.shape[-2:]
+            size = (max(1, round(height * factor)), max(1, round(width * factor)))
+            x = F.interpolate(
+                x[None], size=size, mode="bilinear", align_corners=False, antialias=factor < 1
+            )[0]
+            target = F.interpolate(target[None, None].float(), size=size, mode="nearest-exact")
+            target = target[0, 0].long()
+        x = normalize(x, self.mean, self.std)
+        if self.crop_size is not None:
+            x, target = self._crop(x, target, self.crop_size)
+        if self.flip and self._uniform(0.0, 1.0) < self.flip:
+            x, target = x.flip(-1), target.flip(-1)
+        return x, target
+
+    def _uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand((), generator=self.generator))
+
+    def _crop(self, x: Tensor, mask: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        crop_h, crop_w = size
+        height, width = x.shape[-2:]
+        pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), value=0.0)
+            mask = F.pad(mask, (0, pad_w, 0, pad_h), value=IGNORE_LABEL)
+            height, width = x.shape[-2:]
+        top = int(torch.randint(0, height - crop_h + 1, (), generator=self.generator))
+        left = int(torch.randint(0, width - crop_w + 1, (), generator=self.generator))
+        return (
+            x[:, top : top + crop_h, left : left + crop_w],
+            mask[top : top + crop_h, left : left + crop_w],
+        )
+
+
+def check_pair(image: Tensor, mask: Tensor, where: str = "") -> None:
+    """``ValueError`` unless ``mask`` is (H, W) with the H, W of ``image`` (3, H, W)."""
+    if not isinstance(mask, Tensor) or mask.ndim != 2:
+        shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"{where}expected a mask of shape (H, W), got {shape}")
+    if mask.is_floating_point():
+        raise TypeError(f"{where}a mask holds integer class indices, got dtype {mask.dtype}")
+    if tuple(mask.shape) != tuple(image.shape[-2:]):
+        (mh, mw), (ih, iw) = mask.shape, image.shape[-2:]
+        raise ValueError(
+            f"{where}the mask is {mh}x{mw} (HxW) but its image is {ih}x{iw}; a mask must "
+            "match its image pixel for pixel (check that they belong together and that the "
+            "image was not rotated by an EXIF tag or resized)"
+        )

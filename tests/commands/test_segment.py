@@ -1,0 +1,127 @@
+"""``dinov2-heads segment``: released-layout head files, label PNGs and overlays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dinov2_heads import create_backbone, load_partial
+from dinov2_heads.cli import main
+from dinov2_heads.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    load_image,
+    load_mask,
+    normalize,
+    to_float,
+)
+from dinov2_heads.data.functional import pil_to_tensor
+from dinov2_heads.dense import Segmenter
+from dinov2_heads.heads import LinearSegmentationHead
+from tests.commands.conftest import Files
+
+
+def released_head(path: Path, classes: int = 21, layers: int = 1) -> Path:
+    """A random head for the 64-wide test backbone, in the layout of the released files."""
+    torch.manual_seed(0)
+    head = LinearSegmentationHead(64, classes, layers=layers)
+    with torch.no_grad():
+        head.conv_seg.weight.normal_()
+        head.bn.running_mean.normal_(std=0.5)
+    state = {f"decode_head.{k}": v for k, v in head.state_dict().items()}
+    torch.save({"meta": {}, "state_dict": state}, path)
+    return path
+
+
+def test_writes_label_pngs_and_overlays(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    heads = released_head(tmp_path / "dinov2_vits14_voc2012_linear_head.pth")
+    out = tmp_path / "labels"
+    code = main(
+        [
+            "segment",
+            *map(str, files.images[:2]),
+            "--heads",
+            str(heads),
+            "--checkpoint",
+            str(files.checkpoint),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2
+    # The label map equals the Segmenter's prediction at the image's own size.
+    backbone = create_backbone("dinov2_vits14", depth=1, embed_dim=64, num_heads=1, img_size=56)
+    backbone.load_state_dict(torch.load(files.checkpoint, weights_only=True))
+    head = LinearSegmentationHead(64, 21)
+    load_partial(head, heads, rename={"decode_head.": ""}, strict=True)
+    segmenter = Segmenter(backbone, head.eval()).eval()
+    for path in files.images[:2]:
+        pixels = pil_to_tensor(load_image(path))
+        x = normalize(to_float(pixels)[None], IMAGENET_MEAN, IMAGENET_STD)
+        with torch.no_grad():
+            expected = segmenter.predict(x)[0]
+        labels = load_mask(out / f"{path.stem}.png")
+        assert torch.equal(labels, expected)
+        assert Image.open(out / f"{path.stem}.png").mode == "P"
+        overlay = np.array(Image.open(out / f"{path.stem}_overlay.png"))
+        assert overlay.shape == (*pixels.shape[-2:], 3)
+    assert "background" in "\n".join(printed) or "aeroplane" in "\n".join(printed)
+
+
+def test_preset_runs_at_the_test_size_and_answers_at_the_image_size(
+    files: Files, tmp_path: Path
+) -> None:
+    heads = released_head(tmp_path / "head.pth")
+    out = tmp_path / "voc"
+    code = main(
+        [
+            "segment",
+            str(files.images[0]),
+            "--heads",
+            str(heads),
+            "--checkpoint",
+            str(files.checkpoint),
+            "--out",
+            str(out),
+            "--preset",
+            "voc2012_linear",
+            "--crop-size",
+            "42",
+            "42",
+            "--stride",
+            "28",
+            "28",
+            "--flip",
+        ]
+    )
+    assert code == 0
+    labels = load_mask(out / f"{files.images[0].stem}.png")
+    assert labels.shape == pil_to_tensor(load_image(files.images[0])).shape[-2:]
+
+
+def test_errors(files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    wide = tmp_path / "dinov2_vitb14_ade20k_linear_head.pth"
+    head = LinearSegmentationHead(768, 150)
+    torch.save({f"decode_head.{k}": v for k, v in head.state_dict().items()}, wide)
+    args = [
+        "segment",
+        str(files.images[0]),
+        "--checkpoint",
+        str(files.checkpoint),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main([*args, "--heads", str(wide)]) == 1
+    assert "a head for D = 768 but the backbone has D = 64" in capsys.readouterr().err
+    assert main([*args, "--heads", str(files.heads)]) == 1
+    assert "exactly one LinearSegmentationHead" in capsys.readouterr().err
