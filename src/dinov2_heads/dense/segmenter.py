@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
 
 from dinov2_heads.dense.inference import InferenceSettings, dense_inference, resize
 from dinov2_heads.dense.padding import center_pad
 from dinov2_heads.dense.presets import get_preset
-from dinov2_heads.features.frozen import FrozenBackbone
+from dinov2_heads.dense.wrapping import check_images, frozen_for
 
 
 def _softmax(logits: Tensor) -> Tensor:
@@ -136,40 +135,3 @@ class Segmenter(nn.Module):
         s = self.settings
         window = f", crop_size={s.crop_size}, stride={s.stride}" if s.mode == "slide" else ""
         return f"mode={s.mode!r}{window}, flip={s.flip}, scales={s.scales}"
-
-
-def check_images(images: Tensor) -> None:
-    """``ValueError`` unless ``images`` is a float batch (B, 3, H, W)."""
-    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        fix = (
-            "; add a batch dimension with images.unsqueeze(0) for one image"
-            if isinstance(images, Tensor) and images.ndim == 3
-            else ""
-        )
-        raise ValueError(f"expected normalised images of shape (B, 3, H, W), got {shape}{fix}")
-    if not torch.is_floating_point(images):
-        raise TypeError(
-            f"expected normalised float images, got {images.dtype}; convert and normalise "
-            "them first (for example with dinov2_heads.data)"
-        )
-
-
-def frozen_for(backbone: nn.Module, head: nn.Module) -> FrozenBackbone:
-    """``backbone`` as a ``FrozenBackbone`` that extracts what ``head`` reads.
-
-    A bare backbone is wrapped with :meth:`FrozenBackbone.for_heads`; a ``FrozenBackbone``
-    is checked, and one that lacks a block the head needs is a ``ValueError`` naming the fix.
-    """
-    if not isinstance(backbone, FrozenBackbone):
-        return FrozenBackbone.for_heads(backbone, head)
-    required = getattr(head, "required_blocks", None)
-    if callable(required) and backbone.depth is not None:
-        missing = backbone.serves(required(backbone.depth))
-        if missing:
-            raise ValueError(
-                f"the FrozenBackbone does not extract the blocks {list(missing)} that "
-                f"{type(head).__name__} reads; build it with "
-                "FrozenBackbone.for_heads(backbone, head) or pass the bare backbone"
-            )
-    return backbone
