@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import builtins
 import logging
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -46,3 +48,32 @@ def test_tqdm_bar_and_silence(
     assert capsys.readouterr().err == ""
     assert not caplog.records
     assert silent.rate > 0
+
+
+
+LOG_DURING_A_BAR = """
+import logging
+from dinov2_heads.progress import Progress
+
+logging.basicConfig(level=logging.INFO, format="LOG %(message)s")
+bar = Progress(4, "counting")
+bar.update(2)
+logging.getLogger("dinov2_heads.test").info("halfway")
+bar.update(2)
+bar.close()
+logging.getLogger("dinov2_heads.test").info("after")
+"""
+
+
+def test_log_lines_print_above_the_bar_not_inside_it() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", LOG_DURING_A_BAR], capture_output=True, text=True, check=True
+    )
+    # What a terminal shows of each line: the text after its last carriage return. Without the
+    # redirect, "LOG halfway" would follow the half-drawn bar on the same line.
+    shown = [line.rsplit("\r", 1)[-1].rstrip() for line in done.stderr.split("\n")]
+    assert "LOG halfway" in shown
+    assert "LOG after" in shown
+    assert any(line.startswith("counting: 100%") for line in shown)
+    # The handler is restored once the bar is closed.
+    assert shown.index("LOG after") > shown.index("LOG halfway")

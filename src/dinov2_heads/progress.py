@@ -1,7 +1,8 @@
-"""Progress with images/s: a tqdm bar when the ``progress`` extra is installed, else log lines."""
+"""Progress with images/s: a tqdm bar that log lines print above, or log lines alone."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from types import TracebackType
@@ -15,9 +16,10 @@ __all__ = ["Progress"]
 class Progress:
     """Counts images and reports images/s: a tqdm bar, periodic log lines, or nothing.
 
-    With ``enabled=True`` a tqdm bar is shown when tqdm is installed
-    (``pip install 'dinov2-heads[progress]'``); without tqdm a log line (INFO) is written every
-    ``log_every`` seconds and at the end. ``enabled=False`` is silent.
+    With ``enabled=True`` a tqdm bar is shown (tqdm is a dependency); while it is shown, the
+    console log handlers of the root logger write through ``tqdm.write``, so log lines appear
+    above the bar instead of inside it. Should tqdm be missing, a log line (INFO) is written
+    every ``log_every`` seconds and at the end. ``enabled=False`` is silent.
 
     Args:
         total: Images expected, or ``None`` when unknown.
@@ -45,13 +47,16 @@ class Progress:
         self._start = time.perf_counter()
         self._last_log = self._start
         self._bar: Any = None
+        self._redirect = contextlib.ExitStack()
         if enabled:
             try:
                 from tqdm.auto import tqdm
+                from tqdm.contrib.logging import logging_redirect_tqdm
             except ImportError:
                 self._bar = None
             else:
                 self._bar = tqdm(total=total, initial=initial, desc=description, unit="img")
+                self._redirect.enter_context(logging_redirect_tqdm(tqdm_class=tqdm))
 
     @property
     def rate(self) -> float:
@@ -79,6 +84,7 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+            self._redirect.close()
         else:
             self._log()
 

@@ -147,9 +147,11 @@ def test_load_batch(tmp_path: Path) -> None:
         load_batch([paths[0], smaller], pil_to_tensor)
 
 
-def test_missing_pillow_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_pillow_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "PIL", None)
-    with pytest.raises(ImportError, match=r"pip install 'dinov2-heads\[images\]'"):
+    with pytest.raises(
+        ImportError, match="a dependency of dinov2-heads that is missing here: pip install Pillow"
+    ):
         require_pillow()
 
 

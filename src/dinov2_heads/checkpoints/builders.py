@@ -40,6 +40,7 @@ def create_backbone(
     *,
     checkpoint: WeightsSource | None = None,
     device: torch.device | str | None = None,
+    pretrained: bool = False,
     **overrides: Any,
 ) -> DinoVisionTransformer:
     """Build an official variant, optionally loading local weights. Nothing is downloaded.
@@ -56,6 +57,8 @@ def create_backbone(
             recognised.
         device: Where to put the model (``"meta"`` builds it without memory, and without
             weights: it cannot be combined with ``checkpoint``).
+        pretrained: Accepted for the official hub's signature; ``True`` is an error that names
+            the official file to download yourself and pass as ``checkpoint``.
         **overrides: :class:`~dinov2_heads.backbone.BackboneConfig` fields to change, e.g.
             ``depth=2`` for a small test model.
 
@@ -66,7 +69,16 @@ def create_backbone(
         ArchitectureMismatchError: The weights do not fit the architecture asked for.
         CheckpointError: The checkpoint cannot be read or is not a DINOv2 backbone.
     """
-    config = get_config(name).replace(**overrides)
+    config = get_config(name)
+    if pretrained:
+        file = name.replace("_reg", "_reg4") + "_pretrain.pth"
+        raise ValueError(
+            f"pretrained=True: dinov2-heads downloads nothing; download the official weights "
+            f"({file}, linked from the DINOv2 repository) once yourself, then "
+            f'load_backbone("{file}") (from dinov2_heads.checkpoints) or '
+            f'create_backbone("{name}", checkpoint="{file}")'
+        )
+    config = config.replace(**overrides)
     if checkpoint is None:
         with torch.device(device or "cpu"):
             return DinoVisionTransformer(config).eval()

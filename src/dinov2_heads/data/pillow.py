@@ -20,7 +20,7 @@ def require_pillow() -> ModuleType:
     """The ``PIL`` package with ``Image``, ``ImageOps`` and ``ImageDraw`` loaded.
 
     Raises:
-        ImportError: Pillow is not installed; the message names the extra to install.
+        ImportError: Pillow is not installed; the message says how to install it.
     """
     try:
         import PIL
@@ -29,7 +29,8 @@ def require_pillow() -> ModuleType:
         import PIL.ImageOps
     except ImportError as error:
         raise ImportError(
-            "reading and writing images needs Pillow: pip install 'dinov2-heads[images]'"
+            "reading and writing images needs Pillow, a dependency of dinov2-heads that is "
+            "missing here: pip install Pillow"
         ) from error
     return PIL
 

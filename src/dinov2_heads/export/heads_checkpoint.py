@@ -486,8 +486,8 @@ def _safetensors() -> Any:
         import safetensors.torch
     except ImportError as error:
         raise ImportError(
-            "safetensors head checkpoints need the safetensors package: "
-            "pip install 'dinov2-heads[safetensors]' (or save to a .pt file)"
+            "safetensors head checkpoints need safetensors, a dependency of dinov2-heads that "
+            "is missing here: pip install safetensors (or save to a .pt file)"
         ) from error
     return safetensors.torch
 
