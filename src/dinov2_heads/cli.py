@@ -17,12 +17,14 @@ from collections.abc import Sequence
 COMMANDS: dict[str, str] = {
     "demo": "dinov2_heads.commands.demo",
     "extract": "dinov2_heads.commands.extract",
-    "pca": "dinov2_heads.commands.pca",
+    "train": "dinov2_heads.commands.train",
     "predict": "dinov2_heads.commands.predict",
+    "export": "dinov2_heads.commands.export",
     "segment": "dinov2_heads.commands.segment",
-    "inspect": "dinov2_heads.commands.inspect",
-    "search": "dinov2_heads.commands.search",
     "depth": "dinov2_heads.commands.depth",
+    "pca": "dinov2_heads.commands.pca",
+    "search": "dinov2_heads.commands.search",
+    "inspect": "dinov2_heads.commands.inspect",
 }
 
 
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and ship small heads on a frozen DINOv2 backbone, offline.",
         formatter_class=_Formatter,
     )
+    parser.add_argument("--version", action="version", version=version_line())
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -60,17 +63,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version_line() -> str:
+    """``dinov2-heads 0.1.0 (torch 2.13.0, Python 3.11.7)``: what a bug report needs."""
+    import platform
+
+    import torch
+
+    from dinov2_heads import __version__
+
+    python = platform.python_version()
+    return f"dinov2-heads {__version__} (torch {torch.__version__}, Python {python})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s")
+    # The library's INFO lines are part of the output; other packages' (the ONNX exporter's
+    # optimiser passes, for one) only with --debug.
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s"
+    )
+    library = logging.getLogger("dinov2_heads")
+    previous = library.level
+    library.setLevel(level)
     module = importlib.import_module(COMMANDS[args.command])
     try:
         return int(module.run(args))
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        hint = getattr(module, "ON_INTERRUPT", None)
+        print(f"interrupted; {hint}" if hint else "interrupted", file=sys.stderr)
         return 130
     except Exception as error:
         if args.debug:
@@ -80,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             message = re.sub(pattern, option, message)
         print(f"dinov2-heads {args.command}: error: {message}", file=sys.stderr)
         return 1
+    finally:
+        library.setLevel(previous)
 
 
 def entry_point() -> None:

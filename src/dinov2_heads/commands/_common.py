@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +17,19 @@ from torch.utils.data import Dataset
 if TYPE_CHECKING:
     from dinov2_heads.backbone import DinoVisionTransformer
     from dinov2_heads.data import Preprocess, SkippedImage
+
+
+@contextlib.contextmanager
+def own_account(args: argparse.Namespace) -> Iterator[None]:
+    """The library's INFO lines off (unless ``--debug``) for a command that prints every step."""
+    library = logging.getLogger("dinov2_heads")
+    previous = library.level
+    if not args.debug:
+        library.setLevel(max(previous, logging.WARNING))
+    try:
+        yield
+    finally:
+        library.setLevel(previous)
 
 
 def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,12 +54,14 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_size_arguments(parser: argparse.ArgumentParser, default: str | None) -> None:
-    """``--preset`` and ``--size`` (exclusive)."""
+def add_size_arguments(
+    parser: argparse.ArgumentParser, default: str | None, default_text: str | None = None
+) -> None:
+    """``--preset`` and ``--size`` (exclusive); ``default_text`` says what no option means."""
     from dinov2_heads.data import list_presets
 
     group = parser.add_mutually_exclusive_group()
-    shown = default if default is not None else "see below"
+    shown = default_text or default
     group.add_argument(
         "--preset",
         choices=list_presets(),

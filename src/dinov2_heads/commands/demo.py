@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable
 from typing import Any
+
+from dinov2_heads.commands import _common
 
 EXAMPLE = """\
 example:
@@ -69,12 +70,8 @@ def run(args: argparse.Namespace) -> int:
     from dinov2_heads.demo.run import run_demo
 
     quiet = bool(getattr(args, "quiet", False))
-    library = logging.getLogger("dinov2_heads")
-    previous = library.level
-    if not args.debug:
-        # The demo prints its own account of each step; the library's INFO lines would repeat it.
-        library.setLevel(logging.WARNING)
-    try:
+    # The demo prints its own account of each step; the library's INFO lines would repeat it.
+    with _common.own_account(args):
         results = run_demo(
             args.out,
             checkpoint=args.checkpoint,
@@ -86,8 +83,6 @@ def run(args: argparse.Namespace) -> int:
             progress=not quiet,
             echo=None if quiet else _say,
         )
-    finally:
-        library.setLevel(previous)
 
     print(f"\nheld-out accuracy ({results.num_heldout} images, every label known):")
     print(results.table())

@@ -21,6 +21,11 @@ or image files and folders of images (no labels). Run it again with the same arg
 interruption and it resumes where it stopped.
 """
 
+#: What the command line prints after "interrupted" on Ctrl-C.
+ON_INTERRUPT = (
+    "run the same command again to resume where it stopped (the finished batches are kept)"
+)
+
 _MANIFEST_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
 #: Written into the store folder beside the feature store's own files.
 DATASET_FILE = "dataset.json"

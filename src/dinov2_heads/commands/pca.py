@@ -46,7 +46,9 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
     parser.add_argument(
         "--upscale", choices=("nearest", "bilinear"), default="nearest", help="picture upscaling"
     )
-    parser.add_argument("--batch-size", type=_common.positive_int, default=32)
+    parser.add_argument(
+        "--batch-size", type=_common.positive_int, default=32, help="images per backbone call"
+    )
     _common.add_on_error_argument(parser)
 
 

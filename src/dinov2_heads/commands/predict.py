@@ -21,9 +21,9 @@ example:
   dinov2-heads predict --heads heads.safetensors --checkpoint backbone.pth --top-k 3 crops/
   dinov2-heads predict --heads heads.pt --checkpoint backbone.pth --json photos/ > labels.json
 
-The heads file is one written by save_heads (or by the demo). Images are prepared as the heads
-were trained: the preset recorded in the file (extra "preprocessing"), else a resize to the
-recorded input size; --preset or --size override that.
+The heads file is one written by dinov2-heads train, the demo or save_heads. Images are
+prepared as the heads were trained: the preprocessing recorded in the file (extra
+"preprocessing"), else a resize to the recorded input size; --preset or --size override that.
 """
 
 
@@ -38,12 +38,18 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
     parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
     parser.add_argument("--heads", required=True, help="a head checkpoint from save_heads")
     _common.add_backbone_arguments(parser)
-    _common.add_size_arguments(parser, default=None)
+    _common.add_size_arguments(
+        parser,
+        default=None,
+        default_text="as the heads were trained: the preset or size recorded in the heads file",
+    )
     parser.add_argument(
         "--top-k", type=_common.positive_int, default=1, help="classes to show per head"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--batch-size", type=_common.positive_int, default=32)
+    parser.add_argument(
+        "--batch-size", type=_common.positive_int, default=32, help="images per backbone call"
+    )
     parser.add_argument(
         "--no-backbone-check",
         action="store_true",
@@ -60,17 +66,11 @@ def run(args: argparse.Namespace) -> int:
     from dinov2_heads.features import FrozenBackbone
 
     checkpoint = load_heads(args.heads)
-    heads = checkpoint.heads
-    if heads is None:
-        kinds = sorted({str(spec.get("type")) for spec in checkpoint.metadata["heads"].values()})
-        raise ValueError(
-            f"{args.heads} holds heads of type {', '.join(kinds)}, which only your own code can "
-            "build; load them with load_heads(...).load_into(your_module) in Python"
-        )
+    heads = rebuilt_heads(checkpoint, args.heads)
     backbone = _common.load_backbone(args)
     if not args.no_backbone_check:
         checkpoint.check_backbone(backbone)
-    frozen = FrozenBackbone(backbone, n_last_blocks=_blocks_needed(checkpoint, heads))
+    frozen = FrozenBackbone(backbone, n_last_blocks=blocks_needed(checkpoint, heads))
     heads.to(next(backbone.parameters()).device)
     transform = _transform(args, checkpoint)
     paths = _common.image_paths(args.images)
@@ -123,7 +123,19 @@ def _single(prediction: Prediction | dict[str, Prediction]) -> Prediction:
     return prediction
 
 
-def _blocks_needed(checkpoint: HeadCheckpoint, heads: Any) -> int:
+def rebuilt_heads(checkpoint: HeadCheckpoint, path: str) -> Any:
+    """The heads of ``checkpoint``, or an error when only the user's own code can build them."""
+    if checkpoint.heads is None:
+        kinds = sorted({str(spec.get("type")) for spec in checkpoint.metadata["heads"].values()})
+        raise ValueError(
+            f"{path} holds heads of type {', '.join(kinds)}, which only your own code can "
+            "build; load them with load_heads(...).load_into(your_module) in Python"
+        )
+    return checkpoint.heads
+
+
+def blocks_needed(checkpoint: HeadCheckpoint, heads: Any) -> int:
+    """How many of the last blocks the frozen backbone must return for these heads."""
     blocks = [int(getattr(module, "n_blocks", 1)) for module in heads.modules()]
     return max([checkpoint.n_last_blocks or 1, *blocks])
 
@@ -139,6 +151,14 @@ def _transform(args: argparse.Namespace, checkpoint: HeadCheckpoint) -> Preproce
     recorded = checkpoint.extra.get("preprocessing")
     if isinstance(recorded, str) and recorded in list_presets():
         default: Preprocess | str = recorded
+    elif isinstance(recorded, dict) and recorded.get("type") == "Preprocess":
+        # The full description a feature store keeps (dinov2-heads train passes it on).
+        fields: dict[str, Any] = {
+            key: tuple(value) if isinstance(value, list) else value
+            for key, value in recorded.items()
+            if key != "type"
+        }
+        default = Preprocess(**fields)
     elif checkpoint.input_size is not None:
         default = Preprocess(resize=checkpoint.input_size)
     else:

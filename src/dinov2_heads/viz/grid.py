@@ -150,5 +150,5 @@ def save_pca_grid(
     tensor_to_pil(sheet).save(buffer, format=image_format)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, buffer.getvalue())
-    logger.info("wrote %s (%d image(s) with their PCA pictures)", target, batch)
+    logger.debug("wrote %s (%d image(s) with their PCA pictures)", target, batch)
     return target
