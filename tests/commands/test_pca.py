@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,10 +24,16 @@ def test_writes_the_grid(files: Files, tmp_path: Path, capsys: pytest.CaptureFix
     from PIL import Image
 
     with Image.open(out) as picture:
-        # One (image, picture) pair per row: 3 rows of 28x56 tiles with 4 pixels of padding.
-        assert picture.size == (4 + 56 + 4 + 56 + 4, 4 + 3 * (28 + 4))
+        # One (image, picture) pair per row: 3 rows of 28x56 tiles with 4 pixels of padding,
+        # then the caption.
+        assert picture.width == 4 + 56 + 4 + 56 + 4
+        assert picture.height > 4 + 3 * (28 + 4)
         # The picture half of the first row is coloured, not the white padding.
         assert picture.getpixel((4 + 56 + 4 + 28, 4 + 14)) != (255, 255, 255)
+        # Every patch is coloured ("all"): the caption says so and speaks of no background.
+        caption = picture.info["Description"]
+        assert caption.startswith("Left: each image. Right: its patch tokens")
+        assert "Black" not in caption
 
 
 def test_folder_input_and_default_preset(
@@ -47,3 +55,17 @@ def test_bad_threshold_is_one_line(
     assert main([*argv, "--threshold", "1.5", str(files.images[0])]) == 1
     err = capsys.readouterr().err
     assert err.startswith("dinov2-heads pca: error: threshold must be in [0, 1)")
+
+
+def test_says_wrote_once(files: Files, tmp_path: Path) -> None:
+    # In a process of its own: the console log handler is the real one, not pytest's.
+    out = tmp_path / "pca.png"
+    argv = ["pca", "--checkpoint", str(files.checkpoint), "--out", str(out), "--size", "28", "56"]
+    done = subprocess.run(
+        [sys.executable, "-m", "dinov2_heads", *argv, str(files.images[0])],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert (done.stdout + done.stderr).count("wrote") == 1
+    assert done.stdout.startswith(f"wrote {out}: 1 image(s)")

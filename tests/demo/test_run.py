@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from dinov2_heads.cache import FeatureStore
 from dinov2_heads.checkpoints import load_backbone
 from dinov2_heads.demo.run import DemoResults, fresh_directory, run_demo
 from dinov2_heads.export import load_heads
@@ -52,7 +53,7 @@ def test_results_per_head(first: DemoResults) -> None:
 
 def test_files_load(first: DemoResults) -> None:
     files = first.files
-    assert set(files) == {"heads", "backbone", "pca", "results", "samples"}
+    assert set(files) == {"heads", "backbone", "pca", "results", "samples", "features"}
     checkpoint = load_heads(files["heads"])
     assert isinstance(checkpoint.heads, MultiHead)
     assert isinstance(checkpoint.heads["brand"], Conv1dNeck)
@@ -79,8 +80,20 @@ def test_files_load(first: DemoResults) -> None:
 
     with Image.open(files["pca"]) as picture:
         # Four held-out images, two (image, picture) pairs per row, 126x252 tiles, 4 pixels
-        # of padding.
-        assert picture.size == (4 + 2 * (2 * 252 + 4 + 4), 4 + 2 * (126 + 4))
+        # of padding, and the caption below.
+        assert picture.width == 4 + 2 * (2 * 252 + 4 + 4)
+        assert picture.height > 4 + 2 * (126 + 4)
+        assert (
+            "random weights, so the colours follow the pixels' colours"
+            in (picture.info["Description"])
+        )
+
+    # The feature stores stay on disk for dinov2-heads train, with every label column.
+    for part, count in (("train", 24), ("heldout", 8)):
+        store = FeatureStore.open(files["features"] / part)
+        assert len(store) == count
+        assert store.label_columns == ["body", "colour", "orientation", "brand"]
+        assert "patch_tokens" in store.keep
 
 
 def test_same_seed_same_numbers_and_weights(first: DemoResults, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from dinov2_heads.data import normalize, pil_to_tensor
-from dinov2_heads.viz import save_pca_grid
+from dinov2_heads.viz import pca_caption, save_pca_grid
 
 
 def example(batch: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -20,7 +20,7 @@ def example(batch: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def test_layout_and_pixels(tmp_path: Path) -> None:
     pixels, images, pictures = example()
-    path = save_pca_grid(tmp_path / "out" / "pca.png", images, pictures, padding=2)
+    path = save_pca_grid(tmp_path / "out" / "pca.png", images, pictures, padding=2, caption=None)
     assert path == tmp_path / "out" / "pca.png"
     sheet = Image.open(path)
     assert sheet.mode == "RGB"
@@ -44,7 +44,13 @@ def test_layout_and_pixels(tmp_path: Path) -> None:
 def test_columns_uint8_and_lists(tmp_path: Path) -> None:
     pixels, _, pictures = example(3)
     path = save_pca_grid(
-        tmp_path / "grid.png", pixels, list(pictures), columns=2, padding=0, upscale="bilinear"
+        tmp_path / "grid.png",
+        pixels,
+        list(pictures),
+        columns=2,
+        padding=0,
+        upscale="bilinear",
+        caption=None,
     )
     sheet = Image.open(path)
     assert sheet.size == (2 * 2 * 42, 2 * 28)
@@ -57,9 +63,11 @@ def test_overwrites_atomically(tmp_path: Path) -> None:
     pixels, images, pictures = example(1)
     path = tmp_path / "pca.png"
     path.write_bytes(b"old")
-    save_pca_grid(path, images, pictures)
+    save_pca_grid(path, images, pictures, caption=None)
     assert Image.open(path).size[1] == 28 + 8
-    unnormalised = save_pca_grid(path, pixels.float() / 255, pictures, normalized=False)
+    unnormalised = save_pca_grid(
+        path, pixels.float() / 255, pictures, normalized=False, caption=None
+    )
     assert torch.equal(pil_to_tensor(Image.open(unnormalised))[:, 4:32, 4:46], pixels[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pca.png"]
 
@@ -96,3 +104,38 @@ def test_the_suffix_picks_the_format(tmp_path: Path) -> None:
     with pytest.raises(IsADirectoryError, match=r"pca\.png"):
         save_pca_grid(tmp_path, images, pictures)
     assert not (tmp_path / "pca.txt").exists()
+
+
+def test_the_caption_says_what_the_colours_mean(tmp_path: Path) -> None:
+    _, images, pictures = example(2)
+    bare = Image.open(save_pca_grid(tmp_path / "bare.png", images, pictures, caption=None))
+    path = save_pca_grid(tmp_path / "pca.png", images, pictures)
+    with Image.open(path) as picture:
+        assert picture.width == bare.width
+        assert picture.height > bare.height
+        # The grid is unchanged above the caption; the caption is dark text on white.
+        grid = pil_to_tensor(picture)
+        assert torch.equal(grid[:, : bare.height], pil_to_tensor(bare))
+        below = grid[:, bare.height :]
+        assert int((below < 128).any(dim=0).sum()) > 50
+        assert picture.info["Description"] == pca_caption()
+    caption = pca_caption()
+    assert "red, green and blue" in caption
+    assert "Black: background" in caption
+    assert "random weights" not in caption
+
+
+def test_random_weights_and_no_background_captions(tmp_path: Path) -> None:
+    random = pca_caption(random_weights=True)
+    assert "random weights, so the colours follow the pixels' colours" in random
+    assert "Black" not in pca_caption(background=False)
+    _, images, pictures = example(1)
+    short = save_pca_grid(tmp_path / "short.png", images, pictures, caption="wheels")
+    long = save_pca_grid(tmp_path / "long.png", images, pictures, caption=random)
+    # A long caption wraps onto more lines of the same width, not past the edge.
+    with Image.open(short) as one, Image.open(long) as many:
+        assert one.width == many.width
+        assert many.height > one.height
+        assert many.info["Description"] == random
+    jpeg = save_pca_grid(tmp_path / "pca.jpg", images, pictures, caption=random)
+    assert Image.open(jpeg).height == Image.open(long).height

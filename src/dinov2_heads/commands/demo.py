@@ -99,18 +99,24 @@ def run(args: argparse.Namespace) -> int:
         "pca": "PCA picture of the patch tokens of four held-out images",
         "results": "these numbers, the settings and the timings as JSON",
         "samples": "held-out images (named after their labels) to try predict on",
+        "features": "the feature cache: train/ and heldout/ feature stores, to train more heads",
     }
     for name, path in results.files.items():
-        label = f"{path.name}/" if name == "samples" else path.name
+        label = f"{path.name}/" if path.is_dir() else path.name
         print(f"  {label:<14} {described[name]}")
     if parts is not None:
         print(f"  {parts.files['overlay'].name:<14} held-out parts: image, prediction, truth")
         print(f"  {parts.files['results'].name:<14} the parts scores as JSON")
     checkpoint = results.files.get("backbone", results.checkpoint)
+    features = results.files["features"]
     print("\ntry next:")
     print(
         f"  dinov2-heads predict --heads {results.files['heads']} --checkpoint {checkpoint} "
         f"{results.files['samples']}"
+    )
+    print(
+        f"  dinov2-heads train {features / 'train'} --val {features / 'heldout'} --label colour "
+        f"--out {results.out / 'colour-probe'}"
     )
     print(f"\ndone in {results.seconds['total']:.0f} s")
     return 0

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from dinov2_heads.data import load_batch
-    from dinov2_heads.viz import pca_foreground, pca_rgb, save_pca_grid
+    from dinov2_heads.viz import pca_caption, pca_foreground, pca_rgb, save_pca_grid
 
     transform = _common.preprocessing(args, "official_eval")
     batch = load_batch(_common.image_paths(args.images), transform, on_error=args.on_error)
@@ -75,7 +75,12 @@ def run(args: argparse.Namespace) -> int:
         patch_tokens, grid, foreground_threshold=args.threshold, foreground=split.mask
     )
     path = save_pca_grid(
-        args.out, batch.images, pictures, columns=args.columns, upscale=args.upscale
+        args.out,
+        batch.images,
+        pictures,
+        columns=args.columns,
+        upscale=args.upscale,
+        caption=pca_caption(background=split.side != "all"),
     )
     share = float(split.mask.float().mean())
     print(

@@ -7,7 +7,8 @@ needs no files and no downloads:
    training part with a share of its labels blanked (missing annotations) and a held-out part;
 2. a frozen backbone: the weights of ``checkpoint``, or a randomly initialised one shrunk to a
    few blocks so that the demo runs in a minute or two on a laptop CPU;
-3. features extracted once into an in-memory feature cache (with a progress bar);
+3. features extracted once into a feature cache on disk (``features/`` under ``out``, with
+   a progress bar), which ``dinov2-heads train`` can train more heads from;
 4. a :class:`~dinov2_heads.heads.MultiHead` trained from the cache: linear heads for the body
    type, colour and orientation, a :class:`~dinov2_heads.heads.Conv1dNeck` for the brand
    emblem (a detail about one patch wide, which needs the patch tokens);
@@ -77,6 +78,7 @@ FILES = {
     "pca": "pca.png",
     "results": "results.json",
     "samples": "samples",
+    "features": "features",
 }
 
 Echo = Callable[[str], None]
@@ -128,7 +130,8 @@ class DemoResults:
         heads: Held-out results per head, in head order.
         out: The folder the files went to.
         files: What was written: ``heads``, ``backbone`` (random weights only), ``pca``,
-            ``results`` and ``samples`` (a folder), as paths.
+            ``results``, ``samples`` (a folder) and ``features`` (a folder holding the
+            feature stores ``train`` and ``heldout``), as paths.
         backbone: A one-line description of the backbone.
         random_weights: Whether the backbone was randomly initialised.
         checkpoint: The checkpoint the backbone came from, or ``None``.
@@ -306,19 +309,26 @@ def run_demo(
         )
         say("extracting features once into the feature cache (patch tokens kept for the neck)")
         tick = time.perf_counter()
+        # On disk, so that `dinov2-heads train` can train more heads from them afterwards.
         train_store = extract_features(
             frozen,
             Subset(train_set, range(num_train)),
+            path=folder / FILES["features"] / "train",
             keep="patch_tokens",
             batch_size=32,
+            preprocessing="vehicle_crop",
             progress=progress,
+            overwrite=True,
         )
         heldout_store = extract_features(
             frozen,
             Subset(heldout_set, range(num_train, num_train + num_heldout)),
+            path=folder / FILES["features"] / "heldout",
             keep="patch_tokens",
             batch_size=32,
+            preprocessing="vehicle_crop",
             progress=progress,
+            overwrite=True,
         )
         seconds["features"] = time.perf_counter() - tick
 
@@ -545,7 +555,7 @@ def _write_files(
     num_samples: int,
     results: tuple[HeadResult, ...],
 ) -> dict[str, Path]:
-    from dinov2_heads.viz import pca_rgb, save_pca_grid
+    from dinov2_heads.viz import pca_caption, pca_rgb, save_pca_grid
 
     files = {name: folder / filename for name, filename in FILES.items()}
     save_heads(
@@ -584,7 +594,8 @@ def _write_files(
     shown = min(4, len(heldout_store))
     images = torch.stack([heldout_set[index][0] for index in range(first, first + shown)])
     pictures = pca_rgb(heldout_store.features(slice(0, shown)))
-    save_pca_grid(files["pca"], images, pictures, columns=2)
+    caption = pca_caption(random_weights=random_weights)
+    save_pca_grid(files["pca"], images, pictures, columns=2, caption=caption)
     return files
 
 

@@ -6,7 +6,13 @@ from dinov2_heads.viz.colourmap import COLOURMAPS, apply_colourmap
 from dinov2_heads.viz.contact_sheet import contact_sheet_caption, save_contact_sheet
 from dinov2_heads.viz.depth import colourize_depth, depth_range, save_depth_picture
 from dinov2_heads.viz.grid import save_pca_grid
-from dinov2_heads.viz.pca import ForegroundSplit, pca_foreground, pca_rgb, principal_components
+from dinov2_heads.viz.pca import (
+    ForegroundSplit,
+    pca_caption,
+    pca_foreground,
+    pca_rgb,
+    principal_components,
+)
 from dinov2_heads.viz.segmentation import colour_labels, label_image, overlay_labels
 
 __all__ = [
@@ -20,6 +26,7 @@ __all__ = [
     "depth_range",
     "label_image",
     "overlay_labels",
+    "pca_caption",
     "pca_foreground",
     "pca_rgb",
     "principal_components",

@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +16,17 @@ from torch import Tensor
 
 from dinov2_heads.atomic import atomic_write_bytes
 from dinov2_heads.data.functional import IMAGENET_MEAN, IMAGENET_STD, denormalize, tensor_to_pil
+from dinov2_heads.viz.pca import pca_caption
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 logger = logging.getLogger(__name__)
+
+#: The caption :func:`save_pca_grid` writes unless told otherwise.
+DEFAULT_CAPTION = pca_caption()
+#: Caption text height in pixels (wider sheets get up to 16).
+_FONT_SIZE = 12
 
 
 def _as_batch(pca_images: Tensor | Sequence[Tensor]) -> Tensor:
@@ -87,12 +96,14 @@ def save_pca_grid(
     upscale: Literal["nearest", "bilinear"] = "nearest",
     columns: int = 1,
     padding: int = 4,
+    caption: str | None = DEFAULT_CAPTION,
 ) -> Path:
     """Write each image beside its feature picture, upscaled to the image's size, as one picture.
 
     The grid has ``columns`` (image, picture) pairs per row, in batch order, on a white
-    background. The file is written atomically (a temporary file, flushed, then renamed), so a
-    reader never sees half a PNG. Needs Pillow (the ``images`` extra); matplotlib is not used.
+    background, with ``caption`` (what the colours mean) written below it and, in a PNG, kept
+    as its ``Description`` text. The file is written atomically (a temporary file, flushed,
+    then renamed), so a reader never sees half a PNG. Pillow draws it; matplotlib is not used.
 
     Args:
         path: The file to write; missing parent folders are created. The format follows the
@@ -108,6 +119,9 @@ def save_pca_grid(
         upscale: ``"nearest"`` shows each patch as a block; ``"bilinear"`` smooths.
         columns: Pairs per row.
         padding: White pixels between and around the tiles.
+        caption: Text under the grid, wrapped to its width; by default what the colours
+            mean (:func:`~dinov2_heads.viz.pca_caption`; pass
+            ``pca_caption(random_weights=True)`` for a random backbone); ``None`` for none.
 
     Returns:
         The path written.
@@ -146,9 +160,54 @@ def save_pca_grid(
         left += width + padding
         sheet[:, top : top + height, left : left + width] = big[index]
 
+    picture = tensor_to_pil(sheet)
+    options: dict[str, Any] = {}
+    if caption:
+        picture = _with_caption(picture, caption, padding)
+        if image_format == "PNG":
+            from PIL.PngImagePlugin import PngInfo
+
+            info = PngInfo()
+            info.add_text("Description", caption)
+            options["pnginfo"] = info
     buffer = io.BytesIO()
-    tensor_to_pil(sheet).save(buffer, format=image_format)
+    picture.save(buffer, format=image_format, **options)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, buffer.getvalue())
     logger.debug("wrote %s (%d image(s) with their PCA pictures)", target, batch)
     return target
+
+
+def _with_caption(picture: Image.Image, caption: str, padding: int) -> Image.Image:
+    """``picture`` with ``caption`` in dark grey on white below it, wrapped to its width."""
+    from dinov2_heads.data.loading import require_pillow
+
+    pil = require_pillow()
+    from PIL import ImageFont
+
+    size = max(_FONT_SIZE, min(16, picture.width // 80))
+    try:
+        font: Any = ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # Pillow without FreeType: the bitmap font
+        font = ImageFont.load_default()
+    margin = max(padding, 4)
+    measure = pil.ImageDraw.Draw(picture)
+    width = max(picture.width - 2 * margin, 1)
+    lines: list[str] = []
+    for word in caption.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and measure.textlength(candidate, font=font) <= width:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    _, top, _, bottom = font.getbbox("Ag")
+    line_height = int(bottom - top) + 3
+    sheet = pil.Image.new(
+        "RGB", (picture.width, picture.height + len(lines) * line_height + margin), "white"
+    )
+    sheet.paste(picture, (0, 0))
+    draw = pil.ImageDraw.Draw(sheet)
+    for index, line in enumerate(lines):
+        position = (margin, picture.height + index * line_height)
+        draw.text(position, line, fill=(40, 40, 40), font=font)
+    return sheet

@@ -315,3 +315,27 @@ def pca_rgb(
         if k < 3:
             rgb[mask, k:] = 0.5
     return rearrange(rgb.float(), "(b h w) c -> b h w c", b=batch, h=h)
+
+
+def pca_caption(*, random_weights: bool = False, background: bool = True) -> str:
+    """What a picture of :func:`pca_rgb` shows, in words, for :func:`save_pca_grid`'s caption.
+
+    Args:
+        random_weights: The tokens come from a backbone with random weights: say that the
+            colours then follow the pixels' colours, not object parts.
+        background: Patches were split into object and background (black); ``False`` for
+            ``foreground="all"``, where every patch is coloured.
+    """
+    text = (
+        "Left: each image. Right: its patch tokens, one square per 14x14-pixel patch, coloured "
+        "by a PCA over the patches of all the images shown: the first three components give "
+        "red, green and blue, so the same colour means similar features, in every image."
+    )
+    if background:
+        text += " Black: background (the other side of the first component)."
+    if random_weights:
+        text += (
+            " The backbone has random weights, so the colours follow the pixels' colours, not "
+            "object parts; DINOv2 weights colour each part alike."
+        )
+    return text
