@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from dinov2_heads.cli import COMMANDS, main
+import dinov2_heads
+from dinov2_heads.cli import COMMANDS, build_parser, main
 
 from .conftest import Files
 
@@ -29,7 +33,7 @@ def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) 
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("demo", "extract", "pca", "predict", "inspect"):
+    for command in ("demo", "extract", "train", "predict", "export", "pca", "inspect"):
         assert command in out
 
 
@@ -111,9 +115,12 @@ def test_help_shows_only_real_defaults(command: str, capsys: pytest.CaptureFixtu
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in out
     assert "(default: False)" not in out
+    assert "see below" not in out  # no promise of a text that is not there
     if command == "extract":
         assert "(default: official_eval)" in out
         assert "(default: 64)" in out  # --batch-size
+    if command == "predict":
+        assert "(default: as the heads were trained" in out
 
 
 def test_errors_name_the_options_not_python_arguments(
@@ -158,3 +165,78 @@ def test_a_device_this_machine_lacks_says_so(
     assert "--device cuda asks for CUDA, which this machine lacks; use cpu" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_option_says_what_it_does(command: str) -> None:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = subparsers.choices[command]
+    silent = [
+        action.option_strings or [action.dest]
+        for action in sub._actions
+        if not action.help and not isinstance(action, argparse._HelpAction)
+    ]
+    assert not silent, f"{command}: options without help: {silent}"
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"dinov2-heads {dinov2_heads.__version__} (torch {torch.__version__}")
+
+
+@pytest.mark.parametrize(
+    ("command", "advice"),
+    [
+        ("extract", "interrupted; run the same command again to resume where it stopped"),
+        ("train", "interrupted; nothing was saved; run the same command again"),
+        ("inspect", "interrupted"),
+    ],
+)
+def test_ctrl_c_says_what_running_again_does(
+    command: str, advice: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(args: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(COMMANDS[command]), "run", interrupted)
+    argv = {
+        "extract": ["extract", "--checkpoint", "c.pth", "--out", "f", "x/"],
+        "train": ["train", "store", "--out", "o"],
+        "inspect": ["inspect", "c.pth"],
+    }[command]
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip().startswith(advice)
+
+
+def test_ctrl_c_during_a_real_extraction_leaves_a_store_that_resumes(
+    files: Files,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dinov2_heads.cache import FeatureStore
+    from dinov2_heads.progress import Progress
+
+    real = Progress.update
+    batches = {"done": 0}
+
+    def stop_after_two_batches(self: Progress, images: int) -> None:
+        real(self, images)
+        batches["done"] += 1
+        if batches["done"] == 2:
+            raise KeyboardInterrupt
+
+    store = tmp_path / "store"
+    argv = ["--quiet", "extract", "--checkpoint", str(files.checkpoint), "--out", str(store)]
+    argv += ["--size", "28", "56", "--batch-size", "2", str(files.folder)]
+    monkeypatch.setattr(Progress, "update", stop_after_two_batches)
+    assert main(argv) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert 0 < len(FeatureStore.open(store, allow_incomplete=True)) < 8
+    monkeypatch.setattr(Progress, "update", real)
+    assert main(argv) == 0  # the same command, as the message says
+    assert "8 samples" in capsys.readouterr().out
