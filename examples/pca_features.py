@@ -24,7 +24,7 @@ from dinov2_heads import create_backbone
 from dinov2_heads.checkpoints import load_backbone
 from dinov2_heads.data import Preprocess, load_batch
 from dinov2_heads.demo import RANDOM_BACKBONE, SyntheticVehicles
-from dinov2_heads.viz import pca_foreground, pca_rgb, save_pca_grid
+from dinov2_heads.viz import pca_caption, pca_foreground, pca_rgb, save_pca_grid
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     grid = transform.grid
     split = pca_foreground(tokens, grid, threshold=args.threshold, foreground=args.foreground)
     pictures = pca_rgb(tokens, grid, foreground=split.mask)  # (B, h, w, 3), background 0
-    path = save_pca_grid(out, images, pictures, columns=2)
+    # The caption under the picture says what the colours mean (and, for random weights, that
+    # they follow the pixels' colours).
+    caption = pca_caption(random_weights=not args.checkpoint, background=split.side != "all")
+    path = save_pca_grid(out, images, pictures, columns=2, caption=caption)
     print(
         f"{len(images)} images at {transform.output_size[0]}x{transform.output_size[1]}, "
         f"{grid[0]}x{grid[1]} patches; foreground side {split.side!r}, "

@@ -50,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
             num_heldout=16,
             epochs=4,
             num_samples=4,
-            progress=False,
         )
         args.heads, args.checkpoint = demo.files["heads"], demo.files["backbone"]
         args.images = sorted(str(p) for p in demo.files["samples"].glob("*.png"))

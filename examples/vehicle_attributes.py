@@ -86,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
             Subset(dataset, split),
             path=out / "features" / name,
             preprocessing=transform,
-            progress=False,
         )
         for name, split in splits.items()
     }

@@ -79,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
             path=out / "features" / name,
             keep="patch_tokens",
             preprocessing=transform,
-            progress=False,
         )
         for name, split in splits.items()
     }

@@ -162,7 +162,9 @@ def test_pca_features(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     from PIL import Image
 
     with Image.open(out) as picture:
-        assert picture.size == (4 + 2 * (2 * 252 + 4 + 4), 4 + 126 + 4)
+        assert picture.width == 4 + 2 * (2 * 252 + 4 + 4)
+        assert picture.height > 4 + 126 + 4  # the caption goes below the pictures
+        assert "random weights" in picture.info["Description"]
 
 
 def test_predict(capsys: pytest.CaptureFixture[str]) -> None:
@@ -202,3 +204,21 @@ def test_heads_without_training(capsys: pytest.CaptureFixture[str]) -> None:
     assert list(rows) == ["k-NN", "logistic", "linear"]
     for cells in rows.values():
         assert 0.0 <= float(cells[-1]) <= 100.0
+
+
+def test_linear_probe_without_matplotlib_skips_the_picture(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    argv = ["--out", str(tmp_path), "--num-images", "24", "--epochs", "1", "--n-blocks", "1"]
+    assert example("linear_probe").main(argv) == 0
+    captured = capsys.readouterr()
+    assert "skipped the confusion matrix picture: it needs matplotlib" in captured.out
+    assert "(its confusion matrix)" not in captured.out
+    assert not (tmp_path / "confusion.png").exists()
+    assert (tmp_path / "best_head.pt").is_file()
+    # Long steps show their progress bars (on stderr).
+    assert "extracting features" in captured.err
+    assert "epoch 1/1" in captured.err
