@@ -24,7 +24,7 @@ def test_pretrained_true_names_the_file_and_load_backbone(name: str, file: str) 
 
 
 def test_the_hub_builders_answer_the_same() -> None:
-    with pytest.raises(ValueError, match="dinov2_vits14_reg4_pretrain.pth"):
+    with pytest.raises(ValueError, match=r"dinov2_vits14_reg4_pretrain\.pth"):
         dinov2_vits14_reg(pretrained=True)
 
 
