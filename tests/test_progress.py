@@ -50,7 +50,6 @@ def test_tqdm_bar_and_silence(
     assert silent.rate > 0
 
 
-
 LOG_DURING_A_BAR = """
 import logging
 from dinov2_heads.progress import Progress
