@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from dinov2_heads.data import load_batch
+    from dinov2_heads.progress import Progress
     from dinov2_heads.viz import pca_caption, pca_foreground, pca_rgb, save_pca_grid
 
     transform = _common.preprocessing(args, "official_eval")
@@ -63,11 +64,13 @@ def run(args: argparse.Namespace) -> int:
     backbone = _common.load_backbone(args)
     device = next(backbone.parameters()).device
     tokens = []
-    with torch.no_grad():
-        for start in range(0, batch.images.shape[0], args.batch_size):
+    count = batch.images.shape[0]
+    with torch.no_grad(), Progress(count, "patch tokens", enabled=not args.quiet) as bar:
+        for start in range(0, count, args.batch_size):
             chunk = batch.images[start : start + args.batch_size]
             out = backbone.forward_features(chunk.to(device))
             tokens.append(out["x_norm_patchtokens"].float().cpu())
+            bar.update(chunk.shape[0])
     patch_tokens = torch.cat(tokens)  # (B, N, D)
     grid = transform.grid
     split = pca_foreground(patch_tokens, grid, threshold=args.threshold, foreground=args.foreground)

@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from dinov2_heads.data import load_batch
     from dinov2_heads.export import load_heads
     from dinov2_heads.features import FrozenBackbone
+    from dinov2_heads.progress import Progress
 
     checkpoint = load_heads(args.heads)
     heads = rebuilt_heads(checkpoint, args.heads)
@@ -80,19 +81,21 @@ def run(args: argparse.Namespace) -> int:
 
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
-    for chunk in _common.batched(paths, args.batch_size):
-        try:
-            batch = load_batch(chunk, transform, on_error=args.on_error)
-        except ValueError:
-            if args.on_error != "skip":
-                raise
-            # Every image of this chunk was unreadable; each was already logged.
-            skipped += [{"path": str(path), "reason": "unreadable"} for path in chunk]
-            continue
-        skipped += [{"path": str(r.path), "reason": r.reason} for r in batch.skipped]
-        with torch.no_grad():
-            features = frozen(batch.images.to(next(backbone.parameters()).device))
-        rows += _rows(batch.paths, _predict(heads, features, checkpoint, top_k))
+    with Progress(len(paths), "predicting", enabled=not args.quiet) as bar:
+        for chunk in _common.batched(paths, args.batch_size):
+            bar.update(len(chunk))
+            try:
+                batch = load_batch(chunk, transform, on_error=args.on_error)
+            except ValueError:
+                if args.on_error != "skip":
+                    raise
+                # Every image of this chunk was unreadable; each was already logged.
+                skipped += [{"path": str(path), "reason": "unreadable"} for path in chunk]
+                continue
+            skipped += [{"path": str(r.path), "reason": r.reason} for r in batch.skipped]
+            with torch.no_grad():
+                features = frozen(batch.images.to(next(backbone.parameters()).device))
+            rows += _rows(batch.paths, _predict(heads, features, checkpoint, top_k))
 
     if args.json:
         print(json.dumps({"predictions": rows, "skipped": skipped}, indent=2, ensure_ascii=False))
