@@ -260,3 +260,32 @@ def test_export_refuses_another_backbone(
     assert main([*argv, "--out", str(tmp_path / "m.onnx")]) == 1
     assert "trained on backbone weights with fingerprint" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_four_stored_blocks_give_the_official_52_heads(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dinov2_heads import create_backbone
+
+    torch.manual_seed(0)
+    deep = create_backbone("dinov2_vits14", depth=4, embed_dim=64, num_heads=1, img_size=56)
+    checkpoint = tmp_path / "deep.pth"
+    torch.save(deep.state_dict(), checkpoint)
+    store, out = tmp_path / "store", tmp_path / "probe"
+    common = ["--quiet", "extract", "--checkpoint", str(checkpoint), "--size", "28", "56"]
+    assert main([*common, "--n-last-blocks", "4", "--out", str(store), str(files.folder)]) == 0
+    argv = ["--quiet", "train", str(store), "--out", str(out), "--epochs", "1"]
+    assert main([*argv, "--batch-size", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "training 52 linear heads on" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert {row["n_blocks"] for row in results["grid"]} == {1, 4}
+    assert len(results["grid"]) == 52
+    saved = load_heads(out / "heads.pt")
+    assert saved.n_last_blocks == 4
+    assert saved.backbone_config is not None
+    assert saved.backbone_config["depth"] == 4
+    # predict builds the frozen backbone with the blocks the best head reads.
+    argv = ["predict", "--heads", str(out / "heads.pt"), "--checkpoint", str(checkpoint)]
+    assert main([*argv, str(files.folder / "bus")]) == 0
+    assert capsys.readouterr().out.startswith("image")
