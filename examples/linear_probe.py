@@ -184,7 +184,7 @@ def plot_confusion(
     ):
         if count:
             axes.text(col, row, str(count), ha="center", va="center", fontsize=8)
-    figure.colorbar(image)
+    figure.colorbar(image, label="images")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
