@@ -3,8 +3,9 @@
 A new virtual environment gets the CPU torch wheel and nothing else; the project's wheel is
 built and installed into it (its other dependencies come from the package index), and the
 README's demo command runs exactly as printed, then ``train`` on the demo's feature store as the
-demo suggests, then ``predict`` with the trained heads. The quickstart's transcript of the demo
-is compared with what the demo really printed, and the README's own install line is run too.
+demo suggests, then ``predict`` with the trained heads, and ``extract`` and ``pca`` on image
+files. The quickstart's transcript of the demo is compared with what the demo really printed,
+and the README's own install line is run too.
 """
 
 from __future__ import annotations
@@ -142,6 +143,15 @@ def test_the_wheel_with_torch_alone_runs_demo_train_and_predict(tmp_path: Path) 
     assert rows[0].split() == ["image", "colour"]
     assert len(rows) == 1 + 8
     assert all(row.split()[1] in COLOURS for row in rows[1:]), predicted
+
+    # Extract and pca, which read image files (Pillow), on the demo's samples.
+    backbone = "--checkpoint dinov2-heads-demo/backbone.pth --preset vehicle_crop"
+    extracted = python.shell(
+        f"dinov2-heads extract {backbone} --out sample-features dinov2-heads-demo/samples", work
+    )
+    assert "8 samples" in extracted
+    pictured = python.shell(f"dinov2-heads pca {backbone} dinov2-heads-demo/samples", work)
+    assert pictured.startswith("wrote pca.png: 8 image(s) at 126x252")
 
     # The README's install line, exactly as printed, in the project folder.
     python.shell(command_after("<!-- setup-command -->", readme), ROOT)
