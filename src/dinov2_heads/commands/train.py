@@ -172,7 +172,7 @@ def _run(args: argparse.Namespace) -> int:
         backbone_fingerprint=store.fingerprint,
         extra={
             "made_by": "dinov2-heads train",
-            "preprocessing": store.manifest.get("preprocessing"),
+            "preprocessing": recorded(store).get("preprocessing"),
             "store": str(store.path),
             "val_accuracy": summary["val_accuracy"],
         },
@@ -595,6 +595,15 @@ def class_names(store: FeatureStore, column: str | None) -> tuple[str, ...] | No
     return tuple(str(name) for name in names) if names is not None else None
 
 
+def recorded(store: FeatureStore) -> dict[str, Any]:
+    """The store's ``manifest.json`` as written: its backbone and preprocessing entries."""
+    from dinov2_heads.cache.store import MANIFEST
+
+    assert store.path is not None, "train opens stores from folders"
+    value = json.loads((Path(store.path) / MANIFEST).read_text(encoding="utf-8"))
+    return value if isinstance(value, dict) else {}
+
+
 def _num_classes(store: FeatureStore, column: str | None) -> int:
     """K from the labels themselves (largest label + 1), when no class names are recorded."""
     labels = store.labels(slice(None), column=column) if column else store.labels(slice(None))
@@ -646,8 +655,8 @@ def _check_same_features(store: FeatureStore, val_store: FeatureStore) -> None:
         ("label columns", store.label_columns, val_store.label_columns),
         (
             "preprocessing",
-            store.manifest.get("preprocessing"),
-            val_store.manifest.get("preprocessing"),
+            recorded(store).get("preprocessing"),
+            recorded(val_store).get("preprocessing"),
         ),
     )
     for what, mine, theirs in pairs:
@@ -671,7 +680,7 @@ def _backbone_stand_in(store: FeatureStore) -> FrozenBackbone | None:
     from dinov2_heads.cache.store import parse_dtype
     from dinov2_heads.features import FrozenBackbone
 
-    described = store.manifest.get("backbone") or {}
+    described = recorded(store).get("backbone") or {}
     config = described.get("config")
     if not isinstance(config, Mapping):
         return None
