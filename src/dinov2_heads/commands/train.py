@@ -247,7 +247,7 @@ class Job:
 
 def _train_grid(job: Job, args: argparse.Namespace) -> tuple[MultiHead, dict[str, Any]]:
     from dinov2_heads.heads import MultiHead
-    from dinov2_heads.training import LinearProbeGrid, fit_grid
+    from dinov2_heads.training import LinearProbeGrid, evaluate_grid, fit_grid
 
     store = job.store
     column = _grid_column(store, args.label)
@@ -281,7 +281,7 @@ def _train_grid(job: Job, args: argparse.Namespace) -> tuple[MultiHead, dict[str
         seed=job.seed,
         progress=job.progress,
     )
-    results = grid.evaluate(job.loader(label, train=False, batch_size=256))
+    results = evaluate_grid(grid, job.loader(label, train=False, batch_size=256))
     print(f"\nvalidation accuracy of every head, best first ({results.rows[0].count} samples):")
     print(results.table())
     best = results.best
@@ -597,10 +597,8 @@ def class_names(store: FeatureStore, column: str | None) -> tuple[str, ...] | No
 
 def recorded(store: FeatureStore) -> dict[str, Any]:
     """The store's ``manifest.json`` as written: its backbone and preprocessing entries."""
-    from dinov2_heads.cache.store import MANIFEST
-
     assert store.path is not None, "train opens stores from folders"
-    value = json.loads((Path(store.path) / MANIFEST).read_text(encoding="utf-8"))
+    value = json.loads((Path(store.path) / "manifest.json").read_text(encoding="utf-8"))
     return value if isinstance(value, dict) else {}
 
 
@@ -677,7 +675,6 @@ def _backbone_stand_in(store: FeatureStore) -> FrozenBackbone | None:
     import torch
 
     from dinov2_heads.backbone import BackboneConfig, DinoVisionTransformer
-    from dinov2_heads.cache.store import parse_dtype
     from dinov2_heads.features import FrozenBackbone
 
     described = recorded(store).get("backbone") or {}
@@ -689,12 +686,9 @@ def _backbone_stand_in(store: FeatureStore) -> FrozenBackbone | None:
     }
     with torch.device("meta"):
         backbone = DinoVisionTransformer(BackboneConfig(**fields))
-    dtype = parse_dtype(str(described.get("weights_dtype") or "float32"))
-    return FrozenBackbone(
-        backbone,
-        n_last_blocks=store.n_blocks,
-        dtype=dtype if dtype != torch.float32 else None,
-    )
+    dtype = getattr(torch, str(described.get("weights_dtype") or "float32"), None)
+    stored = dtype if isinstance(dtype, torch.dtype) and dtype != torch.float32 else None
+    return FrozenBackbone(backbone, n_last_blocks=store.n_blocks, dtype=stored)
 
 
 def _shorten(names: Sequence[str], limit: int = 8) -> str:
