@@ -69,10 +69,11 @@ def version_line() -> str:
 
     import torch
 
-    from dinov2_heads import __version__
-
+    # The package's own __init__ holds the version and is loaded before any of its modules;
+    # importing it from here would import the layer above the command line.
+    version = getattr(sys.modules["dinov2_heads"], "__version__", "unknown")
     python = platform.python_version()
-    return f"dinov2-heads {__version__} (torch {torch.__version__}, Python {python})"
+    return f"dinov2-heads {version} (torch {torch.__version__}, Python {python})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
