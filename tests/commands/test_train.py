@@ -144,6 +144,22 @@ def test_a_spec_trains_a_multihead(
         assert results["heads"][name]["count"] == int(known.sum())
 
 
+def test_a_spec_on_class_folders_learns_their_label(
+    stores: dict[str, Path], tmp_path: Path
+) -> None:
+    spec = write_spec(
+        tmp_path / "heads.json",
+        '{"heads": {"body": {"type": "LinearHead", "label": "label"}}, "epochs": 1}',
+    )
+    out = tmp_path / "trained"
+    argv = ["--quiet", "train", str(stores["folder"]), "--heads", str(spec), "--out", str(out)]
+    assert main([*argv, "--batch-size", "4"]) == 0
+    heads = load_heads(out / "heads.pt").heads
+    assert isinstance(heads, MultiHead)
+    assert heads["body"].class_names == FeatureStore.open(stores["folder"]).class_names["label"]
+    assert json.loads((out / "results.json").read_text())["labels"] == {"body": "label"}
+
+
 def test_a_toml_spec(stores: dict[str, Path], tmp_path: Path) -> None:
     spec = write_spec(
         tmp_path / "heads.toml",
@@ -167,9 +183,9 @@ def test_a_toml_spec(stores: dict[str, Path], tmp_path: Path) -> None:
         ("attributes", '{"heads": {"colour": {"kind": "LinearHead"}}}', "needs a type"),
         ("attributes", '{"heads": {"colour": {"type": "LinearHead"}}, "lr ": 1}', "unknown key"),
         ("attributes", '{"heads": ', "is not valid JSON"),
-        ("folder", '{"heads": {"label": {"type": "LinearHead"}}}', "not named columns"),
+        ("folder", '{"heads": {"colour": {"type": "LinearHead"}}}', "its columns are label"),
     ],
-    ids=["several-columns", "type", "column", "no-type", "key", "json", "one-label"],
+    ids=["several-columns", "type", "column", "no-type", "key", "json", "folder-label"],
 )
 def test_mistakes_are_one_line(
     stores: dict[str, Path],

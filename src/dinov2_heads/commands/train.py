@@ -172,7 +172,7 @@ def _run(args: argparse.Namespace) -> int:
         backbone_fingerprint=store.fingerprint,
         extra={
             "made_by": "dinov2-heads train",
-            "preprocessing": recorded(store).get("preprocessing"),
+            "preprocessing": store.manifest.preprocessing,
             "store": str(store.path),
             "val_accuracy": summary["val_accuracy"],
         },
@@ -250,8 +250,8 @@ def _train_grid(job: Job, args: argparse.Namespace) -> tuple[MultiHead, dict[str
     from dinov2_heads.training import LinearProbeGrid, evaluate_grid, fit_grid
 
     store = job.store
-    column = _grid_column(store, args.label)
-    names = class_names(store, column)
+    column = _grid_label(store, args.label)
+    names = store.class_names.get(column)
     num_classes = len(names) if names is not None else _num_classes(store, column)
     blocks = (1, 4) if store.n_blocks >= 4 else tuple(sorted({1, store.n_blocks}))
     grid = LinearProbeGrid(store.embed_dim, num_classes, n_blocks=blocks, class_names=names).to(
@@ -268,20 +268,19 @@ def _train_grid(job: Job, args: argparse.Namespace) -> tuple[MultiHead, dict[str
         )
     )
     print(
-        f"training {len(grid)} linear heads{note} on {column or 'the labels'}: "
+        f"training {len(grid)} linear heads{note} on {column}: "
         f"{num_classes} classes, {job.num_train} training and {job.num_val} validation "
         f"samples, {epochs} epochs of batch {batch_size}",
         flush=True,
     )
-    label = column if store.label_columns is not None else None
     fit_grid(
         grid,
-        job.loader(label, train=True, batch_size=batch_size),
+        job.loader(column, train=True, batch_size=batch_size),
         epochs=epochs,
         seed=job.seed,
         progress=job.progress,
     )
-    results = evaluate_grid(grid, job.loader(label, train=False, batch_size=256))
+    results = evaluate_grid(grid, job.loader(column, train=False, batch_size=256))
     print(f"\nvalidation accuracy of every head, best first ({results.rows[0].count} samples):")
     print(results.table())
     best = results.best
@@ -289,7 +288,6 @@ def _train_grid(job: Job, args: argparse.Namespace) -> tuple[MultiHead, dict[str
         f"\nbest: {best.spec.name} ({100 * best.accuracy:.1f}% on validation; chance "
         f"{100 / num_classes:.1f}%)"
     )
-    name = column or "label"
     summary = {
         "mode": "grid",
         "store": str(store.path),
@@ -300,33 +298,27 @@ def _train_grid(job: Job, args: argparse.Namespace) -> tuple[MultiHead, dict[str
         "epochs": epochs,
         "batch_size": batch_size,
         "best": {"name": best.spec.name, "index": best.index, "accuracy": best.accuracy},
-        "val_accuracy": {name: best.accuracy},
+        "val_accuracy": {column: best.accuracy},
         "grid": results.to_dicts(),
     }
-    return MultiHead({name: grid.best(results)}), summary
+    return MultiHead({column: grid.best(results)}), summary
 
 
-def _grid_column(store: FeatureStore, label: str | None) -> str | None:
-    columns = store.label_columns
-    if columns is None:
-        if label is not None:
-            raise ValueError(
-                f"--label {label}: the store at {store.path} holds one label per sample, not "
-                "named columns; leave --label out"
-            )
-        return None
+def _grid_label(store: FeatureStore, label: str | None) -> str:
+    """The label the grid learns: ``--label``, or the store's only one."""
+    names = store.label_names
     if label is None:
-        if len(columns) == 1:
-            return columns[0]
+        if len(names) == 1:
+            return names[0]
         raise ValueError(
-            f"the store at {store.path} has the label columns {', '.join(columns)}; choose the "
-            f"one the grid learns with --label, e.g. --label {columns[0]} (or train them all "
+            f"the store at {store.path} has the label columns {', '.join(names)}; choose the "
+            f"one the grid learns with --label, e.g. --label {names[0]} (or train them all "
             "at once with --heads SPEC)"
         )
-    if label not in columns:
+    if label not in names:
         raise ValueError(
-            f"--label {label} is not a label column of the store at {store.path}; it has "
-            f"{', '.join(columns)}"
+            f"--label {label} is not a label of the store at {store.path}; it has "
+            f"{', '.join(names)}"
         )
     return label
 
@@ -464,12 +456,7 @@ def build_heads(spec: Mapping[str, Any], store: FeatureStore) -> tuple[MultiHead
     from dinov2_heads.heads import MultiHead
     from dinov2_heads.heads.registry import HEAD_TYPES
 
-    columns = store.label_columns
-    if columns is None:
-        raise ValueError(
-            f"the store at {store.path} holds one label per sample, not named columns; train "
-            "it without --heads (the grid), or extract a manifest with label columns"
-        )
+    columns = store.label_names
     configs: dict[str, dict[str, Any]] = {}
     label_of: dict[str, str] = {}
     for name, head in spec["heads"].items():
@@ -484,7 +471,7 @@ def build_heads(spec: Mapping[str, Any], store: FeatureStore) -> tuple[MultiHead
         config = dict(head.get("config") or {})
         kind = HEAD_TYPES.get(str(head["type"]))
         if kind is not None:
-            names = class_names(store, column)
+            names = store.class_names.get(column)
             known: dict[str, Any] = {
                 "embed_dim": store.embed_dim,
                 "num_classes": len(names) if names is not None else _num_classes(store, column),
@@ -522,9 +509,16 @@ def _dry_run(heads: MultiHead, store: FeatureStore, device: torch.device, spec: 
 
 
 def _renamed(batches: Any, label_of: Mapping[str, str]) -> Iterator[tuple[Any, dict[str, Tensor]]]:
-    """The batches with their label columns named after the heads that learn them."""
+    """The batches with their label columns named after the heads that learn them.
+
+    A store with one label tensor (a class-folder extraction) yields it alone: every head
+    learns that one label.
+    """
     for features, labels in batches:
-        yield features, {name: labels[column] for name, column in label_of.items()}
+        if isinstance(labels, Mapping):
+            yield features, {name: labels[column] for name, column in label_of.items()}
+        else:
+            yield features, dict.fromkeys(label_of, labels)
 
 
 def _evaluate(
@@ -568,47 +562,13 @@ def _accuracy_table(
 # ---------------------------------------------------------------------------- shared
 
 
-def class_names(store: FeatureStore, column: str | None) -> tuple[str, ...] | None:
-    """The class names of a label column: the store's own record, else ``dataset.json``.
-
-    ``dataset.json`` is what ``dinov2-heads extract`` writes beside a store it made.
-    """
-    recorded = getattr(store, "class_names", None)
-    if isinstance(recorded, Mapping):
-        names = recorded.get(column or "label")
-        if names is not None:
-            return tuple(str(name) for name in names)
-    if store.path is None:
-        return None
-    from dinov2_heads.commands.extract import DATASET_FILE
-
-    description = Path(store.path) / DATASET_FILE
-    if not description.is_file():
-        return None
-    try:
-        columns = json.loads(description.read_text(encoding="utf-8"))["class_names"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    names = columns.get(column if column is not None else "label")
-    if names is None and column is None and len(columns) == 1:
-        names = next(iter(columns.values()))
-    return tuple(str(name) for name in names) if names is not None else None
-
-
-def recorded(store: FeatureStore) -> dict[str, Any]:
-    """The store's ``manifest.json`` as written: its backbone and preprocessing entries."""
-    assert store.path is not None, "train opens stores from folders"
-    value = json.loads((Path(store.path) / "manifest.json").read_text(encoding="utf-8"))
-    return value if isinstance(value, dict) else {}
-
-
-def _num_classes(store: FeatureStore, column: str | None) -> int:
+def _num_classes(store: FeatureStore, column: str) -> int:
     """K from the labels themselves (largest label + 1), when no class names are recorded."""
-    labels = store.labels(slice(None), column=column) if column else store.labels(slice(None))
+    labels = store.labels(slice(None), column=column)
     assert not isinstance(labels, Mapping)
     if labels.is_floating_point():
         raise ValueError(
-            f"the labels {column or ''} of the store at {store.path} are not class indices "
+            f"the labels {column!r} of the store at {store.path} are not class indices "
             f"(dtype {labels.dtype}); train these with your own loop"
         )
     known = labels[labels >= 0]
@@ -650,11 +610,11 @@ def _check_same_features(store: FeatureStore, val_store: FeatureStore) -> None:
         ("width D", store.embed_dim, val_store.embed_dim),
         ("blocks", store.n_blocks, val_store.n_blocks),
         ("patch grid", store.grid, val_store.grid),
-        ("label columns", store.label_columns, val_store.label_columns),
+        ("labels", store.label_names, val_store.label_names),
         (
             "preprocessing",
-            recorded(store).get("preprocessing"),
-            recorded(val_store).get("preprocessing"),
+            store.manifest.preprocessing,
+            val_store.manifest.preprocessing,
         ),
     )
     for what, mine, theirs in pairs:
@@ -677,8 +637,8 @@ def _backbone_stand_in(store: FeatureStore) -> FrozenBackbone | None:
     from dinov2_heads.backbone import BackboneConfig, DinoVisionTransformer
     from dinov2_heads.features import FrozenBackbone
 
-    described = recorded(store).get("backbone") or {}
-    config = described.get("config")
+    described = store.manifest.backbone
+    config = described.config
     if not isinstance(config, Mapping):
         return None
     fields: dict[str, Any] = {
@@ -686,7 +646,7 @@ def _backbone_stand_in(store: FeatureStore) -> FrozenBackbone | None:
     }
     with torch.device("meta"):
         backbone = DinoVisionTransformer(BackboneConfig(**fields))
-    dtype = getattr(torch, str(described.get("weights_dtype") or "float32"), None)
+    dtype = getattr(torch, str(described.weights_dtype or "float32"), None)
     stored = dtype if isinstance(dtype, torch.dtype) and dtype != torch.float32 else None
     return FrozenBackbone(backbone, n_last_blocks=store.n_blocks, dtype=stored)
 
