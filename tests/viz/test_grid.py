@@ -20,7 +20,7 @@ def example(batch: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def test_layout_and_pixels(tmp_path: Path) -> None:
     pixels, images, pictures = example()
-    path = save_pca_grid(tmp_path / "out" / "pca.png", images, pictures, padding=2, caption=None)
+    path = save_pca_grid(tmp_path / "out" / "pca.png", images, pictures, padding=2, caption="")
     assert path == tmp_path / "out" / "pca.png"
     sheet = Image.open(path)
     assert sheet.mode == "RGB"
@@ -50,7 +50,7 @@ def test_columns_uint8_and_lists(tmp_path: Path) -> None:
         columns=2,
         padding=0,
         upscale="bilinear",
-        caption=None,
+        caption="",
     )
     sheet = Image.open(path)
     assert sheet.size == (2 * 2 * 42, 2 * 28)
@@ -63,10 +63,10 @@ def test_overwrites_atomically(tmp_path: Path) -> None:
     pixels, images, pictures = example(1)
     path = tmp_path / "pca.png"
     path.write_bytes(b"old")
-    save_pca_grid(path, images, pictures, caption=None)
+    save_pca_grid(path, images, pictures, caption="")
     assert Image.open(path).size[1] == 28 + 8
     unnormalised = save_pca_grid(
-        path, pixels.float() / 255, pictures, normalized=False, caption=None
+        path, pixels.float() / 255, pictures, normalized=False, caption=""
     )
     assert torch.equal(pil_to_tensor(Image.open(unnormalised))[:, 4:32, 4:46], pixels[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pca.png"]
@@ -108,7 +108,7 @@ def test_the_suffix_picks_the_format(tmp_path: Path) -> None:
 
 def test_the_caption_says_what_the_colours_mean(tmp_path: Path) -> None:
     _, images, pictures = example(2)
-    bare = Image.open(save_pca_grid(tmp_path / "bare.png", images, pictures, caption=None))
+    bare = Image.open(save_pca_grid(tmp_path / "bare.png", images, pictures, caption=""))
     path = save_pca_grid(tmp_path / "pca.png", images, pictures)
     with Image.open(path) as picture:
         assert picture.width == bare.width

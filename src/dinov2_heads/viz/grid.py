@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from dinov2_heads.atomic import atomic_write_bytes
 from dinov2_heads.data.functional import IMAGENET_MEAN, IMAGENET_STD, denormalize, tensor_to_pil
+from dinov2_heads.viz.caption import save_picture
 from dinov2_heads.viz.pca import pca_caption
 
-if TYPE_CHECKING:
-    from PIL import Image
-
 logger = logging.getLogger(__name__)
-
-#: The caption :func:`save_pca_grid` writes unless told otherwise.
-DEFAULT_CAPTION = pca_caption()
-#: Caption text height in pixels (wider sheets get up to 16).
-_FONT_SIZE = 12
 
 
 def _as_batch(pca_images: Tensor | Sequence[Tensor]) -> Tensor:
@@ -96,7 +87,7 @@ def save_pca_grid(
     upscale: Literal["nearest", "bilinear"] = "nearest",
     columns: int = 1,
     padding: int = 4,
-    caption: str | None = DEFAULT_CAPTION,
+    caption: str | None = None,
 ) -> Path:
     """Write each image beside its feature picture, upscaled to the image's size, as one picture.
 
@@ -121,7 +112,7 @@ def save_pca_grid(
         padding: White pixels between and around the tiles.
         caption: Text under the grid, wrapped to its width; by default what the colours
             mean (:func:`~dinov2_heads.viz.pca_caption`; pass
-            ``pca_caption(random_weights=True)`` for a random backbone); ``None`` for none.
+            ``pca_caption(random_weights=True)`` for a random backbone); ``""`` for none.
 
     Returns:
         The path written.
@@ -160,54 +151,7 @@ def save_pca_grid(
         left += width + padding
         sheet[:, top : top + height, left : left + width] = big[index]
 
-    picture = tensor_to_pil(sheet)
-    options: dict[str, Any] = {}
-    if caption:
-        picture = _with_caption(picture, caption, padding)
-        if image_format == "PNG":
-            from PIL.PngImagePlugin import PngInfo
-
-            info = PngInfo()
-            info.add_text("Description", caption)
-            options["pnginfo"] = info
-    buffer = io.BytesIO()
-    picture.save(buffer, format=image_format, **options)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(target, buffer.getvalue())
+    text = pca_caption() if caption is None else caption
+    save_picture(tensor_to_pil(sheet), target, image_format, text)
     logger.debug("wrote %s (%d image(s) with their PCA pictures)", target, batch)
     return target
-
-
-def _with_caption(picture: Image.Image, caption: str, padding: int) -> Image.Image:
-    """``picture`` with ``caption`` in dark grey on white below it, wrapped to its width."""
-    from dinov2_heads.data.loading import require_pillow
-
-    pil = require_pillow()
-    from PIL import ImageFont
-
-    size = max(_FONT_SIZE, min(16, picture.width // 80))
-    try:
-        font: Any = ImageFont.load_default(size=size)
-    except (TypeError, ImportError, OSError):  # Pillow without FreeType: the bitmap font
-        font = ImageFont.load_default()
-    margin = max(padding, 4)
-    measure = pil.ImageDraw.Draw(picture)
-    width = max(picture.width - 2 * margin, 1)
-    lines: list[str] = []
-    for word in caption.split():
-        candidate = f"{lines[-1]} {word}" if lines else word
-        if lines and measure.textlength(candidate, font=font) <= width:
-            lines[-1] = candidate
-        else:
-            lines.append(word)
-    _, top, _, bottom = font.getbbox("Ag")
-    line_height = int(bottom - top) + 3
-    sheet = pil.Image.new(
-        "RGB", (picture.width, picture.height + len(lines) * line_height + margin), "white"
-    )
-    sheet.paste(picture, (0, 0))
-    draw = pil.ImageDraw.Draw(sheet)
-    for index, line in enumerate(lines):
-        position = (margin, picture.height + index * line_height)
-        draw.text(position, line, fill=(40, 40, 40), font=font)
-    return sheet
