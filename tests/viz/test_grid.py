@@ -65,9 +65,7 @@ def test_overwrites_atomically(tmp_path: Path) -> None:
     path.write_bytes(b"old")
     save_pca_grid(path, images, pictures, caption="")
     assert Image.open(path).size[1] == 28 + 8
-    unnormalised = save_pca_grid(
-        path, pixels.float() / 255, pictures, normalized=False, caption=""
-    )
+    unnormalised = save_pca_grid(path, pixels.float() / 255, pictures, normalized=False, caption="")
     assert torch.equal(pil_to_tensor(Image.open(unnormalised))[:, 4:32, 4:46], pixels[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pca.png"]
 
