@@ -41,7 +41,9 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
     parser.add_argument("-k", type=_common.positive_int, default=5, help="neighbours per query")
     parser.add_argument("--out", default="search.png", help="the contact sheet to write")
     _common.add_backbone_arguments(parser)
-    _common.add_size_arguments(parser, default=None)
+    _common.add_size_arguments(
+        parser, default=None, default_text="as the store's images were: its preset or size"
+    )
     parser.add_argument(
         "--pooling",
         choices=("class", "patch_mean", "class+patch_mean"),
@@ -60,7 +62,9 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
         default=65_536,
         help="stored samples compared at once (bounds memory)",
     )
-    parser.add_argument("--batch-size", type=_common.positive_int, default=32)
+    parser.add_argument(
+        "--batch-size", type=_common.positive_int, default=32, help="queries per backbone call"
+    )
     _common.add_on_error_argument(parser)
 
 
