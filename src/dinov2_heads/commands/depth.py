@@ -55,9 +55,18 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
         help="the head's largest depth in metres (default: 80 for linear heads and KITTI "
         "DPT heads, 10 for other DPT heads)",
     )
-    parser.add_argument("--mode", choices=("whole", "slide"), default="whole")
-    parser.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"))
-    parser.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"))
+    parser.add_argument(
+        "--mode",
+        choices=("whole", "slide"),
+        default="whole",
+        help="whole: the image in one pass; slide: overlapping --crop-size windows, averaged",
+    )
+    parser.add_argument(
+        "--crop-size", type=int, nargs=2, metavar=("H", "W"), help="window size for --mode slide"
+    )
+    parser.add_argument(
+        "--stride", type=int, nargs=2, metavar=("H", "W"), help="window step for --mode slide"
+    )
     parser.add_argument("--flip", action="store_true", help="average with the mirrored image")
     parser.add_argument(
         "--size", type=int, nargs=2, metavar=("H", "W"), help="resize every image to H x W first"

@@ -59,8 +59,20 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
         "preset's test size, else the image's own size",
     )
     parser.add_argument("--mode", choices=("whole", "slide"), help="override the preset's mode")
-    parser.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"))
-    parser.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"))
+    parser.add_argument(
+        "--crop-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="window size for --mode slide (overrides the preset's)",
+    )
+    parser.add_argument(
+        "--stride",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="window step for --mode slide (overrides the preset's)",
+    )
     parser.add_argument(
         "--flip",
         action=argparse.BooleanOptionalAction,
