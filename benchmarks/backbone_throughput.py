@@ -57,8 +57,9 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from dinov2_heads import BackboneConfig, create_backbone, get_config, list_variants
+from dinov2_heads import create_backbone
 from dinov2_heads.accel import accelerate
+from dinov2_heads.backbone import BackboneConfig, get_config, list_variants
 from dinov2_heads.layers import swiglu_hidden_features
 
 # ---------------------------------------------------------------------------- FLOPs

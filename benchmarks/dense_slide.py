@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from dinov2_heads import create_backbone, list_variants
+from dinov2_heads import create_backbone
+from dinov2_heads.backbone import list_variants
 from dinov2_heads.dense import Segmenter, sliding_windows
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.heads import LinearSegmentationHead

@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dinov2_heads import create_backbone, list_variants
+from dinov2_heads import create_backbone
+from dinov2_heads.backbone import list_variants
 from dinov2_heads.dense import Depther, center_pad
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.heads import DPTDepthHead, LinearDepthHead

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from dinov2_heads import create_backbone, list_variants
+from dinov2_heads import create_backbone
+from dinov2_heads.backbone import list_variants
 from dinov2_heads.cache import FeatureDataset, extract_features
 from dinov2_heads.features import Features, FrozenBackbone
 from dinov2_heads.heads import LinearHead, linear_input

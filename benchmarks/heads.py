@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dinov2_heads import create_backbone, list_variants
+from dinov2_heads import create_backbone
+from dinov2_heads.backbone import list_variants
 from dinov2_heads.features import Features, FrozenBackbone
 from dinov2_heads.heads import Conv1dNeck, LinearHead, MultiHead
 

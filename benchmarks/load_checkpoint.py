@@ -42,7 +42,8 @@ from typing import Any
 
 import torch
 
-from dinov2_heads import create_backbone, list_variants
+from dinov2_heads import create_backbone
+from dinov2_heads.backbone import list_variants
 
 METHODS = ("plain", "plain+mmap", "load_backbone", "load_backbone+mmap")
 

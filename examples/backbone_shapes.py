@@ -9,7 +9,8 @@ import argparse
 
 import torch
 
-from dinov2_heads import create_backbone, list_variants
+from dinov2_heads import create_backbone
+from dinov2_heads.backbone import list_variants
 
 
 def main(argv: list[str] | None = None) -> None:

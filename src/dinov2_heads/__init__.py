@@ -1,34 +1,15 @@
 """dinov2-heads: train and ship small heads on a frozen DINOv2 backbone.
 
-The public API is what this module re-exports; submodules may change between releases.
-Importing it prints, warns and downloads nothing, and loads no optional dependency.
+The root re-exports what a user reaches for first (at most 40 names); everything else is
+imported from its subpackage (``dinov2_heads.cache``, ``dinov2_heads.heads`` ...) and listed
+module by module in ``docs/api.md``. Importing it prints, warns and downloads nothing, and loads
+no optional dependency.
 """
 
-from dinov2_heads.backbone import (
-    VARIANTS,
-    BackboneConfig,
-    DinoVisionTransformer,
-    get_config,
-    list_variants,
-)
-from dinov2_heads.cache import (
-    FeatureDataset,
-    FeatureStore,
-    StoreMismatchError,
-    collate_features,
-    estimate_store_size,
-    extract_features,
-)
+from dinov2_heads.backbone import DinoVisionTransformer
+from dinov2_heads.cache import FeatureDataset, FeatureStore, extract_features
 from dinov2_heads.checkpoints import (
-    CheckpointError,
-    CheckpointFileError,
-    CheckpointSummary,
-    Dinov2HeadsError,
-    LoadReport,
-    convert_huggingface,
-    convert_timm,
     create_backbone,
-    describe_checkpoint,
     dinov2_vitb14,
     dinov2_vitb14_reg,
     dinov2_vitg14,
@@ -40,98 +21,48 @@ from dinov2_heads.checkpoints import (
     load_backbone,
     load_partial,
 )
-from dinov2_heads.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    MISSING_LABEL,
-    ImageFolderDataset,
-    ManifestDataset,
-    Preprocess,
-    TrainTransform,
-    UnreadableImageError,
-    get_preset,
-    list_presets,
-    load_image,
-    nearest_valid_size,
-)
-from dinov2_heads.demo import SyntheticVehicles
-from dinov2_heads.export import (
-    HeadCheckpoint,
-    OnnxExport,
-    export_onnx,
-    load_heads,
-    read_onnx_metadata,
-    save_heads,
-    verify_onnx,
-)
-from dinov2_heads.features import Features, FrozenBackbone
-from dinov2_heads.fingerprint import weights_fingerprint
+from dinov2_heads.data import get_preset
+from dinov2_heads.dense import Depther, Segmenter
+from dinov2_heads.errors import Dinov2HeadsError
+from dinov2_heads.export import export_onnx, load_heads, save_heads
+from dinov2_heads.features import Features, FrozenBackbone, attention_maps
 from dinov2_heads.heads import (
     Conv1dNeck,
-    HeadLoss,
+    DPTDepthHead,
+    LinearDepthHead,
     LinearHead,
-    LossOutput,
+    LinearSegmentationHead,
     MultiHead,
     MultiHeadLoss,
-    Prediction,
-    head_loss,
     predict,
 )
-from dinov2_heads.training import (
-    OFFICIAL_LEARNING_RATES,
-    GridResults,
-    GridSGD,
-    LinearProbeGrid,
-    evaluate_grid,
-    fit_grid,
-    train_one_epoch,
-)
-from dinov2_heads.viz import pca_foreground, pca_rgb, save_pca_grid
+from dinov2_heads.neighbors import KnnClassifier, NearestNeighbors, logistic_regression
+from dinov2_heads.training import LinearProbeGrid, evaluate_grid, fit_grid
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "MISSING_LABEL",
-    "OFFICIAL_LEARNING_RATES",
-    "VARIANTS",
-    "BackboneConfig",
-    "CheckpointError",
-    "CheckpointFileError",
-    "CheckpointSummary",
     "Conv1dNeck",
+    "DPTDepthHead",
+    "Depther",
     "DinoVisionTransformer",
     "Dinov2HeadsError",
     "FeatureDataset",
     "FeatureStore",
     "Features",
     "FrozenBackbone",
-    "GridResults",
-    "GridSGD",
-    "HeadCheckpoint",
-    "HeadLoss",
-    "ImageFolderDataset",
+    "KnnClassifier",
+    "LinearDepthHead",
     "LinearHead",
     "LinearProbeGrid",
-    "LoadReport",
-    "LossOutput",
-    "ManifestDataset",
+    "LinearSegmentationHead",
     "MultiHead",
     "MultiHeadLoss",
-    "OnnxExport",
-    "Prediction",
-    "Preprocess",
-    "StoreMismatchError",
-    "SyntheticVehicles",
-    "TrainTransform",
-    "UnreadableImageError",
+    "NearestNeighbors",
+    "Segmenter",
     "__version__",
-    "collate_features",
-    "convert_huggingface",
-    "convert_timm",
+    "attention_maps",
     "create_backbone",
-    "describe_checkpoint",
     "dinov2_vitb14",
     "dinov2_vitb14_reg",
     "dinov2_vitg14",
@@ -140,28 +71,15 @@ __all__ = [
     "dinov2_vitl14_reg",
     "dinov2_vits14",
     "dinov2_vits14_reg",
-    "estimate_store_size",
     "evaluate_grid",
     "export_onnx",
     "extract_features",
     "fit_grid",
-    "get_config",
     "get_preset",
-    "head_loss",
-    "list_presets",
-    "list_variants",
     "load_backbone",
     "load_heads",
-    "load_image",
     "load_partial",
-    "nearest_valid_size",
-    "pca_foreground",
-    "pca_rgb",
+    "logistic_regression",
     "predict",
-    "read_onnx_metadata",
     "save_heads",
-    "save_pca_grid",
-    "train_one_epoch",
-    "verify_onnx",
-    "weights_fingerprint",
 ]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import dinov2_heads
-from dinov2_heads import BackboneConfig, DinoVisionTransformer, create_backbone, list_variants
+import dinov2_heads.backbone
+from dinov2_heads import DinoVisionTransformer, create_backbone
+from dinov2_heads.backbone import BackboneConfig, list_variants
 
 PARAMETER_COUNTS = {
     "dinov2_vits14": 22_056_576,
@@ -107,8 +108,8 @@ def test_invalid_configs(overrides: dict[str, object], message: str) -> None:
 
 
 def test_register_variants_use_official_interpolation_settings() -> None:
-    plain = dinov2_heads.get_config("dinov2_vitl14")
-    reg = dinov2_heads.get_config("dinov2_vitl14_reg")
+    plain = dinov2_heads.backbone.get_config("dinov2_vitl14")
+    reg = dinov2_heads.backbone.get_config("dinov2_vitl14_reg")
     assert (plain.interpolate_offset, plain.interpolate_antialias) == (0.1, False)
     assert (reg.interpolate_offset, reg.interpolate_antialias) == (0.0, True)
     assert reg.num_register_tokens == 4

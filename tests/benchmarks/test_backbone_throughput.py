@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dinov2_heads import create_backbone, get_config
+from dinov2_heads import create_backbone
 from dinov2_heads.accel import FastVisionTransformer
+from dinov2_heads.backbone import get_config
 from dinov2_heads.layers import swiglu_hidden_features
 from tests.benchmarks.conftest import load_script, write_stand_in_checkout
 

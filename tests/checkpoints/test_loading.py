@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from dinov2_heads import create_backbone, dinov2_vits14_reg, get_config, list_variants
-from dinov2_heads.backbone import variant_name
+from dinov2_heads import create_backbone, dinov2_vits14_reg
+from dinov2_heads.backbone import get_config, list_variants, variant_name
 from dinov2_heads.checkpoints import (
     ArchitectureMismatchError,
     CheckpointError,

@@ -34,7 +34,7 @@ class CheckpointSummary:
         source: The path, or ``"<state dict>"`` for an in-memory mapping.
         format: The layout: ``"official"``, ``"huggingface"`` or ``"timm"``.
         variant: The official variant name, or ``None`` for a custom architecture.
-        config: The inferred :class:`~dinov2_heads.BackboneConfig` as plain data.
+        config: The inferred :class:`~dinov2_heads.backbone.BackboneConfig` as plain data.
         num_parameters: Elements in the backbone tensors (``mask_token`` included).
         num_tensors: Backbone tensors.
         dtypes: Tensor count per dtype, e.g. ``{"float16": 175}``.

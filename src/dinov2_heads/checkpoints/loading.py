@@ -244,7 +244,7 @@ def load_backbone(
             writes to the file.
         verify: Check every checksum the file records before loading (``torch.save`` writes a
             CRC-32 per tensor); a mismatch is a ``CheckpointError``. Reads the file once more.
-        **overrides: :class:`~dinov2_heads.BackboneConfig` fields to change, e.g.
+        **overrides: :class:`~dinov2_heads.backbone.BackboneConfig` fields to change, e.g.
             ``num_heads=2`` for a custom model whose heads are not 64 wide.
 
     Returns:

@@ -260,7 +260,7 @@ def run_demo(
         learning_rate: AdamW learning rate, annealed to 0 by a cosine schedule.
         num_brands: Brands (emblem shapes) to tell apart, 2 to 12.
         missing: Share of training labels blanked per head, in [0, 1).
-        random_backbone: :class:`~dinov2_heads.BackboneConfig` overrides for the random
+        random_backbone: :class:`~dinov2_heads.backbone.BackboneConfig` overrides for the random
             backbone; default :data:`RANDOM_BACKBONE`.
         num_samples: Held-out images written to ``samples/`` as PNG files, to try ``predict``
             on; the PCA picture shows the first four (at most).
@@ -293,42 +293,9 @@ def run_demo(
                 "--checkpoint dinov2_vits14_pretrain.pth (or any DINOv2 checkpoint)"
             )
 
-        train_set = SyntheticVehicles(
-            num_train + num_heldout,
-            seed=seed,
-            size=IMAGE_SIZE,
-            num_brands=num_brands,
-            missing=missing,
-        )
-        heldout_set = SyntheticVehicles(
-            num_train + num_heldout, seed=seed, size=IMAGE_SIZE, num_brands=num_brands
-        )
-        say(
-            f"data: {num_train} synthetic vehicles to train on ({100 * missing:.0f}% of each "
-            f"label blanked), {num_heldout} held out, {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} pixels"
-        )
-        say("extracting features once into the feature cache (patch tokens kept for the neck)")
         tick = time.perf_counter()
-        # On disk, so that `dinov2-heads train` can train more heads from them afterwards.
-        train_store = extract_features(
-            frozen,
-            Subset(train_set, range(num_train)),
-            path=folder / FILES["features"] / "train",
-            keep="patch_tokens",
-            batch_size=32,
-            preprocessing="vehicle_crop",
-            progress=progress,
-            overwrite=True,
-        )
-        heldout_store = extract_features(
-            frozen,
-            Subset(heldout_set, range(num_train, num_train + num_heldout)),
-            path=folder / FILES["features"] / "heldout",
-            keep="patch_tokens",
-            batch_size=32,
-            preprocessing="vehicle_crop",
-            progress=progress,
-            overwrite=True,
+        train_set, heldout_set, train_store, heldout_store = _extract(
+            frozen, folder, say, seed, num_train, num_heldout, num_brands, missing, progress
         )
         seconds["features"] = time.perf_counter() - tick
 
@@ -386,6 +353,53 @@ def run_demo(
 
 
 # ---------------------------------------------------------------------- steps
+
+
+def _extract(
+    frozen: FrozenBackbone,
+    folder: Path,
+    say: Echo,
+    seed: int,
+    num_train: int,
+    num_heldout: int,
+    num_brands: int,
+    missing: float,
+    progress: bool,
+) -> tuple[SyntheticVehicles, SyntheticVehicles, FeatureStore, FeatureStore]:
+    """Draw the training and held-out vehicles and extract their features once, on disk."""
+    train_set = SyntheticVehicles(
+        num_train + num_heldout,
+        seed=seed,
+        size=IMAGE_SIZE,
+        num_brands=num_brands,
+        missing=missing,
+    )
+    heldout_set = SyntheticVehicles(
+        num_train + num_heldout, seed=seed, size=IMAGE_SIZE, num_brands=num_brands
+    )
+    say(
+        f"data: {num_train} synthetic vehicles to train on ({100 * missing:.0f}% of each "
+        f"label blanked), {num_heldout} held out, {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} pixels"
+    )
+    say("extracting features once into the feature cache (patch tokens kept for the neck)")
+    # On disk, so that `dinov2-heads train` can train more heads from them afterwards.
+    stores = [
+        extract_features(
+            frozen,
+            Subset(data, rows),
+            path=folder / FILES["features"] / name,
+            keep="patch_tokens",
+            batch_size=32,
+            preprocessing="vehicle_crop",
+            progress=progress,
+            overwrite=True,
+        )
+        for name, data, rows in (
+            ("train", train_set, range(num_train)),
+            ("heldout", heldout_set, range(num_train, num_train + num_heldout)),
+        )
+    ]
+    return train_set, heldout_set, stores[0], stores[1]
 
 
 def _check_settings(

@@ -69,8 +69,8 @@ class HeadCheckpoint:
         class_names: Each head's class names, or ``None`` for a head without names.
         backbone_variant: The official name of the backbone the heads were trained on, or
             ``None`` (custom architecture or not recorded).
-        backbone_fingerprint: :func:`~dinov2_heads.weights_fingerprint` of its weights.
-        backbone_config: Its :class:`~dinov2_heads.BackboneConfig` as a dict.
+        backbone_fingerprint: :func:`~dinov2_heads.fingerprint.weights_fingerprint` of its weights.
+        backbone_config: Its :class:`~dinov2_heads.backbone.BackboneConfig` as a dict.
         n_last_blocks: How many blocks the frozen backbone returned.
         input_size: The training input size (H, W), or ``None``.
         backbone_dtype: The dtype the backbone's weights were stored in when the heads were
@@ -162,9 +162,10 @@ def save_heads(
             fingerprint are recorded so that a deployment can check it has the right one.
         input_size: The training input size, ``224`` or ``(126, 252)`` (H, W).
         extra: Any JSON-serialisable metadata of your own (dataset, metrics, ...).
-        backbone_fingerprint: The backbone's :func:`~dinov2_heads.weights_fingerprint`, when
-            already known: hashing a large backbone takes seconds, so a training loop that
-            saves every epoch computes it once and passes it here.
+        backbone_fingerprint: The backbone's
+            :func:`~dinov2_heads.fingerprint.weights_fingerprint`, when already known:
+            hashing a large backbone takes seconds, so a training loop that saves every epoch
+            computes it once and passes it here.
 
     Returns:
         The path written.
