@@ -196,8 +196,36 @@ def _rotate_hue(image: Tensor, turns: float) -> Tensor:
     return torch.einsum("dc,chw->dhw", matrix, image).clamp(0, 1)
 
 
+class WorkerSeeded:
+    """A transform with its own seeded generator, re-seeded once in each DataLoader worker.
+
+    The class that uses it declares ``generator``, ``_last_seed`` and ``_seeded_in``.
+    """
+
+    generator: torch.Generator | None
+    _last_seed: int | None
+    _seeded_in: int | None
+
+    def reseed(self, seed: int) -> None:
+        """Restart the transform's generator from ``seed``."""
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self._last_seed = int(seed)
+        self._seeded_in = _worker_seed()
+
+    def _stream(self) -> torch.Generator | None:
+        """The generator to draw from, made afresh once in each DataLoader worker process."""
+        worker = _worker_seed()
+        if self._last_seed is not None and worker is not None and worker != self._seeded_in:
+            # Every worker of every epoch starts from the same copy of the main process's
+            # generator; drawing from it as it is would repeat the same augmentations.
+            mixed = (self._last_seed * 1_000_003 + worker) % 2**64
+            self.generator = torch.Generator().manual_seed(mixed)
+            self._seeded_in = worker
+        return self.generator
+
+
 @dataclass
-class TrainTransform:
+class TrainTransform(WorkerSeeded):
     """Image -> augmented, normalised (3, H, W) float32: random resized crop, flip, colour jitter.
 
     Attributes:
@@ -244,23 +272,6 @@ class TrainTransform:
         self._jitter = ColorJitter(self.brightness, self.contrast, self.saturation, self.hue)
         if self.seed is not None:
             self.reseed(self.seed)
-
-    def reseed(self, seed: int) -> None:
-        """Restart the transform's generator from ``seed``."""
-        self.generator = torch.Generator().manual_seed(int(seed))
-        self._last_seed = int(seed)
-        self._seeded_in = _worker_seed()
-
-    def _stream(self) -> torch.Generator | None:
-        """The generator to draw from, made afresh once in each DataLoader worker process."""
-        worker = _worker_seed()
-        if self._last_seed is not None and worker is not None and worker != self._seeded_in:
-            # Every worker of every epoch starts from the same copy of the main process's
-            # generator; drawing from it as it is would repeat the same augmentations.
-            mixed = (self._last_seed * 1_000_003 + worker) % 2**64
-            self.generator = torch.Generator().manual_seed(mixed)
-            self._seeded_in = worker
-        return self.generator
 
     def __call__(self, image: Image.Image | Tensor) -> Tensor:
         """A Pillow image or a (3, H, W) tensor (``uint8`` or float in [0, 1]) -> (3, H, W)."""

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dinov2_heads.data.augment import ColorJitter, _randint, _uniform, _worker_seed
+from dinov2_heads.data.augment import ColorJitter, WorkerSeeded, _randint, _uniform
 from dinov2_heads.data.functional import IMAGENET_MEAN, IMAGENET_STD, _as_pair, normalize, resize
 
 
@@ -40,7 +40,7 @@ def resize_pair(image: Tensor, depth: Tensor, size: int | tuple[int, int]) -> tu
 
 
 @dataclass
-class DepthTransform:
+class DepthTransform(WorkerSeeded):
     """(image, depth) -> (normalised image (3, H, W) float32, depth (1, H, W) float32).
 
     The image is ``uint8`` or float in [0, 1]; the depth is in metres. In order: a random crop
@@ -96,22 +96,6 @@ class DepthTransform:
         return cls(
             flip=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, mean=mean, std=std
         )
-
-    def reseed(self, seed: int) -> None:
-        """Restart the transform's generator from ``seed``."""
-        self.generator = torch.Generator().manual_seed(int(seed))
-        self._last_seed = int(seed)
-        self._seeded_in = _worker_seed()
-
-    def _stream(self) -> torch.Generator | None:
-        worker = _worker_seed()
-        if self._last_seed is not None and worker is not None and worker != self._seeded_in:
-            # Each DataLoader worker gets a copy of the same generator: mix in the worker's
-            # seed so that workers (and epochs) draw different crops and flips.
-            mixed = (self._last_seed * 1_000_003 + worker) % 2**64
-            self.generator = torch.Generator().manual_seed(mixed)
-            self._seeded_in = worker
-        return self.generator
 
     def __call__(self, image: Tensor, depth: Tensor) -> tuple[Tensor, Tensor]:
         """Transform one pair: image (3, H, W), depth (1, H, W) -> the same, cropped to size."""
