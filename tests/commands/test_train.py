@@ -205,6 +205,20 @@ def test_mistakes_are_one_line(
     assert len(error.strip().splitlines()) == 1
 
 
+def test_a_dense_head_is_refused_before_training(
+    stores: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = write_spec(
+        tmp_path / "spec.json", '{"heads": {"body": {"type": "LinearSegmentationHead"}}}'
+    )
+    argv = ["train", str(stores["attributes"]), "--heads", str(spec), "--out", str(tmp_path / "o")]
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert "head 'body'" in error
+    assert "not logits (B, K)" in error
+    assert not (tmp_path / "o" / "heads.pt").exists()
+
+
 def test_a_neck_on_pooled_features_says_to_keep_patch_tokens(
     files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

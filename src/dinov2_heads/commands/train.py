@@ -495,7 +495,7 @@ def _dry_run(heads: MultiHead, store: FeatureStore, device: torch.device, spec: 
     for name, head in heads.items():
         try:
             with torch.no_grad():
-                head(features)
+                output = head(features)
         except (ValueError, TypeError, RuntimeError) as error:
             message = str(error).splitlines()[0] if str(error) else repr(error)
             hint = (
@@ -506,6 +506,13 @@ def _dry_run(heads: MultiHead, store: FeatureStore, device: torch.device, spec: 
             raise ValueError(
                 f"head {name!r} of {spec} cannot read the features of {store.path}: {message}{hint}"
             ) from error
+        if not isinstance(output, torch.Tensor) or output.ndim != 2:
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
+            raise ValueError(
+                f"head {name!r} of {spec} gives {shape} per batch, not logits (B, K): train "
+                "learns one class per image from the store's labels; dense heads (segmentation, "
+                "depth) train on masks or depth maps in your own loop"
+            )
 
 
 def _renamed(batches: Any, label_of: Mapping[str, str]) -> Iterator[tuple[Any, dict[str, Tensor]]]:
