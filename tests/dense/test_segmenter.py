@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from dinov2_heads import DinoVisionTransformer
-from dinov2_heads.dense import SEGMENTATION_PRESETS, Segmenter, get_preset
+from dinov2_heads.dense import Segmenter
 from dinov2_heads.features import Features, FrozenBackbone
 from dinov2_heads.heads import LinearSegmentationHead
 from tests.dense.conftest import tiny_backbone
@@ -174,44 +174,6 @@ def test_bad_input() -> None:
 
 
 # ---------------------------------------------------------------------- presets
-
-
-def test_presets_carry_the_released_settings() -> None:
-    ade = get_preset("ade20k_linear")
-    assert ade.num_classes == 150
-    assert ade.labels.class_names[0] == "wall"
-    assert ade.labels.palette[0] == (120, 120, 120)
-    settings = ade.settings()
-    assert (settings.mode, settings.crop_size, settings.stride) == ("slide", (512, 512), (341, 341))
-    assert settings.scales == (1.0,)
-    assert not settings.flip
-    voc_ms = get_preset("voc2012_ms")
-    assert voc_ms.num_classes == 21
-    assert voc_ms.labels.class_names[0] == "background"
-    assert voc_ms.scales[:3] == (1.0, 1.32, 1.73)  # the notebook's three scales
-    assert voc_ms.flip
-    assert voc_ms.layers == 4
-    head = voc_ms.head(384)
-    assert (head.num_classes, head.layers) == (21, 4)
-    assert head.class_names is not None
-    assert head.class_names[15] == "person"
-    assert set(SEGMENTATION_PRESETS) == {
-        "ade20k_linear",
-        "ade20k_ms",
-        "voc2012_linear",
-        "voc2012_ms",
-    }
-    with pytest.raises(ValueError, match="unknown segmentation preset 'cityscapes'"):
-        get_preset("cityscapes")
-
-
-def test_preset_test_sizes_follow_mmcv_rescale() -> None:
-    ade, voc_ms = get_preset("ade20k_linear"), get_preset("voc2012_ms")
-    assert ade.test_size(512, 683) == (512, 683)
-    assert ade.test_size(375, 500) == (512, 683)  # short side to 512
-    assert ade.test_size(300, 2000) == (307, 2048)  # long side capped at 2048
-    assert voc_ms.test_size(375, 500) == (640, 853)
-    assert voc_ms.test_size(375, 500, ratio=1.32) == (844, 1125)
 
 
 def test_from_preset_with_overrides() -> None:

@@ -34,9 +34,14 @@ class LabelSet:
         return len(self.class_names)
 
 
-# ADE20K (SceneParsing, 150 classes) with mmsegmentation's short names. The released heads
-# were trained with reduce_zero_label, so output k is ADE20K label k + 1 and "other" (label 0)
-# has no output; the colours are the official ADE20K colour map without its entry for 0.
+# ADE20K (SceneParsing, 150 classes) with mmsegmentation's short names, in its order
+# (mmseg/datasets/ade.py), which also start each entry of DINOv2's ADE20K_CLASS_NAMES
+# (dinov2/eval/segmentation/utils/colormaps.py, where synonyms follow after ";"). mmsegmentation
+# spells class 7 "bed " with a trailing space; DINOv2 and this list write "bed". The released
+# heads were trained with reduce_zero_label, so output k is ADE20K label k + 1 and "other"
+# (label 0) has no output. The colours are mmsegmentation's ADE20K palette, which is DINOv2's
+# ADE20K_COLORMAP without its first entry, (0, 0, 0) for label 0; the official palette gives
+# "road" (6) and "skyscraper" (48) the same grey, (140, 140, 140), and so does this one.
 # fmt: off
 ADE20K = LabelSet(
     name="ADE20K",
@@ -89,7 +94,9 @@ ADE20K = LabelSet(
     ),
 )
 
-# PASCAL VOC 2012 (21 classes, background first) with the official colour map.
+# PASCAL VOC 2012 (21 classes, background first): mmsegmentation's names and colours
+# (mmseg/datasets/voc.py), the colour map of the VOC devkit. DINOv2's colormaps.py has the same
+# 21 colours and names, with "" for the background.
 VOC2012 = LabelSet(
     name="VOC2012",
     class_names=(
