@@ -32,6 +32,11 @@ def own_account(args: argparse.Namespace) -> Iterator[None]:
         library.setLevel(previous)
 
 
+def add_images_argument(parser: argparse.ArgumentParser) -> None:
+    """The positional ``IMAGES``: image files or folders (read by :func:`image_paths`)."""
+    parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
+
+
 def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     """``--checkpoint`` (required), ``--variant`` and ``--device``."""
     from dinov2_heads.backbone import list_variants
@@ -157,6 +162,20 @@ def image_paths(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
             f"{', '.join(IMAGE_EXTENSIONS)}"
         )
     return found
+
+
+def unique_name(stem: str, used: set[str]) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``, ... : the first not in ``used``, which it joins.
+
+    Output files are named after their images; two images with one stem (``a/x.jpg``,
+    ``b/x.png``) must not overwrite each other, nor may ``x-2`` taken by an image called so.
+    """
+    name, number = stem, 1
+    while name in used:
+        number += 1
+        name = f"{stem}-{number}"
+    used.add(name)
+    return name
 
 
 class ImageFiles(Dataset[Tensor]):

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dinov2_heads.commands import _common
+from dinov2_heads.commands import _common, _dense
 
 if TYPE_CHECKING:
     from torch import nn
@@ -43,7 +43,7 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
         "image, using a released DINOv2 depth head or your own.\n\n" + EXAMPLE,
         formatter_class=formatter,
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
+    _common.add_images_argument(parser)
     parser.add_argument(
         "--head", required=True, help="a released *_head.pth depth head or a save_heads file"
     )
@@ -55,19 +55,7 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
         help="the head's largest depth in metres (default: 80 for linear heads and KITTI "
         "DPT heads, 10 for other DPT heads)",
     )
-    parser.add_argument(
-        "--mode",
-        choices=("whole", "slide"),
-        default="whole",
-        help="whole: the image in one pass; slide: overlapping --crop-size windows, averaged",
-    )
-    parser.add_argument(
-        "--crop-size", type=int, nargs=2, metavar=("H", "W"), help="window size for --mode slide"
-    )
-    parser.add_argument(
-        "--stride", type=int, nargs=2, metavar=("H", "W"), help="window step for --mode slide"
-    )
-    parser.add_argument("--flip", action="store_true", help="average with the mirrored image")
+    _dense.add_window_arguments(parser, preset=False)
     parser.add_argument(
         "--size", type=int, nargs=2, metavar=("H", "W"), help="resize every image to H x W first"
     )
@@ -97,10 +85,7 @@ def run(args: argparse.Namespace) -> int:
     backbone = _common.load_backbone(args)
     where = next(backbone.parameters()).device
     head = load_depth_head(args.head, backbone.embed_dim, args.max_depth).to(where)
-    settings: dict[str, Any] = {"mode": args.mode, "flip": args.flip}
-    if args.crop_size is not None or args.stride is not None:
-        settings.update(crop_size=args.crop_size, stride=args.stride)
-    depther = Depther(backbone, head, **settings).eval()
+    depther = Depther(backbone, head, **_dense.window_settings(args)).eval()
     paths = _common.image_paths(args.images)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -217,15 +202,11 @@ def load_depth_head(path: str | Path, embed_dim: int, max_depth: float | None = 
 
 
 def _output_names(paths: list[Path]) -> list[str]:
-    """A file name per image: its stem, with -2, -3, ... where stems repeat."""
-    seen: dict[str, int] = {}
-    names = []
-    for path in paths:
-        stem = re.sub(r"[^\w.-]", "_", path.stem) or "image"
-        count = seen.get(stem, 0) + 1
-        seen[stem] = count
-        names.append(stem if count == 1 else f"{stem}-{count}")
-    return names
+    """A file name per image: its stem in safe characters, with -2, -3, ... where taken."""
+    used: set[str] = set()
+    return [
+        _common.unique_name(re.sub(r"[^\w.-]", "_", path.stem) or "image", used) for path in paths
+    ]
 
 
 def _save_npy(path: Path, array: Any) -> None:

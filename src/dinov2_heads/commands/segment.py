@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dinov2_heads.commands import _common
+from dinov2_heads.commands import _common, _dense
 
 if TYPE_CHECKING:
     from torch import nn
@@ -39,7 +39,7 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
         "label PNG and a coloured overlay per image.\n\n" + EXAMPLE,
         formatter_class=formatter,
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
+    _common.add_images_argument(parser)
     parser.add_argument(
         "--heads", required=True, help="a released segmentation head file or a save_heads file"
     )
@@ -58,27 +58,7 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
         help="run at H x W (labels are resized back to each image's size); default: the "
         "preset's test size, else the image's own size",
     )
-    parser.add_argument("--mode", choices=("whole", "slide"), help="override the preset's mode")
-    parser.add_argument(
-        "--crop-size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        help="window size for --mode slide (overrides the preset's)",
-    )
-    parser.add_argument(
-        "--stride",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        help="window step for --mode slide (overrides the preset's)",
-    )
-    parser.add_argument(
-        "--flip",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="average with the mirror image (default: as the preset; off without one)",
-    )
+    _dense.add_window_arguments(parser, preset=True)
     parser.add_argument("--scales", type=float, nargs="+", help="resize ratios to average over")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the labels")
     parser.add_argument(
@@ -108,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     head, class_names, palette = _load_head(args, backbone, preset)
     device = next(backbone.parameters()).device
     head.to(device).eval()
-    segmenter = Segmenter(backbone, head, **_settings(args, preset)).eval()
+    settings = _dense.window_settings(args, preset.settings() if preset else None)
+    segmenter = Segmenter(backbone, head, **settings).eval()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
@@ -135,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
                     probabilities, size=(height, width), mode="bilinear", align_corners=False
                 )
         labels = probabilities[0].argmax(dim=0).cpu()
-        name = _unique(path.stem, used)
+        name = _common.unique_name(path.stem, used)
         save_image(label_image(labels, palette), out / f"{name}.png")
         overlay = overlay_labels(pixels, labels, palette, alpha=args.alpha)
         save_image(overlay, out / f"{name}_overlay.png")
@@ -150,15 +131,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _unique(stem: str, used: set[str]) -> str:
-    name, number = stem, 1
-    while name in used:
-        number += 1
-        name = f"{stem}-{number}"
-    used.add(name)
-    return name
-
-
 def _run_size(
     args: argparse.Namespace, preset: SegmentationPreset | None, height: int, width: int
 ) -> tuple[int, int]:
@@ -167,33 +139,6 @@ def _run_size(
     if preset is not None:
         return preset.test_size(height, width)
     return height, width
-
-
-def _settings(args: argparse.Namespace, preset: SegmentationPreset | None) -> dict[str, Any]:
-    settings: dict[str, Any] = {}
-    if preset is not None:
-        base = preset.settings()
-        settings = {
-            "mode": base.mode,
-            "crop_size": base.crop_size,
-            "stride": base.stride,
-            "flip": base.flip,
-            "scales": base.scales,
-        }
-    if args.mode is not None:
-        settings["mode"] = args.mode
-        if args.mode == "whole":
-            settings.pop("crop_size", None)
-            settings.pop("stride", None)
-    if args.crop_size is not None:
-        settings["crop_size"] = tuple(args.crop_size)
-    if args.stride is not None:
-        settings["stride"] = tuple(args.stride)
-    if args.flip is not None:
-        settings["flip"] = args.flip
-    if args.scales is not None:
-        settings["scales"] = tuple(args.scales)
-    return settings
 
 
 def _load_head(

@@ -1,0 +1,91 @@
+"""The test-time options of the dense commands (``segment``, ``depth``): one set of arguments.
+
+``--mode``, ``--crop-size``, ``--stride`` and ``--flip`` map onto
+:class:`~dinov2_heads.dense.InferenceSettings`, which checks them (a window without
+``--mode slide``, a stride larger than the window) when the predictor is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dinov2_heads.dense import InferenceSettings
+
+
+def add_window_arguments(parser: argparse.ArgumentParser, *, preset: bool) -> None:
+    """``--mode``, ``--crop-size``, ``--stride`` and ``--flip``.
+
+    Args:
+        parser: The command's parser.
+        preset: The command has presets (``segment``): no option has a default of its own, each
+            overrides the preset's value, and ``--no-flip`` turns a preset's flip off. Without
+            presets (``depth``) the mode is ``whole`` and ``--flip`` is off unless given.
+    """
+    from dinov2_heads.dense.inference import MODES
+
+    overrides = " (overrides the preset's)" if preset else ""
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default=None if preset else "whole",
+        help="override the preset's mode"
+        if preset
+        else "whole: the image in one pass; slide: overlapping --crop-size windows, averaged",
+    )
+    parser.add_argument(
+        "--crop-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help=f"window size for --mode slide{overrides}",
+    )
+    parser.add_argument(
+        "--stride",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help=f"window step for --mode slide{overrides}",
+    )
+    if preset:
+        parser.add_argument(
+            "--flip",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="average with the mirror image (default: as the preset; off without one)",
+        )
+    else:
+        parser.add_argument("--flip", action="store_true", help="average with the mirrored image")
+
+
+def window_settings(
+    args: argparse.Namespace, preset: InferenceSettings | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for ``Segmenter`` / ``Depther``: the preset's, then the options given.
+
+    ``--mode whole`` drops the preset's windows; ``--scales`` is read when the command has it.
+    """
+    settings: dict[str, Any] = {}
+    if preset is not None:
+        settings = {
+            "mode": preset.mode,
+            "crop_size": preset.crop_size,
+            "stride": preset.stride,
+            "flip": preset.flip,
+            "scales": preset.scales,
+        }
+    if args.mode is not None:
+        settings["mode"] = args.mode
+        if args.mode == "whole":
+            settings.pop("crop_size", None)
+            settings.pop("stride", None)
+    if args.crop_size is not None:
+        settings["crop_size"] = tuple(args.crop_size)
+    if args.stride is not None:
+        settings["stride"] = tuple(args.stride)
+    if args.flip is not None:
+        settings["flip"] = args.flip
+    if getattr(args, "scales", None) is not None:
+        settings["scales"] = tuple(args.scales)
+    return settings
