@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
+import logging
+from typing import Any
+
 import pytest
 import torch
 
@@ -113,3 +117,53 @@ def test_bad_input() -> None:
         logistic_regression(x, y, pooling="patch_mean")
     with pytest.raises(ValueError, match="labels of shape"):
         logistic_regression(x, y[:-1], c_values=(1.0,))
+
+
+def test_each_c_is_logged_with_its_accuracy_and_the_best_so_far(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    x, y = problem(2, m=300)
+    c_values = (1e-4, 1e-1, 10.0)
+    with caplog.at_level(logging.INFO, logger="dinov2_heads.neighbors.logistic"):
+        result = logistic_regression(x, y, c_values=c_values, progress=False)
+    lines = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "dinov2_heads.neighbors.logistic"
+        and record.getMessage().startswith("C =")
+    ]
+    assert len(lines) == len(c_values)
+    best_c, best = 0.0, -1.0
+    for done, (c, line) in enumerate(zip(c_values, lines, strict=True), 1):
+        accuracy = result.sweep[c]
+        if accuracy > best:
+            best_c, best = c, accuracy
+        assert line == (
+            f"C = {c:.6g} ({done}/3): held-out top-1 {accuracy:.2f} %, "
+            f"best so far {best:.2f} % at C = {best_c:.6g}"
+        )
+    assert best_c == result.best_c
+
+
+def test_progress_counts_every_c_and_is_silent_when_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real_import = builtins.__import__
+
+    def no_tqdm(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("tqdm"):
+            raise ImportError("No module named 'tqdm'")
+        return real_import(name, *args, **kwargs)
+
+    # Without tqdm the progress helper writes log lines: the last one counts every C.
+    monkeypatch.setattr(builtins, "__import__", no_tqdm)
+    x, y = problem(2, m=120)
+    with caplog.at_level(logging.INFO, logger="dinov2_heads.progress"):
+        logistic_regression(x, y, c_values=(1e-2, 1.0, 10.0, 100.0), max_iter=20)
+    shown = [r.getMessage() for r in caplog.records if r.name == "dinov2_heads.progress"]
+    assert shown
+    assert shown[-1].startswith("logistic regression, values of C: 4/4 ")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dinov2_heads.progress"):
+        logistic_regression(x, y, c_values=(1.0,), max_iter=20, progress=False)
+    assert not [r for r in caplog.records if r.name == "dinov2_heads.progress"]

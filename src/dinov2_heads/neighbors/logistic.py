@@ -28,6 +28,7 @@ from dinov2_heads import distributed
 from dinov2_heads.heads import LinearHead
 from dinov2_heads.neighbors.labels import source_labels
 from dinov2_heads.neighbors.pooling import Source, as_matrix, check_pooling
+from dinov2_heads.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ def logistic_regression(
     pooling: str = "class",
     class_names: Sequence[str] | None = None,
     device: torch.device | str | None = None,
+    progress: bool = True,
 ) -> LogisticRegressionResult:
     """The official logistic-regression protocol: sweep C, choose on held-out data, refit.
 
@@ -174,6 +176,9 @@ def logistic_regression(
             stores; the returned head reads the same input (``avgpool`` on for the latter).
         class_names: K names saved with the head.
         device: Where to solve; the features' device by default.
+        progress: Show a progress bar over the values of C (tqdm, or log lines without it;
+            under torchrun on the first process only). Each C tried is also logged (INFO) with
+            its held-out accuracy and the best so far.
 
     Returns:
         A :class:`LogisticRegressionResult` whose ``head`` is a ``LinearHead``.
@@ -194,12 +199,17 @@ def logistic_regression(
         fit_x, fit_y = x, y
         held_x, held_y = _matrix(val_features, val_labels, x.device, pooling)
 
-    mine = {}
-    for index in range(distributed.rank(), len(c_values), distributed.world_size()):
-        c = float(c_values[index])
-        weight, bias = fit_logistic(fit_x, fit_y, c, num_classes=k, max_iter=max_iter, tol=tol)
-        mine[index] = _accuracy(weight, bias, held_x, held_y)
-        logger.info("C = %.6g: held-out top-1 %.2f %%", c, mine[index])
+    mine = _sweep(
+        fit_x,
+        fit_y,
+        held_x,
+        held_y,
+        c_values,
+        num_classes=k,
+        max_iter=max_iter,
+        tol=tol,
+        progress=progress,
+    )
     found: dict[int, float] = {}
     for part in distributed.gather_objects(mine):
         found.update(part)
@@ -222,6 +232,48 @@ def logistic_regression(
     result = LogisticRegressionResult(head, best_c, sweep, test_top1)
     logger.info("logistic regression sweep:\n%s", result.table())
     return result
+
+
+def _sweep(
+    fit_x: Tensor,
+    fit_y: Tensor,
+    held_x: Tensor,
+    held_y: Tensor,
+    c_values: Sequence[float],
+    *,
+    num_classes: int,
+    max_iter: int,
+    tol: float,
+    progress: bool,
+) -> dict[int, float]:
+    """This process's share of the sweep: ``{index of C: held-out top-1 %}``, each C logged."""
+    indices = range(distributed.rank(), len(c_values), distributed.world_size())
+    mine: dict[int, float] = {}
+    best_c, best = 0.0, -1.0
+    with Progress(
+        len(indices),
+        "logistic regression, values of C",
+        enabled=progress and distributed.rank() == 0,
+    ) as bar:
+        for done, index in enumerate(indices, 1):
+            c = float(c_values[index])
+            weight, bias = fit_logistic(
+                fit_x, fit_y, c, num_classes=num_classes, max_iter=max_iter, tol=tol
+            )
+            mine[index] = _accuracy(weight, bias, held_x, held_y)
+            if mine[index] > best:  # the first C wins a tie, as in the final choice
+                best_c, best = c, mine[index]
+            logger.info(
+                "C = %.6g (%d/%d): held-out top-1 %.2f %%, best so far %.2f %% at C = %.6g",
+                c,
+                done,
+                len(indices),
+                mine[index],
+                best,
+                best_c,
+            )
+            bar.update(1)
+    return mine
 
 
 def _matrix(
