@@ -203,6 +203,16 @@ class ImageFiles(Dataset[Tensor]):
         return self.transform(load_image(self.paths[index]))
 
 
+def text_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """``header`` and ``rows`` as left-aligned columns two spaces apart, no trailing spaces."""
+    lines = [list(header), *(list(row) for row in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
 def batched(items: Sequence[Path], size: int) -> Iterable[Sequence[Path]]:
     """``items`` in consecutive chunks of ``size``."""
     if size < 1:

@@ -220,18 +220,16 @@ def _save_npy(path: Path, array: Any) -> None:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     header = ["image", "min m", "median m", "max m", "picture"]
-    cells = [
-        [
-            row["path"],
-            f"{row['min']:.3g}",
-            f"{row['median']:.3g}",
-            f"{row['max']:.3g}",
-            row["picture"],
-        ]
-        for row in rows
-    ]
-    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        for line in [header, *cells]
+    return _common.text_table(
+        header,
+        (
+            [
+                row["path"],
+                f"{row['min']:.3g}",
+                f"{row['median']:.3g}",
+                f"{row['max']:.3g}",
+                row["picture"],
+            ]
+            for row in rows
+        ),
     )

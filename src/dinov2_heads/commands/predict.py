@@ -190,17 +190,14 @@ def _rows(paths: Sequence[Path], per_head: Mapping[str, Prediction]) -> list[dic
 
 
 def _table(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> str:
-    cells = [
-        [str(row["path"])]
-        + [
-            ", ".join(f"{top['label']} {top['probability']:.2f}" for top in row["heads"][name])
-            for name in names
-        ]
-        for row in rows
-    ]
-    header = ["image", *names]
-    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        for line in [header, *cells]
+    return _common.text_table(
+        ["image", *names],
+        (
+            [str(row["path"])]
+            + [
+                ", ".join(f"{top['label']} {top['probability']:.2f}" for top in row["heads"][name])
+                for name in names
+            ]
+            for row in rows
+        ),
     )
