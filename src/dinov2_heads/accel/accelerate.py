@@ -6,6 +6,7 @@ import logging
 
 from torch import nn
 
+from dinov2_heads.accel import norm_ops
 from dinov2_heads.accel.block import FastBlock
 from dinov2_heads.accel.fallback import KernelFallback
 from dinov2_heads.accel.layer_norm import FastLayerNorm
@@ -29,7 +30,7 @@ FAST_VERSIONS: dict[type[nn.Module], type[nn.Module]] = {
 _NORM_OWNERS = (DinoVisionTransformer, FastVisionTransformer, Block, FastBlock)
 
 
-def accelerate(model: nn.Module) -> list[str]:
+def accelerate(model: nn.Module, *, compiled_kernels: bool = False) -> list[str]:
     """Swap the modules of ``model`` for their fast versions, in place; returns their names.
 
     Each module of exactly one of the classes of :data:`FAST_VERSIONS` (the backbone itself,
@@ -46,6 +47,14 @@ def accelerate(model: nn.Module) -> list[str]:
     Args:
         model: Any module holding a :class:`~dinov2_heads.DinoVisionTransformer` (or its parts),
             or the backbone itself.
+        compiled_kernels: Also put the Triton LayerNorm and residual kernels into the graphs
+            ``torch.compile`` captures on a GPU, as the custom operators of
+            :mod:`~dinov2_heads.accel.norm_ops` (registered now, importing Triton), instead of
+            the plain computation that Inductor compiles itself. Opt-in until measured
+            (``benchmarks/eager_speedups.py``, candidate ``custom-op+compile``). ``True`` applies
+            to every fast module of ``model``, swapped now or before; ``False`` leaves modules
+            swapped before as they are. Where the operators cannot be registered (no Triton),
+            one warning says why and graphs compute the plain way.
 
     Returns:
         The names (as ``model.named_modules()`` gives them; ``""`` is ``model`` itself) of the
@@ -64,6 +73,8 @@ def accelerate(model: nn.Module) -> list[str]:
             f"accelerate expects an nn.Module, got {type(model).__name__}; pass the backbone "
             "or a model that holds it"
         )
+    if not isinstance(compiled_kernels, bool):
+        raise TypeError(f"compiled_kernels must be True or False, got {compiled_kernels!r}")
     owned_norms: set[int] = set()
     swapped = []
     for name, module in model.named_modules():
@@ -81,4 +92,20 @@ def accelerate(model: nn.Module) -> list[str]:
         swapped.append(name)
     if swapped:
         logger.info("accelerate: %d modules swapped for their fast versions", len(swapped))
+    if compiled_kernels:
+        _keep_kernels_in_graphs(model)
     return swapped
+
+
+def _keep_kernels_in_graphs(model: nn.Module) -> None:
+    reason = norm_ops.register()
+    if reason is not None:
+        logger.warning(
+            "accelerate(compiled_kernels=True): %s; compiled graphs compute the LayerNorms and "
+            "residual additions with PyTorch's operations",
+            reason,
+        )
+        return
+    for module in model.modules():
+        if isinstance(module, KernelFallback):
+            module.compiled_kernels = True

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
-from dinov2_heads.backbone.tracing import is_tracing
+from dinov2_heads.backbone.tracing import is_exporting, is_tracing
 
 #: Device types on which the fast modules take their fast computations; the tests add "cpu"
 #: to check the arithmetic there.
@@ -27,6 +27,11 @@ def on_fast_device(x: Tensor) -> bool:
 def runs_fast(x: Tensor) -> bool:
     """Whether a fast module takes its fast computation for ``x``: a GPU, not tracing."""
     return on_fast_device(x) and not is_tracing()
+
+
+def captured_by_compile() -> bool:
+    """True while ``torch.compile`` traces the model into a graph (``torch.export`` excluded)."""
+    return torch.compiler.is_compiling() and not is_exporting()
 
 
 def needs_grad(*tensors: Tensor | None) -> bool:

@@ -13,7 +13,8 @@ in one pass:
 
 The callers (:class:`~dinov2_heads.accel.FastLayerNorm`, :class:`~dinov2_heads.accel.FastBlock`)
 check :func:`norm_usable` / :func:`branch_usable` first and compute with PyTorch otherwise.
-Triton is imported on the first launch, not before.
+Triton is imported on the first launch, not before. Inside graphs that ``torch.compile``
+captures, the same launches run as the custom operators of :mod:`dinov2_heads.accel.norm_ops`.
 """
 
 from __future__ import annotations
@@ -37,24 +38,39 @@ def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def triton_installed() -> bool:
+    """Whether Triton is installed (looked up once, without importing it)."""
+    return _triton_installed()
+
+
 def kernels_available(x: Tensor) -> bool:
     """Whether the kernel can run on ``x``: Triton installed, and a GPU tensor (or a CPU one
     under Triton's interpreter, ``TRITON_INTERPRET=1``, which the tests use without a GPU)."""
-    if not _triton_installed() or not plain_tensors(x):
+    if not triton_installed() or not plain_tensors(x):
         return False
     return x.is_cuda or (x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def norm_usable(norm: nn.LayerNorm, x: Tensor) -> bool:
+    """Whether the kernel computes ``norm(x)`` here and now: :func:`norm_computable`, on a
+    tensor the kernel can read (:func:`kernels_available`)."""
+    return (
+        kernels_available(x) and plain_tensors(norm.weight, norm.bias) and norm_computable(norm, x)
+    )
+
+
+def norm_computable(norm: nn.LayerNorm, x: Tensor) -> bool:
     """Whether the kernel computes ``norm(x)``: an affine LayerNorm over the last dimension of
-    a float tensor of its dtype, with no autograd recording (the kernel has no backward)."""
+    a float tensor of its dtype, with no autograd recording (the kernel has no backward).
+
+    Where the kernel runs is :func:`kernels_available`'s question; this one holds while
+    ``torch.compile`` traces too.
+    """
     weight, bias = norm.weight, norm.bias
     return (
         weight is not None
         and bias is not None
-        and kernels_available(x)
         and not needs_grad(x, weight, bias)
-        and plain_tensors(weight, bias)
         and len(norm.normalized_shape) == 1
         and x.shape[-1] == norm.normalized_shape[0]
         and x.dtype in _DTYPES
@@ -64,14 +80,24 @@ def norm_usable(norm: nn.LayerNorm, x: Tensor) -> bool:
 
 
 def branch_usable(x: Tensor, branch: Tensor, gamma: Tensor | None) -> bool:
-    """Whether the kernel computes ``x + gamma * branch`` (``x + branch`` without gamma)."""
+    """Whether the kernel computes ``x + gamma * branch`` (``x + branch`` without gamma) here
+    and now: :func:`branch_computable`, on tensors the kernel can read."""
     return (
         kernels_available(x)
-        and not needs_grad(x, branch, gamma)
         and plain_tensors(branch, gamma)
+        and branch_computable(x, branch, gamma)
+    )
+
+
+def branch_computable(x: Tensor, branch: Tensor, gamma: Tensor | None) -> bool:
+    """Whether the kernel computes ``x + gamma * branch``: tensors of one shape, dtype and
+    device, with no autograd recording; holds while ``torch.compile`` traces too."""
+    return (
+        not needs_grad(x, branch, gamma)
         and branch.shape == x.shape
         and branch.dtype == x.dtype
         and branch.device == x.device
+        and (gamma is None or gamma.shape == x.shape[-1:])
         and x.dtype in _DTYPES
         and x.numel() > 0
     )
@@ -92,6 +118,30 @@ def launch(
     launch configuration; ``benchmarks/norm_kernels.py`` times the alternatives. Raises
     whatever Triton raises when the kernel cannot be built or launched here.
     """
+    if norm is None:
+        return launch_parts(
+            x, branch, gamma, None, block_elements=block_elements, num_warps=num_warps
+        )
+    return launch_parts(
+        x,
+        branch,
+        gamma,
+        (norm.weight, norm.bias, norm.eps),
+        block_elements=block_elements,
+        num_warps=num_warps,
+    )
+
+
+def launch_parts(
+    x: Tensor,
+    branch: Tensor | None,
+    gamma: Tensor | None,
+    norm: tuple[Tensor, Tensor, float] | None,
+    *,
+    block_elements: int = 8192,
+    num_warps: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`launch` with the LayerNorm given as its (weight, bias, eps)."""
     from dinov2_heads.accel.triton_norm import norm_kernel
 
     width = x.shape[-1]
@@ -103,6 +153,7 @@ def launch(
         total = torch.empty_like(x2)
     else:
         branch2, total = x2, x2
+    weight, bias, eps = norm if norm is not None else (x2, x2, 0.0)
     block_width = 1 << (width - 1).bit_length()  # the next power of two
     # About block_elements per program: several short rows, or one long row.
     block_rows = max(1, min(16, block_elements // block_width))
@@ -115,13 +166,15 @@ def launch(
             x2,
             branch2,
             gamma if gamma is not None else x2,
-            norm.weight if norm is not None else x2,
-            norm.bias if norm is not None else x2,
+            weight,
+            bias,
+            # The pointers of a result not computed are not written to: the kernel's
+            # constexpr flags leave those stores out.
             total,
             out,
             rows,
             width,
-            norm.eps if norm is not None else 0.0,
+            eps,
             HAS_BRANCH=branch is not None,
             HAS_GAMMA=gamma is not None,
             WRITE_NORM=norm is not None,

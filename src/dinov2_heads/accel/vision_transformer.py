@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from dinov2_heads.accel.conditions import runs_fast
+from dinov2_heads.accel.fallback import failures_summarised
 from dinov2_heads.backbone import DinoVisionTransformer
 from dinov2_heads.backbone.pos_resample import resample_pos_table
+from dinov2_heads.backbone.vision_transformer import BlockSelection
 
 
 class FastVisionTransformer(DinoVisionTransformer):
@@ -18,7 +22,24 @@ class FastVisionTransformer(DinoVisionTransformer):
     small resampling matrices (:func:`~dinov2_heads.backbone.pos_resample.resample_pos_table`)
     runs here in float64, so that TF32 matrix products cannot round it: exact to 1e-7. Off the
     GPU, and while tracing, this is the plain model.
+
+    Kernels that fail in its modules during one forward pass are logged as one warning per
+    cause (:func:`~dinov2_heads.accel.fallback.failures_summarised`), not one per module.
     """
+
+    def forward_features(self, x: Tensor, masks: Tensor | None = None) -> dict[str, Any]:
+        if not runs_fast(x):
+            return super().forward_features(x, masks)
+        with failures_summarised():
+            return super().forward_features(x, masks)
+
+    def get_intermediate_tokens(
+        self, x: Tensor, n: BlockSelection = 1, *, norm: bool = True
+    ) -> tuple[Tensor, ...]:
+        if not runs_fast(x):
+            return super().get_intermediate_tokens(x, n, norm=norm)
+        with failures_summarised():
+            return super().get_intermediate_tokens(x, n, norm=norm)
 
     def _resize_pos_table(self, table: Tensor, grid_h: int, grid_w: int) -> Tensor:
         if not runs_fast(table):

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from dinov2_heads import accel
 from dinov2_heads.accel.conditions import runs_fast
+from dinov2_heads.accel.fallback import failures_summarised
 from dinov2_heads.backbone import DinoVisionTransformer
 from dinov2_heads.backbone.vision_transformer import check_finite_images, check_float_images
 from dinov2_heads.features.features import BlockKey, BlockTokens, Features
@@ -251,7 +252,10 @@ class FrozenBackbone(nn.Module):
                 self._mark_dynamic(x, grid)
                 tokens, extra = self._compiled_tokens()(x)
             else:
-                tokens, extra = self._all_tokens(x)
+                # One warning per cause for kernels that fail anywhere in the pass, the final
+                # norm applied here included.
+                with failures_summarised():
+                    tokens, extra = self._all_tokens(x)
         class_tokens, patch_tokens, registers = tokens
         return Features.from_tokens(
             [t.float() for t in class_tokens],
