@@ -18,17 +18,31 @@ chose what they now do (see docs/performance.md):
 - ``fold+gelu`` and ``fold+gelu+cudnn``: the changes a library default could keep (no CUDA
   graph, which fixes the input shape);
 - ``all``: every change above together;
+- ``fp8`` / ``fp8-rowwise``: the linear layers of the blocks (``qkv``, ``proj``, ``fc1``,
+  ``fc2``) as FP8 (e4m3) matrix products, ``torch._scaled_mm``, with one float32 scale per
+  tensor, or one per token and per output channel; weights quantised once, activations on each
+  call (by a function compiled with ``dynamic=True``, one graph for every shape). Only on
+  compute capability 8.9 and later (H100, H200, L40); elsewhere the row says it was skipped;
 - ``compiled-static`` / ``compiled-dynamic``: ``torch.compile`` for the input shape only, and
   with dynamic batch, height and width (what ``FrozenBackbone(compile=True)`` uses once a second
-  image size is seen), with the compilation time.
+  image size is seen), with the compilation time;
+- ``custom-op+compile``: ``compiled-static`` with the Triton LayerNorm and residual kernels kept
+  in the graph as custom operators (``accelerate(model, compiled_kernels=True)``) instead of
+  Inductor's own code for them; its note (and ``compiled-static``'s) counts the kernel launches
+  per forward pass, which says whether the operators ran.
 
-Run on a CUDA machine (about a minute on one H100)::
+Each candidate is timed on the large batches (ViT-S/14 b256, ViT-L/14 b128), and ``bf16``,
+``bf16-plain`` and ``cuda-graph`` also on small ones (b1 and b8), where launch overhead counts.
+
+Run on a CUDA machine (about four minutes on one H200, most of it compiling)::
 
     python benchmarks/eager_speedups.py
     python benchmarks/eager_speedups.py --json
 
 ``--smoke`` runs every candidate that works on CPU on a one-block model with tiny images and the
-``eager`` compile backend, in seconds (the test suite does this); its figures mean nothing.
+``eager`` compile backend, in seconds (the test suite does this); its figures mean nothing. The
+FP8 rows run there too, through a float32 stand-in for the FP8 matrix product (the same
+quantised inputs and scales), untimed: they check the quantisation and the module swap.
 """
 
 from __future__ import annotations
@@ -50,8 +64,8 @@ import torch
 from torch import Tensor, nn
 
 from dinov2_heads import DinoVisionTransformer, create_backbone
-from dinov2_heads.accel import accelerate
-from dinov2_heads.layers import LayerScale, Mlp
+from dinov2_heads.accel import accelerate, norm_kernels, norm_ops
+from dinov2_heads.layers import Attention, LayerScale, Mlp
 
 # The benchmarks folder is not a package: its scripts import each other from this folder.
 sys.path.append(str(Path(__file__).resolve().parent))
@@ -67,10 +81,21 @@ CANDIDATES = [
     "fold+gelu",
     "fold+gelu+cudnn",
     "all",
+    "fp8",
+    "fp8-rowwise",
     "compiled-static",
+    "custom-op+compile",
     "compiled-dynamic",
 ]
 CUDA_ONLY = {"cuda-graph"}
+#: Candidates that need FP8 matrix units (compute capability 8.9 and later).
+FP8 = {"fp8", "fp8-rowwise"}
+#: Candidates that compile the forward pass (their first call is timed as compile_s).
+COMPILED = {"compiled-static", "custom-op+compile", "compiled-dynamic"}
+#: The candidates also timed at small batch sizes, where launches rather than FLOPs count.
+SMALL_BATCH_CANDIDATES = ["bf16", "bf16-plain", "cuda-graph"]
+FP8_MIN_CAPABILITY = (8, 9)
+FP8_SKIPPED = "skipped: needs compute capability 8.9+"
 #: The changes each candidate makes.
 CHANGES: dict[str, set[str]] = {
     "bf16": set(),
@@ -82,7 +107,10 @@ CHANGES: dict[str, set[str]] = {
     "fold+gelu": {"fold", "gelu"},
     "fold+gelu+cudnn": {"fold", "gelu", "cudnn"},
     "all": {"fold", "gelu", "cudnn", "graph"},
+    "fp8": {"fp8"},
+    "fp8-rowwise": {"fp8", "rowwise"},
     "compiled-static": set(),
+    "custom-op+compile": {"custom-op"},
     "compiled-dynamic": set(),
 }
 
@@ -165,6 +193,171 @@ def cuda_graph(forward: Callable[[Tensor], Any], example: Tensor) -> Callable[[T
     return replay
 
 
+# ---------------------------------------------------------------------------- FP8
+
+#: The largest finite float8 e4m3 value.
+E4M3_MAX = 448.0
+
+
+def fp8_scale(t: Tensor, *, rowwise: bool) -> Tensor:
+    """float32 scale(s) that map ``t`` into e4m3's range: one (a 0-dim tensor), or one per row
+    (R, 1) when ``rowwise``. ``t / scale`` then has its largest magnitude at 448."""
+    amax = t.abs().amax(dim=-1, keepdim=True) if rowwise else t.abs().amax()
+    return (amax.float() / E4M3_MAX).clamp(min=1e-12)
+
+
+def quantize_fp8(t: Tensor, rowwise: bool) -> tuple[Tensor, Tensor]:
+    """(``t`` in float8 e4m3, its float32 scale): ``t`` is about ``q.float() * scale``.
+
+    Clamped to e4m3's range first: a cast of a value past 448 would give NaN on some devices.
+    """
+    scale = fp8_scale(t, rowwise=rowwise)
+    quantized = (t.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return quantized, scale
+
+
+def fp8_capable(device: torch.device) -> bool:
+    """Whether ``device`` has FP8 matrix units for ``torch._scaled_mm`` (8.9 and later)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_MIN_CAPABILITY
+
+
+def emulated_scaled_mm(
+    a: Tensor,
+    b: Tensor,
+    scale_a: Tensor,
+    scale_b: Tensor,
+    bias: Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+) -> Tensor:
+    """``torch._scaled_mm``'s result, computed in float32 from the same FP8 inputs and scales.
+
+    The stand-in for devices without FP8 matrix units (the smoke run): the rounding to e4m3 is
+    the real one, the products and sums are exact in float32.
+    """
+    out = (a.float() * scale_a) @ (b.float() * scale_b)
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype)
+
+
+def fp8_matmul(device: torch.device) -> Callable[..., Tensor]:
+    """``torch._scaled_mm`` where the device has FP8 matrix units, else the float32 stand-in."""
+    if not fp8_capable(device):
+        return emulated_scaled_mm
+
+    def scaled_mm(
+        a: Tensor,
+        b: Tensor,
+        scale_a: Tensor,
+        scale_b: Tensor,
+        bias: Tensor | None = None,
+        out_dtype: torch.dtype = torch.bfloat16,
+    ) -> Tensor:
+        return torch._scaled_mm(
+            a,
+            b,
+            scale_a=scale_a,
+            scale_b=scale_b,
+            bias=bias,
+            out_dtype=out_dtype,
+            use_fast_accum=True,
+        )
+
+    return scaled_mm
+
+
+class Fp8Linear(nn.Module):
+    """``nn.Linear`` as an FP8 matrix product: (..., K) -> (..., N).
+
+    The weight (N, K) is quantised once to e4m3 with its scale (one, or one per output
+    channel); each call quantises the input the same way (one scale, or one per token) and
+    runs ``matmul`` (``torch._scaled_mm`` or :func:`emulated_scaled_mm`), with the bias in the
+    product where the device allows it (added after it otherwise). The output has the input's
+    dtype.
+    """
+
+    def __init__(
+        self,
+        linear: nn.Linear,
+        *,
+        rowwise: bool,
+        quantize: Callable[[Tensor, bool], tuple[Tensor, Tensor]],
+        matmul: Callable[..., Tensor],
+    ) -> None:
+        super().__init__()
+        weight, scale = quantize_fp8(linear.weight.detach(), rowwise)
+        self.register_buffer("weight", weight)  # (N, K) row-major: column-major as K x N
+        self.register_buffer("weight_scale", scale.reshape(1, -1) if rowwise else scale)
+        bias = linear.bias.detach() if linear.bias is not None else None
+        self.register_buffer("bias", bias)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.rowwise, self.quantize, self.matmul = rowwise, quantize, matmul
+        #: Whether the bias goes into the product; cleared when the device refuses it.
+        self.bias_in_product = bias is not None
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.reshape(-1, self.in_features)  # (M, K)
+        quantized, scale = self.quantize(flat, self.rowwise)
+        weight_t = self.weight.t()  # (K, N), column-major as _scaled_mm wants it
+        out: Tensor | None = None
+        if self.bias_in_product:
+            try:
+                out = self.matmul(
+                    quantized, weight_t, scale, self.weight_scale, self.bias, out_dtype=x.dtype
+                )
+            except RuntimeError:  # this device or scaling refuses a bias: add it after
+                self.bias_in_product = False
+        if out is None:
+            out = self.matmul(quantized, weight_t, scale, self.weight_scale, out_dtype=x.dtype)
+            if self.bias is not None:
+                out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def use_fp8(
+    model: DinoVisionTransformer,
+    *,
+    rowwise: bool,
+    quantize: Callable[[Tensor, bool], tuple[Tensor, Tensor]],
+    matmul: Callable[..., Tensor],
+) -> int:
+    """Swap each block's ``qkv``, ``proj``, ``fc1`` and ``fc2`` for :class:`Fp8Linear`, on
+    the model's device and dtype; returns how many were swapped."""
+    swapped = 0
+    for block in model.blocks:
+        owners: list[tuple[nn.Module, tuple[str, ...]]] = []
+        if isinstance(block.attn, Attention):
+            owners.append((block.attn, ("qkv", "proj")))
+        if isinstance(block.mlp, Mlp):
+            owners.append((block.mlp, ("fc1", "fc2")))
+        for owner, names in owners:
+            for name in names:
+                linear = getattr(owner, name)
+                if type(linear) is nn.Linear:
+                    fp8 = Fp8Linear(linear, rowwise=rowwise, quantize=quantize, matmul=matmul)
+                    setattr(owner, name, fp8)
+                    swapped += 1
+    return swapped
+
+
+@contextlib.contextmanager
+def counted_kernel_launches() -> Iterator[list[int]]:
+    """Count the launches of the Triton norm kernel inside (eager, or by the custom operators
+    in a compiled graph); the count is the list's one element."""
+    count = [0]
+    original = norm_kernels.launch_parts
+
+    def counting(*args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        count[0] += 1
+        return original(*args, **kwargs)
+
+    norm_kernels.launch_parts = counting
+    try:
+        yield count
+    finally:
+        norm_kernels.launch_parts = original
+
+
 # ---------------------------------------------------------------------------- one case
 
 
@@ -194,6 +387,9 @@ def build_run(
     """Apply ``candidate`` to a float32 ``model`` and return (bf16 forward, what was changed).
 
     The model is accelerated first (the default path; not for ``bf16-plain``), then changed.
+    The FP8 candidates use ``torch._scaled_mm`` on a device with FP8 matrix units and the
+    float32 stand-in elsewhere (:func:`fp8_matmul`); their activation quantisation is compiled
+    with ``compile_backend``.
     """
     notes = []
     changes = CHANGES[candidate]
@@ -203,9 +399,23 @@ def build_run(
         notes.append(f"{fold_layer_scale(model)} LayerScales folded")
     if "gelu" in changes:
         notes.append(f"{use_gelu_epilogue(model)} MLPs with the GELU epilogue")
+    if "custom-op" in changes:
+        reason = norm_ops.register()
+        if reason is None:
+            accelerate(model, compiled_kernels=True)
+        else:
+            notes.append(f"no custom operators ({reason}): compiled plain")
     model.to(device=device, dtype=torch.bfloat16).eval().requires_grad_(False)
+    if "fp8" in changes:
+        rowwise = "rowwise" in changes
+        quantize = torch.compile(quantize_fp8, backend=compile_backend, dynamic=True)
+        matmul = fp8_matmul(device)
+        count = use_fp8(model, rowwise=rowwise, quantize=quantize, matmul=matmul)
+        scales = "per-token and per-channel scales" if rowwise else "per-tensor scales"
+        how = "torch._scaled_mm" if matmul is not emulated_scaled_mm else "float32 stand-in"
+        notes.append(f"{count} linear layers in FP8 e4m3, {scales}, {how}")
     forward: Callable[[Tensor], Any] = model.forward_features
-    if candidate.startswith("compiled"):
+    if candidate in COMPILED:
         dynamic = candidate == "compiled-dynamic"
         forward = torch.compile(forward, backend=compile_backend, dynamic=dynamic)
     attention = cudnn_attention_first if "cudnn" in changes else contextlib.nullcontext
@@ -233,8 +443,17 @@ def run_case(
     iters: int,
     compile_backend: str,
     log: Callable[[str], None],
+    smoke: bool = False,
+    deadline: float | None = None,
+    compile_reserve_s: float = 0.0,
 ) -> list[Result]:
-    """Every candidate on one (variant, batch), with the same weights and images."""
+    """Every candidate on one (variant, batch), with the same weights and images.
+
+    A candidate that would start after ``deadline`` (``time.monotonic()``; a compiled one with
+    less than ``compile_reserve_s`` left before it) is skipped and says so. Without FP8 matrix
+    units the FP8 candidates are skipped too, except in a ``smoke`` run, which runs them
+    through the float32 stand-in to check their errors, untimed.
+    """
     torch.manual_seed(0)
     base = create_backbone(variant, **overrides)
     _spread_weights(base)
@@ -250,16 +469,32 @@ def run_case(
         if candidate in CUDA_ONLY and device.type != "cuda":
             result.note = "needs CUDA"
             continue
+        untimed = candidate in FP8 and not fp8_capable(device)
+        if untimed and not smoke:
+            result.note = FP8_SKIPPED
+            continue
+        reserve = compile_reserve_s if candidate in COMPILED else 0.0
+        if deadline is not None and time.monotonic() + reserve > deadline:
+            result.note = "skipped: out of time budget"
+            continue
         log(f"{variant} b{batch} {candidate}")
         model = create_backbone(variant, **overrides)
         model.load_state_dict(state)
         try:
             start = time.perf_counter()
             run, result.note = build_run(candidate, model, device, images, compile_backend)
-            out = run(images)
-            if candidate.startswith("compiled"):
+            with counted_kernel_launches() as launches:
+                out = run(images)
+            if any(isinstance(m, Fp8Linear) and not m.bias_in_product for m in model.modules()):
+                result.note += "; bias added after the FP8 product"
+            if candidate in COMPILED:
                 result.compile_s = time.perf_counter() - start
-            timing = bt.measure(run, images, warmup=warmup, iters=iters)
+                launched = f"{launches[0]} Triton norm kernel launches per pass"
+                result.note = f"{result.note}; {launched}" if result.note else launched
+            if untimed:
+                result.note = f"{FP8_SKIPPED}; smoke run: {result.note}, untimed"
+            else:
+                timing = bt.measure(run, images, warmup=warmup, iters=iters)
         except (RuntimeError, NotImplementedError) as error:
             result.note = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
             continue
@@ -271,6 +506,8 @@ def run_case(
         result.patch_rel = _relative_error(
             out["x_norm_patchtokens"], reference["x_norm_patchtokens"]
         )
+        if untimed:
+            continue
         median = statistics.median(timing.seconds)
         result.median_ms = median * 1e3
         result.images_per_s = batch / median
@@ -333,6 +570,14 @@ def without_nan(row: dict[str, Any]) -> dict[str, Any]:
     return {k: None if isinstance(v, float) and v != v else v for k, v in row.items()}
 
 
+def small_batch_cases(smoke: bool) -> list[tuple[str, int]]:
+    """The (variant, batch) cases of :data:`SMALL_BATCH_CANDIDATES`: b1 and b8 of ViT-S/14 and
+    ViT-L/14 (b1 of the one-block model for a smoke run)."""
+    if smoke:
+        return [("dinov2_vits14", 1)]
+    return [(variant, batch) for variant in ("dinov2_vits14", "dinov2_vitl14") for batch in (1, 8)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -342,6 +587,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--candidates", nargs="+", choices=CANDIDATES, default=CANDIDATES, metavar="NAME"
     )
     parser.add_argument("--iters", type=int, default=20, help="timed forward passes per case")
+    parser.add_argument(
+        "--skip-small-batches",
+        action="store_true",
+        help="leave out the b1 and b8 cases (bf16, bf16-plain, cuda-graph)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return parser
 
@@ -359,14 +609,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     else:
         overrides, size, warmup, iters, backend = {}, (224, 224), 3, args.iters, "inductor"
         cases = [("dinov2_vits14", 256), ("dinov2_vitl14", 128)]
+    small = [c for c in SMALL_BATCH_CANDIDATES if c in candidates]
+    plan = [(variant, batch, candidates) for variant, batch in cases]
+    if not args.skip_small_batches:
+        plan += [(variant, batch, small) for variant, batch in small_batch_cases(args.smoke)]
     progress = (lambda text: print(text, file=sys.stderr)) if args.json else print
     env = bt.environment(device)
     results: list[Result] = []
-    for variant, batch in cases:
+    for variant, batch, chosen in plan:
         results += run_case(
             variant,
             batch,
-            candidates=candidates,
+            candidates=chosen,
             device=device,
             size=size,
             overrides=overrides,
@@ -374,6 +628,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             iters=iters,
             compile_backend=backend,
             log=lambda text: print(text, file=sys.stderr),
+            smoke=args.smoke,
         )
     progress(f"# Uncompiled bf16 speed-ups on {env.get('gpu', 'CPU')} (torch {env['torch']})\n")
     progress(format_table(results))

@@ -1,7 +1,7 @@
 """One run on a lent GPU: bf16/fp16 feature accuracy against fp32, then the throughput table.
 
-Run on a CUDA machine (about 3 to 4 minutes on one H100; stops starting new cases after
-``--budget-s``)::
+Run on a CUDA machine (about 4 to 5 minutes on one H100 or H200; stops starting new cases
+after ``--budget-s``)::
 
     python benchmarks/gpu_check.py                     # table
     python benchmarks/gpu_check.py --json > gpu.json   # everything as JSON
@@ -21,8 +21,10 @@ Run on a CUDA machine (about 3 to 4 minutes on one H100; stops starting new case
    scales the official autocast reference to this card for the 1.4x target.
 3. With the budget left, the candidate speed-ups of the uncompiled bf16 path from
    ``benchmarks/eager_speedups.py`` on the same cases (LayerScale folded, cuDNN attention,
-   the GELU epilogue, CUDA graphs, all together, and compiled with dynamic shapes), each
-   against plain bf16 with its error against float32.
+   the GELU epilogue, CUDA graphs, all together, FP8 linear layers on cards with FP8 matrix
+   units, and compiled plain against compiled with the Triton kernels kept as custom
+   operators), each against the default bf16 path with its error against float32; then
+   ``bf16``, ``bf16-plain`` and CUDA graphs at batch 1 and 8.
 
 ``--smoke`` runs the same code on CPU with one block, tiny images and no compilation, in a few
 seconds (the test suite does this).
@@ -92,6 +94,22 @@ MODES = [
 ]
 #: Seconds of budget a compiled mode needs left to start.
 COMPILE_RESERVE_S = 75.0
+#: The candidates of ``benchmarks/eager_speedups.py`` run here on the large batches, the ones
+#: not measured before first: FP8, then compiled plain against compiled with the Triton kernels
+#: as custom operators. ``gelu-epilogue`` is in the default path now (``fold+gelu`` is
+#: ``fold-layerscale``), ``compiled-dynamic`` ran slower than the static graph, and
+#: ``bf16-plain`` is a row of the throughput table.
+CANDIDATES = [
+    "bf16",
+    "fp8",
+    "fp8-rowwise",
+    "cuda-graph",
+    "cudnn-attention",
+    "compiled-static",
+    "custom-op+compile",
+    "fold-layerscale",
+    "all",
+]
 
 
 def check_case(
@@ -281,22 +299,22 @@ def _candidates(
 ) -> list[Any]:
     """``benchmarks/eager_speedups.py`` on the same cases, with what is left of the budget.
 
-    The compiled candidates need a compilation each, so they run only with
-    ``COMPILE_RESERVE_S`` in hand; a case that cannot start in time is named in ``notes``.
+    The :data:`CANDIDATES`, in that order; a compiled one starts only with ``COMPILE_RESERVE_S``
+    in hand (none in a smoke run). The small-batch cases (b1, b8: ``bf16``, ``bf16-plain``,
+    CUDA graphs) follow. A candidate or case that cannot start in time says so.
     """
     rows: list[Any] = []
-    for variant, batch in cases:
+    plan = [(variant, batch, False) for variant, batch in cases]
+    plan += [(variant, batch, True) for variant, batch in speedups.small_batch_cases(smoke)]
+    for variant, batch, small in plan:
         left = deadline - time.monotonic()
         if left <= 0:
             notes.append(f"out of time budget, no candidate speed-ups for {variant} b{batch}")
             continue
-        # compiled-static and bf16-plain are rows of the throughput table already.
-        candidates = [
-            c
-            for c in speedups.CANDIDATES
-            if c not in ("compiled-static", "bf16-plain")
-            and (not c.startswith("compiled") or (not smoke and left > 2 * COMPILE_RESERVE_S))
-        ]
+        if small:
+            candidates = list(speedups.SMALL_BATCH_CANDIDATES)
+        else:
+            candidates = [c for c in CANDIDATES if c not in speedups.COMPILED or not smoke]
         if smoke:
             candidates = [c for c in candidates if c not in speedups.CUDA_ONLY]
         rows += speedups.run_case(
@@ -308,8 +326,11 @@ def _candidates(
             overrides=overrides,
             warmup=0 if smoke else 3,
             iters=1 if smoke else 10,
-            compile_backend="inductor",
+            compile_backend="eager" if smoke else "inductor",
             log=lambda text: print(text, file=sys.stderr),
+            smoke=smoke,
+            deadline=deadline,
+            compile_reserve_s=COMPILE_RESERVE_S,
         )
     return rows
 

@@ -35,22 +35,24 @@ def test_smoke_run_checks_accuracy_and_times_every_case(capsys: pytest.CaptureFi
     assert len(throughput) == 12
     assert all(row["error"] == "" and row["images_per_s"] > 0 for row in throughput)
     assert result["targets"] == []  # a smoke run is not compared with the H100 figures
-    # The candidate speed-ups run on the same cases (CPU: no CUDA graph, no compilation).
-    candidates = [(row["variant"], row["candidate"]) for row in result["candidates"]]
+    # The candidate speed-ups run on the same cases (CPU: no CUDA graph, no compilation), then
+    # the small batch.
+    candidates = [(r["variant"], r["batch"], r["candidate"]) for r in result["candidates"]]
+    large = ["bf16", "fp8", "fp8-rowwise", "cudnn-attention", "fold-layerscale", "all"]
     assert candidates == [
-        (variant, candidate)
-        for variant in ("dinov2_vits14", "dinov2_vitl14")
-        for candidate in (
-            "bf16",
-            "fold-layerscale",
-            "cudnn-attention",
-            "gelu-epilogue",
-            "fold+gelu",
-            "fold+gelu+cudnn",
-            "all",
-        )
+        *(
+            (variant, 2, candidate)
+            for variant in ("dinov2_vits14", "dinov2_vitl14")
+            for candidate in large
+        ),
+        ("dinov2_vits14", 1, "bf16"),
+        ("dinov2_vits14", 1, "bf16-plain"),
     ]
-    assert all(row["images_per_s"] > 0 for row in result["candidates"])
+    # Without FP8 matrix units the FP8 rows are skipped (their error checked, untimed).
+    fp8 = [row for row in result["candidates"] if row["candidate"].startswith("fp8")]
+    assert all(row["note"].startswith("skipped: needs compute capability 8.9+") for row in fp8)
+    assert all(row["images_per_s"] is None and row["patch_rel"] > 0 for row in fp8)
+    assert all(row["images_per_s"] > 0 for row in result["candidates"] if row not in fp8)
     assert any("smoke run" in note for note in result["notes"])
 
 
