@@ -7,8 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from dinov2_heads.checkpoints import load_backbone
 from dinov2_heads.cli import main
+from dinov2_heads.commands import pca
+from dinov2_heads.commands.pca import last_patch_tokens
 
 from .conftest import Files
 
@@ -69,3 +73,41 @@ def test_says_wrote_once(files: Files, tmp_path: Path) -> None:
     )
     assert (done.stdout + done.stderr).count(f"wrote {out}") == 1
     assert done.stdout.startswith(f"wrote {out}: 1 image(s)")
+
+
+def _bare_patch_tokens(
+    backbone: torch.nn.Module, images: torch.Tensor, *, batch_size: int, show_progress: bool
+) -> torch.Tensor:
+    # What the command computed before it went through FrozenBackbone: the bare backbone.
+    with torch.no_grad():
+        chunks = [
+            backbone.forward_features(images[i : i + batch_size])["x_norm_patchtokens"]
+            for i in range(0, images.shape[0], batch_size)
+        ]
+    return torch.cat(chunks).float()
+
+
+def test_patch_tokens_are_the_bare_backbones_bit_for_bit(files: Files) -> None:
+    backbone = load_backbone(files.checkpoint)
+    images = torch.randn(5, 3, 28, 56, generator=torch.Generator().manual_seed(0))
+    got = last_patch_tokens(backbone, images, batch_size=2, show_progress=False)
+    want = _bare_patch_tokens(backbone, images, batch_size=2, show_progress=False)
+    assert got.shape == (5, 8, 64)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, want)
+
+
+def test_the_picture_is_the_one_the_bare_backbone_gives(
+    files: Files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    argv = ["--quiet", "pca", "--checkpoint", str(files.checkpoint), "--size", "28", "56"]
+    argv += ["--batch-size", "2", *map(str, files.images)]
+    assert main([*argv, "--out", str(tmp_path / "now.png")]) == 0
+    monkeypatch.setattr(pca, "last_patch_tokens", _bare_patch_tokens)
+    assert main([*argv, "--out", str(tmp_path / "bare.png")]) == 0
+    with Image.open(tmp_path / "now.png") as now, Image.open(tmp_path / "bare.png") as bare:
+        assert now.size == bare.size
+        assert now.tobytes() == bare.tobytes()
+        assert now.info["Description"] == bare.info["Description"]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dinov2_heads.commands import _common
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
 EXAMPLE = """\
 example:
@@ -53,25 +56,15 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from dinov2_heads.data import load_batch
-    from dinov2_heads.progress import Progress
     from dinov2_heads.viz import pca_caption, pca_foreground, pca_rgb, save_pca_grid
 
     transform = _common.preprocessing(args, "official_eval")
     batch = load_batch(_common.image_paths(args.images), transform, on_error=args.on_error)
     backbone = _common.load_backbone(args)
-    device = next(backbone.parameters()).device
-    tokens = []
-    count = batch.images.shape[0]
-    with torch.no_grad(), Progress(count, "patch tokens", enabled=not args.quiet) as bar:
-        for start in range(0, count, args.batch_size):
-            chunk = batch.images[start : start + args.batch_size]
-            out = backbone.forward_features(chunk.to(device))
-            tokens.append(out["x_norm_patchtokens"].float().cpu())
-            bar.update(chunk.shape[0])
-    patch_tokens = torch.cat(tokens)  # (B, N, D)
+    patch_tokens = last_patch_tokens(
+        backbone, batch.images, batch_size=args.batch_size, show_progress=not args.quiet
+    )  # (B, N, D)
     grid = transform.grid
     split = pca_foreground(patch_tokens, grid, threshold=args.threshold, foreground=args.foreground)
     pictures = pca_rgb(
@@ -94,3 +87,30 @@ def run(args: argparse.Namespace) -> int:
     if batch.skipped:
         print(f"skipped {len(batch.skipped)} unreadable image(s), listed in the log")
     return 0
+
+
+def last_patch_tokens(
+    backbone: nn.Module, images: Tensor, *, batch_size: int, show_progress: bool = True
+) -> Tensor:
+    """The last block's patch tokens after the final norm: (B, 3, H, W) -> (B, N, D).
+
+    Through :class:`~dinov2_heads.features.FrozenBackbone`, so a GPU run takes the fast modules
+    of :mod:`dinov2_heads.accel`; on CPU these are the backbone's ``x_norm_patchtokens``, bit
+    for bit. Runs ``batch_size`` images per call on the backbone's device; returns float32 on
+    the CPU.
+    """
+    import torch
+
+    from dinov2_heads.features import FrozenBackbone
+    from dinov2_heads.progress import Progress
+
+    frozen = FrozenBackbone(backbone)
+    device = next(backbone.parameters()).device
+    tokens = []
+    count = images.shape[0]
+    with Progress(count, "patch tokens", enabled=show_progress) as bar:
+        for start in range(0, count, batch_size):
+            chunk = images[start : start + batch_size]
+            tokens.append(frozen(chunk.to(device)).patch_tokens[-1].cpu())
+            bar.update(chunk.shape[0])
+    return torch.cat(tokens)
