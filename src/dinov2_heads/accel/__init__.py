@@ -13,8 +13,11 @@ call, and compute exactly what the plain modules do on CPU and while tracing:
 - :class:`FastMlp`: with bf16 or fp16 weights, ``fc1`` + bias + GELU as one cuBLASLt call (the
   tanh GELU, within bf16 and fp16 rounding of the exact one).
 
-Triton is imported on the first kernel launch. A kernel that fails to build or launch logs one
-warning for its module, which computes the plain way from then on.
+Triton is imported on the first kernel launch. A kernel that fails to build or launch switches
+off in its module, which computes the plain way from then on; the failures of one forward pass
+are logged as one warning per cause. ``accelerate(model, compiled_kernels=True)`` also keeps the
+Triton kernels in the graphs ``torch.compile`` captures, as the custom operators of
+:mod:`dinov2_heads.accel.norm_ops`.
 """
 
 from dinov2_heads.accel.accelerate import FAST_VERSIONS, accelerate

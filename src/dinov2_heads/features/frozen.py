@@ -65,8 +65,10 @@ class FrozenBackbone(nn.Module):
         accelerate: On the first batch on a GPU, swap the backbone's modules for the faster
             ones of :mod:`dinov2_heads.accel` (:func:`~dinov2_heads.accel.accelerate`, once, in
             place; the state dict does not change). ``False`` keeps PyTorch's plain kernels,
-            for instance for the exact GELU in reduced precision. CPU runs and compiled runs
-            never take them.
+            for instance for the exact GELU in reduced precision. CPU runs never take them,
+            and ``compile`` does not swap them in; a backbone accelerated beforehand with
+            ``accelerate(backbone, compiled_kernels=True)`` keeps its Triton kernels in the
+            compiled graph.
         check_finite: Refuse images that hold NaN or infinity (a ``ValueError`` naming the
             samples), at the cost of one reduction over each batch; ``False`` lets them
             through, and every feature of such an image is NaN.
