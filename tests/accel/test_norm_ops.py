@@ -217,7 +217,9 @@ def test_a_compiled_frozen_backbone_runs_the_kernels_of_an_accelerated_backbone(
         for batch in (3, 5, 4):
             images = torch.randn(batch, 3, 28, 42, device=_DEVICE)
             got = compiled(images)
-            torch.testing.assert_close(got.patch_tokens[-1], want(images).patch_tokens[-1])
+            torch.testing.assert_close(
+                got.patch_tokens[-1], want(images).patch_tokens[-1], rtol=1e-5, atol=1e-5
+            )
     assert int(counters["stats"]["unique_graphs"]) == 1
     assert len(calls) == 3 * 7  # the kernels ran, 7 launches per pass
 
