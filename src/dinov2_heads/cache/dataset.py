@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from dinov2_heads.features import Features
@@ -28,6 +28,8 @@ class FeatureSource(Protocol):
 
     def check_blocks(self, n_blocks: int | None) -> int: ...
 
+    def check_heads(self, heads: nn.Module) -> None: ...
+
     def features(self, index: Tensor, *, n_blocks: int | None = None) -> Features: ...
 
     def labels(self, index: Tensor, column: str | None = None) -> Tensor | dict[str, Tensor]: ...
@@ -44,7 +46,9 @@ class FeatureDataset(Dataset[Any]):
     Batches are read in one indexing operation (``__getitems__``), not sample by sample.
 
     Items are ``(features, label)``; ``features`` alone when the store has no labels; with
-    ``return_ids=True`` the int64 sample id is appended.
+    ``return_ids=True`` the int64 sample id is appended. Masks come as int64 (B, H, W) and
+    depth maps as float32, as the data gave them, so a segmentation or depth head trains on
+    ``(features, masks)`` as it does on ``(frozen(images), masks)``.
 
     Args:
         store: The feature store.
@@ -53,6 +57,9 @@ class FeatureDataset(Dataset[Any]):
             yields every label: the tensor, or a dict of all columns.
         n_blocks: Yield only the last ``n_blocks`` blocks (all stored ones by default); a
             head that needs more blocks than were stored is refused here.
+        heads: The head (or ``MultiHead``) that will train on the items: refused here, with
+            :class:`~dinov2_heads.cache.StoreMismatchError` naming the blocks it reads and
+            those stored, when the store lacks any (see ``FeatureStore.check_heads``).
         return_ids: Append the sample id to each item.
 
     Example:
@@ -66,6 +73,7 @@ class FeatureDataset(Dataset[Any]):
         *,
         label: str | None = None,
         n_blocks: int | None = None,
+        heads: nn.Module | None = None,
         return_ids: bool = False,
     ) -> None:
         if not isinstance(store, FeatureSource):
@@ -80,6 +88,13 @@ class FeatureDataset(Dataset[Any]):
         self.store = store
         self.label = label
         self.n_blocks = store.check_blocks(n_blocks)
+        if heads is not None:
+            if not isinstance(heads, nn.Module):
+                raise TypeError(
+                    f"heads must be a head or a MultiHead (an nn.Module), got "
+                    f"{type(heads).__name__}"
+                )
+            store.check_heads(heads)
         self.return_ids = return_ids
 
     def __len__(self) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from dinov2_heads.cache.errors import DamagedStoreError
 from dinov2_heads.cache.lock import LOCK_FILE, StoreLock
 from dinov2_heads.cache.manifest import (
+    BLOCK_ARRAY,
     MANIFEST,
     TOKEN_ARRAYS,
     is_store_manifest,
@@ -30,7 +31,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["prepare_directory", "remove_store", "store_files"]
 
 # The data files a store may hold before its first batch fixes the layout.
-_FIRST_BATCH_FILES = {f"{name}.bin" for name in (*TOKEN_ARRAYS, "sample_ids", "labels")}
+_FIRST_BATCH_FILES = {
+    f"{name}.bin" for name in (*TOKEN_ARRAYS, BLOCK_ARRAY, "sample_ids", "labels")
+}
 
 
 def _is_own_temporary(name: str) -> bool:

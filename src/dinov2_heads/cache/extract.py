@@ -21,7 +21,15 @@ from torch import nn
 
 from dinov2_heads import distributed
 from dinov2_heads.cache.batches import Batch, batch_length, slice_batch, split_batch
-from dinov2_heads.cache.layout import Keep, batch_rows, format_bytes, plan_layout, resolve_keep
+from dinov2_heads.cache.layout import (
+    Keep,
+    batch_rows,
+    chosen_blocks,
+    format_bytes,
+    plan_layout,
+    resolve_keep,
+    stored_blocks,
+)
 from dinov2_heads.cache.manifest import (
     FORMAT_VERSION,
     BackboneInfo,
@@ -72,12 +80,23 @@ def extract_features(
     one store, rank 0 records the progress, and every process returns the whole store. The
     expected size is logged (INFO) before anything is written.
 
+    For dense heads, the store keeps the blocks the backbone was asked for: build it with
+    ``FrozenBackbone.for_heads(backbone, head)`` (or ``FrozenBackbone(backbone, blocks=...)``)
+    and the class and patch tokens of those blocks, normed or not as asked, are stored
+    (``block_tokens``, in the storage ``dtype``) and come back in
+    :attr:`Features.blocks <dinov2_heads.features.Features.blocks>` with the backbone's depth,
+    so ``head(features)`` reads them as it does live. Segmentation masks (integer (H, W)
+    labels) are stored as uint8 and depth maps (float (1, H, W) or (H, W) labels) as float16
+    (float32 in a float32 or bfloat16 store), both at the image size. The cache holds one view
+    of each image: train from it when there is no random augmentation.
+
     Args:
         frozen: A :class:`~dinov2_heads.features.FrozenBackbone` (or a module that maps images
             (B, 3, H, W) to :class:`~dinov2_heads.features.Features`); its device is used.
         data: A map-style ``Dataset`` of ``image``, ``(image, label)`` or ``(image, label, id)``
-            items (labels: ints, tensors or dicts of them, one column per key, stored by name),
-            an ``IterableDataset`` of such items, a ``DataLoader`` over either (not shuffling),
+            items (labels: ints, tensors or dicts of them, one column per key, stored by name;
+            masks (H, W) and depth maps (1, H, W) of the image's size included), an
+            ``IterableDataset`` of such items, a ``DataLoader`` over either (not shuffling),
             or an image tensor (N, 3, H, W). Every image must have the same size.
         path: Store directory (created if needed), or ``None`` to keep it in memory.
         keep: ``"pooled"`` (class tokens + mean patch token), ``"patch_tokens"`` (also all
@@ -99,9 +118,10 @@ def extract_features(
         StoreMismatchError: If ``path`` holds a store made with other weights, input size,
             preprocessing or settings (naming both values), or a batch has another image size.
         StoreLockedError: If another process is writing the store at ``path``.
-        ValueError: If features are NaN or inf (in float32 or once cast to ``dtype``), or a
-            batch's labels differ from the first's (columns, floats after ints); the batches
-            before stay in the store.
+        ValueError: If features are NaN or inf (in float32 or once cast to ``dtype``), a
+            batch's labels differ from the first's (columns, floats after ints), a mask has
+            another size than its image or values outside 0..255, or a depth map overflows
+            float16; the batches before stay in the store.
     """
     keep_names, registers_optional = _check_arguments(keep, dtype, batch_size)
     source = as_source(data, batch_size, num_workers)
@@ -265,6 +285,8 @@ class _Encoder:
         self.dtype = dtype
         self.class_names = class_names
         self.names_given = names_given
+        # The blocks the backbone was asked for (FrozenBackbone.blocks), kept with their tokens.
+        self.blocks = chosen_blocks(getattr(frozen, "blocks", ()))
         parameter = next(frozen.parameters(), None)
         self.device = parameter.device if parameter is not None else torch.device("cpu")
         self.layout: Layout | None = None
@@ -287,10 +309,12 @@ class _Encoder:
                 dtype=self.dtype,
                 class_names=self.class_names,
                 names_given=self.names_given,
+                blocks=self.blocks,
             )
             self.layout = writer.begin(planned)
             if writer.rank == 0:
                 _log_size(self.layout, writer, self.dtype)
+                _warn_without_dense_tokens(self.layout)
         rows = batch_rows(features, batch, self.layout, positions)
         ids = batch.ids if batch.ids is not None else torch.arange(positions.start, positions.stop)
         rows["sample_ids"] = ids.to(torch.int64)
@@ -307,21 +331,28 @@ class _Encoder:
         return features
 
     def check_known(self, stored: Layout, source: MapSource | StreamSource, root: Path) -> None:
-        """Check n_blocks, keep and the input size against a store, without the backbone.
+        """Check n_blocks, keep, blocks and the input size against a store, without the backbone.
 
-        n_blocks and the register count come from a ``FrozenBackbone``'s attributes, the input
-        size from the first sample of a map-style dataset; whatever is unknown passes.
+        n_blocks, the depth, the chosen blocks and the register count come from a
+        ``FrozenBackbone``'s attributes, the input size from the first sample of a map-style
+        dataset; whatever is unknown passes.
         """
         known: dict[str, Any] = {}
         n_blocks = getattr(self.frozen, "n_last_blocks", None)
         if isinstance(n_blocks, int):
             known["n_blocks"] = n_blocks
+        depth = getattr(self.frozen, "depth", None)
+        depth = depth if isinstance(depth, int) else None
+        if depth is not None:
+            known["depth"] = depth
+        keep = self.keep
         registers = getattr(self.frozen, "num_register_tokens", None)
         if isinstance(registers, int):
-            keep = self.keep
             if self.registers_optional and registers == 0:
                 keep = tuple(name for name in keep if name != "register_tokens")
             known["keep"] = keep
+        if isinstance(n_blocks, int) and isinstance(getattr(self.frozen, "blocks", None), tuple):
+            known["blocks"] = stored_blocks(self.blocks, depth=depth, n_blocks=n_blocks, keep=keep)
         size = source.first_image_size() if isinstance(source, MapSource) else None
         if size is not None:
             known["input_size"] = size
@@ -337,23 +368,30 @@ def _log_size(layout: Layout, writer: Writer, dtype: torch.dtype) -> None:
     root = getattr(writer, "root", None)
     per_sample = layout.row_bytes
     where = root or "in memory"
+    settings = f"{dtype_name(dtype)}, keep={list(layout.keep)}"
+    if layout.blocks:
+        settings += f", blocks={list(layout.blocks)}"
+    arrays = ", ".join(
+        f"{name} {_describe_array(spec.dtype, spec.shape)} {format_bytes(spec.row_bytes)}"
+        for name, spec in layout.arrays.items()
+    )
     if count is None:
         logger.info(
-            "feature store %s: %s per sample (%s, keep=%s); the sample count is unknown",
+            "feature store %s: %s per sample (%s; %s); the sample count is unknown",
             where,
             format_bytes(per_sample),
-            dtype_name(dtype),
-            list(layout.keep),
+            settings,
+            arrays,
         )
         return
     logger.info(
-        "feature store %s: %d samples x %s = %s (%s, keep=%s)",
+        "feature store %s: %d samples x %s = %s (%s; per sample %s)",
         where,
         count,
         format_bytes(per_sample),
         format_bytes(count * per_sample),
-        dtype_name(dtype),
-        list(layout.keep),
+        settings,
+        arrays,
     )
     if root is not None:
         free = shutil.disk_usage(root).free
@@ -364,3 +402,24 @@ def _log_size(layout: Layout, writer: Writer, dtype: torch.dtype) -> None:
                 format_bytes(free),
                 root,
             )
+
+
+def _describe_array(dtype: str, shape: tuple[int, ...]) -> str:
+    return f"{dtype}[{','.join(map(str, shape))}]" if shape else dtype
+
+
+def _warn_without_dense_tokens(layout: Layout) -> None:
+    """Masks or depth maps next to pooled tokens only: no dense head can train on that."""
+    columns = layout.labels.columns if layout.labels is not None else ()
+    dense = [
+        column.name
+        for column in columns
+        if tuple(layout.arrays[column.array].shape[-2:]) == layout.input_size
+    ]
+    if dense and "patch_tokens" not in layout.keep and not layout.blocks:
+        logger.warning(
+            "the labels %s are masks or depth maps but the store keeps no patch tokens, so "
+            "no dense head can train from it; extract with "
+            "FrozenBackbone.for_heads(backbone, head) (or keep='patch_tokens')",
+            dense,
+        )

@@ -6,10 +6,11 @@ class names, and how far the extraction got. :class:`Manifest` is its typed form
 checks every field and names the file and the field when one is wrong, so a hand-damaged
 manifest is one clear :class:`~dinov2_heads.cache.DamagedStoreError`.
 
-Format versions: 1 (dinov2-heads 0.1.0.dev0: label columns by position, no checksums) and 2
+Format versions: 1 (dinov2-heads 0.1.0.dev0: label columns by position, no checksums), 2
 (label columns by name with their class names, a sha256 per data file, a manifest written
-before any data file). Version 1 manifests are read as version 2; a store is written in the
-current version.
+before any data file) and 3 (the backbone depth, chosen blocks in ``block_tokens``, uint8
+masks and float16 depth maps as labels). Earlier manifests are read as the current version; a
+store is written in the current version.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ from dinov2_heads.atomic import atomic_write_bytes
 from dinov2_heads.cache.errors import DamagedStoreError
 
 __all__ = [
+    "BLOCK_ARRAY",
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST",
     "TOKEN_ARRAYS",
     "ArraySpec",
     "BackboneInfo",
+    "BlockKey",
     "LabelColumn",
     "LabelSpec",
     "Layout",
@@ -53,9 +56,11 @@ MANIFEST = "manifest.json"
 #: The ``format`` entry of every manifest.
 FORMAT = "dinov2-heads/feature-store"
 #: The version this library writes; it reads this one and every earlier one.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Token arrays a store may hold, in the order they are documented.
 TOKEN_ARRAYS = ("class_tokens", "patch_mean", "patch_tokens", "register_tokens")
+#: The array of the chosen blocks' tokens: (count, m, 1 + N, D), class token first.
+BLOCK_ARRAY = "block_tokens"
 #: The name of a single (not dict) label when the data does not name it.
 DEFAULT_LABEL = "label"
 
@@ -64,11 +69,17 @@ _DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "float32": torch.float32,
     "int64": torch.int64,
+    "uint8": torch.uint8,
 }
+# The dtypes of token arrays (the manifest's "dtype"); the others are for labels and ids.
+_TOKEN_DTYPES = ("float16", "bfloat16", "float32")
 # Array names are file names too: letters and underscores, and a column number for labels.
 _ARRAY_NAME = re.compile(r"[a-z_]+(\.[0-9]+)?")
 _LABEL_ARRAY = re.compile(r"labels(\.[0-9]+)?")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+#: A block as (absolute 0-based index, whether the final LayerNorm was applied).
+BlockKey = tuple[int, bool]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -190,7 +201,12 @@ class Layout:
         num_register_tokens: R stored per sample (0 when register tokens are not kept).
         keep: The token arrays stored, in :data:`TOKEN_ARRAYS` order.
         labels: The label columns, ``None`` without labels.
-        arrays: Every array by name: token arrays, ``sample_ids`` and the label arrays.
+        arrays: Every array by name: token arrays, ``sample_ids``, the label arrays and
+            :data:`BLOCK_ARRAY` when blocks are stored.
+        depth: The backbone's number of blocks, ``None`` when unknown (format versions 1 and 2
+            did not record it).
+        blocks: The blocks whose class and patch tokens :data:`BLOCK_ARRAY` holds, as sorted
+            (absolute index, final norm applied) pairs; empty when there is no such array.
     """
 
     input_size: tuple[int, int] | None
@@ -201,6 +217,8 @@ class Layout:
     keep: tuple[str, ...]
     labels: LabelSpec | None
     arrays: Mapping[str, ArraySpec]
+    depth: int | None = None
+    blocks: tuple[BlockKey, ...] = ()
 
     @property
     def row_bytes(self) -> int:
@@ -274,6 +292,8 @@ def _layout_json(layout: Layout) -> dict[str, Any]:
         "n_blocks": layout.n_blocks,
         "num_register_tokens": layout.num_register_tokens,
         "keep": list(layout.keep),
+        "depth": layout.depth,
+        "blocks": [[index, norm] for index, norm in layout.blocks],
         "labels": None
         if labels is None
         else {
@@ -402,7 +422,7 @@ def _parse_manifest(fields: _Fields) -> Manifest:
         fingerprint=backbone.optional_string("fingerprint"),
         weights_dtype=backbone.optional_string("weights_dtype"),
     )
-    dtype = fields.string("dtype", tuple(name for name in _DTYPES if name != "int64"))
+    dtype = fields.string("dtype", _TOKEN_DTYPES)
     count = fields.optional_integer("count")
     written = fields.integer("written")
     complete = fields.boolean("complete")
@@ -437,24 +457,65 @@ def _parse_layout(fields: _Fields, version: int) -> Layout:
     input_size = fields.pair("input_size") if fields.has("input_size") else None
     labels = _parse_labels(fields, version) if fields.has("labels") else None
     arrays = _parse_arrays(fields.child("arrays"), version)
+    depth = fields.optional_integer("depth", minimum=1)
+    blocks = _parse_blocks(fields, depth) if fields.has("blocks") else ()
     label_arrays = [column.array for column in labels.columns] if labels is not None else []
-    needed = [*keep, "sample_ids", *label_arrays]
+    needed = [*keep, "sample_ids", *label_arrays, *([BLOCK_ARRAY] if blocks else [])]
     if sorted(needed) != sorted(arrays):
         raise fields.error(
-            f"must describe the arrays {sorted(needed)} (the kept tokens, the sample ids and "
-            f"the labels), got {sorted(arrays)}",
+            f"must describe the arrays {sorted(needed)} (the kept tokens, the sample ids, "
+            f"the labels and the blocks' tokens), got {sorted(arrays)}",
             "arrays",
         )
+    grid = fields.pair("grid")
+    embed_dim = fields.integer("embed_dim", minimum=1)
+    if blocks:
+        expected = [len(blocks), 1 + grid[0] * grid[1], embed_dim]
+        if list(arrays[BLOCK_ARRAY].shape) != expected:
+            raise fields.error(
+                f"must be {expected} (blocks, 1 + patches, D) for {len(blocks)} blocks, got "
+                f"{list(arrays[BLOCK_ARRAY].shape)}",
+                f"arrays.{BLOCK_ARRAY}.shape",
+            )
     return Layout(
         input_size=input_size,
-        grid=fields.pair("grid"),
-        embed_dim=fields.integer("embed_dim", minimum=1),
+        grid=grid,
+        embed_dim=embed_dim,
         n_blocks=fields.integer("n_blocks", minimum=1),
         num_register_tokens=fields.integer("num_register_tokens"),
         keep=keep,
         labels=labels,
         arrays=arrays,
+        depth=depth,
+        blocks=blocks,
     )
+
+
+def _parse_blocks(fields: _Fields, depth: int | None) -> tuple[BlockKey, ...]:
+    raw = fields.get("blocks")
+    below = f" below the depth {depth}" if depth is not None else ""
+    problem = (
+        f"must be a sorted list of distinct [index, norm] pairs (index an integer >= 0{below}, "
+        f"norm true or false), got {raw!r}"
+    )
+    if not isinstance(raw, list):
+        raise fields.error(problem, "blocks")
+    blocks: list[BlockKey] = []
+    for entry in raw:
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 2
+            or isinstance(entry[0], bool)
+            or not isinstance(entry[0], int)
+            or not isinstance(entry[1], bool)
+            or entry[0] < 0
+            or (depth is not None and entry[0] >= depth)
+        ):
+            raise fields.error(problem, "blocks")
+        blocks.append((entry[0], entry[1]))
+    if blocks != sorted(set(blocks)):
+        raise fields.error(problem, "blocks")
+    return tuple(blocks)
 
 
 def _parse_labels(fields: _Fields, version: int) -> LabelSpec:

@@ -51,17 +51,21 @@ def check_header(root: Path, stored: Manifest, new: Manifest) -> None:
 def check_layout(root: Path | None, stored: Layout, new: Layout) -> Layout:
     """Refuse to resume when the first batch of this run gives another layout.
 
-    Class names the stored layout does not know (a version 1 store) match any, and are
-    learnt from this run.
+    Class names the stored layout does not know (a version 1 store) and the backbone depth
+    (versions 1 and 2) match any, and are learnt from this run.
 
     Returns:
         The layout to record from now on (the stored one, without checksums).
     """
     stored = _learn_class_names(stored, new).without_checksums()
+    if stored.depth is None:
+        stored = dataclasses.replace(stored, depth=new.depth)
     for field, what in (
         ("input_size", "input size (H, W)"),
         ("n_blocks", "n_blocks"),
+        ("depth", "a backbone depth of"),
         ("keep", "keep"),
+        ("blocks", "blocks (index, final norm)"),
         ("labels", "labels"),
         ("grid", "patch grid"),
         ("embed_dim", "embed_dim"),

@@ -7,8 +7,12 @@ On disk a store is a directory::
     patch_mean.bin         (count, D)        mean patch token of the last block
     patch_tokens.bin       (count, n, N, D)  only when patch tokens were kept
     register_tokens.bin    (count, R, D)     only when register tokens were kept
+    block_tokens.bin       (count, m, 1 + N, D)  class token, then patch tokens, of each of the
+                                             m blocks the backbone was asked for (manifest
+                                             "blocks": (index, final norm) pairs)
     sample_ids.bin         (count,)          int64 position (or id) of each sample in the data
-    labels.bin             (count, ...)      int64 (or float32) labels: one tensor, or
+    labels.bin             (count, ...)      int64 (or float32) labels, uint8 masks (H, W),
+                                             float16 or float32 depth maps: one tensor, or
     labels.0.bin ...       (count, ...)      one file per label column (named in the manifest)
 
 Each ``.bin`` file is raw little-endian C-order data with no header; its dtype and per-sample
@@ -41,10 +45,12 @@ from dinov2_heads.cache.errors import DamagedStoreError, StoreMismatchError
 from dinov2_heads.cache.files import MappedFile, check_size, file_sha256
 from dinov2_heads.cache.layout import format_bytes
 from dinov2_heads.cache.manifest import (
+    BLOCK_ARRAY,
     DEFAULT_LABEL,
     FORMAT_VERSION,
     ArraySpec,
     BackboneInfo,
+    BlockKey,
     LabelColumn,
     LabelSpec,
     Layout,
@@ -84,8 +90,9 @@ class FeatureStore:
     Made by :func:`~dinov2_heads.cache.extract_features`; reopened with :meth:`open`, which
     refuses a store made with other backbone weights, another input size or other
     preprocessing. Arrays are held in the storage dtype (float16 by default) and come back as
-    float32 :class:`~dinov2_heads.features.Features`. On disk nothing is read until it is
-    indexed, so stores larger than memory work.
+    float32 :class:`~dinov2_heads.features.Features`, with the chosen blocks of dense heads in
+    ``Features.blocks`` and the backbone depth. On disk nothing is read until it is indexed,
+    so stores larger than memory work.
 
     Attributes:
         manifest: The store's description (the typed contents of ``manifest.json``).
@@ -126,14 +133,15 @@ class FeatureStore:
         """An in-memory store of features computed elsewhere (the backbone is not recorded).
 
         Args:
-            features: B samples; patch and register tokens are kept when present.
+            features: B samples; patch and register tokens, the further blocks
+                (``features.blocks``) and the depth are kept when present.
             labels: (B, ...) labels, or a dict of label columns.
             sample_ids: (B,) ids; ``0 .. B - 1`` by default.
             dtype: Storage dtype of the tokens.
         """
         count = features.batch_size
         arrays = _token_arrays(features, dtype)
-        keep = tuple(arrays)
+        keep = tuple(name for name in arrays if name != BLOCK_ARRAY)
         spec, columns = _label_arrays(labels, count)
         arrays.update(columns)
         ids = sample_ids if sample_ids is not None else torch.arange(count)
@@ -153,6 +161,8 @@ class FeatureStore:
                 name: ArraySpec(f"{name}.bin", dtype_name(value.dtype), tuple(value.shape[1:]))
                 for name, value in arrays.items()
             },
+            depth=features.depth,
+            blocks=tuple(sorted(features.blocks)),
         )
         manifest = Manifest(
             version=FORMAT_VERSION,
@@ -321,6 +331,32 @@ class FeatureStore:
         return self.layout.keep
 
     @property
+    def depth(self) -> int | None:
+        """The backbone's number of blocks (``None`` when unknown).
+
+        Recorded since store format version 3; an earlier store of a backbone built by this
+        library takes it from the recorded backbone configuration.
+        """
+        if self.layout.depth is not None:
+            return self.layout.depth
+        config = self.manifest.backbone.config or {}
+        depth = config.get("depth")
+        return depth if isinstance(depth, int) and not isinstance(depth, bool) else None
+
+    @property
+    def blocks(self) -> tuple[BlockKey, ...]:
+        """Every block whose patch tokens the store holds, as sorted (index, final norm) pairs.
+
+        The chosen blocks (``block_tokens``) and, when patch tokens were kept, the last n
+        blocks (normed); those need the depth to be named, and are left out without it.
+        """
+        held = set(self.layout.blocks)
+        depth = self.depth
+        if "patch_tokens" in self.keep and depth is not None:
+            held.update((index, True) for index in range(depth - self.n_blocks, depth))
+        return tuple(sorted(held))
+
+    @property
     def dtype(self) -> torch.dtype:
         """The storage dtype of the token arrays (features are returned as float32)."""
         return parse_dtype(self.manifest.dtype)
@@ -367,9 +403,10 @@ class FeatureStore:
     def __repr__(self) -> str:
         where = str(self.path) if self.path is not None else "memory"
         state = "" if self.complete else ", incomplete"
+        blocks = f", blocks={list(self.layout.blocks)}" if self.layout.blocks else ""
         return (
             f"FeatureStore({where}: {len(self)} samples, n={self.n_blocks}, "
-            f"D={self.embed_dim}, grid={self.grid}, keep={list(self.keep)}, "
+            f"D={self.embed_dim}, grid={self.grid}, keep={list(self.keep)}{blocks}, "
             f"{self.manifest.dtype}, {format_bytes(self.nbytes)}{state})"
         )
 
@@ -398,7 +435,8 @@ class FeatureStore:
 
         Args:
             index: Sample positions, or a boolean mask with one value per sample.
-            n_blocks: Keep only the last ``n_blocks`` stored blocks (all by default).
+            n_blocks: Keep only the last ``n_blocks`` stored blocks (all by default); the
+                chosen blocks of dense heads (``Features.blocks``) are always there.
         """
         rows = _rows(index, self.written)
         n = self.check_blocks(n_blocks)
@@ -411,16 +449,27 @@ class FeatureStore:
         registers = None
         if "register_tokens" in self.keep:
             registers = self.array("register_tokens")[rows].float()
+        chosen: dict[BlockKey, tuple[Tensor, Tensor]] = {}
+        if self.layout.blocks:
+            tokens = self.array(BLOCK_ARRAY)[rows].float()  # (B, m, 1 + N, D)
+            chosen = {
+                key: (tokens[:, j, 0], tokens[:, j, 1:]) for j, key in enumerate(self.layout.blocks)
+            }
         return Features(
             class_tokens=tuple(classes[:, i] for i in blocks),
             patch_tokens=patches,
             patch_mean=self.array("patch_mean")[rows].float(),
             register_tokens=registers,
             grid=self.grid,
+            blocks=chosen,
+            depth=self.depth,
         )
 
     def labels(self, index: Index, column: str | None = None) -> Tensor | dict[str, Tensor]:
         """Labels of the samples at ``index``: a tensor, or a dict of tensors for columns.
+
+        Masks come back as int64 and depth maps as float32, as the data gave them, whatever
+        their storage dtype (uint8, float16).
 
         Args:
             index: Sample positions, or a boolean mask with one value per sample.
@@ -437,10 +486,10 @@ class FeatureStore:
         if column is not None:
             if column not in spec.names:
                 raise KeyError(f"no label column {column!r}; the store has {list(spec.names)}")
-            return self.array(spec.column(column).array)[rows]
+            return _as_given(self.array(spec.column(column).array)[rows])
         if spec.kind == "tensor":
-            return self.array(spec.columns[0].array)[rows]
-        return {c.name: self.array(c.array)[rows] for c in spec.columns}
+            return _as_given(self.array(spec.columns[0].array)[rows])
+        return {c.name: _as_given(self.array(c.array)[rows]) for c in spec.columns}
 
     def sample_ids(self, index: Index | None = None) -> Tensor:
         """int64 ids of the samples (their positions in the data unless the data gave ids)."""
@@ -452,10 +501,13 @@ class FeatureStore:
         *,
         label: str | None = None,
         n_blocks: int | None = None,
+        heads: torch.nn.Module | None = None,
         return_ids: bool = False,
     ) -> FeatureDataset:
         """A :class:`~dinov2_heads.cache.FeatureDataset` over this store."""
-        return FeatureDataset(self, label=label, n_blocks=n_blocks, return_ids=return_ids)
+        return FeatureDataset(
+            self, label=label, n_blocks=n_blocks, heads=heads, return_ids=return_ids
+        )
 
     def to_memory(self) -> FeatureStore:
         """A copy of this store held in memory."""
@@ -480,6 +532,46 @@ class FeatureStore:
             )
         return n_blocks
 
+    def check_heads(self, heads: torch.nn.Module) -> None:
+        """Raise :class:`StoreMismatchError` unless the store holds what ``heads`` read.
+
+        ``heads`` is one head or a :class:`~dinov2_heads.heads.MultiHead`. Dense heads name
+        their blocks with ``required_blocks(depth)``; classifiers with ``n_blocks`` need the
+        class tokens of the last ``n_blocks`` blocks.
+
+        Raises:
+            StoreMismatchError: A head reads blocks the store lacks (both lists and the fix
+                are named), or more class tokens than were stored.
+        """
+        where = self.path or "<memory>"
+        fix = (
+            "extract again into a new directory with extract_features(FrozenBackbone.for_heads("
+            "backbone, heads), data, ...)"
+        )
+        leaves = list(heads.values()) if isinstance(heads, torch.nn.ModuleDict) else [heads]
+        for head in leaves:
+            n_blocks = getattr(head, "n_blocks", None)
+            if isinstance(n_blocks, int) and not isinstance(n_blocks, bool):
+                self.check_blocks(n_blocks)
+            required = getattr(head, "required_blocks", None)
+            if not callable(required):
+                continue
+            name = type(head).__name__
+            depth = self.depth
+            if depth is None:
+                raise StoreMismatchError(
+                    f"{name} reads chosen blocks of the backbone, but the feature store at "
+                    f"{where} does not record the backbone depth to find them; {fix}"
+                )
+            needed = tuple(required(depth))
+            missing = [key for key in needed if key not in self.blocks]
+            if missing:
+                raise StoreMismatchError(
+                    f"{name} reads blocks {list(needed)} (index, final norm) but the feature "
+                    f"store at {where} holds {list(self.blocks)}: {list(missing)} are missing; "
+                    f"{fix}"
+                )
+
     # Memory maps are not pickled: DataLoader workers map the files again.
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -499,7 +591,22 @@ def _token_arrays(features: Features, dtype: torch.dtype) -> dict[str, Tensor]:
         arrays["patch_tokens"] = torch.stack(features.patch_tokens, dim=1)  # (B, n, N, D)
     if features.register_tokens is not None:
         arrays["register_tokens"] = features.register_tokens
+    if features.blocks:
+        # m x [(B, 1, D) class token, (B, N, D) patches] -> (B, m, 1 + N, D)
+        arrays[BLOCK_ARRAY] = torch.stack(
+            [torch.cat([c[:, None], p], dim=1) for _, (c, p) in sorted(features.blocks.items())],
+            dim=1,
+        )
     return {name: value.detach().to("cpu", dtype) for name, value in arrays.items()}
+
+
+def _as_given(labels: Tensor) -> Tensor:
+    """Labels as the data gave them: uint8 masks as int64, float16 depth maps as float32."""
+    if labels.dtype == torch.uint8:
+        return labels.long()
+    if labels.dtype in (torch.float16, torch.bfloat16):
+        return labels.float()
+    return labels
 
 
 def _label_arrays(

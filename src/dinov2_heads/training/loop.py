@@ -115,8 +115,9 @@ def train_one_epoch(
             DistributedDataParallel wrapper): Features -> logits (or a dict of logits).
         batches: A DataLoader of (images, labels) or (features, labels).
         optimizer: Steps after every batch.
-        loss_fn: ``(logits, labels) -> loss``; a loss that returns
-            :class:`~dinov2_heads.heads.LossOutput` (``MultiHeadLoss``) is reduced to its total.
+        loss_fn: ``(logits, labels) -> loss``; a loss that returns its total with its parts
+            (:class:`~dinov2_heads.heads.LossOutput` of ``MultiHeadLoss``, the
+            ``DepthLossOutput`` of ``DepthLoss``) is reduced to its ``total``.
         frozen: The frozen backbone, when the batches hold images.
         scheduler: Stepped after every optimizer step (per-iteration schedule).
         label: The label column, for dict labels and a single head. ``None`` with dict labels
@@ -172,13 +173,18 @@ def _device_of(logits: Any) -> torch.device:
 
 
 def _total_loss(loss: Any) -> Tensor:
-    # MultiHeadLoss returns (total, per_head); a plain loss is the scalar itself.
-    total = loss.total if isinstance(loss, LossOutput) else loss
+    # MultiHeadLoss returns (total, per_head) and DepthLoss (total, sig, gradient), both named
+    # tuples with a "total"; a plain loss is the scalar itself.
+    is_parts = isinstance(loss, LossOutput) or (
+        isinstance(loss, tuple) and isinstance(getattr(loss, "total", None), Tensor)
+    )
+    total = loss.total if is_parts else loss
     if not isinstance(total, Tensor) or total.ndim != 0:
         shape = tuple(total.shape) if isinstance(total, Tensor) else type(total).__name__
         raise TypeError(
-            f"loss_fn must return a scalar tensor (or MultiHeadLoss's LossOutput), got {shape}; "
-            "reduce it with .mean() or pass a loss with reduction='mean'"
+            f"loss_fn must return a scalar tensor (or a named tuple with its total, such as "
+            f"MultiHeadLoss's LossOutput), got {shape}; reduce it with .mean() or pass a loss "
+            "with reduction='mean'"
         )
     return total
 
