@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 
 from dinov2_heads import distributed
 from dinov2_heads.cache import FeatureDataset, FeatureStore, extract_features
+from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.training import LinearProbeGrid, evaluate_grid, fit_grid
 from tests.cache.conftest import Images, tiny_frozen
 
@@ -38,6 +39,15 @@ def run(frozen_seed: int, root: Path, *, world: int) -> dict[str, object]:
         frozen, Images(SAMPLES), path=root, keep="patch_tokens", batch_size=PER_RANK, progress=False
     )
     memory = extract_features(frozen, Images(SAMPLES), batch_size=PER_RANK, progress=False)
+    # A store for dense heads: chosen blocks and masks, sharded alike.
+    dense = FrozenBackbone(frozen.backbone, blocks=[(0, False), (1, True)])
+    extract_features(
+        dense,
+        Images(SAMPLES, labels="mask"),
+        path=root.parent / f"{root.name}_dense",
+        batch_size=PER_RANK,
+        progress=False,
+    )
     model = grid()
     history = fit_grid(
         model, FeatureDataset(store), epochs=2, batch_size=PER_RANK * 2, seed=3, progress=False
@@ -102,6 +112,15 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
         assert torch.equal(sharded.array(name), single.array(name)), name
         if name in two["memory"]:
             assert torch.equal(two["memory"][name], one["memory"][name]), name
+
+    dense, single_dense = (
+        FeatureStore.open(tmp_path / f"{n}_dense") for n in ("sharded", "single")
+    )
+    assert dense.layout == single_dense.layout
+    assert dense.layout.blocks == ((0, False), (1, True))
+    assert dense.layout.arrays["labels"].dtype == "uint8"
+    for name in single_dense.layout.arrays:
+        assert torch.equal(dense.array(name), single_dense.array(name)), name
 
     assert two["steps"] == one["steps"] == 2 * (SAMPLES // (PER_RANK * 2))
     for key, value in one["grid"].items():

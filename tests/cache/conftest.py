@@ -29,7 +29,8 @@ class Images(Dataset[Any]):
     """``count`` deterministic random images (3, 28, 42) with labels of several kinds.
 
     ``labels``: ``"int"`` (class index), ``"columns"`` (a dict of two columns), ``"multi"``
-    (a multi-hot vector of 5), ``"none"`` (images only). ``fail_at`` raises ``error`` from
+    (a multi-hot vector of 5), ``"mask"`` (a segmentation mask (H, W) of classes 0..2),
+    ``"none"`` (images only). ``fail_at`` raises ``error`` from
     inside the data, as an interruption would, the first time that index is read.
     """
 
@@ -72,6 +73,9 @@ class Images(Dataset[Any]):
             return image, {"colour": index % 3, "type": index % 2}
         if self.labels == "multi":
             return image, torch.tensor([(index >> bit) & 1 for bit in range(5)])
+        if self.labels == "mask":
+            generator = torch.Generator().manual_seed(2000 + index)
+            return image, torch.randint(0, 3, self.size, generator=generator)
         return image
 
 

@@ -79,6 +79,10 @@ def edit(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
         (edit("labels/columns", "label"), "'labels.columns' must be a non-empty list"),
         (edit("backbone", None), "'backbone' must be a JSON object"),
         (edit("version", "two"), "'version' must be an integer >= 1"),
+        (edit("depth", 0), "'depth' must be an integer >= 1, got 0"),
+        (edit("blocks", [[2, True]]), "'blocks' must be a sorted list of distinct [index, norm]"),
+        (edit("blocks", [[1, "yes"]]), "'blocks' must be a sorted list of distinct [index, norm]"),
+        (edit("blocks", [[1, True]]), "'arrays' must describe the arrays"),
     ],
 )
 def test_a_hand_damaged_manifest_is_one_clear_error(

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dinov2_heads import create_backbone
 from dinov2_heads.cache import (
+    DamagedStoreError,
     FeatureStore,
     StoreMismatchError,
     estimate_store_size,
@@ -248,6 +249,13 @@ def test_manifest_records_the_blocks_and_the_depth(tmp_path: Path) -> None:
         ):
             torch.testing.assert_close(ours, theirs.half().float())
     assert "blocks=[(0, False)" in repr(reopened)
+
+    manifest["arrays"]["block_tokens"]["shape"] = [5, 7, 32]
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(
+        DamagedStoreError, match=r"'arrays.block_tokens.shape' must be \[6, 7, 32\]"
+    ):
+        FeatureStore.open(tmp_path / "s")
 
 
 def test_the_size_estimate_counts_blocks_and_masks(

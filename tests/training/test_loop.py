@@ -8,8 +8,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from dinov2_heads import create_backbone
 from dinov2_heads.cache import FeatureDataset, extract_features
+from dinov2_heads.dense import SegmentationLoss
 from dinov2_heads.features import FrozenBackbone
-from dinov2_heads.heads import LinearHead, MultiHead, MultiHeadLoss
+from dinov2_heads.heads import (
+    DepthLoss,
+    LinearDepthHead,
+    LinearHead,
+    LinearSegmentationHead,
+    MultiHead,
+    MultiHeadLoss,
+)
 from dinov2_heads.training import (
     LinearProbeGrid,
     evaluate_grid,
@@ -103,6 +111,52 @@ def test_train_one_epoch_trains_several_heads_like_a_hand_written_loop(
     for name, value in trained.state_dict().items():
         torch.testing.assert_close(value, by_hand.state_dict()[name], rtol=0, atol=1e-6)
     assert not torch.equal(trained["type"].weight, heads()["type"].weight)
+
+
+class Scenes(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Random 28x42 images with a mask (28, 42) of 3 classes or a depth map (1, 28, 42)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(index)
+        image = torch.randn(3, 28, 42, generator=generator)
+        if self.target == "mask":
+            return image, torch.randint(0, 3, (28, 42), generator=generator)
+        return image, 1 + 5 * torch.rand(1, 28, 42, generator=generator)
+
+
+@pytest.mark.parametrize("target", ["mask", "depth"])
+def test_train_one_epoch_trains_a_dense_head_from_the_cache_as_from_images(
+    frozen: FrozenBackbone, target: str
+) -> None:
+    # DepthLoss returns a named tuple (total, sig, gradient): its total is the loss.
+    def head() -> torch.nn.Module:
+        torch.manual_seed(0)
+        if target == "mask":
+            return LinearSegmentationHead(16, 3, layers=2, dropout=0.0)
+        return LinearDepthHead(16, layers=4, max_depth=8.0)
+
+    loss_fn = SegmentationLoss() if target == "mask" else DepthLoss(warm_up_steps=0)
+    backbone = FrozenBackbone.for_heads(frozen.backbone, head())
+    store = extract_features(backbone, Scenes(target), dtype=torch.float32, progress=False)
+    results = []
+    for batches, kwargs in (
+        (store.dataset(heads=head()).loader(4), {}),
+        (DataLoader(Scenes(target), batch_size=4), {"frozen": backbone}),
+    ):
+        trained = head()
+        optimizer = torch.optim.SGD(trained.parameters(), lr=0.1)
+        loss, steps = train_one_epoch(trained, batches, optimizer, loss_fn, **kwargs)  # type: ignore[arg-type]
+        assert steps == 2
+        results.append((loss, trained.state_dict()))
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-5)
+    for name, value in results[0][1].items():
+        torch.testing.assert_close(value, results[1][1][name], rtol=0, atol=1e-5)
 
 
 def test_train_one_epoch_refuses_a_loss_that_is_not_a_scalar() -> None:
