@@ -11,6 +11,11 @@ windows, wheels, emblem):
     python examples/vehicle_parts.py
     python examples/vehicle_parts.py --images photos/ --masks masks/ --classes 5 \\
         --checkpoint dinov2_vits14_pretrain.pth
+
+With --cache FOLDER the training images are not augmented: the backbone runs once over them,
+the patch tokens the head reads and the masks go to a feature store in FOLDER (resumed if
+interrupted, reused by the next run), and every epoch trains from it without the backbone. The
+images must then share one size, with sides that are multiples of 14.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from dinov2_heads import create_backbone
+from dinov2_heads.cache import extract_features
 from dinov2_heads.checkpoints import load_backbone
 from dinov2_heads.data import SegmentationDataset, SegmentationTransform, denormalize
 from dinov2_heads.demo import PART_PALETTE, PARTS, RANDOM_BACKBONE, SyntheticVehicles
 from dinov2_heads.dense import SegmentationLoss, SegmentationMetrics, Segmenter
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.heads import LinearSegmentationHead
+from dinov2_heads.training import features_of
 from dinov2_heads.viz import overlay_labels
 from dinov2_heads.viz.segmentation import save_image
 
@@ -41,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="DINOv2 backbone checkpoint (default: random weights)")
     parser.add_argument("--out", help="folder for the results (default: a new temporary folder)")
     parser.add_argument("--crop", type=int, default=126, help="training crop side (x14)")
+    parser.add_argument(
+        "--cache", help="train without augmentation from a feature cache in this folder"
+    )
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -65,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     augment = SegmentationTransform(
         crop_size=(args.crop, args.crop), scale_range=(0.75, 1.5), flip=0.5, seed=args.seed
     )
-    train_set = SegmentationDataset.from_folders(images, masks, augment)
+    # A cache holds one view per image: no random crops, scales or flips then.
+    train_transform = SegmentationTransform() if args.cache else augment
+    train_set = SegmentationDataset.from_folders(images, masks, train_transform)
     val_set = SegmentationDataset.from_folders(images, masks)  # whole images, no augmentation
     count = len(train_set)
     val_count = max(1, round(args.val_fraction * count))
@@ -80,14 +92,26 @@ def main(argv: list[str] | None = None) -> int:
     head = LinearSegmentationHead(backbone.embed_dim, len(names), class_names=names)
     frozen = FrozenBackbone.for_heads(backbone, head)
 
+    if args.cache:
+        # The blocks the head reads and the uint8 masks, extracted once (or found done).
+        store = extract_features(
+            frozen, train, path=args.cache, preprocessing=train_transform, progress=False
+        )
+        print(f"training from {store}")
+        loader = store.dataset(heads=head).loader(
+            args.batch_size, shuffle=True, drop_last=True, seed=args.seed
+        )
+    else:
+        loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, drop_last=True)
+
     loss_fn = SegmentationLoss()
     optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=1e-4)
     for epoch in range(args.epochs):
         head.train()
         total = 0.0
-        loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, drop_last=True)
-        for batch_images, batch_masks in loader:
-            loss = loss_fn(head(frozen(batch_images)), batch_masks)
+        for batch_inputs, batch_masks in loader:
+            # Images go through the frozen backbone; cached batches already hold Features.
+            loss = loss_fn(head(features_of(batch_inputs, frozen)), batch_masks)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
