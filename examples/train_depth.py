@@ -11,6 +11,10 @@ overall scale slowly, which real DINOv2 weights (--checkpoint) and longer traini
     python examples/train_depth.py
     python examples/train_depth.py --images nyu/rgb --depths nyu/depth --scale nyu \
         --checkpoint dinov2_vits14_pretrain.pth --head linear4 --max-depth 10
+
+With --cache FOLDER the training pairs are not augmented (no crop, flip or colour jitter): the
+backbone runs once, the blocks the head reads and the depth maps go to a feature store in
+FOLDER, and every epoch trains from it without the backbone (the images must share one size).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from dinov2_heads import create_backbone
+from dinov2_heads.cache import extract_features
 from dinov2_heads.checkpoints import load_backbone
 from dinov2_heads.data import DepthDataset, DepthTransform
 from dinov2_heads.demo import RANDOM_BACKBONE, SyntheticVehicles
@@ -33,7 +38,7 @@ from dinov2_heads.dense import Depther
 from dinov2_heads.export import load_heads, save_heads
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.heads import DepthLoss, DPTDepthHead, LinearDepthHead
-from dinov2_heads.training import DEPTH_METRICS, DepthMetrics
+from dinov2_heads.training import DEPTH_METRICS, DepthMetrics, features_of
 from dinov2_heads.viz import save_depth_picture
 
 
@@ -74,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head", choices=["linear", "linear4", "dpt"], default="linear")
     parser.add_argument("--max-depth", type=float, default=20.0, help="metres; the bins' top")
     parser.add_argument("--crop", type=int, nargs=2, default=None, help="training crop H W")
+    parser.add_argument(
+        "--cache", help="train without augmentation from a feature cache in this folder"
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-2)
@@ -91,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     # 1. Pairs: yours (16-bit PNG with a scale, or .npy metres), or synthetic street scenes.
     crop = tuple(args.crop) if args.crop else None
     train_transform = DepthTransform(crop_size=crop, seed=args.seed)  # crop, flip, colour
+    if args.cache:
+        if crop:
+            parser.error("--cache keeps one view per image: leave out --crop")
+        train_transform = DepthTransform.evaluation()  # the image normalised, nothing random
     if args.images:
         if not args.depths:
             parser.error("--images needs --depths")
@@ -107,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     num_val = max(1, round(args.val_fraction * len(order)))
     train = Subset(train_set, order[num_val:].tolist())
     val = Subset(val_set, order[:num_val].tolist())
-    train_loader = DataLoader(train, batch_size=args.batch_size, shuffle=True)
     val_loader = DataLoader(val, batch_size=args.batch_size)
     print(f"{len(train)} training and {len(val)} validation pairs")
 
@@ -121,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     frozen = FrozenBackbone.for_heads(backbone, head)
     depther = Depther(frozen, head)
     print(f"head: {type(head).__name__} on blocks {[i for i, _ in frozen.blocks]}")
+    if args.cache:
+        # The head's blocks and the depth maps (float16 metres), extracted once or found done.
+        store = extract_features(frozen, train, path=args.cache, progress=False)
+        print(f"training from {store}")
+        train_loader = store.dataset(heads=head).loader(args.batch_size, shuffle=True)
+    else:
+        train_loader = DataLoader(train, batch_size=args.batch_size, shuffle=True)
 
     # 3. Train the head: SigLoss + 0.5 x gradient loss on the prediction resized to the target.
     loss_fn = DepthLoss(max_depth=args.max_depth, warm_up_steps=args.warm_up)
@@ -129,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         head.train()
         loss_fn.train()
         total, batches = 0.0, 0
-        for images, depths in train_loader:
-            loss = loss_fn(head(frozen(images)), depths).total
+        for inputs, depths in train_loader:
+            # Images go through the frozen backbone; cached batches already hold Features.
+            loss = loss_fn(head(features_of(inputs, frozen)), depths).total
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

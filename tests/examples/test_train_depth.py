@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dinov2_heads.cache import FeatureStore
 from dinov2_heads.export import load_heads
 from dinov2_heads.heads import LinearDepthHead
 from tests.examples.test_examples import example
@@ -52,3 +53,21 @@ def test_train_depth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert saved.extra["metrics"]["abs_rel"] == pytest.approx(head, abs=1e-3)
     restored = saved.load_into(LinearDepthHead(128, max_depth=20.0))
     assert torch.isfinite(restored.conv_depth.weight).all()
+
+
+def test_train_depth_from_a_feature_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache"
+    argv = ["--out", str(tmp_path), "--num-images", "12", "--epochs", "2", "--cache", str(cache)]
+    assert example("train_depth").main([*argv, "--head", "linear4"]) == 0
+    printed = capsys.readouterr().out
+    assert "training from FeatureStore(" in printed
+    assert "blocks=[(0, False), (1, False), (2, False), (3, False)]" in printed
+    assert set(metric_rows(printed)) >= {"abs_rel", "delta1"}
+    store = FeatureStore.open(cache)
+    assert len(store) == 9  # the training pairs; three are held out
+    spec = store.layout.arrays["labels"]
+    assert (spec.dtype, spec.shape) == ("float16", (1, 56, 112))
+    with pytest.raises(SystemExit):
+        example("train_depth").main([*argv, "--crop", "42", "84"])
