@@ -128,7 +128,7 @@ def estimate_store_size(
     Example:
         ViT-S/14 (D = 384) at 224x224 keeps 1.5 KiB per image pooled, 193.5 KiB with patch
         tokens: 1.9 GB per 10,000 images. A segmentation head on the last four blocks
-        (``FrozenBackbone.for_heads``) with 224x224 masks: 823 KiB per image.
+        (``FrozenBackbone.for_heads``) with 224x224 masks: 824 KiB per image.
     """
     names, _ = resolve_keep(keep)
     dim = int(getattr(frozen, "embed_dim"))  # noqa: B009 - documented requirement
