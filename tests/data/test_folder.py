@@ -11,11 +11,13 @@ from dinov2_heads.data import (
     ImageFolderDataset,
     Preprocess,
     UnreadableImageError,
+    get_preset,
     load_image,
     pil_to_tensor,
 )
 
 from .conftest import write_image, write_truncated
+from .test_loading import write_photo
 
 SMALL = Preprocess(resize=(14, 28))
 
@@ -95,3 +97,24 @@ def test_layout_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
         ImageFolderDataset(tmp_path)
+
+
+def test_a_draft_transform_decodes_large_jpegs_at_reduced_size(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    (root / "big").mkdir(parents=True)
+    write_photo(root / "big" / "photo.jpg", height=1200, width=1600)
+    write_image(root / "big" / "photo.png", height=1200, width=1600)
+    write_image(root / "small" / "photo.jpg", height=375, width=500)
+    plain = get_preset("official_eval")
+    full = ImageFolderDataset(root, plain)
+    drafted = ImageFolderDataset(root, plain.replace(draft=True))
+    std = torch.tensor(plain.std).view(3, 1, 1)
+    for index, path in enumerate(full.paths):
+        expected, label = full[index]
+        image, same_label = drafted[index]
+        assert label == same_label
+        if path.suffix == ".jpg" and path.parent.name == "big":
+            levels = (image - expected).abs() * std * 255
+            assert 0 < levels.max() <= 4
+        else:
+            assert torch.equal(image, expected), path

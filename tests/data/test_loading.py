@@ -162,3 +162,84 @@ def test_importing_the_data_package_does_not_import_pillow() -> None:
     )
     assert result.stdout.strip() == "False"
     assert result.stderr == ""
+
+
+# ---------------------------------------------------------------------- draft decoding
+
+DRAFT = Preprocess(resize=256, crop=(224, 224), draft=True)
+
+
+def write_photo(path: Path, height: int, width: int, seed: int = 0) -> Path:
+    """A JPEG that looks like a photo to the decoder: gradients, soft shapes, sensor noise."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width] / max(height, width)
+    base = np.stack([150 * xs + 40, 120 * ys + 50, 100 * (1 - xs) + 60], -1)
+    coarse = rng.integers(0, 90, (height // 48 + 2, width // 48 + 2, 3)).astype(np.uint8)
+    shapes = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC))
+    pixels = np.clip(base + shapes + rng.normal(0, 4, (height, width, 3)), 0, 255)
+    Image.fromarray(pixels.astype(np.uint8), "RGB").save(path, quality=90)
+    return path
+
+
+def _grey_levels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a - b| of two normalised images, in grey levels (0..255)."""
+    std = torch.tensor(DRAFT.std).view(3, 1, 1)
+    return (a - b).abs() * std * 255
+
+
+def test_a_large_jpeg_loads_at_reduced_size_for_a_draft_transform(tmp_path: Path) -> None:
+    path = write_photo(tmp_path / "photo.jpg", height=1200, width=1600)
+    full = load_image(path)
+    reduced = load_image(path, draft_for=DRAFT)
+    assert full.size == (1600, 1200)
+    # The resize needs 341x256: 1600 // 341 = 4 and 1200 // 256 = 4, so a quarter per side.
+    assert reduced.size == (400, 300)
+    assert reduced.mode == "RGB"
+    # After the whole preprocessing the two differ by a few grey levels at most.
+    difference = _grey_levels(DRAFT(reduced), DRAFT(full))
+    assert 0 < difference.max() <= 4
+    assert difference.mean() <= 0.75
+    # The transform's own draft setting decides, not the loader: off means full size.
+    assert load_image(path, draft_for=DRAFT.replace(draft=False)).size == (1600, 1200)
+    assert load_image(path, draft_for=lambda image: image).size == (1600, 1200)
+
+
+def test_small_jpegs_and_other_formats_load_exactly_as_without_draft(tmp_path: Path) -> None:
+    cases = [
+        write_image(tmp_path / "small.jpg", height=375, width=500),  # 500 // 341 = 1
+        write_image(tmp_path / "large.png", height=1200, width=1600),
+        write_image(tmp_path / "large.webp", height=1200, width=1600),
+    ]
+    for path in cases:
+        assert torch.equal(
+            pil_to_tensor(load_image(path, draft_for=DRAFT)), pil_to_tensor(load_image(path))
+        ), path.name
+
+
+def test_draft_size_follows_the_exif_turn(tmp_path: Path) -> None:
+    # Stored 4000x1000 and turned a quarter by its EXIF tag: upright it is 1000 wide, 4000 tall.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "turned.jpg"
+    noise_image(1000, 4000).save(path, exif=exif)
+    # The resize needs 896 wide and 112 tall upright: the file's 1000 stored rows are the
+    # upright width, so no reduction keeps it; reducing the stored image by its own sides
+    # (4000 // 896 = 4, 1000 // 112 = 8) would give an upright width of 250.
+    wide = Preprocess(resize=(112, 896), draft=True)
+    assert load_image(path, draft_for=wide).size == (1000, 4000)
+    # 56 wide and 224 tall upright is 224 x 56 in the file: a reduction of 8 keeps it.
+    tall = Preprocess(resize=(224, 56), draft=True)
+    assert load_image(path, draft_for=tall).size == (125, 500)
+
+
+def test_load_batch_decodes_at_reduced_size_with_a_draft_transform(tmp_path: Path) -> None:
+    paths = [
+        write_photo(tmp_path / "a.jpg", height=1200, width=1600, seed=1),
+        write_image(tmp_path / "b.png", height=1200, width=1600, seed=2),
+    ]
+    full = load_batch(paths, DRAFT.replace(draft=False)).images
+    drafted = load_batch(paths, DRAFT).images
+    assert torch.equal(drafted[1], full[1])  # the PNG
+    difference = _grey_levels(drafted[0], full[0])
+    assert 0 < difference.max() <= 4
+    assert torch.equal(drafted[0], DRAFT(load_image(paths[0], draft_for=DRAFT)))

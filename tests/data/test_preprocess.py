@@ -92,3 +92,32 @@ def test_for_size_rounds_and_logs(caplog: pytest.LogCaptureFixture) -> None:
     assert preprocess.output_size == (126, 252)
     assert "126x252" in caplog.text
     assert Preprocess(resize=(28, 28)).replace(crop=(14, 14)).output_size == (14, 14)
+
+
+def test_draft_is_off_by_default_and_described_only_when_on() -> None:
+    plain = get_preset("official_eval")
+    assert plain.draft is False
+    # The description stores made before the option existed recorded, unchanged.
+    assert plain.description() == {
+        "type": "Preprocess",
+        "resize": 256,
+        "crop": (224, 224),
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "patch_size": 14,
+    }
+    drafted = plain.replace(draft=True)
+    assert drafted.description() == {**plain.description(), "draft": True}
+    assert drafted != plain
+    with pytest.raises(TypeError, match="draft must be True or False, got 'yes'"):
+        Preprocess(resize=(126, 252), draft="yes")  # type: ignore[arg-type]
+
+
+def test_decode_size_is_the_size_the_resize_produces() -> None:
+    assert get_preset("official_eval").decode_size(4000, 3000) is None  # draft off
+    drafted = get_preset("official_eval").replace(draft=True)
+    assert drafted.decode_size(4000, 3000) == (341, 256)  # (width, height)
+    assert drafted.decode_size(3000, 4000) == (256, 341)
+    assert drafted.decode_size(100, 50) == (512, 256)  # enlarging: no reduction can keep it
+    fixed = Preprocess(resize=(126, 252), draft=True)
+    assert fixed.decode_size(4000, 3000) == (252, 126)

@@ -39,7 +39,13 @@ from dinov2_heads.cache.manifest import (
     dtype_name,
 )
 from dinov2_heads.cache.resume import check_layout
-from dinov2_heads.cache.source import MapSource, StreamSource, as_source, data_class_names
+from dinov2_heads.cache.source import (
+    MapSource,
+    NumWorkers,
+    StreamSource,
+    as_source,
+    data_class_names,
+)
 from dinov2_heads.cache.store import FeatureStore
 from dinov2_heads.cache.writer import DiskWriter, MemoryWriter
 from dinov2_heads.features import Features
@@ -63,7 +69,7 @@ def extract_features(
     keep: Keep = "pooled",
     dtype: torch.dtype = torch.float16,
     batch_size: int = 64,
-    num_workers: int = 0,
+    num_workers: NumWorkers = "auto",
     preprocessing: Any = None,
     class_names: Mapping[str, Sequence[str]] | None = None,
     progress: bool = True,
@@ -103,13 +109,19 @@ def extract_features(
             patch tokens: large), ``"all"`` (also register tokens), or a list of array names.
         dtype: Storage dtype of the tokens (read back as float32).
         batch_size: Images per backbone call (per process); a DataLoader's own batch size wins.
-        num_workers: DataLoader workers for a ``Dataset``.
+        num_workers: DataLoader worker processes for a ``Dataset``. ``"auto"``: for a dataset
+            that reads image files (``ImageFolderDataset``, ``ManifestDataset``), one per CPU
+            available but one (at most 16), with batches in pinned memory for a CUDA backbone;
+            none for other datasets, whose state workers would not share (pass a number).
+            A ``DataLoader``'s own settings win.
         preprocessing: How images were prepared (a string, a mapping or a dataclass such as
             :class:`dinov2_heads.data.Preprocess`), recorded and checked by ``open``.
         class_names: ``{label name: class names}``; by default the data's ``vocabularies``
             (``ImageFolderDataset``, ``ManifestDataset``). One label tensor takes the name of
             the only vocabulary (``"label"`` without one). See ``store.class_names``.
-        progress: Show a progress bar with images/s (tqdm, or log lines without it).
+        progress: Show a progress bar with images/s (tqdm, or log lines without it) and the
+            share of the time spent waiting for data: ``loader-bound`` when the backbone waited
+            more than 10% of the time, else ``backbone-bound``.
         overwrite: Delete the store at ``path`` first: only a folder that holds nothing but a
             store's own files; anything else is refused.
 
@@ -124,7 +136,9 @@ def extract_features(
             float16; the batches before stay in the store.
     """
     keep_names, registers_optional = _check_arguments(keep, dtype, batch_size)
-    source = as_source(data, batch_size, num_workers)
+    parameter = next(frozen.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    source = as_source(data, batch_size, num_workers, device=device)
     if source.count == 0:
         raise ValueError("the data holds no samples; nothing to extract")
     if (
@@ -229,7 +243,7 @@ def _extract(
     )
     done = writer.start
     try:
-        for step in steps:
+        for step in bar.timed(steps):
             if step.batch is not None:
                 writer.write(step.positions.start, encoder.rows(step.batch, step.positions, writer))
             writer.commit(step.done)

@@ -102,13 +102,17 @@ def describe_preprocessing(preprocessing: Any) -> Any:
 
     Accepts ``None``, a string (``"resize 256, center crop 224, ImageNet mean/std"``), a
     mapping of JSON values, or a dataclass such as :class:`dinov2_heads.data.Preprocess`
-    (stored as its class name and fields). Tuples become lists, so a description compares
-    equal to itself after a round trip through the manifest.
+    (stored as its class name and fields, or as its ``description()`` when it has that
+    method). Tuples become lists, so a description compares equal to itself after a round
+    trip through the manifest.
     """
     if preprocessing is None or isinstance(preprocessing, str):
         return preprocessing
-    if dataclasses.is_dataclass(preprocessing) and not isinstance(preprocessing, type):
-        value: Any = {"type": type(preprocessing).__name__, **dataclasses.asdict(preprocessing)}
+    describe = getattr(preprocessing, "description", None)
+    if callable(describe) and not isinstance(preprocessing, type):
+        value: Any = describe()
+    elif dataclasses.is_dataclass(preprocessing) and not isinstance(preprocessing, type):
+        value = {"type": type(preprocessing).__name__, **dataclasses.asdict(preprocessing)}
     elif isinstance(preprocessing, Mapping):
         value = dict(preprocessing)
     else:

@@ -41,11 +41,24 @@ def check_header(root: Path, stored: Manifest, new: Manifest) -> None:
             f"{new_print} ({new.backbone.variant or 'custom'})",
         )
     if stored.preprocessing != new.preprocessing:
-        raise _mismatch(root, "preprocessing", repr(stored.preprocessing), repr(new.preprocessing))
+        raise _mismatch(
+            root,
+            "preprocessing",
+            repr(stored.preprocessing),
+            repr(new.preprocessing) + _differing_keys(stored.preprocessing, new.preprocessing),
+        )
     if stored.dtype != new.dtype:
         raise _mismatch(root, "dtype", stored.dtype, new.dtype)
     if stored.count is not None and new.count is not None and stored.count != new.count:
         raise _mismatch(root, "a dataset of", f"{stored.count} samples", new.count)
+
+
+def _differing_keys(old: object, new: object) -> str:
+    """`` (they differ in: draft)`` for two mappings, naming the settings that differ."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return ""
+    keys = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+    return f" (they differ in: {', '.join(keys)})"
 
 
 def check_layout(root: Path | None, stored: Layout, new: Layout) -> Layout:

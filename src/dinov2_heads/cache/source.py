@@ -6,6 +6,11 @@ the missing ones and ``torchrun`` processes each read their own share. Anything 
 ``torch`` can iterate (an ``IterableDataset``, a ``DataLoader`` with its own batch sampler) is
 a :class:`StreamSource`: read in order from the start, one process only.
 
+How the samples are read (:class:`LoaderSettings`) is decided once, by
+:func:`loader_settings`: with ``num_workers="auto"``, datasets that decode image files get
+worker processes by the CPUs available, and batches go to a CUDA backbone through pinned
+memory; a ``DataLoader`` given by the user keeps its own settings.
+
 Image loading in ``DataLoader`` worker processes reports errors as the single-process path
 does: the worker hands the error back as data, and it is raised again here as it was (an
 :class:`~dinov2_heads.data.UnreadableImageError` names its file), rather than as torch's
@@ -14,24 +19,200 @@ does: the worker hands the error back as data, and it is raised again here as it
 
 from __future__ import annotations
 
+import math
+import os
 import pickle
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+import torch
 from torch import Tensor
 from torch.utils.data import (
+    ConcatDataset,
     DataLoader,
     Dataset,
     IterableDataset,
     SequentialSampler,
+    Subset,
     TensorDataset,
     default_collate,
 )
 
-__all__ = ["MapSource", "StreamSource", "as_source", "data_class_names"]
+__all__ = [
+    "MAX_AUTO_WORKERS",
+    "PREFETCH_FACTOR",
+    "LoaderSettings",
+    "MapSource",
+    "NumWorkers",
+    "StreamSource",
+    "as_source",
+    "available_cpus",
+    "data_class_names",
+    "loader_settings",
+    "reads_image_files",
+]
 
 Collate = Callable[[list[Any]], Any]
+
+#: ``num_workers`` as ``extract_features`` takes it: a count, or ``"auto"``.
+NumWorkers = int | Literal["auto"]
+
+#: The most worker processes ``"auto"`` starts (in each process under ``torchrun``).
+MAX_AUTO_WORKERS = 16
+
+#: Batches each worker prepares ahead. With several workers that is already twice as many
+#: batches as workers in flight; more would only hold more shared memory.
+PREFETCH_FACTOR = 2
+
+#: What the data is, for the ``"auto"`` choices: a dataset that decodes image files, images
+#: already in memory, or anything else (a user's dataset, an iterable).
+DataKind = Literal["files", "tensors", "other"]
+
+
+# ---------------------------------------------------------------------- loader settings
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How the ``DataLoader`` that reads a map-style dataset is set up.
+
+    Attributes:
+        num_workers: Worker processes (0: read in the main process).
+        pin_memory: Batches in page-locked memory, so the copy to a CUDA device is
+            asynchronous and overlaps the backbone.
+        prefetch_factor: Batches each worker prepares ahead (``None`` without workers).
+        worker_init_fn: Called in each worker (a user's ``DataLoader``'s).
+        multiprocessing_context: How workers start (a user's ``DataLoader``'s).
+        generator: Seeds the workers (a user's ``DataLoader``'s).
+        timeout: Seconds to wait for a batch from a worker (0: no limit).
+
+    Workers are never persistent: an extraction reads its data once.
+    """
+
+    num_workers: int = 0
+    pin_memory: bool = False
+    prefetch_factor: int | None = None
+    worker_init_fn: Callable[[int], None] | None = None
+    multiprocessing_context: Any = None
+    generator: torch.Generator | None = None
+    timeout: float = 0.0
+
+    @classmethod
+    def of(cls, loader: DataLoader[Any]) -> LoaderSettings:
+        """The settings of a user's ``DataLoader``, kept as they are."""
+        workers = loader.num_workers
+        return cls(
+            num_workers=workers,
+            pin_memory=loader.pin_memory,
+            prefetch_factor=loader.prefetch_factor if workers else None,
+            worker_init_fn=loader.worker_init_fn,
+            multiprocessing_context=loader.multiprocessing_context,
+            generator=loader.generator,
+            timeout=loader.timeout,
+        )
+
+    def arguments(self) -> dict[str, Any]:
+        """The keyword arguments of ``DataLoader`` these settings stand for."""
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "prefetch_factor": self.prefetch_factor if self.num_workers else None,
+            "worker_init_fn": self.worker_init_fn,
+            "multiprocessing_context": self.multiprocessing_context,
+            "generator": self.generator,
+            "timeout": self.timeout,
+        }
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use, shared with the other processes ``torchrun`` started here.
+
+    The process's CPU affinity where the system has one (a container or ``taskset`` limits
+    it), else every CPU of the machine; divided by ``LOCAL_WORLD_SIZE``, the processes on this
+    machine, under ``torchrun``.
+    """
+    affinity = getattr(os, "sched_getaffinity", None)
+    cpus = len(affinity(0)) if callable(affinity) else (os.cpu_count() or 1)
+    try:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        local = 1
+    return max(1, cpus // max(local, 1))
+
+
+def check_num_workers(num_workers: object) -> None:
+    """Raise ``ValueError`` unless ``num_workers`` is ``"auto"`` or an int >= 0."""
+    if num_workers == "auto":
+        return
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(
+            f"num_workers must be 'auto' or a whole number >= 0, got {num_workers!r}; "
+            "'auto' starts worker processes by the CPUs available for datasets that read image "
+            "files, 0 reads in the main process"
+        )
+
+
+def loader_settings(
+    num_workers: NumWorkers,
+    *,
+    data: DataKind,
+    batches: int,
+    device: torch.device,
+    cpus: int | None = None,
+) -> LoaderSettings:
+    """The ``DataLoader`` settings for reading ``batches`` batches of ``data`` for ``device``.
+
+    - Workers: an int is used as it is (tensors in memory are always read in the main
+      process). ``"auto"`` starts ``min(cpus - 1, MAX_AUTO_WORKERS, batches)`` workers for a
+      dataset that decodes image files (one CPU is left to the process that runs the
+      backbone), none with fewer than two CPUs or two batches, and none for anything else:
+      a user's dataset may keep state that worker processes would not share, so it gets
+      workers when asked for them.
+    - Pinned memory: with workers and a CUDA backbone, so a batch is copied to the GPU while
+      the backbone still runs on the one before.
+    - Prefetching: :data:`PREFETCH_FACTOR` batches per worker.
+
+    Args:
+        num_workers: ``"auto"`` or a count.
+        data: ``"files"``, ``"tensors"`` or ``"other"`` (see :func:`reads_image_files`).
+        batches: How many batches will be read.
+        device: The device of the backbone.
+        cpus: The CPUs to count on (default :func:`available_cpus`).
+
+    Raises:
+        ValueError: ``num_workers`` is neither ``"auto"`` nor an int >= 0.
+    """
+    check_num_workers(num_workers)
+    if data == "tensors":
+        workers = 0
+    elif num_workers == "auto":
+        cpus = available_cpus() if cpus is None else cpus
+        if data != "files" or cpus < 2 or batches < 2:
+            workers = 0
+        else:
+            workers = min(cpus - 1, MAX_AUTO_WORKERS, batches)
+    else:
+        workers = int(num_workers)
+    return LoaderSettings(
+        num_workers=workers,
+        pin_memory=workers > 0 and device.type == "cuda",
+        prefetch_factor=PREFETCH_FACTOR if workers else None,
+    )
+
+
+def reads_image_files(dataset: object) -> bool:
+    """Whether ``dataset`` decodes image files, looking through ``Subset`` and ``ConcatDataset``.
+
+    A dataset says so with a true class attribute ``reads_image_files``, as
+    :class:`~dinov2_heads.data.ImageFolderDataset` and
+    :class:`~dinov2_heads.data.ManifestDataset` do.
+    """
+    if isinstance(dataset, Subset):
+        return reads_image_files(dataset.dataset)
+    if isinstance(dataset, ConcatDataset):
+        return bool(dataset.datasets) and all(reads_image_files(d) for d in dataset.datasets)
+    return getattr(dataset, "reads_image_files", False) is True
 
 
 @dataclass(frozen=True)
@@ -42,28 +223,35 @@ class MapSource:
         dataset: The dataset.
         count: Its length.
         batch_size: Samples per backbone call (per process).
-        num_workers: ``DataLoader`` worker processes.
+        loader: How the ``DataLoader`` reads it (workers, pinned memory, prefetching).
         collate_fn: How items become a batch (``default_collate`` when ``None``).
     """
 
     dataset: Dataset[Any]
     count: int
     batch_size: int
-    num_workers: int = 0
+    loader: LoaderSettings = LoaderSettings()
     collate_fn: Collate | None = None
+
+    @property
+    def num_workers(self) -> int:
+        """``DataLoader`` worker processes."""
+        return self.loader.num_workers
 
     def batches(self, indices: list[list[int]]) -> Iterator[Any]:
         """One batch per list of indices, in order."""
         collate = self.collate_fn or default_collate
         if self.num_workers == 0:
-            loader = DataLoader(self.dataset, batch_sampler=indices, collate_fn=collate)
+            loader = DataLoader(
+                self.dataset, batch_sampler=indices, collate_fn=collate, **self.loader.arguments()
+            )
             yield from loader
             return
         loader = DataLoader(
             _Reporting(self.dataset),
             batch_sampler=indices,
-            num_workers=self.num_workers,
             collate_fn=_ReportingCollate(collate),
+            **self.loader.arguments(),
         )
         for batch in loader:
             if isinstance(batch, _Failure):
@@ -89,20 +277,41 @@ class StreamSource:
     count: int | None
 
 
-def as_source(data: Any, batch_size: int, num_workers: int) -> MapSource | StreamSource:
+def as_source(
+    data: Any,
+    batch_size: int,
+    num_workers: NumWorkers,
+    *,
+    device: torch.device | None = None,
+) -> MapSource | StreamSource:
     """The source of ``data``: a ``Dataset``, a ``DataLoader`` or an image tensor (N, 3, H, W).
+
+    Args:
+        data: What to read.
+        batch_size: Samples per batch (a ``DataLoader``'s own wins).
+        num_workers: ``"auto"`` or a count, for a ``Dataset`` (see :func:`loader_settings`).
+        device: The backbone's device (default the CPU): pinned memory for CUDA.
 
     Raises:
         TypeError: For anything else, saying what to pass instead.
-        ValueError: For a ``DataLoader`` that shuffles (the store keeps data order).
+        ValueError: For a ``DataLoader`` that shuffles (the store keeps data order), or a
+            ``num_workers`` that is neither ``"auto"`` nor an int >= 0.
     """
+    device = device if device is not None else torch.device("cpu")
+    check_num_workers(num_workers)
     if isinstance(data, DataLoader):
         return _loader_source(data)
     if isinstance(data, IterableDataset):
-        loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers)
+        # Unknown length; "auto" gives no workers to an iterable (each would yield it all).
+        settings = loader_settings(num_workers, data="other", batches=0, device=device)
+        loader = DataLoader(data, batch_size=batch_size, **settings.arguments())
         return StreamSource(loader, None)
     if isinstance(data, Dataset):
-        return MapSource(data, len(data), batch_size, num_workers)  # type: ignore[arg-type]
+        count = len(data)  # type: ignore[arg-type]
+        kind: DataKind = "files" if reads_image_files(data) else "other"
+        batches = math.ceil(count / batch_size) if batch_size > 0 else 0
+        settings = loader_settings(num_workers, data=kind, batches=batches, device=device)
+        return MapSource(data, count, batch_size, settings)
     if isinstance(data, Tensor):
         if data.ndim != 4:
             raise TypeError(
@@ -130,7 +339,7 @@ def _loader_source(loader: DataLoader[Any]) -> MapSource | StreamSource:
             dataset,
             len(dataset),  # type: ignore[arg-type]
             loader.batch_size,
-            loader.num_workers,
+            LoaderSettings.of(loader),
             loader.collate_fn,
         )
     count = None if isinstance(dataset, IterableDataset) else len(dataset)  # type: ignore[arg-type]
@@ -177,6 +386,12 @@ class _Reporting(Dataset[Any]):
 
     def __init__(self, dataset: Dataset[Any]) -> None:
         self.dataset = dataset
+
+    def __getattr__(self, name: str) -> Any:
+        # A worker_init_fn that reaches the dataset through get_worker_info() reads its own.
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]

@@ -184,6 +184,9 @@ class ImageFiles(Dataset[Tensor]):
     ``skipped`` records the files left out as unreadable before the dataset was made.
     """
 
+    #: Read with worker processes by ``extract_features(num_workers="auto")``.
+    reads_image_files = True
+
     def __init__(
         self,
         paths: Sequence[Path],
@@ -200,7 +203,7 @@ class ImageFiles(Dataset[Tensor]):
     def __getitem__(self, index: int) -> Tensor:
         from dinov2_heads.data import load_image
 
-        return self.transform(load_image(self.paths[index]))
+        return self.transform(load_image(self.paths[index], draft_for=self.transform))
 
 
 def text_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:

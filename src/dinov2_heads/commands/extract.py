@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dinov2_heads.commands import _common
+
+if TYPE_CHECKING:
+    from dinov2_heads.data import Preprocess
+
+logger = logging.getLogger(__name__)
 
 EXAMPLE = """\
 example:
@@ -66,7 +72,18 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
         "--batch-size", type=_common.positive_int, default=64, help="images per backbone call"
     )
     parser.add_argument(
-        "--num-workers", type=_common.non_negative_int, default=0, help="image loading processes"
+        "--num-workers",
+        type=_workers,
+        default="auto",
+        help="image loading processes; auto: one per CPU available but one (at most 16)",
+    )
+    parser.add_argument(
+        "--draft",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode JPEG photos at least twice the input size at 1/2, 1/4 or 1/8 of their "
+        "size (Pillow's draft mode: several times faster, within a few grey levels of full "
+        "decoding); default: on for a new store, as the store was started when resuming",
     )
     parser.add_argument(
         "--label-columns",
@@ -89,9 +106,9 @@ def run(args: argparse.Namespace) -> int:
     from dinov2_heads.cache.manifest import MANIFEST
     from dinov2_heads.features import FrozenBackbone
 
-    transform = _common.preprocessing(args, "official_eval")
-    dataset, description = _dataset(args, transform)
     out = Path(args.out)
+    transform = _with_draft(args, _common.preprocessing(args, "official_eval"), out)
+    dataset, description = _dataset(args, transform)
     started_here = args.overwrite or not (out / MANIFEST).is_file()
     if not args.overwrite:
         _check_same_images(out, description)
@@ -130,6 +147,51 @@ def run(args: argparse.Namespace) -> int:
         print(f"  skipped {len(description['skipped'])} unreadable image(s), listed in the log")
     print(f"image paths and class names: {out / DATASET_FILE}")
     return 0
+
+
+def _workers(text: str) -> int | str:
+    """An argparse type: ``auto`` or an int >= 0."""
+    return text if text == "auto" else _common.non_negative_int(text)
+
+
+def _with_draft(args: argparse.Namespace, transform: Preprocess, out: Path) -> Preprocess:
+    """``transform`` with draft decoding as ``--draft`` / ``--no-draft`` say; without either,
+    as the store at ``--out`` was started (so that it resumes with the same pixels), else on.
+
+    Raises:
+        ValueError: ``--draft`` or ``--no-draft`` asks for the other decoding than the store
+            at ``--out`` was started with.
+    """
+    from dinov2_heads.cache.manifest import is_store_manifest, read_manifest
+
+    recorded: bool | None = None
+    if not args.overwrite and is_store_manifest(out):
+        try:
+            stored = read_manifest(out).preprocessing
+        except ValueError:
+            stored = None  # a damaged manifest: extract_features says what is wrong with it
+        if isinstance(stored, dict) and stored.get("type") == "Preprocess":
+            # Stores made before draft decoding existed record no "draft": full decoding.
+            recorded = bool(stored.get("draft", False))
+    if args.draft is None:
+        draft = True if recorded is None else recorded
+        if recorded is False:
+            logger.info(
+                "resuming %s with JPEG files decoded at full size, as it was started (pass "
+                "--overwrite to start again with --draft, faster for large photos)",
+                out,
+            )
+    else:
+        draft = args.draft
+        if recorded is not None and recorded != draft:
+            started = "with" if recorded else "without"
+            flag = "--draft" if draft else "--no-draft"
+            raise ValueError(
+                f"--out {out} was started {started} draft decoding of JPEG files, and {flag} "
+                f"asks for the other; leave out {flag} to resume it as it was started, or pass "
+                "--overwrite (or another --out) to start again"
+            )
+    return transform.replace(draft=draft)
 
 
 def _write_description(out: Path, description: dict[str, Any]) -> None:

@@ -142,6 +142,10 @@ def _store_preprocessing(args: argparse.Namespace, store: FeatureStore) -> Prepr
 
     if args.preset is not None or args.size is not None:
         transform = _common.preprocessing(args, "official_eval")
+        # The store may have been extracted with JPEG draft decoding (extract's default).
+        drafted = transform.replace(draft=True)
+        if _prepares(store, drafted):
+            return drafted
         try:
             store.check(preprocessing=transform)
         except StoreMismatchError as error:
@@ -154,6 +158,7 @@ def _store_preprocessing(args: argparse.Namespace, store: FeatureStore) -> Prepr
     candidates = [get_preset(name) for name in list_presets()]
     if store.input_size is not None:
         candidates.append(Preprocess.for_size(store.input_size))
+    candidates += [candidate.replace(draft=True) for candidate in candidates]
     for candidate in candidates:
         try:
             store.check(preprocessing=candidate)
@@ -164,6 +169,17 @@ def _store_preprocessing(args: argparse.Namespace, store: FeatureStore) -> Prepr
         f"the preprocessing of the feature store at {args.store} is not a preset or a plain "
         "resize; pass the --preset or --size its images were extracted with"
     )
+
+
+def _prepares(store: FeatureStore, transform: Preprocess) -> bool:
+    """Whether ``store`` records ``transform`` as its preprocessing."""
+    from dinov2_heads.cache import StoreMismatchError
+
+    try:
+        store.check(preprocessing=transform)
+    except StoreMismatchError:
+        return False
+    return True
 
 
 def _image(path: str | None, transform: Preprocess) -> Tensor | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -37,7 +37,11 @@ class ImageDataset(Dataset[tuple[Tensor, LabelT]], Generic[LabelT]):
         paths: The image files, in item order.
         transform: PIL image -> (3, H, W) tensor.
         skipped: Files left out as unreadable (only with ``on_error="skip"``).
+        reads_image_files: True: ``extract_features(num_workers="auto")`` reads it with worker
+            processes.
     """
+
+    reads_image_files: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -67,4 +71,7 @@ class ImageDataset(Dataset[tuple[Tensor, LabelT]], Generic[LabelT]):
 
     def __getitem__(self, index: int) -> tuple[Tensor, LabelT]:
         """The transformed image (3, H, W) and its labels."""
-        return self.transform(load_image(self.paths[index])), self._labels[index]
+        # A transform that allows it (Preprocess(..., draft=True)) has large JPEGs decoded at
+        # reduced size.
+        image = load_image(self.paths[index], draft_for=self.transform)
+        return self.transform(image), self._labels[index]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor
 
-from dinov2_heads.data.pillow import require_pillow, to_rgb
+from dinov2_heads.data.pillow import draft_jpeg, require_pillow, to_rgb
 from dinov2_heads.data.preprocess import get_preset
 from dinov2_heads.errors import Dinov2HeadsError
 
@@ -85,7 +85,7 @@ def check_on_error(on_error: str) -> None:
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
 
 
-def load_image(path: PathLike) -> Image.Image:
+def load_image(path: PathLike, *, draft_for: object = None) -> Image.Image:
     """Open and fully decode an image as RGB, turned upright by its EXIF orientation tag.
 
     Grey, palette, RGBA and CMYK images are converted with Pillow's ``convert("RGB")`` (an alpha
@@ -94,13 +94,24 @@ def load_image(path: PathLike) -> Image.Image:
     would clip them at 255, a white picture). 32-bit float images, and 32-bit integer ones with
     values beyond 0..255, have no range to map onto 8 bits and are refused.
 
+    Args:
+        path: The image file.
+        draft_for: The transform the image is loaded for. When it has a
+            ``decode_size(width, height)`` method that returns a size (a
+            :class:`~dinov2_heads.data.Preprocess` with ``draft=True``), a JPEG at least twice
+            that size on each side is decoded at 1/2, 1/4 or 1/8 of its size, keeping at least
+            that size (Pillow's draft mode). Anything else decodes at full size.
+
     Raises:
         UnreadableImageError: The file is missing, not an image, truncated or corrupt, or
             holds 32-bit pixels without a known range.
     """
     pil = require_pillow()
+    decode_size = getattr(draft_for, "decode_size", None)
     try:
         with pil.Image.open(path) as opened:
+            if callable(decode_size):
+                _draft(opened, decode_size)
             # Decoding now, not lazily, is what surfaces a truncated file here, by its path.
             opened.load()
             upright = pil.ImageOps.exif_transpose(opened)
@@ -108,6 +119,26 @@ def load_image(path: PathLike) -> Image.Image:
     except Exception as error:
         raise UnreadableImageError(path, f"{type(error).__name__}: {error}") from error
     return image
+
+
+#: EXIF orientations (tag 274) that turn the picture by 90 degrees: width and height swap.
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+_ORIENTATION_TAG = 274
+
+
+def _draft(
+    opened: Image.Image, decode_size: Callable[[int, int], tuple[int, int] | None]
+) -> None:
+    """Ask for JPEG draft decoding at the size ``decode_size`` needs for the upright image."""
+    if opened.format != "JPEG":
+        return  # reading the EXIF block of other formats costs time for nothing
+    width, height = opened.size
+    # The file stores the picture before its EXIF turn: a quarter turn swaps the sides.
+    turned = opened.getexif().get(_ORIENTATION_TAG) in _QUARTER_TURNS
+    needed = decode_size(height, width) if turned else decode_size(width, height)
+    if needed is not None:
+        need_width, need_height = needed
+        draft_jpeg(opened, (need_height, need_width) if turned else (need_width, need_height))
 
 
 def _skip(path: PathLike, error: UnreadableImageError) -> SkippedImage:
@@ -172,7 +203,8 @@ def load_batch(
     Args:
         paths: Image files.
         transform: PIL image -> (3, H, W); default the ``"official_eval"`` preset
-            (resize 256, centre crop 224, ImageNet normalisation).
+            (resize 256, centre crop 224, ImageNet normalisation). A ``Preprocess`` with
+            ``draft=True`` decodes large JPEG files at reduced size (see :func:`load_image`).
         on_error: ``"raise"`` or ``"skip"`` (see :func:`check_images`).
 
     Returns:
@@ -188,7 +220,7 @@ def load_batch(
     skipped: list[SkippedImage] = []
     for path in paths:
         try:
-            image = load_image(path)
+            image = load_image(path, draft_for=transform)
         except UnreadableImageError as error:
             if on_error == "raise":
                 raise

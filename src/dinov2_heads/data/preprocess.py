@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -19,6 +19,7 @@ from dinov2_heads.data.functional import (
     pil_to_tensor,
     resize,
     resize_shorter_side,
+    shorter_side_size,
 )
 
 if TYPE_CHECKING:
@@ -41,6 +42,14 @@ class Preprocess:
         mean: Per-channel mean (RGB) subtracted after scaling to [0, 1].
         std: Per-channel standard deviation (RGB) divided by.
         patch_size: The output sides must be multiples of it (14 for DINOv2).
+        draft: Let the loaders that read files (:func:`~dinov2_heads.data.load_image` with
+            ``draft_for=``, the datasets, :func:`~dinov2_heads.data.load_batch`) decode a JPEG
+            file at 1/2, 1/4 or 1/8 of its size when the resize needs no more pixels than
+            that (Pillow's draft mode, see :meth:`decode_size`). Photos much larger than the
+            output load several times faster; the result differs from full decoding by a few
+            grey levels at most (docs/images.md has the figures). Images already decoded, other
+            formats and JPEGs less than twice the resize's size are unaffected. Off by default;
+            a feature store records it (see :meth:`description`).
 
     Example:
         ``Preprocess(resize=(126, 252))(image)`` gives a (3, 126, 252) tensor; a
@@ -53,8 +62,11 @@ class Preprocess:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     patch_size: int = PATCH_SIZE
+    draft: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.draft, bool):
+            raise TypeError(f"draft must be True or False, got {self.draft!r}")
         if not isinstance(self.resize, int):
             object.__setattr__(self, "resize", _as_pair(self.resize, "resize"))
         elif self.resize <= 0:
@@ -98,6 +110,35 @@ class Preprocess:
     def replace(self, **changes: Any) -> Preprocess:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
+
+    def decode_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """The smallest (width, height) an image of this (upright) size may be decoded at.
+
+        That is the size the resize produces, so a JPEG decoded at reduced size is still
+        shrunk (or kept) by the antialiased resize, never enlarged.
+
+        Returns:
+            ``None`` when :attr:`draft` is off: decode at full size.
+        """
+        if not self.draft:
+            return None
+        if isinstance(self.resize, int):
+            resized_height, resized_width = shorter_side_size(height, width, self.resize)
+        else:
+            resized_height, resized_width = self.resize
+        return resized_width, resized_height
+
+    def description(self) -> dict[str, Any]:
+        """What a feature store records about this preprocessing: the class name and fields.
+
+        ``draft`` appears only when on, so a ``Preprocess`` without it has the description it
+        had before the option existed, and the stores made with it open and resume as before;
+        a store made with draft decoding is refused by a run without it, and the reverse.
+        """
+        value: dict[str, Any] = {"type": type(self).__name__, **asdict(self)}
+        if not self.draft:
+            del value["draft"]
+        return value
 
     def __call__(self, image: Image.Image | Tensor) -> Tensor:
         """Preprocess one image or a batch.
