@@ -126,9 +126,7 @@ _QUARTER_TURNS = frozenset({5, 6, 7, 8})
 _ORIENTATION_TAG = 274
 
 
-def _draft(
-    opened: Image.Image, decode_size: Callable[[int, int], tuple[int, int] | None]
-) -> None:
+def _draft(opened: Image.Image, decode_size: Callable[[int, int], tuple[int, int] | None]) -> None:
     """Ask for JPEG draft decoding at the size ``decode_size`` needs for the upright image."""
     if opened.format != "JPEG":
         return  # reading the EXIF block of other formats costs time for nothing

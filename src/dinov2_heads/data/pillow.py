@@ -117,5 +117,6 @@ def draft_jpeg(image: Image.Image, needed: tuple[int, int]) -> int:
     if image.draft(image.mode, needed) is None:
         return 1  # Pillow declined: a file with several tiles, or a second call
     # Pillow picks the scale by the same rule, and never below the size asked for.
-    assert image.size[0] >= needed[0] and image.size[1] >= needed[1], (image.size, needed)
+    assert image.size[0] >= needed[0], (image.size, needed)
+    assert image.size[1] >= needed[1], (image.size, needed)
     return scale
