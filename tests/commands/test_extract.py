@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from dinov2_heads.cache import FeatureStore
 from dinov2_heads.checkpoints import load_backbone
@@ -180,3 +181,67 @@ def test_an_interrupted_run_records_its_images(
     broken.write_bytes(good)
     assert extract(files, store, folder, extra=("--batch-size", "2")) == 0
     assert len(FeatureStore.open(store)) == 8
+
+
+def _jpeg_folder(files: Files, folder: Path) -> Path:
+    """The class folder as JPEG files four times the input size: draft decoding reduces them."""
+    for image in sorted(files.folder.rglob("*.png")):
+        target = folder / image.parent.name / f"{image.stem}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(image) as opened:
+            opened.resize((224, 112), Image.Resampling.BICUBIC).save(target, quality=95)
+    return folder
+
+
+def test_jpeg_files_are_draft_decoded_unless_no_draft(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _jpeg_folder(files, tmp_path / "jpegs")
+    assert extract(files, tmp_path / "draft", folder) == 0
+    assert (
+        extract(files, tmp_path / "full", folder, extra=("--no-draft", "--num-workers", "0")) == 0
+    )
+    drafted, full = FeatureStore.open(tmp_path / "draft"), FeatureStore.open(tmp_path / "full")
+    assert drafted.manifest.preprocessing["draft"] is True
+    assert "draft" not in full.manifest.preprocessing
+    # Decoded at a quarter of each side, then resized: close to full decoding, not equal.
+    difference = (drafted.array("class_tokens") - full.array("class_tokens")).abs()
+    assert 0 < float(difference.max()) < 0.5 * float(full.array("class_tokens").abs().max())
+    capsys.readouterr()
+    assert extract(files, tmp_path / "full", folder, extra=("--draft",)) == 1
+    error = capsys.readouterr().err
+    assert (
+        "was started without draft decoding of JPEG files, and --draft asks for the other" in error
+    )
+    assert "leave out --draft to resume it" in error
+    assert extract(files, tmp_path / "draft", folder, extra=("--no-draft",)) == 1
+    assert "was started with draft decoding" in capsys.readouterr().err
+
+
+def test_a_store_started_without_draft_resumes_without_it(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _jpeg_folder(files, tmp_path / "jpegs")
+    broken = sorted(folder.rglob("*.jpg"))[-1]
+    good = broken.read_bytes()
+    broken.write_bytes(b"not a jpeg")
+    store = tmp_path / "store"
+    # As a store made before draft decoding existed: its preprocessing records no draft.
+    assert extract(files, store, folder, extra=("--batch-size", "2", "--no-draft")) == 1
+    assert "draft" not in json.loads((store / "manifest.json").read_text())["preprocessing"]
+    broken.write_bytes(good)
+    assert extract(files, store, folder, extra=("--batch-size", "2")) == 0
+    resumed = FeatureStore.open(store)
+    assert "draft" not in resumed.manifest.preprocessing
+    fresh = tmp_path / "fresh"
+    assert extract(files, fresh, folder, extra=("--batch-size", "2", "--no-draft")) == 0
+    assert torch.equal(
+        resumed.array("class_tokens"), FeatureStore.open(fresh).array("class_tokens")
+    )
+
+
+def test_num_workers_is_a_count_or_auto(files: Files, tmp_path: Path) -> None:
+    assert extract(files, tmp_path / "auto", files.folder, extra=("--num-workers", "auto")) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        extract(files, tmp_path / "bad", files.folder, extra=("--num-workers", "many"))
+    assert exit_info.value.code == 2

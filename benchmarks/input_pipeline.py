@@ -1,0 +1,610 @@
+"""Input pipeline: JPEG decoding with and without draft mode, and extraction from files against
+the backbone alone.
+
+Writes synthetic JPEG photos (gradients, soft shapes and sensor noise, so the files have
+realistic sizes) of each ``--sizes`` entry, then measures:
+
+1. Decoding: ``load_image`` and ``load_image`` + the preset's preprocessing, one image at a
+   time in this process, with full decoding and with JPEG draft decoding
+   (``Preprocess(..., draft=True)``): images/s (median of ``--runs``), and how far the drafted
+   pixels and features land from the fully decoded ones.
+2. Extraction: ``extract_features`` over an ``ImageFolderDataset`` of the photos (draft on,
+   ``--workers`` DataLoader workers) against the same ``FrozenBackbone`` on random images that
+   are already on the device ("backbone only"): images/s of both, their ratio, and the share of
+   the time the extraction waited for data.
+
+CPU (decoding, and a small ViT-S/14 extraction)::
+
+    python benchmarks/input_pipeline.py --device cpu --arch dinov2_vits14 --photos 32
+
+GPU (ViT-S/14 and ViT-L/14, bf16 weights; the target is extraction >= 0.9 x backbone only)::
+
+    python benchmarks/input_pipeline.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import logging
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import PIL
+import torch
+from PIL import Image, ImageChops
+
+from dinov2_heads import create_backbone
+from dinov2_heads.backbone import list_variants
+from dinov2_heads.cache import extract_features
+from dinov2_heads.cache.source import available_cpus, loader_settings
+from dinov2_heads.data import ImageFolderDataset, Preprocess, get_preset, list_presets, load_image
+from dinov2_heads.features import FrozenBackbone
+from dinov2_heads.progress import TimeSplit
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# ---------------------------------------------------------------------------- photos
+
+
+def synthetic_photo(width: int, height: int, seed: int) -> Image.Image:
+    """A picture that a JPEG encoder treats like a photo: large soft shapes, finer detail,
+    lighting from the top, and per-pixel noise of a few grey levels (so the file is about as
+    large as a camera's: about 40 KB at 500x375, a few MB at 4000x3000)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def rgb(pixels: torch.Tensor) -> Image.Image:
+        height_, width_ = int(pixels.shape[0]), int(pixels.shape[1])
+        return Image.frombytes("RGB", (width_, height_), pixels.contiguous().numpy().tobytes())
+
+    def field_of(step: int) -> Image.Image:
+        shape = (height // step + 2, width // step + 2, 3)
+        coarse = torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
+        return rgb(coarse).resize((width, height), Image.Resampling.BICUBIC)
+
+    longer = max(width, height)
+    scene = Image.blend(field_of(max(longer // 6, 1)), field_of(max(longer // 100, 1)), 0.3)
+    light = Image.linear_gradient("L").resize((width, height), Image.Resampling.BILINEAR)
+    dark = Image.new("RGB", (width, height), (20, 25, 35))
+    lit = Image.composite(scene, dark, ImageChops.invert(light))
+    # Noise of +-10 levels from a 256x256 tile: per-pixel detail everywhere, cheaply.
+    tile = rgb(torch.randint(0, 21, (256, 256, 3), generator=generator, dtype=torch.uint8))
+    noise = Image.new("RGB", (width, height))
+    for top in range(0, height, 256):
+        for left in range(0, width, 256):
+            noise.paste(tile, (left, top))
+    return ImageChops.add(lit, noise, offset=-10)
+
+
+def write_photos(
+    folder: Path, size: tuple[int, int], count: int, distinct: int, quality: int = 90
+) -> list[Path]:
+    """``count`` JPEG files of ``size`` (width, height) in ``folder/photos/``: ``distinct``
+    different pictures, the rest byte copies of them (each decodes in full all the same)."""
+    target = folder / "photos"
+    target.mkdir(parents=True, exist_ok=True)
+    sources: list[bytes] = []
+    paths = []
+    for index in range(count):
+        path = target / f"{index:06d}.jpg"
+        if index < distinct:
+            synthetic_photo(size[0], size[1], seed=index).save(path, quality=quality)
+            sources.append(path.read_bytes())
+        else:
+            path.write_bytes(sources[index % len(sources)])
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+@dataclass
+class DecodeRow:
+    """One size and decoding mode (one line of the decoding table)."""
+
+    size: str
+    draft: bool
+    photos: int
+    file_kb: float
+    decoded: str = ""
+    decode_ms: float = float("nan")
+    decode_images_per_s: float = float("nan")
+    images_per_s: float = float("nan")
+    speedup: float = float("nan")
+    max_levels: float = float("nan")
+    mean_levels: float = float("nan")
+    feature_rel_diff: float = float("nan")
+    runs: list[float] = field(default_factory=list)
+
+
+def _seconds(work: Callable[[], object], runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure_decoding(
+    paths: Sequence[Path],
+    size: tuple[int, int],
+    preset: Preprocess,
+    runs: int,
+    features: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> list[DecodeRow]:
+    """Full and draft decoding of ``paths``: speed, and pixel and feature differences."""
+    label = f"{size[0]}x{size[1]}"
+    kilobytes = statistics.mean(path.stat().st_size for path in paths) / 1024
+    rows = []
+    prepared: dict[bool, torch.Tensor] = {}
+    for draft in (False, True):
+        transform = preset.replace(draft=draft)
+        row = DecodeRow(label, draft, len(paths), round(kilobytes, 1))
+        decoded = load_image(paths[0], draft_for=transform).size
+        row.decoded = f"{decoded[0]}x{decoded[1]}"
+
+        def decode(transform: Preprocess = transform) -> None:
+            for path in paths:
+                load_image(path, draft_for=transform)
+
+        def decode_and_prepare(transform: Preprocess = transform) -> None:
+            for path in paths:
+                transform(load_image(path, draft_for=transform))
+
+        decode()  # warm the file cache
+        decode_median = statistics.median(_seconds(decode, runs))
+        row.runs = _seconds(decode_and_prepare, runs)
+        row.decode_ms = decode_median / len(paths) * 1e3
+        row.decode_images_per_s = len(paths) / decode_median
+        row.images_per_s = len(paths) / statistics.median(row.runs)
+        prepared[draft] = torch.stack(
+            [transform(load_image(path, draft_for=transform)) for path in paths]
+        )
+        rows.append(row)
+    full, drafted = rows
+    drafted.speedup = drafted.images_per_s / full.images_per_s
+    full.speedup = 1.0
+    std = torch.tensor(preset.std).view(1, 3, 1, 1)
+    levels = (prepared[True] - prepared[False]).abs() * std * 255
+    drafted.max_levels = float(levels.max())
+    drafted.mean_levels = float(levels.mean())
+    full.max_levels = full.mean_levels = 0.0
+    if features is not None:
+        reference, candidate = features(prepared[False]), features(prepared[True])
+        drafted.feature_rel_diff = float(
+            ((candidate - reference).norm(dim=-1) / reference.norm(dim=-1)).max()
+        )
+        full.feature_rel_diff = 0.0
+    return rows
+
+
+# ---------------------------------------------------------------------------- extraction
+
+
+@dataclass
+class ExtractRow:
+    """One backbone and photo size (one line of the extraction table)."""
+
+    arch: str
+    size: str
+    draft: bool
+    photos: int
+    batch: int
+    workers: int
+    dtype: str
+    backbone_images_per_s: float = float("nan")
+    extract_images_per_s: float = float("nan")
+    steady_images_per_s: float = float("nan")
+    ratio: float = float("nan")
+    steady_ratio: float = float("nan")
+    loader_share: float = float("nan")
+    verdict: str = ""
+    backbone_runs: list[float] = field(default_factory=list)
+    extract_runs: list[float] = field(default_factory=list)
+    error: str = ""
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def backbone_only(
+    frozen: FrozenBackbone,
+    batch: int,
+    size: tuple[int, int],
+    device: torch.device,
+    *,
+    warmup: int,
+    iters: int,
+) -> list[float]:
+    """Seconds per call of ``frozen`` on random images already on ``device``."""
+    images = torch.randn(batch, 3, *size, device=device)
+    for _ in range(warmup):
+        frozen(images)
+    _synchronize(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        frozen(images)
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+class _Splits(logging.Handler):
+    """Keeps the time split of each finished progress bar (the last log line carries it)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.splits: list[TimeSplit] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        split = getattr(record, "time_split", None)
+        if isinstance(split, TimeSplit):
+            self.splits.append(split)
+
+
+@contextlib.contextmanager
+def _capture_splits() -> Iterator[_Splits]:
+    logger = logging.getLogger("dinov2_heads.progress")
+    handler = _Splits()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def measure_extraction(
+    frozen: FrozenBackbone,
+    dataset: ImageFolderDataset,
+    row: ExtractRow,
+    *,
+    runs: int,
+    workers: int | str,
+) -> None:
+    """``extract_features`` over ``dataset`` ``runs`` times; fills ``row``."""
+    count = len(dataset)
+    splits: list[TimeSplit] = []
+    for _ in range(runs):
+        with _capture_splits() as captured:
+            start = time.perf_counter()
+            extract_features(
+                frozen,
+                dataset,
+                batch_size=row.batch,
+                num_workers=workers,  # type: ignore[arg-type]
+                dtype=torch.float16,
+            )
+            row.extract_runs.append(time.perf_counter() - start)
+        splits += captured.splits
+    row.extract_images_per_s = count / statistics.median(row.extract_runs)
+    row.ratio = row.extract_images_per_s / row.backbone_images_per_s
+    timed = [split for split in splits if split.items]
+    if timed:
+        # After the first batch (worker start-up, first call): the loop's steady pace.
+        steady = [
+            split.items * row.batch / (split.waiting + split.working)
+            for split in timed
+            if split.waiting + split.working > 0
+        ]
+        share = statistics.median(split.waiting_share or 0.0 for split in timed)
+        if steady:
+            row.steady_images_per_s = statistics.median(steady)
+            row.steady_ratio = row.steady_images_per_s / row.backbone_images_per_s
+        row.loader_share = share
+        row.verdict = timed[len(timed) // 2].verdict or ""
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    info: dict[str, Any] = {
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "pillow": PIL.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "cpu_threads": torch.get_num_threads(),
+        "cpus_available": available_cpus(),
+        "machine": platform.machine(),
+        "processor": _processor(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _processor() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _clean(item: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: (None if isinstance(value, float) and value != value else value)
+        for key, value in item.items()
+    }
+
+
+def format_decode_table(rows: Sequence[DecodeRow]) -> str:
+    """Markdown: one line per size and decoding mode."""
+    lines = [
+        "| photo | KB | draft | decoded at | decode ms | decode images/s "
+        "| + preprocess images/s | speed-up | max diff | mean diff | feature diff |",
+        "|" + " --- |" * 11,
+    ]
+    for row in rows:
+        feature = (
+            "" if row.feature_rel_diff != row.feature_rel_diff else f"{row.feature_rel_diff:.1e}"
+        )
+        lines.append(
+            f"| {row.size} | {row.file_kb:,.0f} | {'on' if row.draft else 'off'} | {row.decoded} "
+            f"| {row.decode_ms:.2f} | {row.decode_images_per_s:,.1f} | {row.images_per_s:,.1f} "
+            f"| {row.speedup:.2f}x | {row.max_levels:.0f} | {row.mean_levels:.2f} | {feature} |"
+        )
+    return "\n".join(lines)
+
+
+def format_extract_table(rows: Sequence[ExtractRow]) -> str:
+    """Markdown: one line per backbone and photo size."""
+    lines = [
+        "| backbone | photo | draft | batch | workers | backbone only images/s "
+        "| extraction images/s | ratio | steady images/s | steady ratio | waiting | bound |",
+        "|" + " --- |" * 12,
+    ]
+    for row in rows:
+        where = f"| {row.arch} ({row.dtype}) | {row.size} | {'on' if row.draft else 'off'} "
+        if row.error:
+            lines.append(f"{where}| {row.batch} | {row.workers} | failed: {row.error} |" + " |" * 7)
+            continue
+        lines.append(
+            f"{where}| {row.batch} | {row.workers} | {row.backbone_images_per_s:,.1f} "
+            f"| {row.extract_images_per_s:,.1f} | {row.ratio:.2f} "
+            f"| {row.steady_images_per_s:,.1f} | {row.steady_ratio:.2f} "
+            f"| {row.loader_share:.0%} | {row.verdict} |"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def parse_photo_size(text: str) -> tuple[int, int]:
+    """``"4000x3000"`` -> (4000, 3000): width x height, as photos are described."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(part) for part in parts]
+    except ValueError:
+        values = []
+    if len(values) != 2 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a photo size WIDTHxHEIGHT such as 4000x3000, got {text!r}"
+        )
+    return values[0], values[1]
+
+
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--workers must be auto or >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options."""
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        type=parse_photo_size,
+        default=[(500, 375), (4000, 3000)],
+        help="photo sizes, WIDTHxHEIGHT",
+    )
+    parser.add_argument("--preset", default="official_eval", choices=list_presets())
+    parser.add_argument("--distinct", type=int, default=4, help="different photos per size")
+    parser.add_argument(
+        "--photos", type=int, help="files per size for the extraction (default 1024 on CUDA, 32)"
+    )
+    parser.add_argument("--runs", type=int, default=5, help="decoding runs (median)")
+    parser.add_argument("--extraction-runs", type=int, default=3, help="extraction runs (median)")
+    parser.add_argument(
+        "--arch",
+        nargs="+",
+        choices=list_variants(),
+        help="backbones (random weights); default ViT-S/14 and ViT-L/14 on CUDA, ViT-S/14",
+    )
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument(
+        "--dtype", choices=list(DTYPES), help="backbone weights: default bf16 on CUDA, fp32"
+    )
+    parser.add_argument("--batch-size", type=int, help="default 128 on CUDA, 16")
+    parser.add_argument("--workers", type=_workers, default="auto", help="auto or a count")
+    parser.add_argument(
+        "--draft",
+        choices=("on", "off", "both"),
+        default="on",
+        help="decoding in the extraction (both: one row each)",
+    )
+    parser.add_argument("--iters", type=int, default=10, help="timed backbone-only calls")
+    parser.add_argument("--depth", type=int, help="build fewer blocks (quick smoke runs)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--skip-decode", action="store_true", help="only the extraction")
+    parser.add_argument("--skip-extraction", action="store_true", help="only the decoding")
+    parser.add_argument("--folder", help="write the photos here and keep them (default: temp)")
+    parser.add_argument("--smoke", action="store_true", help="a tiny run, for the tests")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the tables")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark from the command line; returns what ``--json`` prints."""
+    args = build_parser().parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device here; pass --device cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    on_cuda = device.type == "cuda"
+    if args.smoke:
+        args.sizes, args.distinct, args.runs, args.extraction_runs = (
+            [(120, 90), (800, 600)],
+            2,
+            2,
+            1,
+        )
+        args.photos, args.batch_size, args.depth, args.iters = 4, 2, 1, 2
+        args.arch = args.arch or ["dinov2_vits14"]
+    arches = args.arch or (["dinov2_vits14", "dinov2_vitl14"] if on_cuda else ["dinov2_vits14"])
+    photos = args.photos or (1024 if on_cuda else 32)
+    batch = args.batch_size or (128 if on_cuda else 16)
+    dtype_name = args.dtype or ("bf16" if on_cuda else "fp32")
+    if min(args.runs, args.extraction_runs, args.distinct, photos, batch, args.iters) < 1:
+        raise SystemExit(
+            "--runs, --extraction-runs, --distinct, --photos, --batch-size, --iters >= 1"
+        )
+    overrides = {"depth": args.depth} if args.depth else {}
+    preset = get_preset(args.preset)
+    log = _stderr
+    root = Path(args.folder) if args.folder else Path(tempfile.mkdtemp(prefix="input_pipeline_"))
+    decode_rows: list[DecodeRow] = []
+    extract_rows: list[ExtractRow] = []
+    try:
+        folders = {}
+        for size in args.sizes:
+            folder = root / f"{size[0]}x{size[1]}"
+            count = max(photos if not args.skip_extraction else 0, args.distinct)
+            started = time.perf_counter()
+            paths = write_photos(folder, size, count, args.distinct)
+            took = time.perf_counter() - started
+            log(f"wrote {count} photos of {size[0]}x{size[1]} in {took:.1f} s")
+            folders[size] = (folder, paths)
+        if not args.skip_decode:
+            torch.manual_seed(0)
+            probe = create_backbone("dinov2_vits14", **overrides).eval()
+
+            def class_tokens(images: torch.Tensor) -> torch.Tensor:
+                with torch.no_grad():
+                    return probe.forward_features(images)["x_norm_clstoken"]
+
+            for size, (_, paths) in folders.items():
+                log(f"decoding {size[0]}x{size[1]}")
+                distinct = paths[: args.distinct]
+                decode_rows += measure_decoding(distinct, size, preset, args.runs, class_tokens)
+        if not args.skip_extraction:
+            drafts = {"on": [True], "off": [False], "both": [True, False]}[args.draft]
+            for arch in arches:
+                torch.manual_seed(0)
+                backbone = create_backbone(arch, **overrides).to(device)
+                frozen = FrozenBackbone(backbone, dtype=DTYPES[dtype_name])
+                seconds = backbone_only(
+                    frozen, batch, preset.output_size, device, warmup=3, iters=args.iters
+                )
+                backbone_rate = batch / statistics.median(seconds)
+                log(f"{arch} backbone only: {backbone_rate:,.1f} images/s")
+                for size, (folder, _) in folders.items():
+                    for draft in drafts:
+                        dataset = ImageFolderDataset(folder, preset.replace(draft=draft))
+                        batches = -(-len(dataset) // batch)
+                        settings = loader_settings(
+                            args.workers, data="files", batches=batches, device=device
+                        )
+                        row = ExtractRow(
+                            arch,
+                            f"{size[0]}x{size[1]}",
+                            draft,
+                            len(dataset),
+                            batch,
+                            settings.num_workers,
+                            dtype_name,
+                            backbone_images_per_s=backbone_rate,
+                            backbone_runs=seconds,
+                        )
+                        log(f"{arch} extracting {row.size} (draft {'on' if draft else 'off'})")
+                        try:
+                            measure_extraction(
+                                frozen,
+                                dataset,
+                                row,
+                                runs=args.extraction_runs,
+                                workers=args.workers,
+                            )
+                        except Exception as error:  # one failed case still prints the rest
+                            row.error = f"{type(error).__name__}: {error}"
+                        extract_rows.append(row)
+                del frozen, backbone
+                if on_cuda:
+                    torch.cuda.empty_cache()
+    finally:
+        if not args.folder:
+            shutil.rmtree(root, ignore_errors=True)
+    result = {
+        "environment": environment(device),
+        "settings": {
+            "preset": args.preset,
+            "sizes": [f"{w}x{h}" for w, h in args.sizes],
+            "distinct": args.distinct,
+            "photos": photos,
+            "runs": args.runs,
+            "extraction_runs": args.extraction_runs,
+            "batch": batch,
+            "workers": args.workers,
+            "dtype": dtype_name,
+            "overrides": overrides,
+        },
+        "decoding": [_clean(asdict(row)) for row in decode_rows],
+        "extraction": [_clean(asdict(row)) for row in extract_rows],
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        env = result["environment"]
+        where = env.get("gpu") or f"CPU ({env['processor']}), {env['cpus_available']} CPUs"
+        print(
+            f"{env['date']}: torch {env['torch']}, Pillow {env['pillow']} on {where}; "
+            f"preset {args.preset}"
+        )
+        if decode_rows:
+            print(
+                f"\nDecoding, one process, median of {args.runs} runs over {args.distinct} photos:"
+            )
+            print(format_decode_table(decode_rows))
+        if extract_rows:
+            print(f"\nExtraction, median of {args.extraction_runs} runs:")
+            print(format_extract_table(extract_rows))
+    return result
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.benchmarks.conftest import load_script
+
+ip = load_script("input_pipeline")
+
+
+@pytest.fixture(scope="module")
+def smoke() -> dict[str, Any]:
+    result: dict[str, Any] = ip.main(["--smoke", "--json"])
+    return result
+
+
+def test_smoke_run_measures_both_decodings_and_the_extraction(smoke: dict[str, Any]) -> None:
+    assert json.loads(json.dumps(smoke)) == smoke  # what --json prints
+    environment = smoke["environment"]
+    assert environment["device"] == "cpu"
+    assert {"date", "torch", "pillow", "cpus_available"} <= environment.keys()
+    decoding = {(row["size"], row["draft"]): row for row in smoke["decoding"]}
+    assert set(decoding) == {(s, d) for s in ("120x90", "800x600") for d in (False, True)}
+    for row in decoding.values():
+        assert row["photos"] == 2
+        assert row["images_per_s"] > 0
+        assert row["decode_images_per_s"] > 0
+        assert len(row["runs"]) == 2
+        assert row["images_per_s"] == pytest.approx(2 / statistics.median(row["runs"]))
+    # 800x600 for a 341x256 resize: decoded at half size, a few grey levels away.
+    assert decoding[("800x600", True)]["decoded"] == "400x300"
+    assert decoding[("800x600", False)]["decoded"] == "800x600"
+    assert 0 < decoding[("800x600", True)]["max_levels"] <= 16
+    assert 0 < decoding[("800x600", True)]["feature_rel_diff"] < 0.1
+    assert decoding[("800x600", True)]["speedup"] == pytest.approx(
+        decoding[("800x600", True)]["images_per_s"] / decoding[("800x600", False)]["images_per_s"]
+    )
+    # 120x90 is smaller than the resize: decoded as it is, the same pixels.
+    small = decoding[("120x90", True)]
+    assert (small["decoded"], small["max_levels"], small["feature_rel_diff"]) == ("120x90", 0, 0)
+
+    rows = smoke["extraction"]
+    assert [(row["arch"], row["size"], row["draft"]) for row in rows] == [
+        ("dinov2_vits14", "120x90", True),
+        ("dinov2_vits14", "800x600", True),
+    ]
+    for row in rows:
+        assert row["error"] == ""
+        assert row["photos"] == 4
+        assert row["batch"] == 2
+        assert row["extract_images_per_s"] == pytest.approx(4 / row["extract_runs"][0])
+        assert row["ratio"] == pytest.approx(
+            row["extract_images_per_s"] / row["backbone_images_per_s"]
+        )
+        assert row["steady_ratio"] == pytest.approx(
+            row["steady_images_per_s"] / row["backbone_images_per_s"]
+        )
+        assert 0 <= row["loader_share"] <= 1
+        assert row["verdict"] in ("loader-bound", "backbone-bound")
+
+
+def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
+    ip.main(["--smoke", "--skip-extraction", "--sizes", "800x600"])
+    out = capsys.readouterr().out
+    assert "Pillow" in out
+    assert "| 800x600 |" in out
+    assert "| on | 400x300 |" in out
+    assert "Extraction" not in out
+
+
+def test_photos_are_repeatable_and_copied(tmp_path: Path) -> None:
+    a = ip.synthetic_photo(64, 48, seed=3)
+    b = ip.synthetic_photo(64, 48, seed=3)
+    assert a.size == (64, 48)
+    assert a.tobytes() == b.tobytes()
+    assert a.tobytes() != ip.synthetic_photo(64, 48, seed=4).tobytes()
+    paths = ip.write_photos(tmp_path, (64, 48), count=5, distinct=2)
+    assert [p.name for p in paths] == [f"{i:06d}.jpg" for i in range(5)]
+    assert paths[2].read_bytes() == paths[0].read_bytes()
+    assert paths[1].read_bytes() != paths[0].read_bytes()
+
+
+def test_photo_sizes_are_width_by_height() -> None:
+    assert ip.parse_photo_size("4000x3000") == (4000, 3000)
+    for bad in ["4000", "0x10", "ax3", "1x2x3"]:
+        with pytest.raises(argparse.ArgumentTypeError, match="WIDTHxHEIGHT"):
+            ip.parse_photo_size(bad)
+
+
+def test_cuda_is_refused_without_a_gpu() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        ip.main(["--device", "cuda", "--smoke"])
