@@ -5,7 +5,8 @@ Writes synthetic JPEG photos (gradients, soft shapes and sensor noise, so the fi
 realistic sizes) of each ``--sizes`` entry, then measures:
 
 1. Decoding: ``load_image`` and ``load_image`` + the preset's preprocessing, one image at a
-   time in this process, with full decoding and with JPEG draft decoding
+   time in this process on one thread (as each ``DataLoader`` worker runs), with full
+   decoding and with JPEG draft decoding
    (``Preprocess(..., draft=True)``): images/s (median of ``--runs``), and how far the drafted
    pixels and features land from the fully decoded ones.
 2. Extraction: ``extract_features`` over an ``ImageFolderDataset`` of the photos (draft on,
@@ -514,10 +515,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 with torch.no_grad():
                     return probe.forward_features(images)["x_norm_clstoken"]
 
-            for size, (_, paths) in folders.items():
-                log(f"decoding {size[0]}x{size[1]}")
-                distinct = paths[: args.distinct]
-                decode_rows += measure_decoding(distinct, size, preset, args.runs, class_tokens)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # what each DataLoader worker uses
+            try:
+                for size, (_, paths) in folders.items():
+                    log(f"decoding {size[0]}x{size[1]}")
+                    distinct = paths[: args.distinct]
+                    decode_rows += measure_decoding(distinct, size, preset, args.runs, class_tokens)
+            finally:
+                torch.set_num_threads(threads)
         if not args.skip_extraction:
             drafts = {"on": [True], "off": [False], "both": [True, False]}[args.draft]
             for arch in arches:

@@ -121,3 +121,27 @@ def test_decode_size_is_the_size_the_resize_produces() -> None:
     assert drafted.decode_size(100, 50) == (512, 256)  # enlarging: no reduction can keep it
     fixed = Preprocess(resize=(126, 252), draft=True)
     assert fixed.decode_size(4000, 3000) == (252, 126)
+
+
+@pytest.mark.parametrize(
+    "preprocess",
+    [
+        Preprocess(resize=256, crop=(224, 224)),
+        Preprocess(resize=(126, 252)),
+        Preprocess(resize=(28, 42)),
+        Preprocess(resize=(700, 1400)),  # enlarging
+    ],
+    ids=["official", "vehicle", "small", "enlarge"],
+)
+def test_pil_input_gives_exactly_the_pixels_of_a_contiguous_tensor(preprocess: Preprocess) -> None:
+    # A Pillow image is resized from its interleaved pixels; the result is the same, bit for bit.
+    for height, width, mode in [
+        (375, 500, "RGB"),
+        (301, 403, "RGB"),
+        (126, 252, "L"),
+        (28, 42, "P"),
+    ]:
+        image = noise_image(height, width, seed=height).convert(mode)
+        from_pil = preprocess(image)
+        assert from_pil.is_contiguous()
+        assert torch.equal(from_pil, preprocess(pil_to_tensor(image))), (height, width, mode)

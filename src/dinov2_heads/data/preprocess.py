@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+import torch
+from einops import rearrange
 from torch import Tensor
 
 from dinov2_heads.data.functional import (
@@ -16,11 +18,11 @@ from dinov2_heads.data.functional import (
     check_valid_size,
     nearest_valid_size,
     normalize,
-    pil_to_tensor,
     resize,
     resize_shorter_side,
     shorter_side_size,
 )
+from dinov2_heads.data.pillow import to_rgb
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -150,7 +152,7 @@ class Preprocess:
         Returns:
             (3, H, W) or (B, 3, H, W) float32, normalised.
         """
-        x = image if isinstance(image, Tensor) else pil_to_tensor(image)
+        x = image if isinstance(image, Tensor) else _pixels(image)
         if isinstance(self.resize, int):
             x = resize_shorter_side(x, self.resize)
         else:
@@ -160,7 +162,20 @@ class Preprocess:
             x = x.clamp(0, 1)
         if self.crop is not None:
             x = center_crop(x, self.crop)
-        return normalize(x, self.mean, self.std)
+        return normalize(x, self.mean, self.std).contiguous()
+
+
+def _pixels(image: Image.Image) -> Tensor:
+    """The pixels of a Pillow image as a ``uint8`` (3, H, W) view, channels last in memory.
+
+    The same values as :func:`~dinov2_heads.data.pil_to_tensor`, without its copy into
+    channels-first order: the CPU resize reads interleaved RGB directly (about twice as fast
+    for a photo) and gives the same pixels.
+    """
+    image = to_rgb(image)
+    width, height = image.size
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return rearrange(pixels, "(h w c) -> c h w", h=height, w=width, c=3)
 
 
 #: Named presets: ``official_eval`` is the official DINOv2 evaluation transform (shorter side
