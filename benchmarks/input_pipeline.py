@@ -598,9 +598,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"preset {args.preset}"
         )
         if decode_rows:
-            print(
-                f"\nDecoding, one process, median of {args.runs} runs over {args.distinct} photos:"
-            )
+            runs, distinct = args.runs, args.distinct
+            print(f"\nDecoding, one thread, median of {runs} runs over {distinct} photos:")
             print(format_decode_table(decode_rows))
         if extract_rows:
             print(f"\nExtraction, median of {args.extraction_runs} runs:")
