@@ -9,14 +9,18 @@ realistic sizes) of each ``--sizes`` entry, then measures:
    decoding and with JPEG draft decoding
    (``Preprocess(..., draft=True)``): images/s (median of ``--runs``), and how far the drafted
    pixels and features land from the fully decoded ones.
-2. Extraction: ``extract_features`` over an ``ImageFolderDataset`` of the photos (draft on,
-   ``--workers`` DataLoader workers) against the same ``FrozenBackbone`` on random images that
-   are already on the device ("backbone only"): images/s of both, their ratio, and the share of
-   the time the extraction waited for data.
+2. Extraction: ``extract_features`` over ``--images`` samples from an ``ImageFolderDataset``
+   of ``--photos`` files (repeated as often as needed; the files stay in the page cache, as
+   the photos of a real data set do after the first pass), draft on, ``--workers`` DataLoader
+   workers, against the same ``FrozenBackbone`` on random images already on the device
+   ("backbone only"): images/s of both, their ratio, and the share of the time the extraction
+   waited for data. "steady" leaves out the first batch (worker start-up, first call). The
+   DataLoader hands each batch to one worker, so a run needs many batches per worker to
+   reach its steady pace: hence the large default ``--images`` on CUDA.
 
 CPU (decoding, and a small ViT-S/14 extraction)::
 
-    python benchmarks/input_pipeline.py --device cpu --arch dinov2_vits14 --photos 32
+    python benchmarks/input_pipeline.py --device cpu --arch dinov2_vits14 --images 32
 
 GPU (ViT-S/14 and ViT-L/14, bf16 weights; the target is extraction >= 0.9 x backbone only)::
 
@@ -44,6 +48,7 @@ from typing import Any
 import PIL
 import torch
 from PIL import Image, ImageChops
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from dinov2_heads import create_backbone
 from dinov2_heads.backbone import list_variants
@@ -201,7 +206,7 @@ class ExtractRow:
     arch: str
     size: str
     draft: bool
-    photos: int
+    images: int
     batch: int
     workers: int
     dtype: str
@@ -272,16 +277,22 @@ def _capture_splits() -> Iterator[_Splits]:
         logger.setLevel(level)
 
 
+def repeated(dataset: ImageFolderDataset, count: int) -> Dataset[Any]:
+    """The first ``count`` samples of ``dataset`` repeated as often as needed."""
+    copies = -(-count // len(dataset))
+    return Subset(ConcatDataset([dataset] * copies), range(count))
+
+
 def measure_extraction(
     frozen: FrozenBackbone,
-    dataset: ImageFolderDataset,
+    dataset: Dataset[Any],
     row: ExtractRow,
     *,
     runs: int,
     workers: int | str,
 ) -> None:
     """``extract_features`` over ``dataset`` ``runs`` times; fills ``row``."""
-    count = len(dataset)
+    count = len(dataset)  # type: ignore[arg-type]
     splits: list[TimeSplit] = []
     for _ in range(runs):
         with _capture_splits() as captured:
@@ -431,8 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--preset", default="official_eval", choices=list_presets())
     parser.add_argument("--distinct", type=int, default=4, help="different photos per size")
+    parser.add_argument("--photos", type=int, help="files per size (default 256 on CUDA, 32)")
     parser.add_argument(
-        "--photos", type=int, help="files per size for the extraction (default 1024 on CUDA, 32)"
+        "--images",
+        type=int,
+        help="samples per extraction, the files repeated (default 8192 on CUDA, --photos)",
     )
     parser.add_argument("--runs", type=int, default=5, help="decoding runs (median)")
     parser.add_argument("--extraction-runs", type=int, default=3, help="extraction runs (median)")
@@ -481,15 +495,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             2,
             1,
         )
-        args.photos, args.batch_size, args.depth, args.iters = 4, 2, 1, 2
+        args.photos, args.images, args.batch_size, args.depth, args.iters = 4, 6, 2, 1, 2
         args.arch = args.arch or ["dinov2_vits14"]
     arches = args.arch or (["dinov2_vits14", "dinov2_vitl14"] if on_cuda else ["dinov2_vits14"])
-    photos = args.photos or (1024 if on_cuda else 32)
+    photos = args.photos or (256 if on_cuda else 32)
+    images = args.images or (8192 if on_cuda else photos)
     batch = args.batch_size or (128 if on_cuda else 16)
     dtype_name = args.dtype or ("bf16" if on_cuda else "fp32")
-    if min(args.runs, args.extraction_runs, args.distinct, photos, batch, args.iters) < 1:
+    counts = (args.runs, args.extraction_runs, args.distinct, photos, images, batch, args.iters)
+    if min(counts) < 1:
         raise SystemExit(
-            "--runs, --extraction-runs, --distinct, --photos, --batch-size, --iters >= 1"
+            "--runs, --extraction-runs, --distinct, --photos, --images, --batch-size and "
+            "--iters must be at least 1"
         )
     overrides = {"depth": args.depth} if args.depth else {}
     preset = get_preset(args.preset)
@@ -537,7 +554,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 log(f"{arch} backbone only: {backbone_rate:,.1f} images/s")
                 for size, (folder, _) in folders.items():
                     for draft in drafts:
-                        dataset = ImageFolderDataset(folder, preset.replace(draft=draft))
+                        dataset = repeated(
+                            ImageFolderDataset(folder, preset.replace(draft=draft)), images
+                        )
                         batches = -(-len(dataset) // batch)
                         settings = loader_settings(
                             args.workers, data="files", batches=batches, device=device
@@ -578,6 +597,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "sizes": [f"{w}x{h}" for w, h in args.sizes],
             "distinct": args.distinct,
             "photos": photos,
+            "images": images,
             "runs": args.runs,
             "extraction_runs": args.extraction_runs,
             "batch": batch,

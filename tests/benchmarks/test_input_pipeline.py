@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from dinov2_heads.data import ImageFolderDataset, Preprocess
 from tests.benchmarks.conftest import load_script
 
 ip = load_script("input_pipeline")
@@ -52,9 +53,9 @@ def test_smoke_run_measures_both_decodings_and_the_extraction(smoke: dict[str, A
     ]
     for row in rows:
         assert row["error"] == ""
-        assert row["photos"] == 4
+        assert row["images"] == 6  # the 4 files, and 2 of them again
         assert row["batch"] == 2
-        assert row["extract_images_per_s"] == pytest.approx(4 / row["extract_runs"][0])
+        assert row["extract_images_per_s"] == pytest.approx(6 / row["extract_runs"][0])
         assert row["ratio"] == pytest.approx(
             row["extract_images_per_s"] / row["backbone_images_per_s"]
         )
@@ -98,3 +99,12 @@ def test_cuda_is_refused_without_a_gpu() -> None:
         pytest.skip("this machine has CUDA")
     with pytest.raises(SystemExit, match="no CUDA device"):
         ip.main(["--device", "cuda", "--smoke"])
+
+
+def test_repeated_samples_cycle_through_the_files(tmp_path: Path) -> None:
+    ip.write_photos(tmp_path / "folder", (64, 48), count=3, distinct=3)
+    dataset = ImageFolderDataset(tmp_path / "folder", Preprocess(resize=(28, 28)))
+    samples = ip.repeated(dataset, 7)
+    assert len(samples) == 7
+    assert torch.equal(samples[4][0], dataset[1][0])
+    assert torch.equal(samples[6][0], dataset[0][0])
