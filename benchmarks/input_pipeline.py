@@ -42,6 +42,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ from dinov2_heads.cache import extract_features
 from dinov2_heads.cache.source import available_cpus, loader_settings
 from dinov2_heads.data import ImageFolderDataset, Preprocess, get_preset, list_presets, load_image
 from dinov2_heads.features import FrozenBackbone
-from dinov2_heads.progress import TimeSplit
+from dinov2_heads.progress import BOUND_SHARE, TimeSplit
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -131,16 +132,19 @@ class DecodeRow:
     max_levels: float = float("nan")
     mean_levels: float = float("nan")
     feature_rel_diff: float = float("nan")
-    runs: list[float] = field(default_factory=list)
+    decode_rates: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
 
 
-def _seconds(work: Callable[[], object], runs: int) -> list[float]:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return times
+def images_per_second(work: Callable[[], int], min_seconds: float) -> float:
+    """Repeat ``work`` (which returns how many images it handled) for at least ``min_seconds``."""
+    images = 0
+    start = time.perf_counter()
+    while True:
+        images += work()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return images / elapsed
 
 
 def measure_decoding(
@@ -149,46 +153,61 @@ def measure_decoding(
     preset: Preprocess,
     runs: int,
     features: Callable[[torch.Tensor], torch.Tensor] | None,
+    *,
+    min_seconds: float = 0.5,
 ) -> list[DecodeRow]:
-    """Full and draft decoding of ``paths``: speed, and pixel and feature differences."""
+    """Full and draft decoding of ``paths``: speed, and pixel and feature differences.
+
+    Each run times both modes one after the other (decoding, then decoding and preprocessing),
+    so that a machine that slows down or speeds up during the runs affects both alike.
+    """
     label = f"{size[0]}x{size[1]}"
     kilobytes = statistics.mean(path.stat().st_size for path in paths) / 1024
+    transforms = [preset.replace(draft=False), preset.replace(draft=True)]
     rows = []
-    prepared: dict[bool, torch.Tensor] = {}
-    for draft in (False, True):
-        transform = preset.replace(draft=draft)
-        row = DecodeRow(label, draft, len(paths), round(kilobytes, 1))
+    for transform in transforms:
+        row = DecodeRow(label, transform.draft, len(paths), round(kilobytes, 1))
         decoded = load_image(paths[0], draft_for=transform).size
         row.decoded = f"{decoded[0]}x{decoded[1]}"
-
-        def decode(transform: Preprocess = transform) -> None:
-            for path in paths:
-                load_image(path, draft_for=transform)
-
-        def decode_and_prepare(transform: Preprocess = transform) -> None:
-            for path in paths:
-                transform(load_image(path, draft_for=transform))
-
-        decode()  # warm the file cache
-        decode_median = statistics.median(_seconds(decode, runs))
-        row.runs = _seconds(decode_and_prepare, runs)
-        row.decode_ms = decode_median / len(paths) * 1e3
-        row.decode_images_per_s = len(paths) / decode_median
-        row.images_per_s = len(paths) / statistics.median(row.runs)
-        prepared[draft] = torch.stack(
-            [transform(load_image(path, draft_for=transform)) for path in paths]
-        )
         rows.append(row)
+
+    def decode(transform: Preprocess) -> int:
+        for path in paths:
+            load_image(path, draft_for=transform)
+        return len(paths)
+
+    def decode_and_prepare(transform: Preprocess) -> int:
+        for path in paths:
+            transform(load_image(path, draft_for=transform))
+        return len(paths)
+
+    for transform in transforms:
+        decode_and_prepare(transform)  # warm the file cache and the kernels
+    for _ in range(runs):
+        for row, transform in zip(rows, transforms, strict=True):
+            row.decode_rates.append(images_per_second(partial(decode, transform), min_seconds))
+            prepare = partial(decode_and_prepare, transform)
+            row.rates.append(images_per_second(prepare, min_seconds))
+    for row in rows:
+        row.decode_images_per_s = statistics.median(row.decode_rates)
+        row.decode_ms = 1e3 / row.decode_images_per_s
+        row.images_per_s = statistics.median(row.rates)
     full, drafted = rows
-    drafted.speedup = drafted.images_per_s / full.images_per_s
     full.speedup = 1.0
+    drafted.speedup = statistics.median(
+        mine / theirs for mine, theirs in zip(drafted.rates, full.rates, strict=True)
+    )
+    prepared = [
+        torch.stack([transform(load_image(path, draft_for=transform)) for path in paths])
+        for transform in transforms
+    ]
     std = torch.tensor(preset.std).view(1, 3, 1, 1)
-    levels = (prepared[True] - prepared[False]).abs() * std * 255
+    levels = (prepared[1] - prepared[0]).abs() * std * 255
     drafted.max_levels = float(levels.max())
     drafted.mean_levels = float(levels.mean())
     full.max_levels = full.mean_levels = 0.0
     if features is not None:
-        reference, candidate = features(prepared[False]), features(prepared[True])
+        reference, candidate = features(prepared[0]), features(prepared[1])
         drafted.feature_rel_diff = float(
             ((candidate - reference).norm(dim=-1) / reference.norm(dim=-1)).max()
         )
@@ -212,13 +231,15 @@ class ExtractRow:
     dtype: str
     backbone_images_per_s: float = float("nan")
     extract_images_per_s: float = float("nan")
-    steady_images_per_s: float = float("nan")
     ratio: float = float("nan")
     steady_ratio: float = float("nan")
     loader_share: float = float("nan")
     verdict: str = ""
-    backbone_runs: list[float] = field(default_factory=list)
-    extract_runs: list[float] = field(default_factory=list)
+    backbone_rates: list[float] = field(default_factory=list)
+    extract_rates: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    steady_ratios: list[float] = field(default_factory=list)
+    loader_shares: list[float] = field(default_factory=list)
     error: str = ""
 
 
@@ -248,6 +269,14 @@ def backbone_only(
         _synchronize(device)
         times.append(time.perf_counter() - start)
     return times
+
+
+def backbone_images_per_second(
+    frozen: FrozenBackbone, batch: int, size: tuple[int, int], device: torch.device, iters: int
+) -> float:
+    """Images/s of ``frozen`` alone: the median of ``iters`` calls."""
+    seconds = backbone_only(frozen, batch, size, device, warmup=0, iters=iters)
+    return batch / statistics.median(seconds)
 
 
 class _Splits(logging.Handler):
@@ -290,11 +319,13 @@ def measure_extraction(
     *,
     runs: int,
     workers: int | str,
+    backbone: Callable[[], float],
 ) -> None:
-    """``extract_features`` over ``dataset`` ``runs`` times; fills ``row``."""
+    """``extract_features`` over ``dataset`` ``runs`` times, each after a backbone-only
+    measurement (``backbone()`` gives images/s), so each ratio compares neighbours in time."""
     count = len(dataset)  # type: ignore[arg-type]
-    splits: list[TimeSplit] = []
     for _ in range(runs):
+        row.backbone_rates.append(backbone())
         with _capture_splits() as captured:
             start = time.perf_counter()
             extract_features(
@@ -304,24 +335,22 @@ def measure_extraction(
                 num_workers=workers,  # type: ignore[arg-type]
                 dtype=torch.float16,
             )
-            row.extract_runs.append(time.perf_counter() - start)
-        splits += captured.splits
-    row.extract_images_per_s = count / statistics.median(row.extract_runs)
-    row.ratio = row.extract_images_per_s / row.backbone_images_per_s
-    timed = [split for split in splits if split.items]
-    if timed:
-        # After the first batch (worker start-up, first call): the loop's steady pace.
-        steady = [
-            split.items * row.batch / (split.waiting + split.working)
-            for split in timed
-            if split.waiting + split.working > 0
-        ]
-        share = statistics.median(split.waiting_share or 0.0 for split in timed)
-        if steady:
-            row.steady_images_per_s = statistics.median(steady)
-            row.steady_ratio = row.steady_images_per_s / row.backbone_images_per_s
-        row.loader_share = share
-        row.verdict = timed[len(timed) // 2].verdict or ""
+            row.extract_rates.append(count / (time.perf_counter() - start))
+        row.ratios.append(row.extract_rates[-1] / row.backbone_rates[-1])
+        split = captured.splits[-1] if captured.splits else None
+        if split is not None and split.items and split.waiting + split.working > 0:
+            # After the first batch (worker start-up, first call): the loop's steady pace.
+            row.steady_ratios.append(
+                split.items * row.batch / (split.waiting + split.working) / row.backbone_rates[-1]
+            )
+            row.loader_shares.append(split.waiting_share or 0.0)
+    row.backbone_images_per_s = statistics.median(row.backbone_rates)
+    row.extract_images_per_s = statistics.median(row.extract_rates)
+    row.ratio = statistics.median(row.ratios)
+    if row.steady_ratios:
+        row.steady_ratio = statistics.median(row.steady_ratios)
+        row.loader_share = statistics.median(row.loader_shares)
+        row.verdict = "loader-bound" if row.loader_share > BOUND_SHARE else "backbone-bound"
 
 
 # ---------------------------------------------------------------------------- output
@@ -385,20 +414,22 @@ def format_decode_table(rows: Sequence[DecodeRow]) -> str:
 def format_extract_table(rows: Sequence[ExtractRow]) -> str:
     """Markdown: one line per backbone and photo size."""
     lines = [
-        "| backbone | photo | draft | batch | workers | backbone only images/s "
-        "| extraction images/s | ratio | steady images/s | steady ratio | waiting | bound |",
+        "| backbone | photo | draft | images | batch | workers | backbone only images/s "
+        "| extraction images/s | ratio | steady ratio | waiting | bound |",
         "|" + " --- |" * 12,
     ]
     for row in rows:
-        where = f"| {row.arch} ({row.dtype}) | {row.size} | {'on' if row.draft else 'off'} "
+        where = (
+            f"| {row.arch} ({row.dtype}) | {row.size} | {'on' if row.draft else 'off'} "
+            f"| {row.images} | {row.batch} | {row.workers} "
+        )
         if row.error:
-            lines.append(f"{where}| {row.batch} | {row.workers} | failed: {row.error} |" + " |" * 7)
+            lines.append(f"{where}| failed: {row.error} |" + " |" * 5)
             continue
         lines.append(
-            f"{where}| {row.batch} | {row.workers} | {row.backbone_images_per_s:,.1f} "
-            f"| {row.extract_images_per_s:,.1f} | {row.ratio:.2f} "
-            f"| {row.steady_images_per_s:,.1f} | {row.steady_ratio:.2f} "
-            f"| {row.loader_share:.0%} | {row.verdict} |"
+            f"{where}| {row.backbone_images_per_s:,.1f} | {row.extract_images_per_s:,.1f} "
+            f"| {row.ratio:.2f} | {row.steady_ratio:.2f} | {row.loader_share:.0%} "
+            f"| {row.verdict} |"
         )
     return "\n".join(lines)
 
@@ -449,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="samples per extraction, the files repeated (default 8192 on CUDA, --photos)",
     )
     parser.add_argument("--runs", type=int, default=5, help="decoding runs (median)")
+    parser.add_argument(
+        "--min-seconds", type=float, default=0.5, help="each decoding run lasts at least this"
+    )
     parser.add_argument("--extraction-runs", type=int, default=3, help="extraction runs (median)")
     parser.add_argument(
         "--arch",
@@ -489,12 +523,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     on_cuda = device.type == "cuda"
     if args.smoke:
-        args.sizes, args.distinct, args.runs, args.extraction_runs = (
-            [(120, 90), (800, 600)],
-            2,
-            2,
-            1,
-        )
+        given = list(argv) if argv is not None else sys.argv[1:]
+        args.sizes = args.sizes if "--sizes" in given else [(120, 90), (800, 600)]
+        args.distinct, args.runs, args.extraction_runs, args.min_seconds = 2, 2, 1, 0.0
         args.photos, args.images, args.batch_size, args.depth, args.iters = 4, 6, 2, 1, 2
         args.arch = args.arch or ["dinov2_vits14"]
     arches = args.arch or (["dinov2_vits14", "dinov2_vitl14"] if on_cuda else ["dinov2_vits14"])
@@ -509,6 +540,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "--iters must be at least 1"
         )
     overrides = {"depth": args.depth} if args.depth else {}
+    iters, min_seconds = args.iters, args.min_seconds
     preset = get_preset(args.preset)
     log = _stderr
     root = Path(args.folder) if args.folder else Path(tempfile.mkdtemp(prefix="input_pipeline_"))
@@ -538,7 +570,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 for size, (_, paths) in folders.items():
                     log(f"decoding {size[0]}x{size[1]}")
                     distinct = paths[: args.distinct]
-                    decode_rows += measure_decoding(distinct, size, preset, args.runs, class_tokens)
+                    decode_rows += measure_decoding(
+                        distinct, size, preset, args.runs, class_tokens, min_seconds=min_seconds
+                    )
             finally:
                 torch.set_num_threads(threads)
         if not args.skip_extraction:
@@ -547,11 +581,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 torch.manual_seed(0)
                 backbone = create_backbone(arch, **overrides).to(device)
                 frozen = FrozenBackbone(backbone, dtype=DTYPES[dtype_name])
-                seconds = backbone_only(
-                    frozen, batch, preset.output_size, device, warmup=3, iters=args.iters
+                backbone_rate = partial(
+                    backbone_images_per_second, frozen, batch, preset.output_size, device, iters
                 )
-                backbone_rate = batch / statistics.median(seconds)
-                log(f"{arch} backbone only: {backbone_rate:,.1f} images/s")
+                backbone_only(frozen, batch, preset.output_size, device, warmup=3, iters=1)
+
+                log(f"{arch} backbone only: {backbone_rate():,.1f} images/s")
                 for size, (folder, _) in folders.items():
                     for draft in drafts:
                         dataset = repeated(
@@ -569,8 +604,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                             batch,
                             settings.num_workers,
                             dtype_name,
-                            backbone_images_per_s=backbone_rate,
-                            backbone_runs=seconds,
                         )
                         log(f"{arch} extracting {row.size} (draft {'on' if draft else 'off'})")
                         try:
@@ -580,6 +613,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                 row,
                                 runs=args.extraction_runs,
                                 workers=args.workers,
+                                backbone=backbone_rate,
                             )
                         except Exception as error:  # one failed case still prints the rest
                             row.error = f"{type(error).__name__}: {error}"
@@ -599,6 +633,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "photos": photos,
             "images": images,
             "runs": args.runs,
+            "min_seconds": args.min_seconds,
+            "iters": args.iters,
             "extraction_runs": args.extraction_runs,
             "batch": batch,
             "workers": args.workers,
