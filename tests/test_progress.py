@@ -38,6 +38,15 @@ def test_without_tqdm_it_logs_images_per_second(
     assert messages[-1].startswith("extracting: 100/100 images, ")
     assert all(m.endswith(" images/s") for m in messages)
     assert bar.count == 100
+    caplog.clear()
+    with (
+        caplog.at_level(logging.INFO, logger="dinov2_heads.progress"),
+        Progress(3, "sweep", unit="values of C", log_every=0.0) as sweep,
+    ):
+        sweep.update(1)
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages[-1].startswith("sweep: 1/3 values of C, ")
+    assert messages[-1].endswith(" values of C/s")
 
 
 def test_tqdm_bar_and_silence(

@@ -99,7 +99,7 @@ class TimeSplit:
 
 
 class Progress:
-    """Counts images and reports images/s: a tqdm bar, periodic log lines, or nothing.
+    """Counts items (images by default) and reports their rate: a tqdm bar, log lines, or nothing.
 
     With ``enabled=True`` a tqdm bar is shown (tqdm is a dependency); while it is shown, the
     console log handlers of the root logger write through ``tqdm.write``, so log lines appear
@@ -112,6 +112,7 @@ class Progress:
         enabled: Show progress at all.
         initial: Images already done before this run (a resumed extraction).
         log_every: Seconds between log lines in the fallback.
+        unit: What is counted, in the plural (``"images"``; the bar abbreviates it to "img").
     """
 
     def __init__(
@@ -122,8 +123,10 @@ class Progress:
         enabled: bool = True,
         initial: int = 0,
         log_every: float = 10.0,
+        unit: str = "images",
     ) -> None:
         self.total = total
+        self.unit = unit
         self.description = description
         self.enabled = enabled
         self.count = initial
@@ -142,12 +145,17 @@ class Progress:
             except ImportError:
                 self._bar = None
             else:
-                self._bar = tqdm(total=total, initial=initial, desc=description, unit="img")
+                self._bar = tqdm(
+                    total=total,
+                    initial=initial,
+                    desc=description,
+                    unit="img" if unit == "images" else unit,
+                )
                 self._redirect.enter_context(logging_redirect_tqdm(tqdm_class=tqdm))
 
     @property
     def rate(self) -> float:
-        """Images per second in this run (resumed images not counted)."""
+        """Items per second in this run (resumed items not counted)."""
         elapsed = time.perf_counter() - self._start
         return (self.count - self._initial) / elapsed if elapsed > 0 else 0.0
 
@@ -167,7 +175,7 @@ class Progress:
         return self.split.iterate(items)
 
     def update(self, images: int) -> None:
-        """Add ``images`` more images."""
+        """Add ``images`` more items."""
         self.count += images
         if not self.enabled:
             return
@@ -199,11 +207,13 @@ class Progress:
         of = f"/{self.total}" if self.total is not None else ""
         split = self.split.describe() if self.split is not None else ""
         logger.info(
-            "%s: %d%s images, %.1f images/s%s",
+            "%s: %d%s %s, %.1f %s/s%s",
             self.description,
             self.count,
             of,
+            self.unit,
             self.rate,
+            self.unit,
             f"; {split}" if split else "",
             extra={"time_split": self.split},
         )

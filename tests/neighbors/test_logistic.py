@@ -162,7 +162,7 @@ def test_progress_counts_every_c_and_is_silent_when_off(
         logistic_regression(x, y, c_values=(1e-2, 1.0, 10.0, 100.0), max_iter=20)
     shown = [r.getMessage() for r in caplog.records if r.name == "dinov2_heads.progress"]
     assert shown
-    assert shown[-1].startswith("logistic regression, values of C: 4/4 ")
+    assert shown[-1].startswith("logistic regression: 4/4 values of C, ")
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="dinov2_heads.progress"):
         logistic_regression(x, y, c_values=(1.0,), max_iter=20, progress=False)

@@ -252,7 +252,8 @@ def _sweep(
     best_c, best = 0.0, -1.0
     with Progress(
         len(indices),
-        "logistic regression, values of C",
+        "logistic regression",
+        unit="values of C",
         enabled=progress and distributed.rank() == 0,
     ) as bar:
         for done, index in enumerate(indices, 1):
