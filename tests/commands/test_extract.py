@@ -245,3 +245,23 @@ def test_num_workers_is_a_count_or_auto(files: Files, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         extract(files, tmp_path / "bad", files.folder, extra=("--num-workers", "many"))
     assert exit_info.value.code == 2
+
+
+def test_weights_dtype_is_recorded_and_followed_when_resuming(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "store"
+    flags = ("--weights-dtype", "bfloat16", "--num-workers", "0")
+    assert extract(files, out, files.folder, extra=flags) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["backbone"]["weights_dtype"] == "bfloat16"
+    bf16 = load_backbone(files.checkpoint).to(torch.bfloat16)
+    store = FeatureStore.open(out, backbone=bf16, input_size=(28, 56))
+    assert len(store) == 8
+
+    # Without the flag a finished store is found as it was made; asking for float32 is refused.
+    assert extract(files, out, files.folder) == 0
+    capsys.readouterr()
+    assert extract(files, out, files.folder, extra=("--weights-dtype", "float32")) != 0
+    error = capsys.readouterr().err
+    assert "started with backbone weights dtype bfloat16, but this run has float32" in error

@@ -32,6 +32,9 @@ def _mismatch(root: Path | None, what: str, old: object, new: object) -> StoreMi
 
 def check_header(root: Path, stored: Manifest, new: Manifest) -> None:
     """Refuse to resume with other weights, preprocessing, dtype or sample count."""
+    old_dtype, new_dtype = stored.backbone.weights_dtype, new.backbone.weights_dtype
+    if old_dtype is not None and new_dtype is not None and old_dtype != new_dtype:
+        raise _mismatch(root, "backbone weights dtype", old_dtype, new_dtype)
     old_print, new_print = stored.backbone.fingerprint, new.backbone.fingerprint
     if old_print != new_print:
         raise _mismatch(

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from dinov2_heads.commands import _common
 
 if TYPE_CHECKING:
+    import torch
+
     from dinov2_heads.data import Preprocess
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,14 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
         help="storage dtype of the features (they are read back as float32)",
     )
     parser.add_argument(
+        "--weights-dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="the backbone's weights while extracting: float16 or bfloat16 run several times "
+        "faster on a GPU, with features about 1e-3 (float16) or 1e-2 (bfloat16) from float32's, "
+        "relative; default: float32 for a new store, as the store was started when resuming",
+    )
+    parser.add_argument(
         "--batch-size", type=_common.positive_int, default=64, help="images per backbone call"
     )
     parser.add_argument(
@@ -112,7 +122,11 @@ def run(args: argparse.Namespace) -> int:
     started_here = args.overwrite or not (out / MANIFEST).is_file()
     if not args.overwrite:
         _check_same_images(out, description)
-    frozen = FrozenBackbone(_common.load_backbone(args), n_last_blocks=args.n_last_blocks)
+    frozen = FrozenBackbone(
+        _common.load_backbone(args),
+        n_last_blocks=args.n_last_blocks,
+        dtype=_weights_dtype(args, out),
+    )
     if args.overwrite:
         # Deletes only a store and its dataset.json; a folder holding anything else is refused.
         remove_store(out, companions=(DATASET_FILE,))
@@ -192,6 +206,23 @@ def _with_draft(args: argparse.Namespace, transform: Preprocess, out: Path) -> P
                 "--overwrite (or another --out) to start again"
             )
     return transform.replace(draft=draft)
+
+
+def _weights_dtype(args: argparse.Namespace, out: Path) -> torch.dtype | None:
+    """The backbone's weights dtype: ``--weights-dtype``, else the one the store at ``--out``
+    was started with (so that it resumes with the same features), else float32 (``None``)."""
+    import torch
+
+    from dinov2_heads.cache.manifest import is_store_manifest, read_manifest
+
+    name = args.weights_dtype
+    if name is None and not args.overwrite and is_store_manifest(out):
+        try:
+            name = read_manifest(out).backbone.weights_dtype
+        except ValueError:
+            name = None  # a damaged manifest: extract_features says what is wrong with it
+    dtype = getattr(torch, name or "float32", None)
+    return dtype if isinstance(dtype, torch.dtype) and dtype != torch.float32 else None
 
 
 def _write_description(out: Path, description: dict[str, Any]) -> None:
