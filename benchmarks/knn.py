@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -100,24 +101,29 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.mode:
-        print(json.dumps(run_mode(args)))
-        return 0
-    rows = []
-    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
-    for mode in ("full", "chunked"):
-        out = subprocess.run(
-            [sys.executable, __file__, *passthrough, "--mode", mode],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+def run_child(mode: str, passthrough: list[str]) -> dict[str, Any]:
+    """One mode in a fresh process; a process that dies (say, killed out of memory) gives a row
+    with ``error`` instead of figures, so that the other mode is still measured."""
+    out = subprocess.run(
+        [sys.executable, __file__, *passthrough, "--mode", mode], capture_output=True, text=True
+    )
+    if out.returncode == 0:
+        row: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        return row
+    if out.returncode < 0:
+        name = signal.Signals(-out.returncode).name
+        reason = f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    else:
+        last = (out.stderr.strip().splitlines() or ["no message"])[-1]
+        reason = f"exit {out.returncode}: {last}"
+    return {"mode": mode, "error": reason}
+
+
+def summarise(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON summary; the comparisons are ``None`` unless both modes ran."""
     full, chunked = rows
-    same = full["argmax"] == chunked["argmax"]
-    summary = {
+    both = "error" not in full and "error" not in chunked
+    return {
         "train": args.train,
         "queries": args.queries,
         "dim": args.dim,
@@ -126,29 +132,48 @@ def main(argv: list[str] | None = None) -> int:
         "chunk_size": args.chunk_size,
         "query_batch": args.query_batch,
         "rows": [{k: v for k, v in row.items() if k != "argmax"} for row in rows],
-        "same_predictions": same,
-        "speed_ratio_chunked_over_full": full["seconds"] / chunked["seconds"],
-        "memory_ratio_full_over_chunked": full["peak_bytes"] / max(chunked["peak_bytes"], 1),
+        "same_predictions": full["argmax"] == chunked["argmax"] if both else None,
+        "speed_ratio_chunked_over_full": full["seconds"] / chunked["seconds"] if both else None,
+        "memory_ratio_full_over_chunked": (
+            full["peak_bytes"] / max(chunked["peak_bytes"], 1) if both else None
+        ),
     }
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
-    print(
-        f"k-NN, {args.train} x {args.dim} training features, {args.queries} queries, "
-        f"k = {', '.join(map(str, KS))}, {args.device}, torch {torch.__version__}"
-    )
-    print(f"{'mode':<8}  {'median s':>9}  {'queries/s':>10}  {'peak MiB':>9}")
-    for row in rows:
-        print(
-            f"{row['mode']:<8}  {row['seconds']:>9.3f}  {args.queries / row['seconds']:>10.0f}  "
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The rows as a text table, and the comparison when both modes ran."""
+    queries = summary["queries"]
+    lines = [
+        f"k-NN, {summary['train']} x {summary['dim']} training features, {queries} queries, "
+        f"k = {', '.join(map(str, summary['k']))}, {summary['device']}, torch {torch.__version__}",
+        f"{'mode':<8}  {'median s':>9}  {'queries/s':>10}  {'peak MiB':>9}",
+    ]
+    for row in summary["rows"]:
+        if "error" in row:
+            lines.append(f"{row['mode']:<8}  failed: {row['error']}")
+            continue
+        lines.append(
+            f"{row['mode']:<8}  {row['seconds']:>9.3f}  {queries / row['seconds']:>10.0f}  "
             f"{row['peak_bytes'] / 2**20:>9.0f}"
         )
-    print(
-        f"chunked is {summary['speed_ratio_chunked_over_full']:.2f}x the speed of full with "
-        f"{summary['memory_ratio_full_over_chunked']:.1f}x less peak memory; same predictions: "
-        f"{same}"
-    )
-    return 0
+    if summary["same_predictions"] is not None:
+        lines.append(
+            f"chunked is {summary['speed_ratio_chunked_over_full']:.2f}x the speed of full with "
+            f"{summary['memory_ratio_full_over_chunked']:.1f}x less peak memory; same "
+            f"predictions: {summary['same_predictions']}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.mode:
+        print(json.dumps(run_mode(args)))
+        return 0
+    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
+    summary = summarise(args, [run_child(mode, passthrough) for mode in ("full", "chunked")])
+    print(json.dumps(summary, indent=2) if args.json else format_table(summary))
+    return 0 if all("error" not in row for row in summary["rows"]) else 1
 
 
 if __name__ == "__main__":

@@ -165,9 +165,14 @@ class KnnClassifier:
         best = self.neighbors(features)
         labels = self._labels_of(best.indices)
         weights = torch.softmax(best.values / self.temperature, dim=1)
-        votes = F.one_hot(labels, self.num_classes).to(weights.dtype) * weights.unsqueeze(-1)
-        cumulative = votes.cumsum(dim=1)  # (B, max_k, C): scores of the first j + 1 neighbours
-        return {k: cumulative[:, k - 1] for k in self.k}
+        # Each neighbour's weight is added to its class, nearest first, and the running scores
+        # are copied out at every k: (B, C) per k, never a (B, max_k, C) one-hot tensor.
+        scores = weights.new_zeros(weights.shape[0], self.num_classes)
+        out, done = {}, 0
+        for k in sorted(self.k):
+            scores.scatter_add_(1, labels[:, done:k], weights[:, done:k])
+            out[k], done = scores.clone(), k
+        return {k: out[k] for k in self.k}
 
     def predict(self, features: Tensor | Features, *, k: int | None = None) -> Tensor:
         """(B,) predicted class indices with ``k`` neighbours (20 if scored, else the first k)."""
