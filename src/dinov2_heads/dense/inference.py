@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dinov2_heads.dense.shapes import known_equal
+
 #: images (B, 3, H, W) -> per-pixel output (B, C, H, W) at the same H, W.
 DenseForward = Callable[[Tensor], Tensor]
 #: A crop's place in the image: (top, bottom, left, right), bottom and right exclusive.
@@ -190,8 +192,12 @@ def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
 
 
 def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize with ``align_corners=False`` (mmseg's ``resize``); a no-op at the size."""
-    if tuple(x.shape[-2:]) == tuple(size):
+    """Bilinear resize with ``align_corners=False`` (mmseg's ``resize``); a no-op at the size.
+
+    Under ``torch.export`` the resize stays in the graph unless the sizes are equal for every
+    input size (see :func:`~dinov2_heads.dense.shapes.known_equal`).
+    """
+    if known_equal(x.shape[-2:], size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 

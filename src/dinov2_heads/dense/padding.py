@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
+import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from dinov2_heads.dense.shapes import known_equal
 
 #: (left, right, top, bottom) zeros added around an image, the order ``F.pad`` takes.
 Padding = tuple[int, int, int, int]
@@ -16,13 +17,15 @@ def center_pad_amounts(size: int, multiple: int) -> tuple[int, int]:
 
     The official ``CenterPadding``: the total ``ceil(size / multiple) * multiple - size`` is
     split with the smaller half (``pad // 2``) first, so an odd total puts the extra pixel
-    after (right or bottom).
+    after (right or bottom). Under ``torch.export`` ``size`` may be symbolic (a
+    ``torch.SymInt``), and so are the amounts.
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    if isinstance(size, bool) or not isinstance(size, int | torch.SymInt) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
         raise ValueError(f"multiple must be a positive int, got {multiple!r}")
-    pad = math.ceil(size / multiple) * multiple - size
+    # ceil(size / multiple) * multiple - size, in integer arithmetic that symbolic sizes keep.
+    pad = ((size - 1) // multiple + 1) * multiple - size
     return pad // 2, pad - pad // 2
 
 
@@ -49,6 +52,6 @@ def center_pad(images: Tensor, multiple: int = 14) -> Tensor:
             "images.unsqueeze(0) for one image"
         )
     padding = center_padding(images.shape[-2], images.shape[-1], multiple)
-    if not any(padding):
+    if known_equal(padding, (0, 0, 0, 0)):
         return images
     return F.pad(images, padding)

@@ -1,6 +1,8 @@
-"""Deployment: ONNX export of a frozen backbone with its heads, and head checkpoints."""
+"""Deployment: ONNX export of a frozen backbone with its heads or of a whole dense predictor,
+and head checkpoints."""
 
 from dinov2_heads.atomic import atomic_path, atomic_write_bytes
+from dinov2_heads.export.dense_onnx import DenseExportGraph, export_dense_onnx, verify_dense_onnx
 from dinov2_heads.export.heads_checkpoint import HeadCheckpoint, load_heads, save_heads
 from dinov2_heads.export.onnx import (
     ExportGraph,
@@ -11,14 +13,17 @@ from dinov2_heads.export.onnx import (
 )
 
 __all__ = [
+    "DenseExportGraph",
     "ExportGraph",
     "HeadCheckpoint",
     "OnnxExport",
     "atomic_path",
     "atomic_write_bytes",
+    "export_dense_onnx",
     "export_onnx",
     "load_heads",
     "read_onnx_metadata",
     "save_heads",
+    "verify_dense_onnx",
     "verify_onnx",
 ]

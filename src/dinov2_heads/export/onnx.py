@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from dinov2_heads.atomic import atomic_path
+from dinov2_heads.dense import Depther, Segmenter
 from dinov2_heads.export.heads_checkpoint import head_specs
 from dinov2_heads.export.onnx_input_checks import add_input_checks
 from dinov2_heads.features import FrozenBackbone
@@ -33,6 +34,8 @@ SINGLE_OUTPUT = "logits"
 DEFAULT_OPSET = 18
 #: Largest grid side the dynamic graph declares (14,336 px for patch size 14).
 MAX_GRID = 1024
+#: How to install what ONNX export needs, published or from a checkout of the repository.
+INSTALL_HINT = "pip install 'dinov2-heads[export]', or from a checkout: pip install -e '.[export]'"
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ def export_onnx(
             program.model.graph, patch_size=patch, size=dynamic, finite=check_finite
         )
         program.model.metadata_props.update(
-            _metadata(graph, heads, size, dynamic, dynamic_batch, checks)
+            _metadata(graph.frozen, graph.output_names, heads, size, dynamic, dynamic_batch, checks)
         )
         _save_atomically(program, target)
     logger.info(
@@ -176,12 +179,18 @@ def export_onnx(
     return _verified(result, graph, patch, atol) if verify else result
 
 
-def _check_arguments(frozen: FrozenBackbone, heads: nn.Module, opset: int, verify: bool) -> None:
+def _check_arguments(frozen: object, heads: nn.Module, opset: int, verify: bool) -> None:
     _require("onnxscript")
     if not isinstance(frozen, FrozenBackbone):
+        hint = (
+            "; for a Depther or Segmenter (padding and resize in the graph) use "
+            "export_dense_onnx(predictor, path)"
+            if isinstance(frozen, Depther | Segmenter)
+            else ""
+        )
         raise TypeError(
             f"export_onnx needs a FrozenBackbone, got {type(frozen).__name__}; wrap the "
-            "backbone: FrozenBackbone(backbone, n_last_blocks=...)"
+            f"backbone: FrozenBackbone(backbone, n_last_blocks=...){hint}"
         )
     if not isinstance(heads, nn.Module):
         raise TypeError(f"heads must be an nn.Module (a head or a MultiHead), got {heads!r}")
@@ -338,7 +347,7 @@ def _require(module: str) -> Any:
         return __import__(module)
     except ImportError as error:
         raise ImportError(
-            f"ONNX export needs {module}: pip install 'dinov2-heads[export]'"
+            f"ONNX export needs {module}, which is not installed here: {INSTALL_HINT}"
         ) from error
 
 
@@ -430,15 +439,17 @@ def _check_shapes(
 
 
 def _metadata(
-    graph: ExportGraph,
+    frozen: FrozenBackbone,
+    output_names: Sequence[str],
     heads: nn.Module,
     size: tuple[int, int],
     dynamic_size: bool,
     dynamic_batch: bool,
     checks: Sequence[str],
+    **more: Any,
 ) -> dict[str, str]:
-    frozen = graph.frozen
-    specs = dict(zip(graph.output_names, head_specs(heads).values(), strict=True))
+    """The ``dinov2_heads.*`` metadata entries, JSON encoded; ``more`` adds entries."""
+    specs = dict(zip(output_names, head_specs(heads).values(), strict=True))
     values: dict[str, Any] = {
         "input": {
             "name": INPUT_NAME,
@@ -450,12 +461,13 @@ def _metadata(
         "dynamic_batch": dynamic_batch,
         "patch_size": frozen.patch_size,
         "input_checks": list(checks),
-        "outputs": list(graph.output_names),
+        "outputs": list(output_names),
         "heads": {name: {"type": s["type"], "config": s["config"]} for name, s in specs.items()},
         "class_names": {name: spec["class_names"] for name, spec in specs.items()},
         "backbone_variant": getattr(frozen.backbone, "variant", None),
         "backbone_fingerprint": weights_fingerprint(frozen.backbone),
         "n_last_blocks": frozen.n_last_blocks,
+        **more,
     }
     return {f"dinov2_heads.{key}": json.dumps(value) for key, value in values.items()}
 
