@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,13 +23,15 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
 
     parser = subparsers.add_parser(
         "demo",
-        help="train four heads on synthetic vehicles and report their held-out accuracy",
+        help="train heads on synthetic vehicles and report their held-out scores",
         description=(
             "Draw a small synthetic vehicles set, extract features once with a frozen DINOv2 "
             "backbone (random weights unless --checkpoint is given), train linear heads for "
             "body, colour and orientation and a Conv1d neck for the brand emblem with some "
-            "labels missing, print the held-out accuracy per head, and write the heads, a PCA "
-            "picture and the results under --out.\n\n" + EXAMPLE
+            "labels missing, print the held-out accuracy per head, then train a segmentation "
+            "head on the vehicles' parts and a depth head on street scenes with depth maps, "
+            "print their held-out scores next to a baseline, and write the heads, pictures "
+            "and the results under --out.\n\n" + EXAMPLE
         ),
         formatter_class=formatter,
     )
@@ -59,6 +62,12 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
         help="also train a segmentation head on vehicle parts and report its mIoU",
     )
     parser.add_argument(
+        "--depth",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train a depth head on street scenes and report AbsRel, RMSE and delta<1.25",
+    )
+    parser.add_argument(
         "--quiet",
         action="store_true",
         default=argparse.SUPPRESS,
@@ -69,6 +78,7 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
 def run(args: argparse.Namespace) -> int:
     from dinov2_heads.demo.run import run_demo
 
+    started = time.perf_counter()
     quiet = bool(getattr(args, "quiet", False))
     # The demo prints its own account of each step; the library's INFO lines would repeat it.
     with _common.own_account(args):
@@ -92,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
             "features can do; --checkpoint gives real ones)"
         )
     parts = _parts(args, results, quiet) if args.parts else None
+    depth = _depth(args, results, quiet) if args.depth else None
     print(f"\nfiles in {results.out}:")
     described = {
         "heads": "the four trained heads with their class names (dinov2_heads.export.load_heads)",
@@ -101,12 +112,22 @@ def run(args: argparse.Namespace) -> int:
         "samples": "held-out images (named after their labels) to try predict on",
         "features": "the feature cache: train/ and heldout/ feature stores, to train more heads",
     }
-    for name, path in results.files.items():
-        label = f"{path.name}/" if path.is_dir() else path.name
-        print(f"  {label:<14} {described[name]}")
+    listed = [
+        (f"{path.name}/" if path.is_dir() else path.name, described[name])
+        for name, path in results.files.items()
+    ]
     if parts is not None:
-        print(f"  {parts.files['overlay'].name:<14} held-out parts: image, prediction, truth")
-        print(f"  {parts.files['results'].name:<14} the parts scores as JSON")
+        listed.append((parts.files["overlay"].name, "held-out parts: image, prediction, truth"))
+        listed.append((parts.files["results"].name, "the parts scores as JSON"))
+    if depth is not None:
+        listed.append(
+            (depth.files["prediction"].name, "a held-out scene beside its predicted depth")
+        )
+        listed.append((depth.files["truth"].name, "the same scene beside its true depth"))
+        listed.append((depth.files["results"].name, "the depth metrics as JSON"))
+    width = max(len(label) for label, _ in listed)
+    for label, text in listed:
+        print(f"  {label:<{width}}  {text}")
     checkpoint = results.files.get("backbone", results.checkpoint)
     features = results.files["features"]
     print("\ntry next:")
@@ -118,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         f"  dinov2-heads train {features / 'train'} --val {features / 'heldout'} --label colour "
         f"--out {results.out / 'colour-probe'}"
     )
-    print(f"\ndone in {results.seconds['total']:.0f} s")
+    print(f"\ndone in {time.perf_counter() - started:.0f} s")
     return 0
 
 
@@ -144,6 +165,27 @@ def _parts(args: argparse.Namespace, results: Any, quiet: bool) -> Any:
     )
     print(parts.table())
     return parts
+
+
+def _depth(args: argparse.Namespace, results: Any, quiet: bool) -> Any:
+    """The depth part: a LinearDepthHead on the same backbone, on scenes with depth maps."""
+    from dinov2_heads.checkpoints import load_backbone
+    from dinov2_heads.demo.depth import run_depth_demo
+
+    source = results.files.get("backbone", results.checkpoint)
+    depth = run_depth_demo(
+        load_backbone(source),
+        results.out,
+        seed=args.seed,
+        num_train=max(2, args.num_train // 2),
+        num_heldout=max(1, args.num_heldout // 4),
+        epochs=max(2, round(6.25 * args.epochs)),
+        progress=not quiet,
+        echo=None if quiet else _say,
+    )
+    print(f"\ndepth, held out ({depth.num_heldout} scenes, metres):")
+    print(depth.table())
+    return depth
 
 
 def _at_least(least: int) -> Callable[[str], int]:

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from dinov2_heads.data.functional import _as_pair, nearest_valid_size, pil_to_tensor
+from dinov2_heads.data.functional import _as_pair, nearest_valid_size, pil_to_tensor, tensor_to_pil
 from dinov2_heads.data.loading import require_pillow
 from dinov2_heads.labels import MISSING_LABEL
 
@@ -909,17 +909,23 @@ class SyntheticDepthPairs(Dataset[tuple[Tensor, Tensor]]):
             work with a :class:`~dinov2_heads.dense.Depther`, which pads).
         transform: (image ``uint8`` (3, H, W), depth (1, H, W)) -> the pair, such as
             :class:`~dinov2_heads.data.DepthTransform`; ``None`` normalises the image only.
+        fog: Draw the scenes in fog that dims colours to 1/e over this many metres
+            (:func:`~dinov2_heads.demo.fog.add_fog`; the sky takes the fog's colour), so the
+            distance shows in the colours; ``None``: clear air, the images as rendered.
     """
 
     def __init__(
         self,
         vehicles: SyntheticVehicles,
         transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+        *,
+        fog: float | None = None,
     ) -> None:
         from dinov2_heads.data.depth_transforms import DepthTransform
 
         self.vehicles = vehicles
         self.transform = transform if transform is not None else DepthTransform.evaluation()
+        self.fog = fog
 
     def __len__(self) -> int:
         return len(self.vehicles)
@@ -927,8 +933,17 @@ class SyntheticDepthPairs(Dataset[tuple[Tensor, Tensor]]):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         if -len(self) <= index < 0:
             index += len(self)
+        return self.transform(*self.raw(index))
+
+    def raw(self, index: int) -> tuple[Tensor, Tensor]:
+        """Pair ``index`` before the transform: ``uint8`` image (3, H, W), depth (1, H, W)."""
         image = self.vehicles.image_tensor(index)
-        return self.transform(image, synthetic_depth(self.vehicles, index))
+        depth = synthetic_depth(self.vehicles, index)
+        if self.fog is not None:
+            from dinov2_heads.demo.fog import add_fog
+
+            image = add_fog(image, depth, distance=self.fog)
+        return image, depth
 
     def batches(self, batch_size: int = 16) -> Iterator[tuple[Tensor, Tensor]]:
         """The whole set in order, as (B, 3, H, W) images and (B, 1, H, W) depths."""
@@ -953,8 +968,8 @@ class SyntheticDepthPairs(Dataset[tuple[Tensor, Tensor]]):
             (staging / "images").mkdir()
             (staging / "depth").mkdir()
             for index in range(len(self)):
-                self.vehicles.render(index).save(staging / "images" / f"{index:06d}.png")
-                depth = synthetic_depth(self.vehicles, index)
+                image, depth = self.raw(index)
+                tensor_to_pil(image).save(staging / "images" / f"{index:06d}.png")
                 write_depth_png(staging / "depth" / f"{index:06d}.png", depth, scale=scale)
 
         return _write_tree(Path(root), fill)
