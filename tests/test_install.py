@@ -89,17 +89,19 @@ class Environment:
 
 
 def normalised(transcript: str) -> tuple[str, list[float]]:
-    """The transcript with the seconds and the accuracies taken out, and the accuracies."""
+    """The transcript with the seconds and the scores taken out, and the accuracies."""
     accuracy = re.compile(r"(\d+\.\d)%(?=\s+\d+\.\d%$)", re.M)
     values = [float(value) for value in accuracy.findall(transcript)]
     text = accuracy.sub("ACC%", transcript)
     text = re.sub(r"done in \d+ s", "done in N s", text)
-    # The parts scores are compared as a table of numbers: float sums differ between CPUs.
-    text = re.sub(
-        r"(?ms)^vehicle parts, held out.*?(?=^\s*$)",
-        lambda block: re.sub(r" *\d+\.\d+", " X", block.group(0)),
-        text,
-    )
+    # The parts and depth scores are compared as tables of numbers: float sums differ between
+    # CPUs.
+    for heading in ("vehicle parts, held out", "depth, held out"):
+        text = re.sub(
+            rf"(?ms)^{heading}.*?(?=^\s*$)",
+            lambda block: re.sub(r" *\d+\.\d+%?", " X", block.group(0)),
+            text,
+        )
     return text.strip(), values
 
 

@@ -1,5 +1,4 @@
-"""Deployment: ONNX export of a frozen backbone with its heads or of a whole dense predictor,
-and head checkpoints."""
+"""Deployment: ONNX export (a backbone with heads, or a whole dense predictor), head checkpoints."""
 
 from dinov2_heads.atomic import atomic_path, atomic_write_bytes
 from dinov2_heads.export.dense_onnx import DenseExportGraph, export_dense_onnx, verify_dense_onnx
