@@ -267,3 +267,64 @@ def test_a_missing_onnx_package_names_both_install_commands() -> None:
     message = str(error.value)
     assert "pip install 'dinov2-heads[export]'" in message
     assert "from a checkout: pip install -e '.[export]'" in message
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def saved_backbone(folder: Path) -> nn.Module:
+    """A random backbone saved as ``backbone.pth``, 64 wide (the width the file implies)."""
+    torch.manual_seed(0)
+    backbone = randomize(create_backbone("dinov2_vits14", depth=1, embed_dim=64, num_heads=1))
+    torch.save(backbone.state_dict(), folder / "backbone.pth")
+    return backbone
+
+
+@pytest.mark.slow
+def test_the_export_command_writes_a_whole_image_graph(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dinov2_heads.cli import main
+    from dinov2_heads.export import save_heads
+    from dinov2_heads.features import FrozenBackbone
+
+    backbone = saved_backbone(tmp_path)
+    torch.manual_seed(4)
+    head = LinearDepthHead(64, n_bins=32, max_depth=10.0)
+    save_heads(tmp_path / "depth.pt", head, backbone=FrozenBackbone.for_heads(backbone, head))
+    out = tmp_path / "depther.onnx"
+    argv = ["export", "--heads", str(tmp_path / "depth.pt")]
+    argv += ["--checkpoint", str(tmp_path / "backbone.pth"), "--out", str(out)]
+    assert main([*argv, "--whole-image"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"wrote {out}"
+    assert "any H, W, any batch size" in printed[1]
+    assert printed[2] == "  output  depth: depth in metres (B, 1, H, W) at the input size"
+    assert "checked with onnxruntime on 4 input shape(s)" in printed[3]
+    depther = Depther(backbone, head.eval()).eval()
+    images = torch.randn(1, 3, 77, 150)
+    with torch.no_grad():
+        assert np.abs(run_onnx(out, images) - depther(images).numpy()).max() <= ATOL
+    assert main([*argv, "--whole-image", "--fixed-size"]) == 1
+    assert "leave out --fixed-size" in capsys.readouterr().err
+
+
+def test_the_export_command_refuses_heads_without_pixels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dinov2_heads.cli import main
+    from dinov2_heads.export import save_heads
+    from dinov2_heads.features import FrozenBackbone
+    from dinov2_heads.heads import LinearHead, MultiHead
+
+    backbone = saved_backbone(tmp_path)
+    frozen = FrozenBackbone(backbone)
+    save_heads(tmp_path / "linear.pt", LinearHead(64, 3), backbone=frozen)
+    multi = MultiHead({"a": LinearDepthHead(64), "b": LinearDepthHead(64)})
+    save_heads(tmp_path / "multi.pt", multi, backbone=FrozenBackbone.for_heads(backbone, multi))
+    for name, message in (("linear.pt", "one answer per image"), ("multi.pt", "holds 2 (a, b)")):
+        argv = ["export", "--heads", str(tmp_path / name), "--whole-image"]
+        argv += ["--checkpoint", str(tmp_path / "backbone.pth"), "--out", str(tmp_path / "x.onnx")]
+        assert main(argv) == 1
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()

@@ -11,12 +11,14 @@ EXAMPLE = """\
 example:
   dinov2-heads export --heads trained/heads.pt --checkpoint dinov2_vits14_pretrain.pth
   dinov2-heads export --heads heads.pt --checkpoint backbone.pth --size 224 224 --out model.onnx
+  dinov2-heads export --heads depth.pt --checkpoint backbone.pth --whole-image --out depther.onnx
 
 One graph from images (B, 3, H, W), normalised as in training, to the logits of every head
 (one output per head, named after it). Batch size and image size stay free unless a head is
 built for one patch grid (Conv1dNeck), which fixes the size to the one the heads were trained
 at. The file is run by onnxruntime and compared with PyTorch before the command says it is
-done. Needs the ONNX packages: pip install onnx onnxscript onnxruntime.
+done. Needs the ONNX packages: pip install 'dinov2-heads[export]', or from a checkout of the
+repository pip install -e '.[export]'.
 """
 
 
@@ -43,6 +45,14 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
         "--fixed-size",
         action="store_true",
         help="fix H and W to --size (a smaller, simpler graph) instead of accepting any size",
+    )
+    parser.add_argument(
+        "--whole-image",
+        action="store_true",
+        help="for a single depth or segmentation head: export the whole Depther or Segmenter "
+        "(centre padding, head, depth clamp, resize to the input size, softmax), a graph that "
+        "takes images of any size and returns per-pixel depth in metres or class "
+        "probabilities at that size",
     )
     parser.add_argument("--opset", type=_common.positive_int, default=18, help="ONNX opset")
     parser.add_argument(
@@ -72,6 +82,8 @@ def _run(args: argparse.Namespace) -> int:
     backbone = _common.load_backbone(args)
     if not args.no_backbone_check:
         checkpoint.check_backbone(backbone)
+    if args.whole_image:
+        return _whole_image(args, heads, backbone)
     frozen = FrozenBackbone(backbone, n_last_blocks=blocks_needed(checkpoint, heads))
     heads.to(next(backbone.parameters()).device)
     size = tuple(args.size) if args.size is not None else checkpoint.input_size
@@ -96,5 +108,51 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"  checked with onnxruntime on {len(result.checked_shapes)} input shape(s): largest "
             f"difference from PyTorch {worst:.1e}"
+        )
+    return 0
+
+
+def _whole_image(args: argparse.Namespace, head: Any, backbone: Any) -> int:
+    """Export a single dense head as the whole Depther or Segmenter around it."""
+    from dinov2_heads.dense import Depther, Segmenter
+    from dinov2_heads.export import export_dense_onnx
+    from dinov2_heads.heads import MultiHead
+
+    if args.fixed_size:
+        raise ValueError(
+            "--whole-image graphs take any image size; leave out --fixed-size (--size only "
+            "sets the size to trace with)"
+        )
+    if isinstance(head, MultiHead):
+        raise ValueError(
+            f"--whole-image exports one depth or segmentation head, {args.heads} holds "
+            f"{len(head)} ({', '.join(head.keys())}); save the dense head in a file of its own"
+        )
+    if getattr(head, "required_blocks", None) is None:
+        raise ValueError(
+            f"--whole-image exports a depth or segmentation head, {args.heads} holds a "
+            f"{type(head).__name__}, which gives one answer per image; export it without "
+            "--whole-image"
+        )
+    is_depth = hasattr(head, "min_depth") and hasattr(head, "max_depth")
+    predictor = Depther(backbone, head) if is_depth else Segmenter(backbone, head)
+    head.to(next(backbone.parameters()).device)
+    result = export_dense_onnx(
+        predictor,
+        args.out,
+        input_size=tuple(args.size) if args.size is not None else None,
+        opset=args.opset,
+        verify=not args.no_verify,
+    )
+    batch = "any batch size" if result.dynamic_batch else "batch size 1"
+    (name,) = result.output_names
+    what = "depth in metres (B, 1, H, W)" if is_depth else "class probabilities (B, K, H, W)"
+    print(f"wrote {result.path}")
+    print(f"  input   {result.input_name}: float (B, 3, H, W), normalised; any H, W, {batch}")
+    print(f"  output  {name}: {what} at the input size")
+    if result.max_abs_diff is not None:
+        print(
+            f"  checked with onnxruntime on {len(result.checked_shapes)} input shape(s): largest "
+            f"difference from PyTorch {result.max_abs_diff[name]:.1e}"
         )
     return 0

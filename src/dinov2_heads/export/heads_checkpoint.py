@@ -147,7 +147,7 @@ def save_heads(
 ) -> Path:
     """Save heads for deployment in one file, atomically.
 
-    The format follows the suffix: ``.safetensors`` (needs the ``safetensors`` extra; metadata
+    The format follows the suffix: ``.safetensors`` (the ``safetensors`` package; metadata
     as JSON in the header) or ``.pt`` / ``.pth`` (``torch.save`` of plain containers, loadable
     with ``weights_only=True``). The file is written to a temporary file in the same directory,
     fsynced and renamed over ``path``, so readers always see a complete checkpoint.
