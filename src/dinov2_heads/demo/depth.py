@@ -208,7 +208,9 @@ def head_inputs(head: LinearDepthHead, features: Features) -> Tensor:
     What :meth:`LinearDepthHead.decode` concatenates before resizing it to 4x the grid.
     """
     blocks = head.required_blocks(backbone_depth(features, "LinearDepthHead"))
-    ((patch_map, class_token),) = depth_head_inputs(features, blocks, head.embed_dim, "demo")
+    ((patch_map, class_token),) = depth_head_inputs(
+        features, blocks, head.embed_dim, "LinearDepthHead"
+    )
     return torch.cat([patch_map, class_token[:, :, None, None].expand_as(patch_map)], dim=1)
 
 
