@@ -14,10 +14,11 @@ Parts, most important first:
    speed-ups (FP8, CUDA graphs, cuDNN attention, compiled with the custom ops kept).
 3. ``input_pipeline``: extraction from JPEG folders against backbone-only images/s.
 4. ``dense_slide``: sliding-window segmentation, crops batched against one at a time (bf16).
+5. ``depth_heads``: depth inference images/s per head type (linear, linear4, DPT; bf16).
 
 A part that does not finish in its share of the time is stopped; the summary says so, and the
 parts after it still run while time is left. ``--smoke`` runs every part's own smoke mode on
-CPU in a minute or so (the tests do this), without the CUDA tests.
+CPU in a minute or so (the tests do this), without the CUDA tests and the depth heads.
 """
 
 from __future__ import annotations
@@ -89,6 +90,21 @@ PARTS = (
         ),
         (str(HERE / "dense_slide.py"), "--smoke", "--json"),
         share_s=90,
+    ),
+    Part(
+        "depth_heads",
+        (
+            str(HERE / "depth_heads.py"),
+            "--device",
+            "cuda",
+            "--dtype",
+            "bf16",
+            "--batch-size",
+            "32",
+            "--json",
+        ),
+        None,
+        share_s=60,
     ),
 )
 
