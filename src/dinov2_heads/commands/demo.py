@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from dinov2_heads.commands import _common
@@ -101,8 +102,9 @@ def run(args: argparse.Namespace) -> int:
             "(random backbone weights: these numbers show that training works, not what DINOv2 "
             "features can do; --checkpoint gives real ones)"
         )
-    parts = _parts(args, results, quiet) if args.parts else None
-    depth = _depth(args, results, quiet) if args.depth else None
+    backbone = _trained_on(results) if args.parts or args.depth else None
+    parts = _parts(args, backbone, results.out, quiet) if args.parts else None
+    depth = _depth(args, backbone, results.out, quiet) if args.depth else None
     print(f"\nfiles in {results.out}:")
     described = {
         "heads": "the four trained heads with their class names (dinov2_heads.export.load_heads)",
@@ -143,22 +145,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parts(args: argparse.Namespace, results: Any, quiet: bool) -> Any:
-    """The segmentation part: a LinearSegmentationHead on the same backbone, on part masks."""
+def _trained_on(results: Any) -> Any:
+    """The backbone the classification heads were trained on, loaded once for the dense parts."""
     from dinov2_heads.checkpoints import load_backbone
+
+    return load_backbone(results.files.get("backbone", results.checkpoint))
+
+
+def _dense_part(args: argparse.Namespace, quiet: bool, epochs_per_epoch: float) -> dict[str, Any]:
+    """The settings of a dense part: half the training images, a quarter of the held-out ones,
+    ``epochs_per_epoch`` of its (cheaper) epochs for each classification epoch."""
+    return {
+        "seed": args.seed,
+        "num_train": max(2, args.num_train // 2),
+        "num_heldout": max(1, args.num_heldout // 4),
+        "epochs": max(2, round(epochs_per_epoch * args.epochs)),
+        "progress": not quiet,
+        "echo": None if quiet else _say,
+    }
+
+
+def _parts(args: argparse.Namespace, backbone: Any, out: Path, quiet: bool) -> Any:
+    """The segmentation part: a LinearSegmentationHead on the same backbone, on part masks."""
     from dinov2_heads.demo.segmentation import run_parts_demo
 
-    source = results.files.get("backbone", results.checkpoint)
-    parts = run_parts_demo(
-        load_backbone(source),
-        results.out,
-        seed=args.seed,
-        num_train=max(2, args.num_train // 2),
-        num_heldout=max(1, args.num_heldout // 4),
-        epochs=max(2, round(2.5 * args.epochs)),
-        progress=not quiet,
-        echo=None if quiet else _say,
-    )
+    parts = run_parts_demo(backbone, out, **_dense_part(args, quiet, 2.5))
     print(
         f"\nvehicle parts, held out ({parts.num_heldout} images): mIoU "
         f"{100 * parts.scores.miou:.1f}% against {100 * parts.chance_miou:.1f}% by chance"
@@ -167,22 +178,11 @@ def _parts(args: argparse.Namespace, results: Any, quiet: bool) -> Any:
     return parts
 
 
-def _depth(args: argparse.Namespace, results: Any, quiet: bool) -> Any:
+def _depth(args: argparse.Namespace, backbone: Any, out: Path, quiet: bool) -> Any:
     """The depth part: a LinearDepthHead on the same backbone, on scenes with depth maps."""
-    from dinov2_heads.checkpoints import load_backbone
     from dinov2_heads.demo.depth import run_depth_demo
 
-    source = results.files.get("backbone", results.checkpoint)
-    depth = run_depth_demo(
-        load_backbone(source),
-        results.out,
-        seed=args.seed,
-        num_train=max(2, args.num_train // 2),
-        num_heldout=max(1, args.num_heldout // 4),
-        epochs=max(2, round(6.25 * args.epochs)),
-        progress=not quiet,
-        echo=None if quiet else _say,
-    )
+    depth = run_depth_demo(backbone, out, **_dense_part(args, quiet, 6.25))
     print(f"\ndepth, held out ({depth.num_heldout} scenes, metres):")
     print(depth.table())
     return depth
