@@ -13,6 +13,7 @@ from dinov2_heads.commands import _common
 if TYPE_CHECKING:
     import torch
 
+    from dinov2_heads.cache.manifest import Manifest
     from dinov2_heads.data import Preprocess
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     from dinov2_heads.features import FrozenBackbone
 
     out = Path(args.out)
-    transform = _with_draft(args, _common.preprocessing(args, "official_eval"), out)
+    started = _started(args, out)
+    transform = _with_draft(args, _common.preprocessing(args, "official_eval"), out, started)
     dataset, description = _dataset(args, transform)
     started_here = args.overwrite or not (out / MANIFEST).is_file()
     if not args.overwrite:
@@ -125,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     frozen = FrozenBackbone(
         _common.load_backbone(args),
         n_last_blocks=args.n_last_blocks,
-        dtype=_weights_dtype(args, out),
+        dtype=_weights_dtype(args, started),
     )
     if args.overwrite:
         # Deletes only a store and its dataset.json; a folder holding anything else is refused.
@@ -168,25 +170,34 @@ def _workers(text: str) -> int | str:
     return text if text == "auto" else _common.non_negative_int(text)
 
 
-def _with_draft(args: argparse.Namespace, transform: Preprocess, out: Path) -> Preprocess:
+def _started(args: argparse.Namespace, out: Path) -> Manifest | None:
+    """The manifest of the store at ``--out`` that this run resumes, or ``None``: no store,
+    ``--overwrite``, or a damaged manifest (extract_features then says what is wrong)."""
+    from dinov2_heads.cache.manifest import is_store_manifest, read_manifest
+
+    if args.overwrite or not is_store_manifest(out):
+        return None
+    try:
+        return read_manifest(out)
+    except ValueError:
+        return None
+
+
+def _with_draft(
+    args: argparse.Namespace, transform: Preprocess, out: Path, started: Manifest | None
+) -> Preprocess:
     """``transform`` with draft decoding as ``--draft`` / ``--no-draft`` say; without either,
-    as the store at ``--out`` was started (so that it resumes with the same pixels), else on.
+    as the store at ``--out`` was ``started`` (so that it resumes with the same pixels), else on.
 
     Raises:
         ValueError: ``--draft`` or ``--no-draft`` asks for the other decoding than the store
             at ``--out`` was started with.
     """
-    from dinov2_heads.cache.manifest import is_store_manifest, read_manifest
-
     recorded: bool | None = None
-    if not args.overwrite and is_store_manifest(out):
-        try:
-            stored = read_manifest(out).preprocessing
-        except ValueError:
-            stored = None  # a damaged manifest: extract_features says what is wrong with it
-        if isinstance(stored, dict) and stored.get("type") == "Preprocess":
-            # Stores made before draft decoding existed record no "draft": full decoding.
-            recorded = bool(stored.get("draft", False))
+    stored = started.preprocessing if started is not None else None
+    if isinstance(stored, dict) and stored.get("type") == "Preprocess":
+        # Stores made before draft decoding existed record no "draft": full decoding.
+        recorded = bool(stored.get("draft", False))
     if args.draft is None:
         draft = True if recorded is None else recorded
         if recorded is False:
@@ -198,29 +209,24 @@ def _with_draft(args: argparse.Namespace, transform: Preprocess, out: Path) -> P
     else:
         draft = args.draft
         if recorded is not None and recorded != draft:
-            started = "with" if recorded else "without"
+            how = "with" if recorded else "without"
             flag = "--draft" if draft else "--no-draft"
             raise ValueError(
-                f"--out {out} was started {started} draft decoding of JPEG files, and {flag} "
+                f"--out {out} was started {how} draft decoding of JPEG files, and {flag} "
                 f"asks for the other; leave out {flag} to resume it as it was started, or pass "
                 "--overwrite (or another --out) to start again"
             )
     return transform.replace(draft=draft)
 
 
-def _weights_dtype(args: argparse.Namespace, out: Path) -> torch.dtype | None:
-    """The backbone's weights dtype: ``--weights-dtype``, else the one the store at ``--out``
-    was started with (so that it resumes with the same features), else float32 (``None``)."""
+def _weights_dtype(args: argparse.Namespace, started: Manifest | None) -> torch.dtype | None:
+    """The backbone's weights dtype: ``--weights-dtype``, else the one the store was
+    ``started`` with (so that it resumes with the same features), else float32 (``None``)."""
     import torch
 
-    from dinov2_heads.cache.manifest import is_store_manifest, read_manifest
-
     name = args.weights_dtype
-    if name is None and not args.overwrite and is_store_manifest(out):
-        try:
-            name = read_manifest(out).backbone.weights_dtype
-        except ValueError:
-            name = None  # a damaged manifest: extract_features says what is wrong with it
+    if name is None and started is not None:
+        name = started.backbone.weights_dtype
     dtype = getattr(torch, name or "float32", None)
     return dtype if isinstance(dtype, torch.dtype) and dtype != torch.float32 else None
 

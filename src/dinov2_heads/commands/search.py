@@ -160,11 +160,8 @@ def _store_preprocessing(args: argparse.Namespace, store: FeatureStore) -> Prepr
         candidates.append(Preprocess.for_size(store.input_size))
     candidates += [candidate.replace(draft=True) for candidate in candidates]
     for candidate in candidates:
-        try:
-            store.check(preprocessing=candidate)
-        except StoreMismatchError:
-            continue
-        return candidate
+        if _prepares(store, candidate):
+            return candidate
     raise ValueError(
         f"the preprocessing of the feature store at {args.store} is not a preset or a plain "
         "resize; pass the --preset or --size its images were extracted with"
