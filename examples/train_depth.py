@@ -32,8 +32,7 @@ from dinov2_heads import create_backbone
 from dinov2_heads.cache import extract_features
 from dinov2_heads.checkpoints import load_backbone
 from dinov2_heads.data import DepthDataset, DepthTransform
-from dinov2_heads.demo import RANDOM_BACKBONE, SyntheticVehicles
-from dinov2_heads.demo.synthetic import SyntheticDepthPairs
+from dinov2_heads.demo import RANDOM_BACKBONE, SyntheticDepthPairs, SyntheticVehicles
 from dinov2_heads.dense import Depther
 from dinov2_heads.export import load_heads, save_heads
 from dinov2_heads.features import FrozenBackbone

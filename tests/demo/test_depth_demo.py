@@ -11,10 +11,9 @@ import torch
 
 from dinov2_heads import create_backbone
 from dinov2_heads.cli import main
-from dinov2_heads.demo import RANDOM_BACKBONE
+from dinov2_heads.demo import RANDOM_BACKBONE, SyntheticDepthPairs, SyntheticVehicles
 from dinov2_heads.demo.depth import DepthResults, head_inputs, patch_depths, run_depth_demo
 from dinov2_heads.demo.fog import FOG_DISTANCE
-from dinov2_heads.demo.synthetic import SyntheticDepthPairs, SyntheticVehicles
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.heads import LinearDepthHead
 from dinov2_heads.training import DEPTH_METRICS

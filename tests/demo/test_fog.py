@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dinov2_heads.data import DepthDataset
+from dinov2_heads.demo import SyntheticDepthPairs, SyntheticVehicles
 from dinov2_heads.demo.fog import FOG_COLOUR, FOG_DISTANCE, add_fog
-from dinov2_heads.demo.synthetic import SyntheticDepthPairs, SyntheticVehicles
 
 
 def test_far_things_fade_into_the_fog() -> None:

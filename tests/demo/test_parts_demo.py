@@ -10,8 +10,8 @@ import torch
 
 from dinov2_heads import create_backbone
 from dinov2_heads.cli import main
+from dinov2_heads.demo import PARTS
 from dinov2_heads.demo.segmentation import run_parts_demo
-from dinov2_heads.demo.synthetic import PARTS
 
 
 def test_parts_head_beats_chance_and_writes_files(tmp_path: Path) -> None:

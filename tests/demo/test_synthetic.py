@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from dinov2_heads.data import MISSING_LABEL, ImageFolderDataset, ManifestDataset, pil_to_tensor
 from dinov2_heads.demo import ATTRIBUTES, BRANDS, SyntheticVehicles
-from dinov2_heads.demo.synthetic import _Painter
+from dinov2_heads.demo.drawing import Painter
 
 SIZE = (42, 84)
 
@@ -82,7 +82,7 @@ def test_emblem_shapes_are_all_different() -> None:
     masks = {}
     for brand, shape in BRANDS.items():
         canvas = Image.new("RGB", (64, 64), (0, 0, 0))
-        painter = _Painter(ImageDraw.Draw(canvas), (0, 0, 64, 64))
+        painter = Painter(ImageDraw.Draw(canvas), (0, 0, 64, 64))
         painter.emblem(0.5, 0.5, 60, shape)
         chrome = pil_to_tensor(canvas)[0] > 200  # the light shape on the dark badge
         masks[brand] = chrome.float()

@@ -6,15 +6,13 @@ import pytest
 import torch
 
 from dinov2_heads.data import DepthDataset, DepthTransform
-from dinov2_heads.demo.synthetic import (
+from dinov2_heads.demo import SyntheticDepthPairs, SyntheticVehicles
+from dinov2_heads.demo.street_depth import (
     BUILDING_DEPTH,
     FAR_DEPTH,
     FOCAL,
     VEHICLE_HEIGHTS,
-    SyntheticDepthPairs,
-    SyntheticVehicles,
-    scene_layout,
-    synthetic_depth,
+    scene_depth,
 )
 
 SIZE = (56, 112)
@@ -26,8 +24,8 @@ def test_depth_map_geometry() -> None:
         depth = dataset.depth_map(index)
         assert depth.shape == (1, *SIZE)
         assert depth.dtype == torch.float32
-        assert torch.equal(depth, synthetic_depth(dataset, index))
-        layout = scene_layout(dataset, index)
+        layout = dataset.scene(index)
+        assert torch.equal(depth, scene_depth(layout, dataset.vehicle_mask(index)))
         horizon = int(layout.horizon)
         # The sky has no depth, and nothing is negative or beyond the far plane.
         assert float(depth[0, 0].min()) >= 0
@@ -71,7 +69,7 @@ def test_depth_aligns_with_the_rendered_vehicle() -> None:
 
 def test_buildings_stand_at_their_distance() -> None:
     dataset = SyntheticVehicles(20, size=SIZE)
-    with_buildings = [i for i in range(20) if scene_layout(dataset, i).buildings]
+    with_buildings = [i for i in range(20) if dataset.scene(i).buildings]
     assert with_buildings
     # Some buildings stand behind the vehicle or outside the picture; most show.
     assert any((dataset.depth_map(i) == BUILDING_DEPTH).any() for i in with_buildings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from dinov2_heads.data import SegmentationDataset, SegmentationTransform
@@ -55,3 +56,21 @@ def test_segmentation_view_and_files(tmp_path: Path) -> None:
     assert len(dataset) == 3
     for index in range(3):
         assert torch.equal(dataset[index][1], vehicles.part_mask(index))
+
+
+@pytest.mark.parametrize("size", [(126, 252), (56, 112)])
+def test_masks_line_up_with_the_picture(size: tuple[int, int]) -> None:
+    # Every pixel of the picture in the vehicle's paint lies on the vehicle's silhouette and
+    # on one of its parts (a black paint may match the emblem's badge); masks drawn anywhere
+    # else would break both.
+    vehicles = SyntheticVehicles(12, size=size, seed=5)
+    for index in range(len(vehicles)):
+        scene = vehicles.scene(index)
+        image = vehicles.image_tensor(index).long()
+        paint = torch.tensor(scene.paint)[:, None, None]
+        painted = (image - paint).abs().amax(dim=0) <= 2
+        assert painted.sum() > 50
+        silhouette = vehicles.vehicle_mask(index)
+        on_vehicle = vehicles.part_mask(index) > 0
+        assert float(silhouette[painted].float().mean()) > 0.99, index
+        assert float(on_vehicle[painted].float().mean()) > 0.99, index

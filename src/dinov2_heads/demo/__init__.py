@@ -5,6 +5,8 @@
 held-out accuracy (``dinov2-heads demo`` on the command line).
 """
 
+from dinov2_heads.demo.depth_pairs import SyntheticDepthPairs
+from dinov2_heads.demo.drawing import PART_PALETTE, PARTS
 from dinov2_heads.demo.run import RANDOM_BACKBONE, DemoResults, HeadResult, run_demo
 from dinov2_heads.demo.synthetic import (
     ATTRIBUTES,
@@ -12,8 +14,6 @@ from dinov2_heads.demo.synthetic import (
     BRANDS,
     COLOURS,
     ORIENTATIONS,
-    PART_PALETTE,
-    PARTS,
     SyntheticVehicleParts,
     SyntheticVehicles,
     Vehicle,
@@ -30,6 +30,7 @@ __all__ = [
     "RANDOM_BACKBONE",
     "DemoResults",
     "HeadResult",
+    "SyntheticDepthPairs",
     "SyntheticVehicleParts",
     "SyntheticVehicles",
     "Vehicle",

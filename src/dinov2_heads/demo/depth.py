@@ -28,8 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dinov2_heads.atomic import atomic_write_bytes
+from dinov2_heads.demo.depth_pairs import SyntheticDepthPairs
 from dinov2_heads.demo.fog import FOG_DISTANCE
-from dinov2_heads.demo.synthetic import FAR_DEPTH, SyntheticDepthPairs, SyntheticVehicles
+from dinov2_heads.demo.street_depth import FAR_DEPTH
+from dinov2_heads.demo.synthetic import SyntheticVehicles
 from dinov2_heads.features import Features, FrozenBackbone
 from dinov2_heads.heads import LinearDepthHead
 from dinov2_heads.heads.depth_blocks import backbone_depth, depth_head_inputs

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from dinov2_heads.atomic import atomic_write_bytes
-from dinov2_heads.demo.synthetic import PART_PALETTE, PARTS, SyntheticVehicles
+from dinov2_heads.demo.drawing import PART_PALETTE, PARTS
+from dinov2_heads.demo.synthetic import SyntheticVehicles
 from dinov2_heads.dense.segmentation_loss import segmentation_loss
 from dinov2_heads.dense.segmentation_metrics import SegmentationMetrics, SegmentationScores
 from dinov2_heads.features import Features, FrozenBackbone
