@@ -25,9 +25,10 @@ example:
 
 --head takes a released DINOv2 depth head (dinov2_{arch}_{nyu,kitti}_{linear,linear4,dpt}
 _head.pth: its kind is read from its tensors, and DPT heads get max depth 80 m from "kitti" in
-the file name, else 10 m) or a depth head saved with save_heads. Images run at their own size
-unless --size is given (Depther pads them to multiples of 14). For each image OUT/<name>.png
-shows the image beside its depth with a colour bar in metres.
+the file name, else 10 m) or a depth head saved with save_heads, such as the heads.pt of
+dinov2-heads train (--heads is the same option; --head-name picks one of several heads). Images
+run at their own size unless --size is given (Depther pads them to multiples of 14). For each
+image OUT/<name>.png shows the image beside its depth with a colour bar in metres.
 """
 
 #: The official linear heads' bins, and the DPT heads' ranges per data set (metres).
@@ -45,7 +46,14 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
     )
     _common.add_images_argument(parser)
     parser.add_argument(
-        "--head", required=True, help="a released *_head.pth depth head or a save_heads file"
+        "--head",
+        "--heads",
+        dest="head",
+        required=True,
+        help="a released *_head.pth depth head or a save_heads file (train's heads.pt)",
+    )
+    parser.add_argument(
+        "--head-name", help="with a save_heads file of several heads: the depth head"
     )
     _common.add_backbone_arguments(parser)
     parser.add_argument("--out", required=True, help="folder for the pictures")
@@ -84,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
 
     backbone = _common.load_backbone(args)
     where = next(backbone.parameters()).device
-    head = load_depth_head(args.head, backbone.embed_dim, args.max_depth).to(where)
+    head = load_depth_head(
+        args.head, backbone.embed_dim, args.max_depth, head_name=args.head_name
+    ).to(where)
     depther = Depther(backbone, head, **_dense.window_settings(args)).eval()
     paths = _common.image_paths(args.images)
     out = Path(args.out)
@@ -141,13 +151,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_depth_head(path: str | Path, embed_dim: int, max_depth: float | None = None) -> nn.Module:
+def load_depth_head(
+    path: str | Path,
+    embed_dim: int,
+    max_depth: float | None = None,
+    *,
+    head_name: str | None = None,
+) -> nn.Module:
     """A depth head from a released ``*_head.pth`` file or a :func:`save_heads` file.
 
     A released file's kind follows from its tensors: DPT keys, or ``conv_depth`` reading
     ``2 * D`` (linear, the last block) or ``8 * D`` channels (linear4). Linear heads have bins
     up to 80 m, as the hub builds them; DPT heads 80 m when "kitti" is in the file name, else
-    10 m. ``max_depth`` overrides either.
+    10 m. ``max_depth`` overrides either. A save_heads file keeps its heads' own range; from
+    a ``MultiHead`` (what ``dinov2-heads train`` writes) its one depth head is taken, or the
+    one called ``head_name``.
     """
     from dinov2_heads.checkpoints import load_partial, read_checkpoint, unwrap_state_dict
     from dinov2_heads.export import load_heads
@@ -164,7 +182,7 @@ def load_depth_head(path: str | Path, embed_dim: int, max_depth: float | None = 
                 f"{file} holds heads this library cannot rebuild; load them in Python with "
                 "load_heads(...).load_into(your_module)"
             )
-        return saved.heads
+        return _saved_depth_head(saved.heads, file, head_name)
     stored = unwrap_state_dict(read_checkpoint(file), backbone=False).state_dict
     state = {k.removeprefix("decode_head."): v for k, v in stored.items()}
     head: nn.Module
@@ -199,6 +217,26 @@ def load_depth_head(path: str | Path, embed_dim: int, max_depth: float | None = 
     report = load_partial(head, state, strict=True)
     logger.info("loaded %s as %s (%s)", file, type(head).__name__, report.summary())
     return head.eval()
+
+
+def _saved_depth_head(heads: nn.Module, file: Path, head_name: str | None) -> nn.Module:
+    """The one depth head of a save_heads file (``head_name`` picks it among several)."""
+    from torch import nn
+
+    from dinov2_heads.training import dense_task
+
+    members = dict(heads.items()) if isinstance(heads, nn.ModuleDict) else {"": heads}
+    candidates = {name: head for name, head in members.items() if dense_task(head) == "depth"}
+    if head_name is not None:
+        candidates = {name: head for name, head in candidates.items() if name == head_name}
+    if len(candidates) != 1:
+        found = ", ".join(repr(name) for name in candidates) or "none"
+        held = ", ".join(f"{name or 'head'}: {type(h).__name__}" for name, h in members.items())
+        raise ValueError(
+            f"{file} must hold exactly one depth head (found: {found}; the file holds {held}); "
+            "give a file with one LinearDepthHead or DPTDepthHead, or pick one with --head-name"
+        )
+    return next(iter(candidates.values())).eval()
 
 
 def _output_names(paths: list[Path]) -> list[str]:

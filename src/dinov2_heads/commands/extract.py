@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dinov2_heads.commands import _common
+from dinov2_heads.commands import _common, _extract_dense
 
 if TYPE_CHECKING:
     import torch
@@ -28,6 +28,14 @@ IMAGES is a folder with one sub-folder per class (labels from the folder names),
 JSON / JSON Lines manifest (a "path" column and label columns; empty cells are missing labels),
 or image files and folders of images (no labels). Run it again with the same arguments after an
 interruption and it resumes where it stopped.
+
+Segmentation and depth data: a folder of images with --masks FOLDER (PNG class indices, 255 =
+no label) or --depths FOLDER (16-bit PNG with --depth-scale, or .npy metres), files named alike:
+  dinov2-heads extract --checkpoint dinov2_vits14_pretrain.pth --out features/parts \\
+      --masks parts/masks --class-names background,body,window --size 224 448 parts/images
+  dinov2-heads extract --checkpoint dinov2_vits14_pretrain.pth --out features/nyu \\
+      --depths nyu/depth --depth-scale nyu --dense-head DPTDepthHead nyu/rgb
+The store keeps the blocks the --dense-head reads and the labels; `train` trains that head.
 """
 
 #: What the command line prints after "interrupted" on Ctrl-C.
@@ -108,6 +116,7 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
     parser.add_argument(
         "--overwrite", action="store_true", help="start again instead of resuming --out"
     )
+    _extract_dense.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,10 +133,12 @@ def run(args: argparse.Namespace) -> int:
     started_here = args.overwrite or not (out / MANIFEST).is_file()
     if not args.overwrite:
         _check_same_images(out, description)
-    frozen = FrozenBackbone(
-        _common.load_backbone(args),
-        n_last_blocks=args.n_last_blocks,
-        dtype=_weights_dtype(args, started),
+    dense = isinstance(dataset, _extract_dense.DensePairs)
+    backbone, weights_dtype = _common.load_backbone(args), _weights_dtype(args, started)
+    frozen = (
+        _extract_dense.frozen_backbone(args, backbone, weights_dtype)
+        if dense
+        else FrozenBackbone(backbone, n_last_blocks=args.n_last_blocks, dtype=weights_dtype)
     )
     if args.overwrite:
         # Deletes only a store and its dataset.json; a folder holding anything else is refused.
@@ -141,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
             dtype=getattr(torch, args.dtype),
             batch_size=args.batch_size,
             num_workers=args.num_workers,
-            preprocessing=transform,
+            preprocessing=dataset.preprocessing if dense else transform,
+            class_names=(description["class_names"] or None) if dense else None,
             progress=not args.quiet,
         )
     except BaseException:
@@ -153,7 +165,9 @@ def run(args: argparse.Namespace) -> int:
     _write_description(out, description)
     print(store)
     columns = description["class_names"]
-    if columns:
+    if dense:
+        print("\n".join(_extract_dense.summary_lines(description)))
+    elif columns:
         for column, names in columns.items():
             shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
             print(f"  {column}: {len(names)} classes ({shown})")
@@ -279,6 +293,8 @@ def _difference(stored: dict[str, Any], new: dict[str, Any]) -> str | None:
     for index, (old, path) in enumerate(zip(old_paths, new_paths, strict=True)):
         if old != path:
             return f"lists image {index} as {old}, this run has {path}"
+    if stored.get("labels") != new.get("labels"):
+        return "lists other mask or depth files than this run's"
     return None
 
 
@@ -294,6 +310,9 @@ def _column_list(text: str) -> list[str]:
 def _dataset(args: argparse.Namespace, transform: Any) -> tuple[Any, dict[str, Any]]:
     """The dataset to extract, and what ``dataset.json`` records about it."""
     from dinov2_heads.data import ImageFolderDataset, ManifestDataset, check_images
+
+    if _extract_dense.requested(args):
+        return _extract_dense.dataset(args)
 
     inputs = [Path(item) for item in args.images]
     single = inputs[0] if len(inputs) == 1 else None

@@ -23,7 +23,8 @@ example:
   dinov2-heads segment photos/ --heads parts.pt --checkpoint backbone.pth --out parts/
 
 The heads file is a released DINOv2 segmentation head (*_{ade20k,voc2012}_{linear,ms}_head.pth)
-or a file written by save_heads holding a LinearSegmentationHead. For each image, OUT gets
+or a file written by save_heads holding a LinearSegmentationHead, such as the heads.pt of
+dinov2-heads train (pass --size with the size the store's images had). For each image, OUT gets
 NAME.png (a palette PNG of class indices, at the image's size) and NAME_overlay.png. --preset
 applies the released test settings (resize, sliding windows, scales, flip) and class names.
 """
@@ -41,7 +42,11 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
     )
     _common.add_images_argument(parser)
     parser.add_argument(
-        "--heads", required=True, help="a released segmentation head file or a save_heads file"
+        "--heads",
+        "--head",
+        dest="heads",
+        required=True,
+        help="a released segmentation head file or a save_heads file (train's heads.pt)",
     )
     _common.add_backbone_arguments(parser)
     parser.add_argument("--out", required=True, help="folder for the label PNGs and overlays")

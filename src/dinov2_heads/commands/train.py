@@ -9,16 +9,23 @@ import logging
 import math
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dinov2_heads.commands import _common
+from dinov2_heads.commands import _common, _train_dense
+from dinov2_heads.commands._train_job import (
+    DEFAULTS,
+    Job,
+    data_summary,
+    fit_heads,
+    shorten,
+    spec_settings,
+    split_rows,
+)
 
 if TYPE_CHECKING:
     import torch
-    from torch import Tensor
-    from torch.utils.data import DataLoader
+    from torch import Tensor, nn
 
     from dinov2_heads.cache import FeatureStore
     from dinov2_heads.features import FrozenBackbone
@@ -45,6 +52,16 @@ Each head learns the label column of its name ("label": "column" names another);
 class count, class names and patch grid come from the store unless the config gives them.
 Validation data: --val (a store of the same backbone) or a random --val-fraction of STORE.
 Writes OUT/heads.pt (or .safetensors), which predict and export read, and OUT/results.json.
+
+A store of masks or depth maps (extract --masks / --depths) trains dense heads instead: the
+head it was extracted for, or a spec of LinearSegmentationHead (per-pixel cross-entropy, 255
+ignored), LinearDepthHead or DPTDepthHead (DepthLoss) heads, with "loss" settings per head:
+
+  {"heads": {"parts": {"type": "LinearSegmentationHead", "config": {"layers": 4},
+                       "loss": {"class_weights": [0.2, 1, 1, 1, 1]}}}}
+
+validated by mIoU and pixel accuracy, or AbsRel, RMSE and delta1, next to a constant baseline;
+segment and depth run the written heads file.
 """
 
 #: What the command line prints after "interrupted" on Ctrl-C.
@@ -55,9 +72,7 @@ ON_INTERRUPT = (
 
 #: Keys a spec file may hold at its top level and for each head.
 SPEC_KEYS = ("heads", "epochs", "batch_size", "lr", "weight_decay")
-HEAD_KEYS = ("type", "config", "label")
-#: MultiHead training defaults (AdamW, cosine schedule), used unless the spec or options say.
-DEFAULTS: dict[str, Any] = {"epochs": 10, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4}
+HEAD_KEYS = ("type", "config", "label", "loss")
 #: The grid's defaults: the official recipe's epochs, and its reference batch.
 GRID_EPOCHS = 10
 GRID_BATCH_SIZE = 256
@@ -68,7 +83,8 @@ RESULTS_FILE = "results.json"
 def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train heads on a feature store: the grid of linear heads, or a MultiHead spec",
+        help="train heads on a feature store: the grid of linear heads, a MultiHead spec, or "
+        "segmentation and depth heads",
         description="Train heads on the features of a feature store (dinov2-heads extract) and "
         "write them, with their class names and the backbone they belong to, as one file that "
         "predict and export read.\n\n" + EXAMPLE,
@@ -80,7 +96,7 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
         "--heads",
         metavar="SPEC",
         help="a JSON or TOML file describing a MultiHead to train (default: the grid of linear "
-        "heads)",
+        "heads; on a store of masks or depth maps, the head it was extracted for)",
     )
     parser.add_argument(
         "--label",
@@ -146,27 +162,37 @@ def _run(args: argparse.Namespace) -> int:
     if not store.has_labels:
         raise ValueError(
             f"the feature store at {args.store} has no labels; extract a folder with one "
-            "sub-folder per class, or a manifest with label columns"
+            "sub-folder per class, a manifest with label columns, or images with --masks or "
+            "--depths"
         )
-    train_rows, val_rows = _split(len(store), val_store, args.val_fraction, args.seed)
+    train_rows, val_rows = split_rows(len(store), val_store, args.val_fraction, args.seed)
     device = _common.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     progress = not args.quiet
     job = Job(store, val_store, train_rows, val_rows, device, args.seed, progress)
-    if args.heads is None:
+    dense = _train_dense.dense_columns(store)
+    if dense:
+        spec = read_spec(args.heads) if args.heads is not None else None
+        heads, summary = _train_dense.train(job, args, spec, dense)
+        # One dense head is saved alone, so that export --whole-image takes the file too.
+        saved: nn.Module = heads[next(iter(heads))] if len(heads) == 1 else heads
+    elif args.heads is None:
         heads, summary = _train_grid(job, args)
     else:
         heads, summary = _train_spec(job, args)
+    if not dense:
+        saved = heads
 
     from dinov2_heads.atomic import atomic_write_bytes
     from dinov2_heads.export import save_heads
 
+    scores = "val_metrics" if dense else "val_accuracy"
     heads_file = out / f"heads.{args.format}"
     save_heads(
         heads_file,
-        heads,
+        saved,
         backbone=_backbone_stand_in(store),
         input_size=store.input_size,
         backbone_fingerprint=store.fingerprint,
@@ -174,72 +200,30 @@ def _run(args: argparse.Namespace) -> int:
             "made_by": "dinov2-heads train",
             "preprocessing": store.manifest.preprocessing,
             "store": str(store.path),
-            "val_accuracy": summary["val_accuracy"],
+            scores: summary[scores],
         },
     )
     summary["files"] = {"heads": str(heads_file), "results": str(out / RESULTS_FILE)}
     text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
     atomic_write_bytes(out / RESULTS_FILE, text.encode("utf-8"))
-
-    print(f"\nwrote {heads_file}:")
-    for name, head in heads.items():
-        names = getattr(head, "class_names", None)
-        shown = f" ({_shorten(names)})" if names is not None else ""
-        classes = int(getattr(head, "num_classes", 0))
-        print(f"  {name}: {type(head).__name__}, {classes} classes{shown}")
-    print(f"wrote {out / RESULTS_FILE}: the settings and every head's validation results")
-    print("\ntry next (BACKBONE: the checkpoint the features were extracted with):")
-    print(f"  dinov2-heads predict --heads {heads_file} --checkpoint BACKBONE IMAGES")
-    print(f"  dinov2-heads export --heads {heads_file} --checkpoint BACKBONE --out heads.onnx")
+    if dense:
+        _train_dense.print_written(heads, heads_file, out / RESULTS_FILE, store)
+    else:
+        _print_written(heads, heads_file, out / RESULTS_FILE)
     return 0
 
 
-@dataclass(frozen=True)
-class Job:
-    """The data a training run reads: the store, the split and where to run."""
-
-    store: FeatureStore
-    val_store: FeatureStore | None
-    train_rows: Tensor
-    val_rows: Tensor | None
-    device: torch.device
-    seed: int
-    progress: bool
-
-    def loader(self, label: str | None, *, train: bool, batch_size: int) -> DataLoader[Any]:
-        """Batches of ``(Features, labels)`` of the training or the validation samples."""
-        import torch
-        from torch.utils.data import DataLoader, Subset
-
-        from dinov2_heads.cache import FeatureDataset
-        from dinov2_heads.cache.dataset import collate_features
-
-        store = self.store if train or self.val_store is None else self.val_store
-        rows = self.train_rows if train else self.val_rows
-        dataset: Any = FeatureDataset(store, label=label)
-        if rows is not None:
-            # Subset passes whole batches to FeatureDataset.__getitems__: one read per batch.
-            dataset = Subset(dataset, rows.tolist())
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            # Whole batches only: BatchNorm (in Conv1dNeck) cannot train on a batch of one.
-            drop_last=train,
-            collate_fn=collate_features,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
-        )
-
-    @property
-    def num_train(self) -> int:
-        return int(self.train_rows.numel())
-
-    @property
-    def num_val(self) -> int:
-        if self.val_rows is not None:
-            return int(self.val_rows.numel())
-        assert self.val_store is not None
-        return len(self.val_store)
+def _print_written(heads: MultiHead, heads_file: Path, results: Path) -> None:
+    print(f"\nwrote {heads_file}:")
+    for name, head in heads.items():
+        names = getattr(head, "class_names", None)
+        shown = f" ({shorten(names)})" if names is not None else ""
+        classes = int(getattr(head, "num_classes", 0))
+        print(f"  {name}: {type(head).__name__}, {classes} classes{shown}")
+    print(f"wrote {results}: the settings and every head's validation results")
+    print("\ntry next (BACKBONE: the checkpoint the features were extracted with):")
+    print(f"  dinov2-heads predict --heads {heads_file} --checkpoint BACKBONE IMAGES")
+    print(f"  dinov2-heads export --heads {heads_file} --checkpoint BACKBONE --out heads.onnx")
 
 
 # ---------------------------------------------------------------------------- the grid
@@ -294,7 +278,7 @@ def _train_grid(job: Job, args: argparse.Namespace) -> tuple[MultiHead, dict[str
         "label": column,
         "num_classes": num_classes,
         "class_names": list(names) if names is not None else None,
-        **_data_summary(job, args),
+        **data_summary(job, args),
         "epochs": epochs,
         "batch_size": batch_size,
         "best": {"name": best.spec.name, "index": best.index, "accuracy": best.accuracy},
@@ -327,21 +311,14 @@ def _grid_label(store: FeatureStore, label: str | None) -> str:
 
 
 def _train_spec(job: Job, args: argparse.Namespace) -> tuple[MultiHead, dict[str, Any]]:
-    import torch
-
     from dinov2_heads.heads import MultiHeadLoss
-    from dinov2_heads.progress import Progress
-    from dinov2_heads.training import train_one_epoch
 
     spec = read_spec(args.heads)
     store = job.store
-    heads, label_of = build_heads(spec, store)
+    heads, label_of = build_heads(spec, store, args.heads)
     heads.to(job.device)
     _dry_run(heads, store, job.device, args.heads)
-    settings = {
-        key: getattr(args, key) if getattr(args, key, None) is not None else spec.get(key, default)
-        for key, default in DEFAULTS.items()
-    }
+    settings = spec_settings(args, spec)
     epochs = int(settings["epochs"])
     batch_size = min(int(settings["batch_size"]), job.num_train)
     kinds = ", ".join(
@@ -356,26 +333,14 @@ def _train_spec(job: Job, args: argparse.Namespace) -> tuple[MultiHead, dict[str
     loader = job.loader(None, train=True, batch_size=batch_size)
     if len(loader) == 0:
         raise ValueError(f"no full batch of {batch_size} training samples; lower --batch-size")
-    optimizer = torch.optim.AdamW(
-        heads.parameters(), lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"])
+    fit_heads(
+        heads,
+        loader,
+        MultiHeadLoss(),
+        settings,
+        progress=job.progress,
+        batches=lambda batches: _renamed(batches, label_of),
     )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
-    loss_fn = MultiHeadLoss()
-    heads.train()
-    for epoch in range(epochs):
-        with Progress(
-            len(loader) * batch_size, f"epoch {epoch + 1}/{epochs}", enabled=job.progress
-        ) as bar:
-            loss, steps = train_one_epoch(
-                heads,
-                _renamed(loader, label_of),
-                optimizer,
-                loss_fn,
-                scheduler=scheduler,
-                progress=bar,
-            )
-        logger.info("epoch %d/%d: mean loss %.4f", epoch + 1, epochs, loss / max(steps, 1))
-    heads.eval()
     accuracy, counts = _evaluate(heads, job.loader(None, train=False, batch_size=256), label_of)
     print("\nvalidation accuracy per head:")
     print(_accuracy_table(heads, accuracy, counts))
@@ -384,7 +349,7 @@ def _train_spec(job: Job, args: argparse.Namespace) -> tuple[MultiHead, dict[str
         "store": str(store.path),
         "spec": spec,
         "labels": label_of,
-        **_data_summary(job, args),
+        **data_summary(job, args),
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": float(settings["lr"]),
@@ -448,7 +413,9 @@ def _toml(text: str) -> Any:
     return tomllib.loads(text)
 
 
-def build_heads(spec: Mapping[str, Any], store: FeatureStore) -> tuple[MultiHead, dict[str, str]]:
+def build_heads(
+    spec: Mapping[str, Any], store: FeatureStore, source: str = "the spec"
+) -> tuple[MultiHead, dict[str, str]]:
     """The spec's MultiHead, with what the store knows filled into each head's config.
 
     Returns the heads and, for each head, the label column it learns.
@@ -460,6 +427,11 @@ def build_heads(spec: Mapping[str, Any], store: FeatureStore) -> tuple[MultiHead
     configs: dict[str, dict[str, Any]] = {}
     label_of: dict[str, str] = {}
     for name, head in spec["heads"].items():
+        if "loss" in head:
+            raise ValueError(
+                f"{source}: head {name!r} has loss settings, which dense heads (segmentation, "
+                "depth) take on a store of masks or depth maps; leave them out for a classifier"
+            )
         column = str(head.get("label", name))
         if column not in columns:
             raise ValueError(
@@ -509,9 +481,10 @@ def _dry_run(heads: MultiHead, store: FeatureStore, device: torch.device, spec: 
         if not isinstance(output, torch.Tensor) or output.ndim != 2:
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
             raise ValueError(
-                f"head {name!r} of {spec} gives {shape} per batch, not logits (B, K): train "
-                "learns one class per image from the store's labels; dense heads (segmentation, "
-                "depth) train on masks or depth maps in your own loop"
+                f"head {name!r} of {spec} gives {shape} per batch, not logits (B, K), and the "
+                f"store at {store.path} holds a class per image; dense heads (segmentation, "
+                "depth) train on a store of masks or depth maps: extract it with --masks FOLDER "
+                "or --depths FOLDER"
             )
 
 
@@ -584,33 +557,6 @@ def _num_classes(store: FeatureStore, column: str) -> int:
     return int(known.max()) + 1
 
 
-def _split(
-    count: int, val_store: FeatureStore | None, fraction: float, seed: int
-) -> tuple[Tensor, Tensor | None]:
-    """Training and validation rows of the store: all and none when ``--val`` is given."""
-    import torch
-
-    if val_store is not None:
-        return torch.arange(count), None
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
-    held = max(1, round(fraction * count))
-    if held >= count:
-        raise ValueError(
-            f"the store has {count} samples: too few to hold out {fraction:.0%} for validation; "
-            "pass a separate --val STORE or a smaller --val-fraction"
-        )
-    return order[held:].sort().values, order[:held].sort().values
-
-
-def _data_summary(job: Job, args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "num_train": job.num_train,
-        "num_val": job.num_val,
-        "validation": str(args.val) if args.val is not None else f"{args.val_fraction} of STORE",
-        "seed": job.seed,
-    }
-
-
 def _check_same_features(store: FeatureStore, val_store: FeatureStore) -> None:
     pairs: Sequence[tuple[str, Any, Any]] = (
         ("backbone weights (fingerprint)", store.fingerprint, val_store.fingerprint),
@@ -656,10 +602,6 @@ def _backbone_stand_in(store: FeatureStore) -> FrozenBackbone | None:
     dtype = getattr(torch, str(described.weights_dtype or "float32"), None)
     stored = dtype if isinstance(dtype, torch.dtype) and dtype != torch.float32 else None
     return FrozenBackbone(backbone, n_last_blocks=store.n_blocks, dtype=stored)
-
-
-def _shorten(names: Sequence[str], limit: int = 8) -> str:
-    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
 def _fraction(text: str) -> float:
