@@ -214,8 +214,8 @@ def test_a_dense_head_is_refused_before_training(
     argv = ["train", str(stores["attributes"]), "--heads", str(spec), "--out", str(tmp_path / "o")]
     assert main(argv) == 1
     error = capsys.readouterr().err
-    assert "head 'body'" in error
-    assert "not logits (B, K)" in error
+    assert "head 'body' is a LinearSegmentationHead, a dense head" in error
+    assert "extract it with --masks FOLDER or --depths FOLDER" in error
     assert not (tmp_path / "o" / "heads.pt").exists()
 
 

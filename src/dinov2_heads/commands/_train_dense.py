@@ -239,7 +239,9 @@ def _column_of(
                 f"{source}: head {name!r} learns the label {given!r}, which is not a mask or "
                 f"depth map of the store at {store.path}; its dense labels are {list(columns)}"
             )
+        # The columns of the head's task; with none, the mismatch is reported below.
         fitting = [column for column, kind in columns.items() if task in (None, kind)]
+        fitting = fitting or list(columns)
         if len(fitting) != 1:
             raise ValueError(
                 f"{source}: head {name!r} could learn any of the labels {fitting} of the store "

@@ -422,11 +422,18 @@ def build_heads(
     """
     from dinov2_heads.heads import MultiHead
     from dinov2_heads.heads.registry import HEAD_TYPES
+    from dinov2_heads.training import DENSE_TASKS
 
     columns = store.label_names
     configs: dict[str, dict[str, Any]] = {}
     label_of: dict[str, str] = {}
     for name, head in spec["heads"].items():
+        if str(head["type"]) in DENSE_TASKS:
+            raise ValueError(
+                f"{source}: head {name!r} is a {head['type']}, a dense head, but the store at "
+                f"{store.path} holds a class per image; dense heads train on a store of masks "
+                "or depth maps: extract it with --masks FOLDER or --depths FOLDER"
+            )
         if "loss" in head:
             raise ValueError(
                 f"{source}: head {name!r} has loss settings, which dense heads (segmentation, "
