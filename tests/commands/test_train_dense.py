@@ -415,3 +415,48 @@ def test_dense_option_mistakes(
 ) -> None:
     argv = ["extract", "--checkpoint", str(files.checkpoint), "--out", str(tmp_path / "s")]
     assert message in run_error([*argv, *options, str(files.folder)], capsys)
+
+
+def test_manifests_name_the_masks_and_depth_maps(
+    files: Files, data: dict[str, Path], tmp_path: Path
+) -> None:
+    """--mask-column and --depth-column read the pairs a manifest lists, in its order."""
+    parts, scenes = data["parts"], data["scenes"]
+    rows = [f"images/{index:06d}.png" for index in (5, 1, 7)]
+    (parts / "parts.csv").write_text(
+        "path,mask\n" + "".join(f"{row},{row.replace('images', 'masks')}\n" for row in rows)
+    )
+    (scenes / "scenes.csv").write_text(
+        "path,depth\n" + "".join(f"{row},{row.replace('images', 'depth')}\n" for row in rows)
+    )
+    common = ["--quiet", "extract", "--checkpoint", str(files.checkpoint), "--num-workers", "0"]
+    masks, depths = tmp_path / "masks", tmp_path / "depths"
+    assert main([*common, "--out", str(masks), "--mask-column", "mask",
+                 str(parts / "parts.csv")]) == 0  # fmt: skip
+    # float32 depth maps, as in the store from the folders.
+    assert main([*common, "--out", str(depths), "--depth-column", "depth", "--depth-scale",
+                 "256", "--dtype", "float32", str(scenes / "scenes.csv")]) == 0  # fmt: skip
+    from_folders = FeatureStore.open(data["masks"]).labels([5, 1, 7])
+    listed = FeatureStore.open(masks).labels(slice(None))
+    assert isinstance(from_folders, torch.Tensor)
+    assert isinstance(listed, torch.Tensor)
+    assert torch.equal(listed, from_folders)
+    recorded = json.loads((depths / "dataset.json").read_text())
+    assert recorded["kind"] == "depth"
+    assert recorded["paths"] == [str(scenes / row) for row in rows]
+    expected = FeatureStore.open(data["depths"]).labels([5, 1, 7])
+    assert isinstance(expected, torch.Tensor)
+    stored = FeatureStore.open(depths).labels(slice(None))
+    assert isinstance(stored, torch.Tensor)
+    assert torch.equal(stored, expected)  # "kitti" is 256 values per metre
+
+
+def test_images_of_another_size_say_which_size_to_pass(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    odd = SyntheticVehicles(2, seed=0, size=(30, 50)).write_parts(tmp_path / "odd")
+    argv = ["--quiet", "extract", "--checkpoint", str(files.checkpoint), "--num-workers", "0"]
+    argv += ["--out", str(tmp_path / "s"), "--masks", str(odd / "masks"), str(odd / "images")]
+    error = run_error(argv, capsys)
+    assert "000000.png: the image is 30x50, not a multiple of 14" in error
+    assert "pass --size 28 56 to resize the images and their labels" in error

@@ -52,10 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group(
         "segmentation and depth data",
-        "IMAGES with a mask or a depth map per image: the store keeps the blocks a dense head "
-        "reads and the masks or depth maps, which `train` learns per pixel. Images and labels "
-        "keep their size (sides that are multiples of 14, the same for every image) unless "
-        "--size or --preset resizes both (labels by nearest neighbour)",
+        # The formatter keeps descriptions as written: wrapped here.
+        "IMAGES with a mask or a depth map per image: the store keeps the blocks a dense head\n"
+        "reads and the masks or depth maps, which `train` learns per pixel. Images and labels\n"
+        "keep their size (sides that are multiples of 14, the same for every image) unless\n"
+        "--size or --preset resizes both (labels by nearest neighbour).",
     )
     group.add_argument(
         "--masks",
@@ -220,7 +221,7 @@ class PairPreprocess:
 
             suggestion = nearest_valid_size(size, self.patch_size)
             raise ValueError(
-                f"an image is {size[0]}x{size[1]}, not a multiple of {self.patch_size}; pass "
+                f"the image is {size[0]}x{size[1]}, not a multiple of {self.patch_size}; pass "
                 f"--size {suggestion[0]} {suggestion[1]} to resize the images and their labels"
             )
         return normalize(to_float(image), self.mean, self.std), label
@@ -292,7 +293,12 @@ class DensePairs(Dataset[tuple[Tensor, Tensor]]):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.pairs[index]
+        try:
+            return self.pairs[index]
+        except ValueError as error:
+            if str(self.paths[index]) in str(error):
+                raise
+            raise ValueError(f"{self.paths[index]}: {error}") from error
 
 
 def preprocessing(args: argparse.Namespace) -> PairPreprocess:
