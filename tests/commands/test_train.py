@@ -184,8 +184,13 @@ def test_a_toml_spec(stores: dict[str, Path], tmp_path: Path) -> None:
         ("attributes", '{"heads": {"colour": {"type": "LinearHead"}}, "lr ": 1}', "unknown key"),
         ("attributes", '{"heads": ', "is not valid JSON"),
         ("folder", '{"heads": {"colour": {"type": "LinearHead"}}}', "its columns are label"),
+        (
+            "attributes",
+            '{"heads": {"colour": {"type": "LinearHead", "loss": {"class_weights": [1]}}}}',
+            "has loss settings, which dense heads (segmentation, depth) take",
+        ),
     ],
-    ids=["several-columns", "type", "column", "no-type", "key", "json", "folder-label"],
+    ids=["several-columns", "type", "column", "no-type", "key", "json", "folder-label", "loss"],
 )
 def test_mistakes_are_one_line(
     stores: dict[str, Path],

@@ -460,3 +460,12 @@ def test_images_of_another_size_say_which_size_to_pass(
     error = run_error(argv, capsys)
     assert "000000.png: the image is 30x50, not a multiple of 14" in error
     assert "pass --size 28 56 to resize the images and their labels" in error
+
+
+def test_validation_data_of_the_other_kind_is_refused(
+    data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", str(data["masks"]), "--val", str(data["depths"]), "--out", str(tmp_path)]
+    error = run_error(argv, capsys)
+    assert "holds other labels than" in error
+    assert "label: depth maps vs label: segmentation masks" in error

@@ -86,6 +86,12 @@ def train(
     from dinov2_heads.training import DenseLoss, dense_head_loss, evaluate_dense
 
     source = args.heads or f"the head recorded in {job.store.path}/{DATASET_FILE}"
+    if job.val_store is not None and dense_columns(job.val_store) != dict(columns):
+        raise ValueError(
+            f"--val {job.val_store.path} holds other labels than {job.store.path}: "
+            f"{_kinds(dense_columns(job.val_store))} vs {_kinds(columns)}; extract both with "
+            "--masks, or both with --depths"
+        )
     spec = spec if spec is not None else default_spec(job.store, columns)
     histograms = {
         column: (_mask_histogram(job, column, True), _mask_histogram(job, column, False))
@@ -145,6 +151,10 @@ def train(
         "val_metrics": {name: _plain(scores[name]) for name in heads},
     }
     return heads, summary
+
+
+def _kinds(columns: Mapping[str, DenseTask]) -> str:
+    return ", ".join(f"{name}: {_WHAT[task]}" for name, task in columns.items()) or "class labels"
 
 
 def default_spec(store: FeatureStore, columns: Mapping[str, DenseTask]) -> dict[str, Any]:
