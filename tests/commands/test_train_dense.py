@@ -20,8 +20,7 @@ from torch import nn
 from dinov2_heads.cache import FeatureStore
 from dinov2_heads.cli import main
 from dinov2_heads.data import load_mask
-from dinov2_heads.demo import PARTS, SyntheticVehicles
-from dinov2_heads.demo.synthetic import SyntheticDepthPairs
+from dinov2_heads.demo import PARTS, SyntheticDepthPairs, SyntheticVehicles
 from dinov2_heads.dense import SegmentationLoss
 from dinov2_heads.export import load_heads
 from dinov2_heads.heads import DepthLoss, LinearDepthHead, LinearSegmentationHead
