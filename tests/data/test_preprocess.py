@@ -14,8 +14,10 @@ from dinov2_heads.data import (
     Preprocess,
     get_preset,
     list_presets,
+    normalize,
     pil_to_tensor,
 )
+from dinov2_heads.data.functional import check_mean_std
 
 from .conftest import noise_image
 
@@ -145,3 +147,59 @@ def test_pil_input_gives_exactly_the_pixels_of_a_contiguous_tensor(preprocess: P
         from_pil = preprocess(image)
         assert from_pil.is_contiguous()
         assert torch.equal(from_pil, preprocess(pil_to_tensor(image))), (height, width, mode)
+
+
+# ---------------------------------------------------------------------- normalize=False
+
+
+@pytest.mark.parametrize(
+    "preprocess",
+    [Preprocess(resize=256, crop=(224, 224)), Preprocess(resize=(28, 42))],
+    ids=["official", "small"],
+)
+def test_without_normalising_the_pixels_are_handed_on_as_uint8(preprocess: Preprocess) -> None:
+    pixels_only = preprocess.replace(normalize=False)
+    for image in (noise_image(301, 403, seed=3), noise_image(126, 252, seed=4).convert("L")):
+        pixels = pixels_only(image)
+        assert pixels.dtype == torch.uint8
+        assert pixels.shape == (3, *preprocess.output_size)
+        assert pixels.is_contiguous()
+        # Normalising them afterwards is the whole preprocessing, bit for bit.
+        assert torch.equal(normalize(pixels, preprocess.mean, preprocess.std), preprocess(image))
+        assert torch.equal(pixels_only(pil_to_tensor(image)), pixels)
+    batch = torch.stack([pil_to_tensor(noise_image(60, 90, seed=s)) for s in range(3)])
+    handed_on = pixels_only(batch)
+    assert handed_on.dtype == torch.uint8
+    assert handed_on.shape == (3, 3, *preprocess.output_size)
+    assert torch.equal(normalize(handed_on), preprocess(batch))
+
+
+def test_float_images_cannot_be_handed_on_as_uint8() -> None:
+    pixels_only = Preprocess(resize=(28, 42), normalize=False)
+    for image in (torch.rand(3, 60, 90), torch.rand(2, 3, 60, 90, dtype=torch.float64)):
+        with pytest.raises(ValueError, match=r"hands on uint8 pixels 0\.\.255, but got a torch"):
+            pixels_only(image)
+    with pytest.raises(ValueError, match=r"or keep normalize=True for float images"):
+        pixels_only(torch.rand(3, 60, 90))
+    with pytest.raises(TypeError, match="normalize must be True or False, got 1"):
+        Preprocess(resize=(28, 42), normalize=1)  # type: ignore[arg-type]
+
+
+def test_where_normalisation_happens_is_not_part_of_the_description() -> None:
+    # A feature store compares descriptions: one made either way resumes the other way.
+    for preset in (get_preset("official_eval"), get_preset("vehicle_crop").replace(draft=True)):
+        deferred = preset.replace(normalize=False)
+        assert deferred.description() == preset.description()
+        assert "normalize" not in preset.description()
+    assert get_preset("official_eval").normalize is True
+
+
+def test_mean_and_std_are_checked_by_the_shared_check() -> None:
+    mean, std = check_mean_std([0.5, 0.25, 0.125], torch.tensor([1.0, 2.0, 4.0]))
+    assert (mean, std) == ((0.5, 0.25, 0.125), (1.0, 2.0, 4.0))
+    with pytest.raises(ValueError, match="mean values must be finite"):
+        Preprocess(resize=(14, 14), mean=(0.5, float("nan"), 0.5))
+    with pytest.raises(TypeError, match=r"std must be three numbers \(R, G, B\) such as \(0\.229"):
+        Preprocess(resize=(14, 14), std="0.2")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="mean must be three numbers"):
+        check_mean_std(0.5, IMAGENET_STD)  # type: ignore[arg-type]

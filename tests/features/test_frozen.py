@@ -238,5 +238,7 @@ def test_bad_inputs(tiny: DinoVisionTransformer) -> None:
         frozen(torch.randn(3, 28, 28))
     with pytest.raises(ValueError, match="multiple of patch size 14"):
         frozen(torch.randn(1, 3, 30, 28))
-    with pytest.raises(TypeError, match=r"torch\.uint8; normalise them first"):
-        frozen(torch.zeros(1, 3, 28, 28, dtype=torch.uint8))  # not silently cast to float
+    # Integers other than uint8 pixels are not silently cast to float (uint8: test_pixels.py).
+    for dtype in (torch.int64, torch.int16, torch.bool):
+        with pytest.raises(TypeError, match=rf"or uint8 images \(decoded pixels 0\.\.255.*{dtype}"):
+            frozen(torch.zeros(1, 3, 28, 28, dtype=dtype))

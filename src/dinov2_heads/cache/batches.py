@@ -17,7 +17,9 @@ class Batch:
     """A batch taken apart.
 
     Attributes:
-        images: (B, 3, H, W).
+        images: (B, 3, H, W): normalised floats, or ``uint8`` pixels 0..255 (from
+            ``Preprocess(..., normalize=False)``) that a ``FrozenBackbone`` normalises on its
+            device. Either goes to the device as it is, so ``uint8`` crosses as ``uint8``.
         labels: (B, ...) int64 or float32 labels, a dict of such columns by name, or ``None``.
         ids: (B,) int64 sample ids, or ``None`` for positions in the data.
     """

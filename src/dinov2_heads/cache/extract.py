@@ -96,6 +96,12 @@ def extract_features(
     (float32 in a float32 or bfloat16 store), both at the image size. The cache holds one view
     of each image: train from it when there is no random augmentation.
 
+    Images may be ``uint8`` pixels, from ``Preprocess(..., normalize=False)``: each batch then
+    goes to the device (through pinned memory with a CUDA backbone) as ``uint8``, a quarter of
+    the bytes of float32, and the ``FrozenBackbone`` normalises it there with its ``mean`` and
+    ``std``. The features are the same (bit for bit on the CPU), and so is the recorded
+    preprocessing, so a store started one way resumes the other way.
+
     Args:
         frozen: A :class:`~dinov2_heads.features.FrozenBackbone` (or a module that maps images
             (B, 3, H, W) to :class:`~dinov2_heads.features.Features`); its device is used.

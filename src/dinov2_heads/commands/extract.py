@@ -129,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     started = _started(args, out)
     transform = _with_draft(args, _common.preprocessing(args, "official_eval"), out, started)
+    # uint8 pixels from the workers, normalised by the backbone on its device: a quarter of the
+    # bytes, the same features (the store's record of the preprocessing does not change).
+    # Dense pairs have a transform of their own.
+    transform = transform.replace(normalize=False)
     dataset, description = _dataset(args, transform)
     started_here = args.overwrite or not (out / MANIFEST).is_file()
     if not args.overwrite:
@@ -138,7 +142,13 @@ def run(args: argparse.Namespace) -> int:
     frozen = (
         _extract_dense.frozen_backbone(args, backbone, weights_dtype)
         if dense
-        else FrozenBackbone(backbone, n_last_blocks=args.n_last_blocks, dtype=weights_dtype)
+        else FrozenBackbone(
+            backbone,
+            n_last_blocks=args.n_last_blocks,
+            dtype=weights_dtype,
+            mean=transform.mean,
+            std=transform.std,
+        )
     )
     if args.overwrite:
         # Deletes only a store and its dataset.json; a folder holding anything else is refused.

@@ -11,6 +11,7 @@ rounded in between, which give the CPU's pixels to within one level.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -183,10 +184,14 @@ def center_crop(image: Tensor, size: int | Sequence[int]) -> Tensor:
 
 def normalize(
     image: Tensor,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] | Tensor = IMAGENET_MEAN,
+    std: Sequence[float] | Tensor = IMAGENET_STD,
 ) -> Tensor:
     """``(x - mean) / std`` per channel, after converting ``uint8`` to float in [0, 1].
+
+    ``mean`` and ``std`` are three numbers each, or float32 tensors of three values already on
+    the image's device, which are used without a copy (on a GPU, building them from numbers
+    waits for the device on every call).
 
     Returns:
         A float32 tensor of the input's shape.
@@ -196,6 +201,39 @@ def normalize(
     mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
     std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)
     return (x - mean_t) / std_t
+
+
+def check_mean_std(
+    mean: Sequence[float], std: Sequence[float]
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """``mean`` and ``std`` as three floats each (RGB), or the error that says what is wrong.
+
+    The one check of every place that normalises with a given mean and std
+    (:class:`~dinov2_heads.data.Preprocess`, :class:`~dinov2_heads.features.FrozenBackbone`).
+
+    Raises:
+        TypeError: Not a sequence of numbers.
+        ValueError: Not three values, a value that is not finite, or a std that is not positive.
+    """
+    checked = []
+    for name, values in (("mean", mean), ("std", std)):
+        try:
+            if isinstance(values, str | bytes):
+                raise TypeError
+            value = tuple(float(v) for v in values)
+        except (TypeError, ValueError):
+            example = IMAGENET_MEAN if name == "mean" else IMAGENET_STD
+            raise TypeError(
+                f"{name} must be three numbers (R, G, B) such as {example}, got {values!r}"
+            ) from None
+        if len(value) != 3:
+            raise ValueError(f"{name} needs one value per RGB channel, got {value}")
+        if not all(math.isfinite(v) for v in value):
+            raise ValueError(f"{name} values must be finite, got {value}")
+        checked.append((value[0], value[1], value[2]))
+    if any(s <= 0 for s in checked[1]):
+        raise ValueError(f"std values must be positive, got {checked[1]}")
+    return checked[0], checked[1]
 
 
 def denormalize(

@@ -15,6 +15,7 @@ from dinov2_heads.data.functional import (
     PATCH_SIZE,
     _as_pair,
     center_crop,
+    check_mean_std,
     check_valid_size,
     nearest_valid_size,
     normalize,
@@ -35,6 +36,8 @@ class Preprocess:
     The steps are those of the official DINOv2 evaluation transform: resize (antialiased
     bicubic), centre crop, ImageNet mean/std normalisation. Decoded ``uint8`` pixels are resized
     as ``uint8`` on the CPU, so the result matches torchvision + Pillow to within one grey level.
+    With ``normalize=False`` the last step is left to the
+    :class:`~dinov2_heads.features.FrozenBackbone`, on its own device.
 
     Attributes:
         resize: An int resizes the shorter side to that length, keeping the aspect ratio (the
@@ -52,6 +55,14 @@ class Preprocess:
             grey levels at most (docs/images.md has the figures). Images already decoded, other
             formats and JPEGs less than twice the resize's size are unaffected. Off by default;
             a feature store records it (see :meth:`description`).
+        normalize: ``False`` stops before normalising and returns the resized ``uint8``
+            pixels, for a :class:`~dinov2_heads.features.FrozenBackbone` (built with the same
+            ``mean`` and ``std``) to convert and normalise on its device: a quarter of the
+            bytes of float32 cross from the ``DataLoader`` workers to the main process, into
+            pinned memory and onto the GPU, and the workers skip the float work. The features
+            are the same (bit for bit on the CPU), so a feature store does not record where
+            normalisation happened: a store started one way resumes the other way. Float
+            input cannot be handed on as ``uint8`` and is refused with this off.
 
     Example:
         ``Preprocess(resize=(126, 252))(image)`` gives a (3, 126, 252) tensor; a
@@ -65,10 +76,13 @@ class Preprocess:
     std: tuple[float, float, float] = IMAGENET_STD
     patch_size: int = PATCH_SIZE
     draft: bool = False
+    normalize: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.draft, bool):
             raise TypeError(f"draft must be True or False, got {self.draft!r}")
+        if not isinstance(self.normalize, bool):
+            raise TypeError(f"normalize must be True or False, got {self.normalize!r}")
         if not isinstance(self.resize, int):
             object.__setattr__(self, "resize", _as_pair(self.resize, "resize"))
         elif self.resize <= 0:
@@ -80,13 +94,9 @@ class Preprocess:
                 f"resize={self.resize} (shorter side) without a crop gives a size that depends "
                 "on each image; add crop=(H, W) or pass resize=(H, W)"
             )
-        for name in ("mean", "std"):
-            value = tuple(float(v) for v in getattr(self, name))
-            if len(value) != 3:
-                raise ValueError(f"{name} needs one value per RGB channel, got {value}")
-            object.__setattr__(self, name, value)
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"std values must be positive, got {self.std}")
+        mean, std = check_mean_std(self.mean, self.std)
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
         check_valid_size(self.output_size, self.patch_size)
 
     @classmethod
@@ -136,8 +146,11 @@ class Preprocess:
         ``draft`` appears only when on, so a ``Preprocess`` without it has the description it
         had before the option existed, and the stores made with it open and resume as before;
         a store made with draft decoding is refused by a run without it, and the reverse.
+        ``normalize`` never appears: whether the images are normalised here or by the
+        backbone on its device, the features are the same.
         """
         value: dict[str, Any] = {"type": type(self).__name__, **asdict(self)}
+        del value["normalize"]
         if not self.draft:
             del value["draft"]
         return value
@@ -150,9 +163,20 @@ class Preprocess:
                 ``uint8`` or float in [0, 1] (not yet normalised).
 
         Returns:
-            (3, H, W) or (B, 3, H, W) float32, normalised.
+            (3, H, W) or (B, 3, H, W) float32, normalised; with ``normalize=False`` the
+            resized and cropped ``uint8`` pixels (0..255) instead.
+
+        Raises:
+            ValueError: Float input with ``normalize=False``.
         """
         x = image if isinstance(image, Tensor) else _pixels(image)
+        if not self.normalize and x.dtype != torch.uint8:
+            raise ValueError(
+                f"Preprocess(normalize=False) hands on uint8 pixels 0..255, but got a {x.dtype} "
+                "image, which cannot be handed on as uint8 (float pixels would be rounded to "
+                "whole grey levels); pass the decoded uint8 pixels (a Pillow image or a uint8 "
+                "tensor), or keep normalize=True for float images"
+            )
         if isinstance(self.resize, int):
             x = resize_shorter_side(x, self.resize)
         else:
@@ -162,6 +186,8 @@ class Preprocess:
             x = x.clamp(0, 1)
         if self.crop is not None:
             x = center_crop(x, self.crop)
+        if not self.normalize:
+            return x.contiguous()
         return normalize(x, self.mean, self.std).contiguous()
 
 

@@ -9,7 +9,7 @@ from dinov2_heads.features.frozen import FrozenBackbone
 
 
 def check_images(images: Tensor) -> None:
-    """``ValueError`` unless ``images`` is a float batch (B, 3, H, W)."""
+    """``ValueError`` unless ``images`` is a batch (B, 3, H, W); ``TypeError`` unless float."""
     if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         fix = (
@@ -19,9 +19,13 @@ def check_images(images: Tensor) -> None:
         )
         raise ValueError(f"expected normalised images of shape (B, 3, H, W), got {shape}{fix}")
     if not torch.is_floating_point(images):
+        # uint8 pixels included: padding, flips and rescaling work on normalised images
+        # (padding with 0 is padding with the mean colour), so they are normalised first.
         raise TypeError(
-            f"expected normalised float images, got {images.dtype}; convert and normalise "
-            "them first (for example with dinov2_heads.data)"
+            f"expected normalised float images, got {images.dtype}; dense prediction pads and "
+            "rescales normalised images, so uint8 pixels 0..255 are not normalised here: "
+            "normalise them first with dinov2_heads.data.normalize(images) (or a Preprocess "
+            "with normalize=True)"
         )
 
 

@@ -15,6 +15,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from dinov2_heads.backbone import DinoVisionTransformer
+from dinov2_heads.backbone.vision_transformer import check_float_images
 from dinov2_heads.features.frozen import FrozenBackbone
 
 __all__ = ["ClassAttention", "attention_maps", "class_attention"]
@@ -56,11 +57,17 @@ def class_attention(backbone: nn.Module, images: Tensor, *, block: int = -1) -> 
 
     Args:
         backbone: A :class:`~dinov2_heads.DinoVisionTransformer` or a ``FrozenBackbone``.
-        images: Normalised images (B, 3, H, W), sides multiples of the patch size.
+        images: Normalised images (B, 3, H, W), sides multiples of the patch size; with a
+            ``FrozenBackbone``, also ``uint8`` pixels 0..255, which it normalises with its
+            ``mean`` and ``std`` as it does for features.
         block: Block index, negative counting from the end (-1: the last block).
 
     Returns:
         A :class:`ClassAttention` in float32.
+
+    Raises:
+        TypeError: Integer images for a bare backbone (or other than ``uint8`` for a
+            ``FrozenBackbone``): they are never cast to float unnormalised.
     """
     model = _unwrap(backbone)
     depth = len(model.blocks)
@@ -68,6 +75,11 @@ def class_attention(backbone: nn.Module, images: Tensor, *, block: int = -1) -> 
         raise ValueError(f"block must be an int in [-{depth}, {depth}), got {block!r}")
     index = block % depth
     dtype = next(model.parameters()).dtype
+    if isinstance(backbone, FrozenBackbone) and images.dtype == torch.uint8:
+        images = backbone.prepare_images(images)
+    else:
+        # Before the cast below would turn pixels 0..255 into floats.
+        check_float_images(images, weights=next(model.parameters()))
     with torch.no_grad():
         tokens = model.prepare_tokens_with_masks(images.to(dtype))
         for earlier in model.blocks[:index]:

@@ -14,6 +14,7 @@ from dinov2_heads.accel.conditions import runs_fast
 from dinov2_heads.accel.fallback import failures_summarised
 from dinov2_heads.backbone import DinoVisionTransformer
 from dinov2_heads.backbone.vision_transformer import check_finite_images, check_float_images
+from dinov2_heads.data.functional import IMAGENET_MEAN, IMAGENET_STD, check_mean_std, normalize
 from dinov2_heads.features.features import BlockKey, BlockTokens, Features
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,14 @@ BlockRequest = int | tuple[int, bool]
 
 class FrozenBackbone(nn.Module):
     """A frozen backbone that turns images (B, 3, H, W) into :class:`Features`.
+
+    Images are either float, already normalised with the mean and std the backbone was trained
+    with (what :class:`~dinov2_heads.data.Preprocess` gives), or ``uint8``: decoded pixels
+    0..255 (what ``Preprocess(..., normalize=False)`` gives), which are normalised here, with
+    ``mean`` and ``std``, on the backbone's device. A ``uint8`` batch elsewhere (the CPU batch
+    of a ``DataLoader``) is copied to that device as ``uint8`` first, a quarter of the bytes of
+    float32, and converted there; the features are those of the float path (bit for bit on
+    the CPU). Other integer images are refused rather than cast.
 
     Safe to put inside a trainable model: its parameters never require gradients, it stays in
     eval mode whatever ``.train()`` is called on a parent, and it runs under ``torch.no_grad()``
@@ -71,7 +80,12 @@ class FrozenBackbone(nn.Module):
             compiled graph.
         check_finite: Refuse images that hold NaN or infinity (a ``ValueError`` naming the
             samples), at the cost of one reduction over each batch; ``False`` lets them
-            through, and every feature of such an image is NaN.
+            through, and every feature of such an image is NaN. (``uint8`` pixels are always
+            finite, so they skip it.)
+        mean: Per-channel mean (RGB), in [0, 1] units, that ``uint8`` pixels are normalised
+            with after scaling to [0, 1]: ImageNet's by default, as every DINOv2 checkpoint was
+            trained with. Float images are taken as they come.
+        std: Per-channel standard deviation (RGB) that ``uint8`` pixels are divided by.
 
     Example:
         >>> from dinov2_heads import create_backbone
@@ -90,6 +104,8 @@ class FrozenBackbone(nn.Module):
         compile: bool | Mapping[str, Any] = False,
         accelerate: bool = True,
         check_finite: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         super().__init__()
         if not callable(getattr(backbone, "get_intermediate_layers", None)):
@@ -121,6 +137,11 @@ class FrozenBackbone(nn.Module):
             )
         if not isinstance(accelerate, bool):
             raise TypeError(f"accelerate must be True or False, got {accelerate!r}")
+        #: The (R, G, B) mean and std that ``uint8`` images are normalised with.
+        self.mean, self.std = check_mean_std(mean, std)
+        # The same as float32 tensors, per device: made once, since building them from
+        # numbers copies to the device and, on a GPU, waits for it on every call.
+        self._mean_std: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
         requested = _resolve_blocks(blocks, depth)
 
@@ -227,25 +248,17 @@ class FrozenBackbone(nn.Module):
         """Features of the last ``n_last_blocks`` blocks.
 
         Args:
-            x: Images (B, 3, H, W) with H and W multiples of the patch size.
+            x: Images (B, 3, H, W) with H and W multiples of the patch size: normalised
+                floats, or ``uint8`` pixels 0..255 that are normalised here with
+                :attr:`mean` and :attr:`std` (see the class docstring).
 
         Returns:
             :class:`Features` in float32: ``class_tokens`` n x (B, D), ``patch_tokens``
             n x (B, N, D), ``patch_mean`` (B, D), ``register_tokens`` (B, R, D) when the backbone
             is a :class:`~dinov2_heads.DinoVisionTransformer` with registers, and the grid (h, w).
         """
-        if not isinstance(x, Tensor) or x.ndim != 4:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(
-                f"expected images of shape (B, 3, H, W), got {shape}; "
-                "add a batch dimension with x.unsqueeze(0) for one image"
-            )
-        # Before the cast below would turn pixels 0..255 into floats.
-        check_float_images(x, weights=next(self.backbone.parameters(), None))
-        if self.check_finite:
-            check_finite_images(x)
+        x = self.prepare_images(x)
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
-        x = x.to(self.dtype)
         if self._accelerate_pending and runs_fast(x):
             accel.accelerate(self.backbone)
             self._accelerate_pending = False
@@ -271,9 +284,61 @@ class FrozenBackbone(nn.Module):
             depth=self.depth,
         )
 
+    def prepare_images(self, x: Tensor) -> Tensor:
+        """Images (B, 3, H, W) as the backbone takes them, checked, in :attr:`dtype`.
+
+        ``uint8`` pixels 0..255 are moved to the backbone's device (as ``uint8``), converted
+        and normalised there with :attr:`mean` and :attr:`std` in float32, then cast; float
+        images are checked (device, size, finite values when ``check_finite``) and cast.
+
+        Raises:
+            TypeError: Integer images other than ``uint8``.
+            ValueError: Not a (B, 3, H, W) tensor, empty images, float images on another
+                device than the weights, or non-finite values.
+        """
+        if not isinstance(x, Tensor) or x.ndim != 4:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f"expected images of shape (B, 3, H, W), got {shape}; "
+                "add a batch dimension with x.unsqueeze(0) for one image"
+            )
+        weights = next(self.backbone.parameters(), None)
+        pixels = x.dtype == torch.uint8
+        if pixels:
+            if weights is not None and x.device != weights.device and not x.is_meta:
+                # The copy moves a quarter of float32's bytes; pinned memory makes it
+                # asynchronous (a copy from the CPU is safe to issue so).
+                x = x.to(weights.device, non_blocking=x.device.type == "cpu")
+            x = normalize(x, *self._normalization(x.device))
+        elif not x.is_floating_point():
+            raise TypeError(
+                f"FrozenBackbone takes float images normalised with mean {self.mean} and std "
+                f"{self.std}, or uint8 images (decoded pixels 0..255, normalised here with that "
+                f"mean and std), got {x.dtype}; pass pixels as images.to(torch.uint8) when they "
+                "are 0..255, or normalise them with dinov2_heads.data.normalize(images)"
+            )
+        # Float from here on: the device and size checks every entry point makes. Before the
+        # cast below, so that no integer image is ever cast to float unnormalised.
+        check_float_images(x, weights=weights)
+        if self.check_finite and not pixels:
+            check_finite_images(x)
+        return x.to(self.dtype)
+
+    def _normalization(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """:attr:`mean` and :attr:`std` as float32 (3,) tensors on ``device``."""
+        if device not in self._mean_std:
+            self._mean_std[device] = (
+                torch.tensor(self.mean, dtype=torch.float32, device=device),
+                torch.tensor(self.std, dtype=torch.float32, device=device),
+            )
+        return self._mean_std[device]
+
     def extra_repr(self) -> str:
         blocks = f", blocks={list(self.blocks)}" if self.blocks else ""
-        return f"n_last_blocks={self.n_last_blocks}{blocks}, dtype={self.dtype}"
+        return (
+            f"n_last_blocks={self.n_last_blocks}{blocks}, dtype={self.dtype}, "
+            f"mean={self.mean}, std={self.std}"
+        )
 
     # ------------------------------------------------------------------ internals
 
