@@ -17,6 +17,14 @@ realistic sizes) of each ``--sizes`` entry, then measures:
    waited for data. "steady" leaves out the first batch (worker start-up, first call). The
    DataLoader hands each batch to one worker, so a run needs many batches per worker to
    reach its steady pace: hence the large default ``--images`` on CUDA.
+3. Hand-off (``--handoff both``, the default): each extraction run above is made twice in a
+   row, once with the workers handing normalised float32 images to the main process (the
+   ``Preprocess`` default) and once with ``uint8`` pixels (``Preprocess(normalize=False)``,
+   normalised by the ``FrozenBackbone`` on its device), alternating which goes first: bytes
+   per batch handed over, images/s of each (medians) and their ratio (the median of the
+   per-run ratios). Also, on one thread, the preprocessing of a decoded photo in a worker
+   with and without the normalisation, and on CUDA only, the copy of one pinned batch of
+   each dtype to the GPU (milliseconds and GB/s).
 
 CPU (decoding, and a small ViT-S/14 extraction)::
 
@@ -229,6 +237,8 @@ class ExtractRow:
     batch: int
     workers: int
     dtype: str
+    handoff: str = "float32"
+    batch_bytes: int = 0
     backbone_images_per_s: float = float("nan")
     extract_images_per_s: float = float("nan")
     ratio: float = float("nan")
@@ -314,36 +324,51 @@ def repeated(dataset: ImageFolderDataset, count: int) -> Dataset[Any]:
 
 def measure_extraction(
     frozen: FrozenBackbone,
-    dataset: Dataset[Any],
-    row: ExtractRow,
+    cases: Sequence[tuple[ExtractRow, Dataset[Any]]],
     *,
     runs: int,
     workers: int | str,
     backbone: Callable[[], float],
 ) -> None:
-    """``extract_features`` over ``dataset`` ``runs`` times, each after a backbone-only
-    measurement (``backbone()`` gives images/s), so each ratio compares neighbours in time."""
+    """``extract_features`` over each case's dataset ``runs`` times, each run after one
+    backbone-only measurement (``backbone()`` gives images/s) that every case of the run is
+    compared with, so each ratio compares neighbours in time. The cases take turns going
+    first, so that a machine speeding up or slowing down favours none of them."""
+    for run in range(runs):
+        rate = backbone()
+        shift = run % len(cases)
+        for row, dataset in [*cases[shift:], *cases[:shift]]:
+            row.backbone_rates.append(rate)
+            _extract_once(frozen, dataset, row, workers)
+    for row, _ in cases:
+        _summarise(row)
+
+
+def _extract_once(
+    frozen: FrozenBackbone, dataset: Dataset[Any], row: ExtractRow, workers: int | str
+) -> None:
     count = len(dataset)  # type: ignore[arg-type]
-    for _ in range(runs):
-        row.backbone_rates.append(backbone())
-        with _capture_splits() as captured:
-            start = time.perf_counter()
-            extract_features(
-                frozen,
-                dataset,
-                batch_size=row.batch,
-                num_workers=workers,  # type: ignore[arg-type]
-                dtype=torch.float16,
-            )
-            row.extract_rates.append(count / (time.perf_counter() - start))
-        row.ratios.append(row.extract_rates[-1] / row.backbone_rates[-1])
-        split = captured.splits[-1] if captured.splits else None
-        if split is not None and split.items and split.waiting + split.working > 0:
-            # After the first batch (worker start-up, first call): the loop's steady pace.
-            row.steady_ratios.append(
-                split.items * row.batch / (split.waiting + split.working) / row.backbone_rates[-1]
-            )
-            row.loader_shares.append(split.waiting_share or 0.0)
+    with _capture_splits() as captured:
+        start = time.perf_counter()
+        extract_features(
+            frozen,
+            dataset,
+            batch_size=row.batch,
+            num_workers=workers,  # type: ignore[arg-type]
+            dtype=torch.float16,
+        )
+        row.extract_rates.append(count / (time.perf_counter() - start))
+    row.ratios.append(row.extract_rates[-1] / row.backbone_rates[-1])
+    split = captured.splits[-1] if captured.splits else None
+    if split is not None and split.items and split.waiting + split.working > 0:
+        # After the first batch (worker start-up, first call): the loop's steady pace.
+        row.steady_ratios.append(
+            split.items * row.batch / (split.waiting + split.working) / row.backbone_rates[-1]
+        )
+        row.loader_shares.append(split.waiting_share or 0.0)
+
+
+def _summarise(row: ExtractRow) -> None:
     row.backbone_images_per_s = statistics.median(row.backbone_rates)
     row.extract_images_per_s = statistics.median(row.extract_rates)
     row.ratio = statistics.median(row.ratios)
@@ -351,6 +376,125 @@ def measure_extraction(
         row.steady_ratio = statistics.median(row.steady_ratios)
         row.loader_share = statistics.median(row.loader_shares)
         row.verdict = "loader-bound" if row.loader_share > BOUND_SHARE else "backbone-bound"
+
+
+# ---------------------------------------------------------------------------- hand-off
+
+#: What the workers hand to the main process: the ``Preprocess`` that makes it.
+HANDOFFS = {"float32": True, "uint8": False}  # name -> Preprocess(normalize=...)
+
+
+@dataclass
+class HandoffRow:
+    """float32 against uint8 hand-off for one backbone, photo size and decoding mode."""
+
+    arch: str
+    size: str
+    draft: bool
+    images: int
+    batch: int
+    workers: int
+    float32_batch_bytes: int
+    uint8_batch_bytes: int
+    float32_images_per_s: float = float("nan")
+    uint8_images_per_s: float = float("nan")
+    speedup: float = float("nan")
+    speedups: list[float] = field(default_factory=list)
+    float32_prepare_ms: float = float("nan")
+    uint8_prepare_ms: float = float("nan")
+    float32_copy_ms: float = float("nan")
+    uint8_copy_ms: float = float("nan")
+    float32_copy_gb_per_s: float = float("nan")
+    uint8_copy_gb_per_s: float = float("nan")
+
+
+def batch_bytes(batch: int, size: tuple[int, int], handoff: str) -> int:
+    """Bytes of one batch (B, 3, H, W) of ``handoff`` images."""
+    element = torch.empty((), dtype=getattr(torch, handoff)).element_size()
+    return batch * 3 * size[0] * size[1] * element
+
+
+def compare_handoffs(rows: Sequence[ExtractRow]) -> list[HandoffRow]:
+    """One :class:`HandoffRow` per pair of float32 and uint8 rows measured together."""
+    pairs: dict[tuple[str, str, bool], dict[str, ExtractRow]] = {}
+    for row in rows:
+        pairs.setdefault((row.arch, row.size, row.draft), {})[row.handoff] = row
+    compared = []
+    for (arch, size, draft), pair in pairs.items():
+        if set(pair) != set(HANDOFFS) or any(row.error for row in pair.values()):
+            continue
+        floats, pixels = pair["float32"], pair["uint8"]
+        speedups = [
+            mine / theirs
+            for mine, theirs in zip(pixels.extract_rates, floats.extract_rates, strict=True)
+        ]
+        compared.append(
+            HandoffRow(
+                arch,
+                size,
+                draft,
+                floats.images,
+                floats.batch,
+                floats.workers,
+                floats.batch_bytes,
+                pixels.batch_bytes,
+                floats.extract_images_per_s,
+                pixels.extract_images_per_s,
+                statistics.median(speedups),
+                speedups,
+            )
+        )
+    return compared
+
+
+def prepare_ms(
+    paths: Sequence[Path], preset: Preprocess, runs: int, min_seconds: float
+) -> dict[str, float]:
+    """Milliseconds per image of each hand-off's preprocessing of decoded photos, one thread
+    (as in a worker): the median of ``runs`` runs, both hand-offs in each run."""
+    images = [load_image(path, draft_for=preset) for path in paths]
+    transforms = {name: preset.replace(normalize=flag) for name, flag in HANDOFFS.items()}
+
+    def prepare(transform: Preprocess) -> int:
+        for image in images:
+            transform(image)
+        return len(images)
+
+    rates: dict[str, list[float]] = {name: [] for name in transforms}
+    for _ in range(runs):
+        for name, transform in transforms.items():
+            rates[name].append(images_per_second(partial(prepare, transform), min_seconds))
+    return {name: 1e3 / statistics.median(values) for name, values in rates.items()}
+
+
+def _one_thread(work: Callable[[], Any]) -> Any:
+    """``work()`` with torch on one thread, as in each ``DataLoader`` worker."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return work()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def copy_ms(
+    batch: int, size: tuple[int, int], handoff: str, device: torch.device, iters: int
+) -> float:
+    """CUDA only: the median milliseconds to copy one pinned (B, 3, H, W) batch of
+    ``handoff`` images to ``device``, as ``extract_features`` copies each batch."""
+    if device.type != "cuda":
+        raise ValueError(f"the copy to a GPU is measured on CUDA, not on {device}")
+    host = torch.zeros(batch, 3, *size, dtype=getattr(torch, handoff)).pin_memory()
+    for _ in range(3):
+        host.to(device, non_blocking=True)
+    torch.cuda.synchronize(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        host.to(device, non_blocking=True)
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
 
 
 # ---------------------------------------------------------------------------- output
@@ -412,16 +556,17 @@ def format_decode_table(rows: Sequence[DecodeRow]) -> str:
 
 
 def format_extract_table(rows: Sequence[ExtractRow]) -> str:
-    """Markdown: one line per backbone and photo size."""
+    """Markdown: one line per backbone, photo size, decoding and hand-off."""
     lines = [
-        "| backbone | photo | draft | images | batch | workers | backbone only images/s "
-        "| extraction images/s | ratio | steady ratio | waiting | bound |",
-        "|" + " --- |" * 12,
+        "| backbone | photo | draft | hand-off | images | batch | workers "
+        "| backbone only images/s | extraction images/s | ratio | steady ratio | waiting "
+        "| bound |",
+        "|" + " --- |" * 13,
     ]
     for row in rows:
         where = (
             f"| {row.arch} ({row.dtype}) | {row.size} | {'on' if row.draft else 'off'} "
-            f"| {row.images} | {row.batch} | {row.workers} "
+            f"| {row.handoff} | {row.images} | {row.batch} | {row.workers} "
         )
         if row.error:
             lines.append(f"{where}| failed: {row.error} |" + " |" * 5)
@@ -430,6 +575,35 @@ def format_extract_table(rows: Sequence[ExtractRow]) -> str:
             f"{where}| {row.backbone_images_per_s:,.1f} | {row.extract_images_per_s:,.1f} "
             f"| {row.ratio:.2f} | {row.steady_ratio:.2f} | {row.loader_share:.0%} "
             f"| {row.verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def format_handoff_table(rows: Sequence[HandoffRow]) -> str:
+    """Markdown: float32 against uint8 hand-off, one line per backbone and photo size."""
+
+    def ms(value: float) -> str:
+        return "-" if value != value else f"{value:.3f}"
+
+    def rate(value: float) -> str:
+        return "-" if value != value else f"{value:,.1f}"
+
+    lines = [
+        "| backbone | photo | draft | workers | batch KB (float32 / uint8) "
+        "| float32 extraction images/s | uint8 extraction images/s | uint8 / float32 "
+        "| worker preprocess ms (float32 / uint8) | copy to GPU ms (float32 / uint8) "
+        "| copy GB/s (float32 / uint8) |",
+        "|" + " --- |" * 11,
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.arch} | {row.size} | {'on' if row.draft else 'off'} | {row.workers} "
+            f"| {row.float32_batch_bytes / 1024:,.0f} / {row.uint8_batch_bytes / 1024:,.0f} "
+            f"| {rate(row.float32_images_per_s)} | {rate(row.uint8_images_per_s)} "
+            f"| {row.speedup:.2f} "
+            f"| {ms(row.float32_prepare_ms)} / {ms(row.uint8_prepare_ms)} "
+            f"| {ms(row.float32_copy_ms)} / {ms(row.uint8_copy_ms)} "
+            f"| {rate(row.float32_copy_gb_per_s)} / {rate(row.uint8_copy_gb_per_s)} |"
         )
     return "\n".join(lines)
 
@@ -502,6 +676,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="on",
         help="decoding in the extraction (both: one row each)",
     )
+    parser.add_argument(
+        "--handoff",
+        choices=("float32", "uint8", "both"),
+        default="both",
+        help="what the workers hand to the backbone: normalised float32 images, uint8 pixels "
+        "normalised on the device, or both in each run (and the comparison table)",
+    )
     parser.add_argument("--iters", type=int, default=10, help="timed backbone-only calls")
     parser.add_argument("--depth", type=int, help="build fewer blocks (quick smoke runs)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -546,6 +727,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     root = Path(args.folder) if args.folder else Path(tempfile.mkdtemp(prefix="input_pipeline_"))
     decode_rows: list[DecodeRow] = []
     extract_rows: list[ExtractRow] = []
+    handoff_rows: list[HandoffRow] = []
+    handoffs = list(HANDOFFS) if args.handoff == "both" else [args.handoff]
     try:
         folders = {}
         for size in args.sizes:
@@ -580,7 +763,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for arch in arches:
                 torch.manual_seed(0)
                 backbone = create_backbone(arch, **overrides).to(device)
-                frozen = FrozenBackbone(backbone, dtype=DTYPES[dtype_name])
+                frozen = FrozenBackbone(
+                    backbone, dtype=DTYPES[dtype_name], mean=preset.mean, std=preset.std
+                )
                 backbone_rate = partial(
                     backbone_images_per_second, frozen, batch, preset.output_size, device, iters
                 )
@@ -589,38 +774,73 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 log(f"{arch} backbone only: {backbone_rate():,.1f} images/s")
                 for size, (folder, _) in folders.items():
                     for draft in drafts:
-                        dataset = repeated(
-                            ImageFolderDataset(folder, preset.replace(draft=draft)), images
+                        cases = []
+                        for handoff in handoffs:
+                            transform = preset.replace(draft=draft, normalize=HANDOFFS[handoff])
+                            dataset = repeated(ImageFolderDataset(folder, transform), images)
+                            batches = -(-len(dataset) // batch)
+                            settings = loader_settings(
+                                args.workers, data="files", batches=batches, device=device
+                            )
+                            row = ExtractRow(
+                                arch,
+                                f"{size[0]}x{size[1]}",
+                                draft,
+                                len(dataset),
+                                batch,
+                                settings.num_workers,
+                                dtype_name,
+                                handoff,
+                                batch_bytes(batch, preset.output_size, handoff),
+                            )
+                            cases.append((row, dataset))
+                        log(
+                            f"{arch} extracting {size[0]}x{size[1]} (draft "
+                            f"{'on' if draft else 'off'}, {' and '.join(handoffs)} hand-off)"
                         )
-                        batches = -(-len(dataset) // batch)
-                        settings = loader_settings(
-                            args.workers, data="files", batches=batches, device=device
-                        )
-                        row = ExtractRow(
-                            arch,
-                            f"{size[0]}x{size[1]}",
-                            draft,
-                            len(dataset),
-                            batch,
-                            settings.num_workers,
-                            dtype_name,
-                        )
-                        log(f"{arch} extracting {row.size} (draft {'on' if draft else 'off'})")
                         try:
                             measure_extraction(
                                 frozen,
-                                dataset,
-                                row,
+                                cases,
                                 runs=args.extraction_runs,
                                 workers=args.workers,
                                 backbone=backbone_rate,
                             )
                         except Exception as error:  # one failed case still prints the rest
-                            row.error = f"{type(error).__name__}: {error}"
-                        extract_rows.append(row)
+                            for row, _ in cases:
+                                row.error = f"{type(error).__name__}: {error}"
+                        extract_rows += [row for row, _ in cases]
                 del frozen, backbone
                 if on_cuda:
                     torch.cuda.empty_cache()
+            handoff_rows = compare_handoffs(extract_rows)
+            # Neither depends on the backbone: measured once per photo size and decoding.
+            prepared: dict[tuple[str, bool], dict[str, float]] = {}
+            copied = {
+                handoff: copy_ms(batch, preset.output_size, handoff, device, iters)
+                for handoff in HANDOFFS
+                if on_cuda and handoff_rows
+            }
+            for compared in handoff_rows:
+                key = (compared.size, compared.draft)
+                if key not in prepared:
+                    log(f"preprocessing {compared.size} for each hand-off, one thread")
+                    _, paths = next(v for s, v in folders.items() if f"{s[0]}x{s[1]}" == key[0])
+                    prepared[key] = _one_thread(
+                        partial(
+                            prepare_ms,
+                            paths[: args.distinct],
+                            preset.replace(draft=compared.draft),
+                            args.runs,
+                            min_seconds,
+                        )
+                    )
+                compared.float32_prepare_ms = prepared[key]["float32"]
+                compared.uint8_prepare_ms = prepared[key]["uint8"]
+                for handoff, milliseconds in copied.items():
+                    nbytes = batch_bytes(batch, preset.output_size, handoff)
+                    setattr(compared, f"{handoff}_copy_ms", milliseconds)
+                    setattr(compared, f"{handoff}_copy_gb_per_s", nbytes / milliseconds / 1e6)
     finally:
         if not args.folder:
             shutil.rmtree(root, ignore_errors=True)
@@ -639,10 +859,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "batch": batch,
             "workers": args.workers,
             "dtype": dtype_name,
+            "handoff": args.handoff,
             "overrides": overrides,
         },
         "decoding": [_clean(asdict(row)) for row in decode_rows],
         "extraction": [_clean(asdict(row)) for row in extract_rows],
+        "handoff": [_clean(asdict(row)) for row in handoff_rows],
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -660,6 +882,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if extract_rows:
             print(f"\nExtraction, median of {args.extraction_runs} runs:")
             print(format_extract_table(extract_rows))
+        if handoff_rows:
+            print(
+                f"\nHand-off, float32 against uint8 in the same {args.extraction_runs} run(s) "
+                f"(medians; preprocessing on one thread, median of {args.runs} runs; the copy "
+                "to the GPU on CUDA only):"
+            )
+            print(format_handoff_table(handoff_rows))
     return result
 
 

@@ -47,14 +47,17 @@ def test_smoke_run_measures_both_decodings_and_the_extraction(smoke: dict[str, A
     assert (small["decoded"], small["max_levels"], small["feature_rel_diff"]) == ("120x90", 0, 0)
 
     rows = smoke["extraction"]
-    assert [(row["arch"], row["size"], row["draft"]) for row in rows] == [
-        ("dinov2_vits14", "120x90", True),
-        ("dinov2_vits14", "800x600", True),
+    assert [(row["arch"], row["size"], row["draft"], row["handoff"]) for row in rows] == [
+        ("dinov2_vits14", size, True, handoff)
+        for size in ("120x90", "800x600")
+        for handoff in ("float32", "uint8")
     ]
     for row in rows:
         assert row["error"] == ""
         assert row["images"] == 6  # the 4 files, and 2 of them again
         assert row["batch"] == 2
+        # Two images of 224x224: a quarter of the bytes as uint8.
+        assert row["batch_bytes"] == 2 * 3 * 224 * 224 * (4 if row["handoff"] == "float32" else 1)
         (backbone,) = row["backbone_rates"]  # one run, with its own backbone-only figure
         (extraction,) = row["extract_rates"]
         assert row["backbone_images_per_s"] == backbone
@@ -63,6 +66,37 @@ def test_smoke_run_measures_both_decodings_and_the_extraction(smoke: dict[str, A
         assert len(row["steady_ratios"]) == 1
         assert 0 <= row["loader_share"] <= 1
         assert row["verdict"] in ("loader-bound", "backbone-bound")
+
+
+def test_the_handoffs_are_compared_in_the_same_runs(smoke: dict[str, Any]) -> None:
+    extraction = {(row["size"], row["handoff"]): row for row in smoke["extraction"]}
+    compared = smoke["handoff"]
+    assert [row["size"] for row in compared] == ["120x90", "800x600"]
+    for row in compared:
+        floats, pixels = extraction[(row["size"], "float32")], extraction[(row["size"], "uint8")]
+        # Each run measured both against the same backbone-only figure.
+        assert floats["backbone_rates"] == pixels["backbone_rates"]
+        assert row["float32_images_per_s"] == floats["extract_images_per_s"]
+        assert row["uint8_images_per_s"] == pixels["extract_images_per_s"]
+        assert row["speedups"] == [pixels["extract_rates"][0] / floats["extract_rates"][0]]
+        assert row["speedup"] == pytest.approx(statistics.median(row["speedups"]))
+        assert row["float32_batch_bytes"] == 4 * row["uint8_batch_bytes"]
+        assert row["float32_prepare_ms"] > 0
+        assert row["uint8_prepare_ms"] > 0
+        # The copy to a GPU is measured on CUDA only, and reported as not measured here.
+        assert row["float32_copy_ms"] is None
+        assert row["uint8_copy_gb_per_s"] is None
+    with pytest.raises(ValueError, match="measured on CUDA, not on cpu"):
+        ip.copy_ms(2, (28, 28), "uint8", torch.device("cpu"), iters=1)
+
+
+def test_one_handoff_gives_no_comparison() -> None:
+    result = ip.main(
+        ["--smoke", "--json", "--skip-decode", "--sizes", "120x90", "--handoff", "uint8"]
+    )
+    assert [row["handoff"] for row in result["extraction"]] == ["uint8"]
+    assert result["extraction"][0]["error"] == ""
+    assert result["handoff"] == []
 
 
 def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
@@ -107,3 +141,17 @@ def test_repeated_samples_cycle_through_the_files(tmp_path: Path) -> None:
     assert len(samples) == 7
     assert torch.equal(samples[4][0], dataset[1][0])
     assert torch.equal(samples[6][0], dataset[0][0])
+
+
+def test_handoff_table(smoke: dict[str, Any]) -> None:
+    rows = [
+        ip.HandoffRow(**{k: float("nan") if v is None else v for k, v in row.items()})
+        for row in smoke["handoff"]
+    ]
+    table = ip.format_handoff_table(rows).splitlines()
+    assert len(table) == 2 + len(rows)
+    assert "| uint8 / float32 |" in table[0]
+    # 2 x 3 x 224 x 224 bytes: 294 KB as uint8, 4 times as float32; no copy measured on CPU.
+    assert table[2].startswith("| dinov2_vits14 | 120x90 | on | ")
+    assert "| 1,176 / 294 |" in table[2]
+    assert table[2].endswith("| - / - | - / - |")
