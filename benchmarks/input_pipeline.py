@@ -22,9 +22,12 @@ realistic sizes) of each ``--sizes`` entry, then measures:
    ``Preprocess`` default) and once with ``uint8`` pixels (``Preprocess(normalize=False)``,
    normalised by the ``FrozenBackbone`` on its device), alternating which goes first: bytes
    per batch handed over, images/s of each (medians) and their ratio (the median of the
-   per-run ratios). Also, on one thread, the preprocessing of a decoded photo in a worker
-   with and without the normalisation, and on CUDA only, the copy of one pinned batch of
-   each dtype to the GPU (milliseconds and GB/s).
+   per-run ratios). Then, without the backbone, the loader alone (the same DataLoader
+   settings: the workers' decoding, preprocessing and hand-off, and each batch's copy to the
+   device) for each hand-off, ``--extraction-runs`` times alternating: images/s and their
+   ratio. Also, on one thread, the preprocessing of a decoded photo in a worker with and
+   without the normalisation, and on CUDA only, the copy of one pinned batch of each dtype to
+   the GPU (milliseconds and GB/s).
 
 CPU (decoding, and a small ViT-S/14 extraction)::
 
@@ -57,12 +60,12 @@ from typing import Any
 import PIL
 import torch
 from PIL import Image, ImageChops
-from torch.utils.data import ConcatDataset, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from dinov2_heads import create_backbone
 from dinov2_heads.backbone import list_variants
 from dinov2_heads.cache import extract_features
-from dinov2_heads.cache.source import available_cpus, loader_settings
+from dinov2_heads.cache.source import LoaderSettings, available_cpus, loader_settings
 from dinov2_heads.data import ImageFolderDataset, Preprocess, get_preset, list_presets, load_image
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.progress import BOUND_SHARE, TimeSplit
@@ -400,6 +403,11 @@ class HandoffRow:
     uint8_images_per_s: float = float("nan")
     speedup: float = float("nan")
     speedups: list[float] = field(default_factory=list)
+    float32_loader_images_per_s: float = float("nan")
+    uint8_loader_images_per_s: float = float("nan")
+    loader_speedup: float = float("nan")
+    float32_loader_rates: list[float] = field(default_factory=list)
+    uint8_loader_rates: list[float] = field(default_factory=list)
     float32_prepare_ms: float = float("nan")
     uint8_prepare_ms: float = float("nan")
     float32_copy_ms: float = float("nan")
@@ -445,6 +453,40 @@ def compare_handoffs(rows: Sequence[ExtractRow]) -> list[HandoffRow]:
             )
         )
     return compared
+
+
+def loader_only(
+    dataset: Dataset[Any], batch: int, settings: LoaderSettings, device: torch.device
+) -> float:
+    """Images/s of reading ``dataset`` as the extraction does, without the backbone: the
+    DataLoader's workers, then each batch's copy to ``device`` (from pinned memory on CUDA)."""
+    loader = DataLoader(dataset, batch_size=batch, **settings.arguments())
+    count = 0
+    start = time.perf_counter()
+    for images, _ in loader:
+        count += int(images.to(device, non_blocking=True).shape[0])
+    _synchronize(device)
+    return count / (time.perf_counter() - start)
+
+
+def measure_loaders(
+    row: HandoffRow,
+    datasets: dict[str, tuple[Dataset[Any], LoaderSettings]],
+    device: torch.device,
+    runs: int,
+) -> None:
+    """:func:`loader_only` for each hand-off ``runs`` times, taking turns to go first."""
+    names = list(HANDOFFS)
+    ratios = []
+    for run in range(runs):
+        for name in names[run % 2 :] + names[: run % 2]:
+            dataset, settings = datasets[name]
+            rates = getattr(row, f"{name}_loader_rates")
+            rates.append(loader_only(dataset, row.batch, settings, device))
+        ratios.append(row.uint8_loader_rates[-1] / row.float32_loader_rates[-1])
+    row.float32_loader_images_per_s = statistics.median(row.float32_loader_rates)
+    row.uint8_loader_images_per_s = statistics.median(row.uint8_loader_rates)
+    row.loader_speedup = statistics.median(ratios)
 
 
 def prepare_ms(
@@ -591,9 +633,10 @@ def format_handoff_table(rows: Sequence[HandoffRow]) -> str:
     lines = [
         "| backbone | photo | draft | workers | batch KB (float32 / uint8) "
         "| float32 extraction images/s | uint8 extraction images/s | uint8 / float32 "
+        "| loader only images/s (float32 / uint8) | loader uint8 / float32 "
         "| worker preprocess ms (float32 / uint8) | copy to GPU ms (float32 / uint8) "
         "| copy GB/s (float32 / uint8) |",
-        "|" + " --- |" * 11,
+        "|" + " --- |" * 13,
     ]
     for row in rows:
         lines.append(
@@ -601,6 +644,8 @@ def format_handoff_table(rows: Sequence[HandoffRow]) -> str:
             f"| {row.float32_batch_bytes / 1024:,.0f} / {row.uint8_batch_bytes / 1024:,.0f} "
             f"| {rate(row.float32_images_per_s)} | {rate(row.uint8_images_per_s)} "
             f"| {row.speedup:.2f} "
+            f"| {rate(row.float32_loader_images_per_s)} / {rate(row.uint8_loader_images_per_s)} "
+            f"| {row.loader_speedup:.2f} "
             f"| {ms(row.float32_prepare_ms)} / {ms(row.uint8_prepare_ms)} "
             f"| {ms(row.float32_copy_ms)} / {ms(row.uint8_copy_ms)} "
             f"| {rate(row.float32_copy_gb_per_s)} / {rate(row.uint8_copy_gb_per_s)} |"
@@ -728,6 +773,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     decode_rows: list[DecodeRow] = []
     extract_rows: list[ExtractRow] = []
     handoff_rows: list[HandoffRow] = []
+    # (photo size, draft) -> {hand-off: (dataset, DataLoader settings)}, for the loader alone.
+    readers: dict[tuple[str, bool], dict[str, tuple[Dataset[Any], LoaderSettings]]] = {}
     handoffs = list(HANDOFFS) if args.handoff == "both" else [args.handoff]
     try:
         folders = {}
@@ -794,6 +841,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                 batch_bytes(batch, preset.output_size, handoff),
                             )
                             cases.append((row, dataset))
+                            readers.setdefault((row.size, draft), {})[handoff] = (
+                                dataset,
+                                settings,
+                            )
                         log(
                             f"{arch} extracting {size[0]}x{size[1]} (draft "
                             f"{'on' if draft else 'off'}, {' and '.join(handoffs)} hand-off)"
@@ -814,7 +865,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 if on_cuda:
                     torch.cuda.empty_cache()
             handoff_rows = compare_handoffs(extract_rows)
-            # Neither depends on the backbone: measured once per photo size and decoding.
+            # None of these depends on the backbone: measured once per photo size and decoding.
+            loaders: dict[tuple[str, bool], HandoffRow] = {}
             prepared: dict[tuple[str, bool], dict[str, float]] = {}
             copied = {
                 handoff: copy_ms(batch, preset.output_size, handoff, device, iters)
@@ -823,6 +875,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             }
             for compared in handoff_rows:
                 key = (compared.size, compared.draft)
+                if key not in loaders:
+                    log(f"reading {compared.size} without the backbone, each hand-off")
+                    measure_loaders(compared, readers[key], device, args.extraction_runs)
+                    loaders[key] = compared
+                for name in HANDOFFS:
+                    for suffix in ("loader_images_per_s", "loader_rates"):
+                        value = getattr(loaders[key], f"{name}_{suffix}")
+                        setattr(compared, f"{name}_{suffix}", value)
+                compared.loader_speedup = loaders[key].loader_speedup
                 if key not in prepared:
                     log(f"preprocessing {compared.size} for each hand-off, one thread")
                     _, paths = next(v for s, v in folders.items() if f"{s[0]}x{s[1]}" == key[0])

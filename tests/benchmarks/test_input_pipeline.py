@@ -81,6 +81,12 @@ def test_the_handoffs_are_compared_in_the_same_runs(smoke: dict[str, Any]) -> No
         assert row["speedups"] == [pixels["extract_rates"][0] / floats["extract_rates"][0]]
         assert row["speedup"] == pytest.approx(statistics.median(row["speedups"]))
         assert row["float32_batch_bytes"] == 4 * row["uint8_batch_bytes"]
+        # The loader alone, once per hand-off in the one run.
+        (floats_read,) = row["float32_loader_rates"]
+        (pixels_read,) = row["uint8_loader_rates"]
+        assert row["float32_loader_images_per_s"] == floats_read > 0
+        assert row["uint8_loader_images_per_s"] == pixels_read > 0
+        assert row["loader_speedup"] == pytest.approx(pixels_read / floats_read)
         assert row["float32_prepare_ms"] > 0
         assert row["uint8_prepare_ms"] > 0
         # The copy to a GPU is measured on CUDA only, and reported as not measured here.

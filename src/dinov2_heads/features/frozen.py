@@ -39,8 +39,8 @@ class FrozenBackbone(nn.Module):
     0..255 (what ``Preprocess(..., normalize=False)`` gives), which are normalised here, with
     ``mean`` and ``std``, on the backbone's device. A ``uint8`` batch elsewhere (the CPU batch
     of a ``DataLoader``) is copied to that device as ``uint8`` first, a quarter of the bytes of
-    float32, and converted there; the features are those of the float path (bit for bit on
-    the CPU). Other integer images are refused rather than cast.
+    float32, and converted there (float images must already be there); the features are those
+    of the float path (bit for bit on the CPU). Other integer images are refused, never cast.
 
     Safe to put inside a trainable model: its parameters never require gradients, it stays in
     eval mode whatever ``.train()`` is called on a parent, and it runs under ``torch.no_grad()``
