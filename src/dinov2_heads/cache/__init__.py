@@ -6,11 +6,13 @@ from dinov2_heads.cache.errors import DamagedStoreError, StoreLockedError, Store
 from dinov2_heads.cache.extract import extract_features
 from dinov2_heads.cache.layout import Keep, estimate_store_size
 from dinov2_heads.cache.manifest import Manifest
+from dinov2_heads.cache.parts import FeatureParts
 from dinov2_heads.cache.store import FeatureStore, Verification
 
 __all__ = [
     "DamagedStoreError",
     "FeatureDataset",
+    "FeatureParts",
     "FeatureStore",
     "Keep",
     "Manifest",

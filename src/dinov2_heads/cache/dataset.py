@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from dinov2_heads.cache.parts import FeatureParts, Parts
 from dinov2_heads.features import Features
 
 __all__ = ["FeatureDataset", "FeatureSource", "collate_features"]
@@ -30,7 +31,11 @@ class FeatureSource(Protocol):
 
     def check_heads(self, heads: nn.Module) -> None: ...
 
-    def features(self, index: Tensor, *, n_blocks: int | None = None) -> Features: ...
+    def features(
+        self, index: Tensor, *, n_blocks: int | None = None, parts: Parts | None = None
+    ) -> Features: ...
+
+    def parts_for(self, heads: nn.Module) -> FeatureParts | None: ...
 
     def labels(self, index: Tensor, column: str | None = None) -> Tensor | dict[str, Tensor]: ...
 
@@ -57,9 +62,17 @@ class FeatureDataset(Dataset[Any]):
             yields every label: the tensor, or a dict of all columns.
         n_blocks: Yield only the last ``n_blocks`` blocks (all stored ones by default); a
             head that needs more blocks than were stored is refused here.
-        heads: The head (or ``MultiHead``) that will train on the items: refused here, with
-            :class:`~dinov2_heads.cache.StoreMismatchError` naming the blocks it reads and
-            those stored, when the store lacks any (see ``FeatureStore.check_heads``).
+        heads: The head (or ``MultiHead``, or ``LinearProbeGrid``) that will train on the
+            items: refused here, with :class:`~dinov2_heads.cache.StoreMismatchError` naming
+            the blocks it reads and those stored, when the store lacks any (see
+            ``FeatureStore.check_heads``). Only what these heads read is read
+            (``FeatureStore.parts_for``): for linear heads, the class tokens and the mean
+            patch token, not the patch tokens or the chosen blocks; another head given the
+            items raises a ``ValueError`` if it needs a part left out. A head that does not
+            declare what it reads (``Conv1dNeck``, your own) has everything read.
+        parts: Read only these parts (as for ``FeatureStore.features``, such as
+            ``"pooled"``), whatever ``heads`` read; ``None`` reads what ``heads`` read, or
+            everything without ``heads``.
         return_ids: Append the sample id to each item.
 
     Example:
@@ -74,6 +87,7 @@ class FeatureDataset(Dataset[Any]):
         label: str | None = None,
         n_blocks: int | None = None,
         heads: nn.Module | None = None,
+        parts: Parts | None = None,
         return_ids: bool = False,
     ) -> None:
         if not isinstance(store, FeatureSource):
@@ -95,7 +109,25 @@ class FeatureDataset(Dataset[Any]):
                     f"{type(heads).__name__}"
                 )
             store.check_heads(heads)
+        #: What each read takes from the store (``None``: everything it holds).
+        self.parts: FeatureParts | None = (
+            FeatureParts.of(parts)
+            if parts is not None
+            else store.parts_for(heads)
+            if heads is not None
+            else None
+        )
         self.return_ids = return_ids
+
+    def for_heads(self, heads: nn.Module) -> FeatureDataset:
+        """The same samples, labels and ids, read for ``heads`` (see the ``heads`` argument)."""
+        return FeatureDataset(
+            self.store,
+            label=self.label,
+            n_blocks=self.n_blocks,
+            heads=heads,
+            return_ids=self.return_ids,
+        )
 
     def __len__(self) -> int:
         return len(self.store)
@@ -118,7 +150,7 @@ class FeatureDataset(Dataset[Any]):
         return [self._items(rows % size if rows.numel() else rows)]
 
     def _items(self, rows: Tensor) -> Any:
-        features = self.store.features(rows, n_blocks=self.n_blocks)
+        features = self.store.features(rows, n_blocks=self.n_blocks, parts=self.parts)
         item: list[Any] = [features]
         if self.store.has_labels:
             item.append(self.store.labels(rows, column=self.label))

@@ -60,6 +60,7 @@ from dinov2_heads.cache.manifest import (
     parse_dtype,
     read_manifest,
 )
+from dinov2_heads.cache.parts import FeatureParts, Parts, parts_for_heads
 from dinov2_heads.features import Features
 from dinov2_heads.fingerprint import weights_fingerprint
 
@@ -430,33 +431,47 @@ class FeatureStore:
         mapped.check()
         return mapped.tensor
 
-    def features(self, index: Index, *, n_blocks: int | None = None) -> Features:
+    def features(
+        self, index: Index, *, n_blocks: int | None = None, parts: Parts | None = None
+    ) -> Features:
         """Float32 :class:`Features` of the samples at ``index`` (an int keeps the batch dim).
 
         Args:
             index: Sample positions, or a boolean mask with one value per sample.
-            n_blocks: Keep only the last ``n_blocks`` stored blocks (all by default); the
-                chosen blocks of dense heads (``Features.blocks``) are always there.
+            n_blocks: Keep only the last ``n_blocks`` stored blocks (all by default); only
+                their class and patch tokens are read.
+            parts: Read only these parts (see :class:`~dinov2_heads.cache.FeatureParts`):
+                ``"pooled"`` for the class tokens and the mean patch token alone, a list of
+                token arrays, or a ``FeatureParts`` that also names the blocks a dense head
+                reads (``store.parts_for(heads)``). ``None`` reads everything the store
+                holds, the chosen blocks of dense heads (``Features.blocks``) included.
+                A part the store does not hold is left out, as without ``parts``; a part
+                left out is ``None`` (or missing from ``Features.blocks``), and a head that
+                needs it raises a ``ValueError`` saying so. What is read equals, part for
+                part, what ``parts=None`` returns.
         """
         rows = _rows(index, self.written)
         n = self.check_blocks(n_blocks)
-        blocks = range(self.n_blocks - n, self.n_blocks)
-        classes = self.array("class_tokens")[rows].float()
+        first = self.n_blocks - n  # the last n of the stored blocks
+        read_patches, read_registers, chosen_blocks = self._reads(parts, n)
+        classes = self.array("class_tokens")[:, first:][rows].float()  # (B, n, D)
         patches = None
-        if "patch_tokens" in self.keep:
-            stored = self.array("patch_tokens")[rows].float()
-            patches = tuple(stored[:, i] for i in blocks)
+        if read_patches:
+            stored = self.array("patch_tokens")[:, first:][rows].float()  # (B, n, N, D)
+            patches = tuple(stored[:, i] for i in range(n))
         registers = None
-        if "register_tokens" in self.keep:
+        if read_registers:
             registers = self.array("register_tokens")[rows].float()
         chosen: dict[BlockKey, tuple[Tensor, Tensor]] = {}
-        if self.layout.blocks:
-            tokens = self.array(BLOCK_ARRAY)[rows].float()  # (B, m, 1 + N, D)
-            chosen = {
-                key: (tokens[:, j, 0], tokens[:, j, 1:]) for j, key in enumerate(self.layout.blocks)
-            }
+        if chosen_blocks:
+            tokens = self.array(BLOCK_ARRAY)  # (count, m, 1 + N, D)
+            for j, key in enumerate(self.layout.blocks):
+                if key in chosen_blocks:
+                    # One block of every row: a view of the map, then only its rows are copied.
+                    block = tokens[:, j][rows].float()  # (B, 1 + N, D)
+                    chosen[key] = (block[:, 0], block[:, 1:])
         return Features(
-            class_tokens=tuple(classes[:, i] for i in blocks),
+            class_tokens=tuple(classes[:, i] for i in range(n)),
             patch_tokens=patches,
             patch_mean=self.array("patch_mean")[rows].float(),
             register_tokens=registers,
@@ -464,6 +479,34 @@ class FeatureStore:
             blocks=chosen,
             depth=self.depth,
         )
+
+    def parts_for(self, heads: torch.nn.Module) -> FeatureParts | None:
+        """The parts ``heads`` read, for ``features(parts=...)``; ``None`` reads everything.
+
+        Heads declare them as for ``FrozenBackbone.for_heads``: ``required_blocks(depth)``
+        (dense heads) and ``feature_parts`` (``LinearHead``: the pooled tokens); a head that
+        declares neither (``Conv1dNeck``, your own) may read anything, and then everything
+        is read. See :func:`~dinov2_heads.cache.parts.parts_for_heads`.
+        """
+        return parts_for_heads(heads, self.depth)
+
+    def _reads(self, parts: Parts | None, n: int) -> tuple[bool, bool, frozenset[BlockKey]]:
+        """Whether to read patch tokens, register tokens, and which chosen blocks."""
+        stored_patches = "patch_tokens" in self.keep
+        stored_registers = "register_tokens" in self.keep
+        if parts is None:
+            return stored_patches, stored_registers, frozenset(self.layout.blocks)
+        wanted = FeatureParts.of(parts)
+        read_patches = stored_patches and "patch_tokens" in wanted.tokens
+        chosen = frozenset(key for key in wanted.blocks if key in self.layout.blocks)
+        depth = self.depth
+        if stored_patches and depth is not None:
+            # Blocks among the last n normed ones are read from the patch tokens.
+            from_patches = {(index, True) for index in range(depth - n, depth)}
+            read_patches = read_patches or any(
+                key in from_patches for key in wanted.blocks if key not in chosen
+            )
+        return read_patches, stored_registers and "register_tokens" in wanted.tokens, chosen
 
     def labels(self, index: Index, column: str | None = None) -> Tensor | dict[str, Tensor]:
         """Labels of the samples at ``index``: a tensor, or a dict of tensors for columns.
@@ -502,11 +545,12 @@ class FeatureStore:
         label: str | None = None,
         n_blocks: int | None = None,
         heads: torch.nn.Module | None = None,
+        parts: Parts | None = None,
         return_ids: bool = False,
     ) -> FeatureDataset:
         """A :class:`~dinov2_heads.cache.FeatureDataset` over this store."""
         return FeatureDataset(
-            self, label=label, n_blocks=n_blocks, heads=heads, return_ids=return_ids
+            self, label=label, n_blocks=n_blocks, heads=heads, parts=parts, return_ids=return_ids
         )
 
     def to_memory(self) -> FeatureStore:

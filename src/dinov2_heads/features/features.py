@@ -30,8 +30,9 @@ class Features:
     Attributes:
         class_tokens: n tensors (B, D), oldest block first.
         patch_tokens: n tensors (B, N, D), oldest block first, registers excluded; ``None`` when
-            only pooled features were kept (a compact cache). Heads that need every patch token,
-            such as ``Conv1dNeck``, raise a clear error then.
+            only pooled features were kept (a compact cache) or read (a store read for linear
+            heads). Heads that need every patch token, such as ``Conv1dNeck``, raise a clear
+            error then.
         patch_mean: (B, D) mean over the N patch tokens of the last block (the official
             ``avgpool`` input).
         register_tokens: (B, R, D) register tokens of the last block, or ``None`` when the
@@ -203,8 +204,10 @@ class Features:
         """The patch tokens, or a ``ValueError`` that names the head that needed them."""
         if self.patch_tokens is None:
             raise ValueError(
-                f"{who} needs every patch token, but these Features hold only pooled tokens "
-                "(a compact cache); extract with the patch tokens kept"
+                f"{who} needs every patch token, but these Features hold only pooled tokens: "
+                "from a compact cache, extract again with the patch tokens kept; from a store "
+                "that keeps them but was read for other heads, read it for this head too "
+                "(FeatureDataset(store, heads=...) with every head that will read the items)"
             )
         return self.patch_tokens
 
@@ -271,7 +274,9 @@ class Features:
                 f"these Features do not hold block {index} with norm={norm}; they hold "
                 f"(index, norm) = {held}{extra}. Extract it with FrozenBackbone(backbone, "
                 f"blocks=[({index}, {norm})]) or build the backbone for your heads with "
-                "FrozenBackbone.for_heads(backbone, heads)"
+                "FrozenBackbone.for_heads(backbone, heads); from a feature store that holds "
+                "it, read it for this head (FeatureDataset(store, heads=...) with every head "
+                "that will read the items)"
             )
         return found
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +64,10 @@ class LinearHead(ClassNamesMixin):
         >>> LinearHead(384, 3)(torch.randn(2, 768)).shape  # class token + mean patch token
         torch.Size([2, 3])
     """
+
+    #: The ``Features`` fields it reads: a feature store read for it
+    #: (``FeatureDataset(store, heads=head)``) reads no patch tokens or chosen blocks.
+    feature_parts: ClassVar[tuple[str, ...]] = ("class_tokens", "patch_mean")
 
     def __init__(
         self,

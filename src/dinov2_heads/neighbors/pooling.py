@@ -4,6 +4,9 @@ The official kNN and logistic-regression evaluations use the backbone's output, 
 of the last block after the final norm (``"class"``). ``"patch_mean"`` is the mean patch token
 of the last block, and ``"class+patch_mean"`` the two concatenated (the linear head's input with
 ``avgpool``).
+
+A feature store is read for its pooled tokens alone: its patch tokens and chosen blocks, when it
+keeps them, are neither read nor converted.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def as_matrix(source: Source, pooling: str = "class") -> Tensor:
     if isinstance(source, Features):
         return pool(source, pooling)
     if isinstance(source, FeatureStore):
-        return pool(source.features(slice(None)), pooling)
+        return pool(source.features(slice(None), parts="pooled"), pooling)
     raise TypeError(
         "expected features as a (M, D) tensor, Features or a FeatureStore, got "
         f"{type(source).__name__}"
@@ -94,7 +97,7 @@ def iter_rows(
     for offset in range(start, end, chunk_size):
         upper = min(offset + chunk_size, end)
         if isinstance(source, FeatureStore):
-            rows = pool(source.features(slice(offset, upper)), pooling)
+            rows = pool(source.features(slice(offset, upper), parts="pooled"), pooling)
         elif isinstance(source, Features):
             rows = pool(source[offset:upper], pooling)
         else:

@@ -413,7 +413,7 @@ def source_fingerprint(source: Source, pooling: str = "class") -> str:
     if count:
         probes = sorted({round(i * (count - 1) / max(_PROBE_ROWS - 1, 1)) for i in range(16)})
         if isinstance(source, FeatureStore):
-            vectors = pool(source.features(probes), pooling)
+            vectors = pool(source.features(probes, parts="pooled"), pooling)
         else:
             vectors = as_matrix(source, pooling)[probes]
         vectors = vectors.detach().float().cpu().contiguous()

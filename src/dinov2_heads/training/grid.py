@@ -8,7 +8,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -208,6 +208,11 @@ class LinearProbeGrid(nn.Module):
         avgpool: The avgpool options.
         class_names: Optional K class names, passed on to the heads taken out of the grid.
     """
+
+    #: The ``Features`` fields it reads: a feature store read for it
+    #: (``FeatureDataset(store, heads=grid)``, or inside ``fit_grid`` and ``evaluate_grid``)
+    #: reads no patch tokens or chosen blocks.
+    feature_parts: ClassVar[tuple[str, ...]] = ("class_tokens", "patch_mean")
 
     def __init__(
         self,

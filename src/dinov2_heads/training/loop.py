@@ -193,6 +193,11 @@ def _collate_for(dataset: Any) -> Callable[[Any], Any] | None:
     return collate_features if isinstance(dataset, FeatureDataset) else None
 
 
+def _read_for(data: Any, grid: LinearProbeGrid) -> Any:
+    """A ``FeatureDataset`` read for the grid alone (pooled tokens); anything else as it is."""
+    return data.for_heads(grid) if isinstance(data, FeatureDataset) else data
+
+
 def fit_grid(
     grid: LinearProbeGrid,
     data: Dataset[Any] | DataLoader[Any],
@@ -217,9 +222,11 @@ def fit_grid(
 
     Args:
         grid: The grid (its device is used).
-        data: A :class:`~dinov2_heads.cache.FeatureDataset` (cached features), a ``Dataset``
-            of (image, label) with ``frozen`` (live features), or a ``DataLoader`` of either
-            (used as it is; its batch size is per process).
+        data: A :class:`~dinov2_heads.cache.FeatureDataset` (cached features; only the
+            class tokens and the mean patch token are read from it), a ``Dataset`` of
+            (image, label) with ``frozen`` (live features), or a ``DataLoader`` of either
+            (used as it is; its batch size is per process; build it on
+            ``FeatureDataset(store, heads=grid)`` to read only what the grid needs).
         epochs: Passes over the data.
         batch_size: Global batch size (divisible by the number of processes).
         frozen: The :class:`~dinov2_heads.features.FrozenBackbone` for live images.
@@ -239,6 +246,7 @@ def fit_grid(
         loader = data
         global_batch = int(data.batch_size or batch_size) * world
     else:
+        dataset: Dataset[Any] = _read_for(data, grid)
         if batch_size % world:
             raise ValueError(
                 f"batch_size {batch_size} is the global batch and must be divisible by the "
@@ -248,15 +256,15 @@ def fit_grid(
         # so a global batch holds the same samples whatever the number of processes. The tail
         # that does not divide evenly is dropped rather than padded with repeated samples.
         sampler = DistributedSampler(
-            data, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
         )
         loader = DataLoader(
-            data,
+            dataset,
             batch_size=batch_size // world,
             sampler=sampler,
             drop_last=True,
             num_workers=num_workers,
-            collate_fn=_collate_for(data),
+            collate_fn=_collate_for(dataset),
         )
         global_batch = batch_size
     steps_per_epoch = len(loader)
@@ -332,8 +340,9 @@ def evaluate_grid(
 
     Args:
         grid: The grid (its device is used); left in the train/eval mode it was in.
-        data: A ``FeatureDataset``, a ``Dataset`` of ``(image, label)`` (with ``frozen``),
-            or a ``DataLoader`` / iterable of batches of either.
+        data: A ``FeatureDataset`` (only the pooled tokens are read from it), a ``Dataset``
+            of ``(image, label)`` (with ``frozen``), or a ``DataLoader`` / iterable of batches
+            of either.
         frozen: The frozen backbone, when ``data`` yields images.
         batch_size: Batch size when ``data`` is a ``Dataset``.
         num_workers: DataLoader workers when ``data`` is a ``Dataset``.
@@ -345,7 +354,7 @@ def evaluate_grid(
     """
     world = distributed.world_size() if distributed.is_distributed() else 1
     rank = distributed.rank() if world > 1 else 0
-    batches = _evaluation_batches(data, batch_size, num_workers, rank, world)
+    batches = _evaluation_batches(_read_for(data, grid), batch_size, num_workers, rank, world)
     was_training = grid.training
     grid.eval()
     try:
