@@ -19,9 +19,9 @@ def test_tiny_run_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
     everything, needed = result["rows"]
     # class tokens (2, 16) + patch mean (16) in float16; everything adds (2, 16, 16) patches.
     assert needed["bytes_per_sample"] == (2 * 16 + 16) * 2
-    assert everything["bytes_per_sample"] > needed["bytes_per_sample"] + 2 * 16 * 16 * 2
+    assert everything["bytes_per_sample"] == needed["bytes_per_sample"] + 2 * 16 * 16 * 2
     assert all(len(row["seconds"]) == 2 and row["median_s"] > 0 for row in result["rows"])
     assert result["ratio_everything_over_needed"] > 0
     table = script.format_table(result)
     assert "everything / needed" in table
-    assert "KiB/sample" in table
+    assert "token KiB/sample" in table
