@@ -93,7 +93,8 @@ class FeatureStore:
     preprocessing. Arrays are held in the storage dtype (float16 by default) and come back as
     float32 :class:`~dinov2_heads.features.Features`, with the chosen blocks of dense heads in
     ``Features.blocks`` and the backbone depth. On disk nothing is read until it is indexed,
-    so stores larger than memory work.
+    so stores larger than memory work, and a reader that needs only some parts (a linear
+    head: the pooled tokens) reads only those (``features(parts=...)``, ``parts_for``).
 
     Attributes:
         manifest: The store's description (the typed contents of ``manifest.json``).
