@@ -308,3 +308,14 @@ def test_parts_in_memory_equal_on_disk(store: FeatureStore) -> None:
     assert sorted(on_disk.blocks) == sorted(in_memory.blocks) == [(1, False), (3, False)]
     with torch.no_grad():
         assert torch.equal(head(on_disk), head(in_memory))
+
+
+def test_worker_processes_read_the_same_parts(store: FeatureStore) -> None:
+    dataset = FeatureDataset(store, label="label", heads=HEADS["LinearDepthHead"]())
+    loader = DataLoader(dataset, batch_size=6, num_workers=1, collate_fn=collate_features)
+    features, labels = next(iter(loader))
+    assert sorted(features.blocks) == [(1, False), (3, False)]
+    assert features.patch_tokens is None
+    expected = store.features(slice(0, 6), parts=dataset.parts)
+    assert torch.equal(features.block_map(3, norm=False), expected.block_map(3, norm=False))
+    assert labels.tolist() == [0, 1, 2, 0, 1, 2]
