@@ -68,7 +68,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Write the photos, time the three ways, and return the results as plain data."""
     width, height = args.size
     # The skipped files are logged as warnings once per pass: keep the output to the table.
-    logging.getLogger("dinov2_heads").setLevel(logging.ERROR)
+    library = logging.getLogger("dinov2_heads")
+    level = library.level
+    library.setLevel(logging.ERROR)
+    try:
+        return _run(args, width, height)
+    finally:
+        library.setLevel(level)
+
+
+def _run(args: argparse.Namespace, width: int, height: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         root = Path(folder)
         paths = input_pipeline.write_photos(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -19,3 +20,12 @@ def test_tiny_run_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert result["skipped"] == ["broken-0.jpg", "broken-1.jpg"]
     assert all(row["median_s"] > 0 for row in result["rows"])
     assert "same files skipped: True" in script.format_table(result)
+
+
+def test_the_library_logs_as_before_after_a_run(capsys: pytest.CaptureFixture[str]) -> None:
+    script = load_script("check_images")
+    library = logging.getLogger("dinov2_heads")
+    before = library.level
+    script.main(["--photos", "1", "--size", "64x48", "--broken", "1", "--runs", "1", "--json"])
+    capsys.readouterr()
+    assert library.level == before
