@@ -34,6 +34,8 @@ _OPTION_ADVICE: tuple[tuple[str, str], ...] = (
     (r"\boverwrite=True", "--overwrite"),
     (r"\bimage_column=", "--image-column"),
     (r"\bload_backbone\(path\) without variant=", "leaving --variant out"),
+    (r"\bnum_workers=0\b", "--num-workers 0"),
+    (r"\ba smaller batch_size\b", "a smaller --batch-size"),
 )
 
 

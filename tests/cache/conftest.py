@@ -12,7 +12,18 @@ from torch.utils.data import Dataset, IterableDataset
 
 from dinov2_heads import create_backbone
 from dinov2_heads.cache import FeatureStore
+from dinov2_heads.cache import source as source_module
+from dinov2_heads.cache.shared_memory import SharedMemorySpace
 from dinov2_heads.features import FrozenBackbone
+
+#: A roomy ``/dev/shm`` (8 GiB, all free), so that no test here depends on the machine's.
+ROOMY_SHM = SharedMemorySpace("/dev/shm", 8 * 2**30, 8 * 2**30)
+
+
+@pytest.fixture(autouse=True)
+def roomy_shared_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The extraction sees :data:`ROOMY_SHM`; a test that needs another size sets its own."""
+    monkeypatch.setattr(source_module, "shared_memory_space", lambda: ROOMY_SHM)
 
 
 def tiny_frozen(

@@ -2,7 +2,12 @@
 
 from dinov2_heads.cache.dataset import FeatureDataset, collate_features
 from dinov2_heads.cache.directory import remove_store
-from dinov2_heads.cache.errors import DamagedStoreError, StoreLockedError, StoreMismatchError
+from dinov2_heads.cache.errors import (
+    DamagedStoreError,
+    SharedMemoryError,
+    StoreLockedError,
+    StoreMismatchError,
+)
 from dinov2_heads.cache.extract import extract_features
 from dinov2_heads.cache.layout import Keep, estimate_store_size
 from dinov2_heads.cache.manifest import Manifest
@@ -16,6 +21,7 @@ __all__ = [
     "FeatureStore",
     "Keep",
     "Manifest",
+    "SharedMemoryError",
     "StoreLockedError",
     "StoreMismatchError",
     "Verification",

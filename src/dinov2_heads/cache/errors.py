@@ -1,10 +1,11 @@
-"""The feature store's errors: a store made differently, a damaged store, a store in use."""
+"""The feature cache's errors: a store made differently, a damaged store, a store in use, and
+data loading that ran out of shared memory."""
 
 from __future__ import annotations
 
 from dinov2_heads.errors import Dinov2HeadsError
 
-__all__ = ["DamagedStoreError", "StoreLockedError", "StoreMismatchError"]
+__all__ = ["DamagedStoreError", "SharedMemoryError", "StoreLockedError", "StoreMismatchError"]
 
 
 class StoreMismatchError(Dinov2HeadsError, ValueError):
@@ -22,3 +23,14 @@ class DamagedStoreError(Dinov2HeadsError, ValueError):
 
 class StoreLockedError(Dinov2HeadsError, OSError):
     """Another process is writing the store (its lock file names the process)."""
+
+
+class SharedMemoryError(Dinov2HeadsError, OSError, RuntimeError):
+    """``DataLoader`` workers ran out of shared memory (``/dev/shm``) handing batches over.
+
+    Raised in place of torch's own error ("DataLoader worker (pid N) is killed by signal: Bus
+    error", "unable to write to file </torch_...>: No space left on device"), which it chains
+    as its cause. The message says how large ``/dev/shm`` is and the fixes: no workers, more
+    shared memory (``docker run --shm-size=2g``), smaller batches. A ``RuntimeError`` too, as
+    torch's error was, so code that caught that still catches this.
+    """

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from dinov2_heads.cache.source import (
     StreamSource,
     as_source,
     data_class_names,
+    loader_failure,
 )
 from dinov2_heads.cache.store import FeatureStore
 from dinov2_heads.cache.writer import DiskWriter, MemoryWriter
@@ -119,7 +120,10 @@ def extract_features(
             that reads image files (``ImageFolderDataset``, ``ManifestDataset``), one per CPU
             available but one (at most 16), with batches in pinned memory for a CUDA backbone;
             none for other datasets, whose state workers would not share (pass a number).
-            A ``DataLoader``'s own settings win.
+            Workers hand batches over through shared memory (``/dev/shm`` on Linux): where
+            their batches in flight would not fit, ``"auto"`` starts fewer (down to none) and
+            an explicit count is kept; either way a warning says how much there is and the
+            fix. A ``DataLoader``'s own settings win (checked the same way, never changed).
         preprocessing: How images were prepared (a string, a mapping or a dataclass such as
             :class:`dinov2_heads.data.Preprocess`), recorded and checked by ``open``.
         class_names: ``{label name: class names}``; by default the data's ``vocabularies``
@@ -136,6 +140,9 @@ def extract_features(
         StoreMismatchError: If ``path`` holds a store made with other weights, input size,
             preprocessing or settings (naming both values), or a batch has another image size.
         StoreLockedError: If another process is writing the store at ``path``.
+        SharedMemoryError: If a ``DataLoader`` worker ran out of shared memory (``/dev/shm``)
+            handing a batch over; the message says how large it is and what to change. The
+            batches before stay in the store.
         ValueError: If features are NaN or inf (in float32 or once cast to ``dtype``), a
             batch's labels differ from the first's (columns, floats after ints), a mask has
             another size than its image or values outside 0..255, or a depth map overflows
@@ -255,30 +262,45 @@ def _extract(
             writer.commit(step.done)
             bar.update(step.done - done)
             done = step.done
+    except (RuntimeError, OSError) as error:
+        # A worker out of shared memory: torch's SIGCHLD handler raises wherever the main
+        # process is (reading the next batch or running the backbone), so the whole loop.
+        failure = loader_failure(error, source)
+        if failure is None:
+            raise
+        raise failure from error
     finally:
+        steps.close()  # stops the DataLoader's workers now, whatever stopped the loop
         bar.close()
     return writer.finish(done if source.count is None else source.count)
 
 
-def _map_steps(source: MapSource, writer: Writer) -> Iterator[_Step]:
+def _map_steps(source: MapSource, writer: Writer) -> Generator[_Step, None, None]:
     """Rounds from the resume point; this process reads only its own share of each."""
     rounds = list(writer.rounds(source.count, source.batch_size))
     batches = source.batches([list(r.mine) for r in rounds if r.mine])
-    for step in rounds:
-        yield _Step(next(batches) if step.mine else None, step.mine, step.hi)
+    try:
+        for step in rounds:
+            yield _Step(next(batches) if step.mine else None, step.mine, step.hi)
+    finally:
+        batches.close()
 
 
-def _stream_steps(source: StreamSource, start: int) -> Iterator[_Step]:
+def _stream_steps(source: StreamSource, start: int) -> Generator[_Step, None, None]:
     """Batches in order; those before ``start`` are read again but not recomputed."""
     position = 0
-    for batch in source.stream:
-        lo, hi = position, position + batch_length(batch)
-        position = hi
-        if hi <= start:
-            continue
-        if lo < start:
-            batch, lo = slice_batch(batch, start - lo), start
-        yield _Step(batch, range(lo, hi), hi)
+    batches = source.batches()
+    try:
+        for batch in batches:
+            lo, hi = position, position + batch_length(batch)
+            position = hi
+            if hi <= start:
+                continue
+            if lo < start:
+                batch, lo = slice_batch(batch, start - lo), start
+            yield _Step(batch, range(lo, hi), hi)
+    finally:
+        batches.close()
     if position < start:
         raise ValueError(
             f"the data yielded {position} samples but the store being resumed already holds "

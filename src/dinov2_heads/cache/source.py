@@ -9,7 +9,12 @@ a :class:`StreamSource`: read in order from the start, one process only.
 How the samples are read (:class:`LoaderSettings`) is decided once, by
 :func:`loader_settings`: with ``num_workers="auto"``, datasets that decode image files get
 worker processes by the CPUs available, and batches go to a CUDA backbone through pinned
-memory; a ``DataLoader`` given by the user keeps its own settings.
+memory; a ``DataLoader`` given by the user keeps its own settings. Then
+:func:`fit_shared_memory` checks that the workers' batches in flight fit the shared memory
+they travel through (``/dev/shm``): ``"auto"`` starts fewer workers where they would not,
+an explicit count and a user's ``DataLoader`` are kept, with a warning. A worker that runs out
+all the same is reported by :func:`loader_failure` as a
+:class:`~dinov2_heads.cache.errors.SharedMemoryError` that says what to do.
 
 Image loading in ``DataLoader`` worker processes reports errors as the single-process path
 does: the worker hands the error back as data, and it is raised again here as it was (an
@@ -19,10 +24,15 @@ does: the worker hands the error back as data, and it is raised again here as it
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
 import math
+import multiprocessing.connection
 import os
 import pickle
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import signal
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,6 +49,22 @@ from torch.utils.data import (
     default_collate,
 )
 
+from dinov2_heads import distributed
+from dinov2_heads.cache.errors import SharedMemoryError
+from dinov2_heads.cache.layout import format_bytes
+from dinov2_heads.cache.shared_memory import (
+    SharedMemorySpace,
+    in_flight_batches,
+    is_shared_memory_error,
+    sample_bytes,
+    shared_memory_error,
+    shared_memory_space,
+    suggested_shm_size,
+    workers_that_fit,
+)
+
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "MAX_AUTO_WORKERS",
     "PREFETCH_FACTOR",
@@ -48,8 +74,12 @@ __all__ = [
     "StreamSource",
     "as_source",
     "available_cpus",
+    "bus_error_of",
     "data_class_names",
+    "fit_shared_memory",
+    "loader_failure",
     "loader_settings",
+    "read_and_stop",
     "reads_image_files",
 ]
 
@@ -134,11 +164,16 @@ def available_cpus() -> int:
     """
     affinity = getattr(os, "sched_getaffinity", None)
     cpus = len(affinity(0)) if callable(affinity) else (os.cpu_count() or 1)
+    return max(1, cpus // local_processes())
+
+
+def local_processes() -> int:
+    """The processes on this machine: ``LOCAL_WORLD_SIZE`` under ``torchrun``, else 1."""
     try:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     except ValueError:
         local = 1
-    return max(1, cpus // max(local, 1))
+    return max(local, 1)
 
 
 def check_num_workers(num_workers: object) -> None:
@@ -201,6 +236,159 @@ def loader_settings(
     )
 
 
+#: How the workers were chosen: by ``"auto"``, ``"asked"`` for as a count, or by the user's
+#: own ``"loader"``. Only ``"auto"`` may be changed to fit the shared memory.
+Chosen = Literal["auto", "asked", "loader"]
+
+
+def fit_shared_memory(
+    settings: LoaderSettings,
+    *,
+    batch_bytes: int,
+    batch_size: int,
+    space: SharedMemorySpace | None,
+    chosen: Chosen,
+    processes: int = 1,
+) -> LoaderSettings:
+    """``settings`` with no more workers than the shared memory ``space`` holds the batches of.
+
+    The batches in flight are ``prefetch_factor`` per worker and the one in use, each of
+    ``batch_bytes``; they fit when they take at most
+    :data:`~dinov2_heads.cache.shared_memory.SHARED_MEMORY_SHARE` of the free space, shared by
+    the ``processes`` that ``torchrun`` started on this machine.
+
+    - ``chosen="auto"``: fewer workers, down to 0 (the main process reads, without shared
+      memory), with a warning that says why, how much there is and the fix.
+    - ``"asked"`` (an explicit count) and ``"loader"`` (a user's ``DataLoader``): kept as
+      they are, with a warning that names the sizes and the fix.
+
+    Nothing is checked without workers, without a shared-memory file system (``space`` is
+    ``None``: macOS, Windows) or with an unknown batch size (``batch_bytes`` 0).
+    """
+    workers = settings.num_workers
+    if workers == 0 or space is None or batch_bytes <= 0:
+        return settings
+    processes = max(processes, 1)
+    prefetch = settings.prefetch_factor or PREFETCH_FACTOR
+    fit = workers_that_fit(
+        workers, prefetch_factor=prefetch, batch_bytes=batch_bytes, free=space.free // processes
+    )
+    if fit == workers:
+        return settings
+    in_flight = in_flight_batches(workers, prefetch)
+    needed = in_flight * batch_bytes
+    load = (
+        f"{_workers(workers)}, which keep{'s' if workers == 1 else ''} up to {in_flight} "
+        f"batches of {batch_size} samples ({format_bytes(batch_bytes)} each, "
+        f"{format_bytes(needed)} in all) in shared memory"
+    )
+    room = f"{space.path} has {format_bytes(space.free)} free of {format_bytes(space.size)}"
+    if processes > 1:
+        room += f", shared by the {processes} processes on this machine"
+    more = (
+        f"give the container more shared memory (docker run "
+        f"--shm-size={suggested_shm_size(needed * processes)}, or --ipc=host)"
+    )
+    log = logger.warning if distributed.local_rank() == 0 else logger.debug
+    if chosen != "auto":
+        whose = "as asked" if chosen == "asked" else "as the DataLoader has them"
+        log(
+            "the data may not fit in shared memory: %s, and %s; a worker that runs out dies "
+            "with a bus error. Keeping the %d workers %s; use fewer workers, a smaller batch "
+            "size, or %s",
+            load,
+            room,
+            workers,
+            whose,
+            more,
+        )
+        return settings
+    log(
+        "%s: too little for %s. Reading with %s instead, which is slower; for %s, %s, or use "
+        "a smaller batch size",
+        room,
+        load,
+        _workers(fit) if fit else "no workers (in the main process)",
+        "the worker" if workers == 1 else f"all {workers} workers",
+        more,
+    )
+    return dataclasses.replace(
+        settings,
+        num_workers=fit,
+        pin_memory=settings.pin_memory and fit > 0,
+        prefetch_factor=settings.prefetch_factor if fit else None,
+    )
+
+
+def _workers(count: int) -> str:
+    return f"{count} DataLoader worker{'' if count == 1 else 's'}"
+
+
+def loader_failure(
+    error: BaseException, source: MapSource | StreamSource
+) -> SharedMemoryError | None:
+    """The :class:`~dinov2_heads.cache.errors.SharedMemoryError` to raise from ``error``
+    (chained), when it is torch's report of a worker out of shared memory; else ``None``."""
+    if isinstance(error, SharedMemoryError) or not is_shared_memory_error(error):
+        return None
+    if isinstance(source, MapSource):
+        workers: int | None = source.num_workers
+        batch_size: int | None = source.batch_size
+    elif isinstance(source.stream, DataLoader):
+        workers, batch_size = source.stream.num_workers, _loader_batch_size(source.stream)
+    else:
+        workers = batch_size = None
+    return shared_memory_error(
+        error, workers=workers, batch_size=batch_size, space=shared_memory_space()
+    )
+
+
+def _within_shared_memory(
+    settings: LoaderSettings, dataset: Dataset[Any], batch_size: int, chosen: Chosen
+) -> LoaderSettings:
+    """:func:`fit_shared_memory` with this machine's ``/dev/shm`` and the first sample's size.
+
+    The first sample is read (once, in this process) only when there are workers and a
+    shared-memory file system to check.
+    """
+    if settings.num_workers == 0:
+        return settings
+    space = shared_memory_space()
+    if space is None:
+        return settings
+    return fit_shared_memory(
+        settings,
+        batch_bytes=_first_sample_bytes(dataset) * batch_size,
+        batch_size=batch_size,
+        space=space,
+        chosen=chosen,
+        processes=local_processes(),
+    )
+
+
+def _first_sample_bytes(dataset: Dataset[Any]) -> int:
+    """The bytes of the first sample's tensors (in their own dtype), 0 when unknown."""
+    try:
+        if not len(dataset):  # type: ignore[arg-type]
+            return 0
+        item = dataset[0]
+    except Exception as error:
+        # The extraction reads it again and reports what is wrong where it belongs.
+        logger.debug("shared memory not checked: reading the first sample failed: %s", error)
+        return 0
+    return sample_bytes(item)
+
+
+def _loader_batch_size(loader: DataLoader[Any]) -> int | None:
+    """Samples per batch of a ``DataLoader``: its own, its batch sampler's, or 1 unbatched."""
+    if loader.batch_size is not None:
+        return loader.batch_size
+    if loader.batch_sampler is None:
+        return 1  # automatic batching is off: each item is a batch
+    size = getattr(loader.batch_sampler, "batch_size", None)
+    return size if isinstance(size, int) else None
+
+
 def reads_image_files(dataset: object) -> bool:
     """Whether ``dataset`` decodes image files, looking through ``Subset`` and ``ConcatDataset``.
 
@@ -238,8 +426,8 @@ class MapSource:
         """``DataLoader`` worker processes."""
         return self.loader.num_workers
 
-    def batches(self, indices: list[list[int]]) -> Iterator[Any]:
-        """One batch per list of indices, in order."""
+    def batches(self, indices: list[list[int]]) -> Generator[Any, None, None]:
+        """One batch per list of indices, in order; closing it stops the workers."""
         collate = self.collate_fn or default_collate
         if self.num_workers == 0:
             loader = DataLoader(
@@ -253,10 +441,11 @@ class MapSource:
             collate_fn=_ReportingCollate(collate),
             **self.loader.arguments(),
         )
-        for batch in loader:
-            if isinstance(batch, _Failure):
-                batch.raise_again()
-            yield batch
+        with contextlib.closing(read_and_stop(loader)) as batches:
+            for batch in batches:
+                if isinstance(batch, _Failure):
+                    batch.raise_again()
+                yield batch
 
     def first_image_size(self) -> tuple[int, int] | None:
         """(H, W) of the first image when it is a plain (3, H, W) tensor (else ``None``)."""
@@ -275,6 +464,75 @@ class StreamSource:
 
     stream: Iterable[Any]
     count: int | None
+
+    def batches(self) -> Generator[Any, None, None]:
+        """The stream's batches, in order; closing it stops a ``DataLoader``'s workers."""
+        if isinstance(self.stream, DataLoader):
+            yield from read_and_stop(self.stream)
+        else:
+            yield from self.stream
+
+
+def read_and_stop(loader: DataLoader[Any]) -> Generator[Any, None, None]:
+    """The batches of ``loader``; its worker processes are stopped when this ends, however.
+
+    torch stops them when its iterator is collected, but the traceback of an error raised
+    while reading keeps the iterator alive; and while a dead worker stays registered with it,
+    torch's ``SIGCHLD`` handler raises "DataLoader worker ... is killed by signal" again at
+    the next child process that exits, anywhere in the program.
+    """
+    iterator = iter(loader)
+    try:
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except (RuntimeError, OSError, EOFError) as error:
+                killed = bus_error_of(getattr(iterator, "_workers", ()), error)
+                if killed is None:
+                    raise
+                raise killed from error
+            yield batch
+    finally:
+        stop = getattr(iterator, "_shutdown_workers", None)
+        if callable(stop):
+            stop()
+
+
+def bus_error_of(
+    workers: Iterable[Any], error: BaseException, *, wait: float = 1.0
+) -> RuntimeError | None:
+    """The error to raise when one of the ``workers`` died of a bus error, else ``None``.
+
+    A worker that dies of ``SIGBUS`` (its shared memory ran out as it wrote a batch) is not
+    always reported as such: the main process may first lose the connection over which a
+    worker hands over its batches' file descriptors ("Connection reset by peer"), or find it
+    gone ("DataLoader worker (pid(s) N) exited unexpectedly"). For those errors, the workers
+    that end within ``wait`` seconds are asked how they died.
+
+    Args:
+        workers: The ``multiprocessing`` processes of the loader's iterator.
+        error: What reading the next batch raised.
+        wait: Seconds to wait for a dying worker to end.
+    """
+    sigbus = getattr(signal, "SIGBUS", None)
+    if sigbus is None or is_shared_memory_error(error):
+        return None
+    if isinstance(error, RuntimeError) and "DataLoader worker (pid" not in str(error):
+        return None  # a worker's own error, reported by torch: the worker is alive
+    processes = [worker for worker in workers if hasattr(worker, "sentinel")]
+    if not processes:
+        return None
+    ended = multiprocessing.connection.wait([w.sentinel for w in processes], timeout=wait)
+    for worker in processes:
+        if worker.sentinel in ended:
+            worker.join(wait)  # its sentinel closes as it exits, a moment before its exit code
+        if worker.exitcode == -sigbus:
+            return RuntimeError(
+                f"DataLoader worker (pid {worker.pid}) was killed by signal: Bus error (SIGBUS)"
+            )
+    return None
 
 
 def as_source(
@@ -311,6 +569,8 @@ def as_source(
         kind: DataKind = "files" if reads_image_files(data) else "other"
         batches = math.ceil(count / batch_size) if batch_size > 0 else 0
         settings = loader_settings(num_workers, data=kind, batches=batches, device=device)
+        chosen: Chosen = "auto" if num_workers == "auto" else "asked"
+        settings = _within_shared_memory(settings, data, batch_size, chosen)
         return MapSource(data, count, batch_size, settings)
     if isinstance(data, Tensor):
         if data.ndim != 4:
@@ -328,6 +588,7 @@ def as_source(
 
 def _loader_source(loader: DataLoader[Any]) -> MapSource | StreamSource:
     dataset = loader.dataset
+    settings = LoaderSettings.of(loader)
     if not isinstance(dataset, IterableDataset) and loader.batch_size is not None:
         if not isinstance(loader.sampler, SequentialSampler):
             raise ValueError(
@@ -335,13 +596,18 @@ def _loader_source(loader: DataLoader[Any]) -> MapSource | StreamSource:
                 "shuffles (its sampler is not sequential); pass shuffle=False or the "
                 "Dataset itself"
             )
+        # Only checked, never changed: the warning says what would fit.
+        _within_shared_memory(settings, dataset, loader.batch_size, "loader")
         return MapSource(
             dataset,
             len(dataset),  # type: ignore[arg-type]
             loader.batch_size,
-            LoaderSettings.of(loader),
+            settings,
             loader.collate_fn,
         )
+    batch_size = _loader_batch_size(loader)
+    if not isinstance(dataset, IterableDataset) and batch_size is not None:
+        _within_shared_memory(settings, dataset, batch_size, "loader")
     count = None if isinstance(dataset, IterableDataset) else len(dataset)  # type: ignore[arg-type]
     return StreamSource(loader, count)
 
