@@ -22,7 +22,14 @@ import numpy as np
 import pytest
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    SequentialSampler,
+    default_collate,
+    get_worker_info,
+)
 
 from dinov2_heads import create_backbone
 from dinov2_heads.cache import FeatureStore, SharedMemoryError, extract_features
@@ -43,6 +50,7 @@ from dinov2_heads.cache.source import (
     PREFETCH_FACTOR,
     LoaderSettings,
     MapSource,
+    StreamSource,
     as_source,
     bus_error_of,
     fit_shared_memory,
@@ -283,6 +291,17 @@ def test_as_source_measures_the_first_sample_in_its_own_dtype(
     assert "2 DataLoader workers, which keep up to 9 batches" in loader_line
     assert "as the DataLoader has them" in loader_line
 
+    # A DataLoader with its own batch sampler is read as a stream, and checked the same way.
+    caplog.clear()
+    sampler = BatchSampler(SequentialSampler(as_float), batch_size=32, drop_last=False)
+    with caplog.at_level(logging.WARNING, logger="dinov2_heads.cache"):
+        stream = as_source(DataLoader(as_float, batch_sampler=sampler, num_workers=1), 16, 0)
+    assert isinstance(stream, StreamSource)
+    [stream_line] = warnings_of(caplog)
+    assert "1 DataLoader worker, which keeps up to 3 batches of 32 samples (18.4 MiB each" in (
+        stream_line
+    )
+
 
 def test_no_workers_no_check(monkeypatch: pytest.MonkeyPatch) -> None:
     simulate(monkeypatch, DOCKER_SHM)
@@ -499,7 +518,9 @@ def test_a_worker_dead_of_a_bus_error_is_named_whatever_torch_said() -> None:
     assert bus_error_of([worker], gone) is not None
     # Errors a worker raised itself, torch's own shared-memory reports and healthy workers
     # are left as they are.
-    assert bus_error_of([worker], RuntimeError("Caught ValueError in DataLoader worker")) is None
+    handed_over = OSError("Caught OSError in DataLoader worker process 0.\nOriginal Traceback")
+    assert bus_error_of([worker], handed_over) is None
+    assert bus_error_of([worker], RuntimeError("CUDA out of memory")) is None
     assert bus_error_of([worker], RuntimeError(BUS_ERROR)) is None
     alive = multiprocessing.get_context().Process(target=signal.pause)
     alive.start()

@@ -519,8 +519,11 @@ def bus_error_of(
     sigbus = getattr(signal, "SIGBUS", None)
     if sigbus is None or is_shared_memory_error(error):
         return None
-    if isinstance(error, RuntimeError) and "DataLoader worker (pid" not in str(error):
-        return None  # a worker's own error, reported by torch: the worker is alive
+    text = str(error)
+    if "in DataLoader worker process" in text:
+        return None  # a worker's own error, handed over by torch: the worker is alive
+    if isinstance(error, RuntimeError) and "DataLoader worker (pid" not in text:
+        return None
     processes = [worker for worker in workers if hasattr(worker, "sentinel")]
     if not processes:
         return None
