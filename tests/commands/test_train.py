@@ -324,3 +324,28 @@ def test_four_stored_blocks_give_the_official_52_heads(
     argv = ["predict", "--heads", str(out / "heads.pt"), "--checkpoint", str(checkpoint)]
     assert main([*argv, str(files.folder / "bus")]) == 0
     assert capsys.readouterr().out.startswith("image")
+
+
+def test_linear_heads_train_without_reading_the_patch_tokens(
+    stores: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The grid and a spec of linear heads read the pooled tokens only; a neck reads the
+    # patch tokens. Every read of a store's array is recorded.
+    read: list[str] = []
+    array = FeatureStore.array
+
+    def recorded(self: FeatureStore, name: str) -> torch.Tensor:
+        read.append(name)
+        return array(self, name)
+
+    monkeypatch.setattr(FeatureStore, "array", recorded)
+    common = ["--quiet", "train", str(stores["attributes"]), "--batch-size", "4", "--epochs", "1"]
+    assert main([*common, "--label", "colour", "--out", str(tmp_path / "grid")]) == 0
+    assert "class_tokens" in read
+    assert "patch_tokens" not in read
+    linear = write_spec(tmp_path / "linear.json", '{"heads": {"colour": {"type": "LinearHead"}}}')
+    assert main([*common, "--heads", str(linear), "--out", str(tmp_path / "linear")]) == 0
+    assert "patch_tokens" not in read
+    neck = write_spec(tmp_path / "neck.json", '{"heads": {"brand": {"type": "Conv1dNeck"}}}')
+    assert main([*common, "--heads", str(neck), "--out", str(tmp_path / "neck")]) == 0
+    assert "patch_tokens" in read

@@ -104,7 +104,7 @@ def train(
     _check_mask_values(heads, label_of, histograms, job)
     settings = spec_settings(args, spec)
     batch_size = min(int(settings["batch_size"]), job.num_train)
-    loader = job.loader(None, train=True, batch_size=batch_size)
+    loader = job.loader(None, train=True, batch_size=batch_size, heads=heads)
     if len(loader) == 0:
         raise ValueError(f"no full batch of {batch_size} training samples; lower --batch-size")
     survey = {
@@ -125,7 +125,7 @@ def train(
     )
     train_loss = fit_heads(heads, loader, loss_fn, settings, progress=job.progress)
     scores = evaluate_dense(
-        heads, job.loader(None, train=False, batch_size=batch_size), labels=label_of
+        heads, job.loader(None, train=False, batch_size=batch_size, heads=heads), labels=label_of
     )
     baselines = {
         name: _baseline(job, heads[name], label_of[name], histograms, survey.get(name))
@@ -289,7 +289,7 @@ def _check_fits(heads: MultiHead, store: FeatureStore, source: str) -> None:
                 f"extract again with --dense-head {type(head).__name__}{option} (into a new "
                 "--out, or with --overwrite)"
             )
-    features = store.features(slice(0, min(2, len(store))))
+    features = store.features(slice(0, min(2, len(store))), parts=store.parts_for(heads))
     heads.eval()
     with torch.no_grad():
         outputs = heads(features.to(next(heads.parameters()).device))

@@ -37,12 +37,20 @@ class Job:
     seed: int
     progress: bool
 
-    def loader(self, label: str | None, *, train: bool, batch_size: int) -> DataLoader[Any]:
+    def loader(
+        self,
+        label: str | None,
+        *,
+        train: bool,
+        batch_size: int,
+        heads: nn.Module | None = None,
+    ) -> DataLoader[Any]:
         """Batches of ``(Features, labels)`` of the training or the validation samples.
 
         Training batches are shuffled by a generator seeded with :attr:`seed` (the same order
         as ``FeatureDataset(store).loader(batch_size, shuffle=True, drop_last=True,
-        seed=seed)`` when every sample trains) and only whole batches are kept.
+        seed=seed)`` when every sample trains) and only whole batches are kept. With ``heads``,
+        only the parts of the store they read are read (``FeatureDataset(..., heads=heads)``).
         """
         import torch
         from torch.utils.data import DataLoader, Subset
@@ -51,7 +59,7 @@ class Job:
         from dinov2_heads.cache.dataset import collate_features
 
         rows = self.train_rows if train else self.val_rows
-        dataset: Any = FeatureDataset(self.store_of(train=train), label=label)
+        dataset: Any = FeatureDataset(self.store_of(train=train), label=label, heads=heads)
         if rows is not None:
             # Subset passes whole batches to FeatureDataset.__getitems__: one read per batch.
             dataset = Subset(dataset, rows.tolist())

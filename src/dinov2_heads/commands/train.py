@@ -259,12 +259,12 @@ def _train_grid(job: Job, args: argparse.Namespace) -> tuple[MultiHead, dict[str
     )
     fit_grid(
         grid,
-        job.loader(column, train=True, batch_size=batch_size),
+        job.loader(column, train=True, batch_size=batch_size, heads=grid),
         epochs=epochs,
         seed=job.seed,
         progress=job.progress,
     )
-    results = evaluate_grid(grid, job.loader(column, train=False, batch_size=256))
+    results = evaluate_grid(grid, job.loader(column, train=False, batch_size=256, heads=grid))
     print(f"\nvalidation accuracy of every head, best first ({results.rows[0].count} samples):")
     print(results.table())
     best = results.best
@@ -330,7 +330,7 @@ def _train_spec(job: Job, args: argparse.Namespace) -> tuple[MultiHead, dict[str
         f"validation), {epochs} epochs of batch {batch_size}, AdamW lr {settings['lr']}",
         flush=True,
     )
-    loader = job.loader(None, train=True, batch_size=batch_size)
+    loader = job.loader(None, train=True, batch_size=batch_size, heads=heads)
     if len(loader) == 0:
         raise ValueError(f"no full batch of {batch_size} training samples; lower --batch-size")
     fit_heads(
@@ -341,7 +341,9 @@ def _train_spec(job: Job, args: argparse.Namespace) -> tuple[MultiHead, dict[str
         progress=job.progress,
         batches=lambda batches: _renamed(batches, label_of),
     )
-    accuracy, counts = _evaluate(heads, job.loader(None, train=False, batch_size=256), label_of)
+    accuracy, counts = _evaluate(
+        heads, job.loader(None, train=False, batch_size=256, heads=heads), label_of
+    )
     print("\nvalidation accuracy per head:")
     print(_accuracy_table(heads, accuracy, counts))
     summary = {
@@ -469,7 +471,8 @@ def _dry_run(heads: MultiHead, store: FeatureStore, device: torch.device, spec: 
     """Run each head on two samples, so that a head the store cannot feed fails now."""
     import torch
 
-    features = store.features(slice(0, min(2, len(store)))).to(device)
+    rows = slice(0, min(2, len(store)))
+    features = store.features(rows, parts=store.parts_for(heads)).to(device)
     heads.eval()
     for name, head in heads.items():
         try:
