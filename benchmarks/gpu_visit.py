@@ -71,7 +71,9 @@ PARTS = (
     ),
     Part(
         "input_pipeline",
-        (str(HERE / "input_pipeline.py"), "--device", "cuda", "--json"),
+        # Half the default samples per extraction: both hand-offs and the loader-only passes
+        # run in each extraction, and the part must fit its share.
+        (str(HERE / "input_pipeline.py"), "--device", "cuda", "--images", "4096", "--json"),
         (str(HERE / "input_pipeline.py"), "--smoke", "--json"),
         share_s=200,
     ),
