@@ -64,3 +64,37 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
         extra={"preprocessing": None},
     )
     return Files(checkpoint, other, folder, manifest, images, saved)
+
+
+@dataclass(frozen=True)
+class DenseFiles:
+    segmentation: Path  # one LinearSegmentationHead of 5 parts, saved alone (as train does)
+    depth: Path  # one LinearDepthHead, saved alone
+    mixed: Path  # a MultiHead: a colour classifier, a parts segmentation head, a depth head
+    dense_only: Path  # a MultiHead: the parts segmentation head and the depth head
+
+
+@pytest.fixture(scope="session")
+def dense_files(files: Files, tmp_path_factory: pytest.TempPathFactory) -> DenseFiles:
+    """Heads files holding segmentation and depth heads for the conftest's backbone."""
+    from dinov2_heads.checkpoints import load_backbone
+    from dinov2_heads.demo import COLOURS, PARTS
+    from dinov2_heads.heads import LinearDepthHead, LinearSegmentationHead
+
+    root = tmp_path_factory.mktemp("dense-heads")
+    backbone = load_backbone(files.checkpoint)
+    torch.manual_seed(0)
+    colour = LinearHead(64, len(COLOURS), class_names=list(COLOURS))
+    parts = LinearSegmentationHead(64, len(PARTS), class_names=PARTS)
+    depth = LinearDepthHead(64, n_bins=16, max_depth=10.0)
+
+    def save(name: str, heads: torch.nn.Module) -> Path:
+        frozen = FrozenBackbone.for_heads(backbone, heads)
+        return save_heads(root / name, heads, backbone=frozen, input_size=SIZE)
+
+    return DenseFiles(
+        segmentation=save("parts.pt", parts),
+        depth=save("depth.pt", depth),
+        mixed=save("mixed.pt", MultiHead({"colour": colour, "parts": parts, "depth": depth})),
+        dense_only=save("dense.pt", MultiHead({"parts": parts, "depth": depth})),
+    )

@@ -16,6 +16,7 @@ from dinov2_heads.demo import SyntheticVehicles
 from dinov2_heads.dense import Depther
 from dinov2_heads.export import save_heads
 from dinov2_heads.heads import DPTDepthHead, LinearDepthHead
+from tests.commands.conftest import DenseFiles, Files
 from tests.helpers import randomize
 
 
@@ -213,3 +214,47 @@ def test_errors_are_one_line(
     )
     assert code == 1
     assert "needs crop_size and stride" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which", ["depth", "mixed"])
+def test_a_head_trained_on_other_weights_is_refused_as_predict_refuses(
+    which: str,
+    files: Files,
+    dense_files: DenseFiles,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    heads = str(getattr(dense_files, which))
+    out = tmp_path / "depth"
+    argv = ["depth", str(files.images[0]), "--heads", heads, "--out", str(out)]
+    assert main([*argv, "--checkpoint", str(files.other_checkpoint)]) == 1
+    refused = capsys.readouterr().err
+    assert len(refused.strip().splitlines()) == 1
+    assert "trained on backbone weights with fingerprint" in refused
+    assert not out.exists()
+    predict = ["predict", "--heads", str(dense_files.mixed), str(files.images[0])]
+    assert main([*predict, "--checkpoint", str(files.other_checkpoint)]) == 1
+    said = capsys.readouterr().err
+    assert refused.removeprefix("dinov2-heads depth: ") == said.removeprefix(
+        "dinov2-heads predict: "
+    )
+    assert main([*argv, "--checkpoint", str(files.other_checkpoint), "--no-backbone-check"]) == 0
+    assert (out / f"{files.images[0].stem}.png").is_file()
+    assert main([*argv, "--checkpoint", str(files.checkpoint), "--overwrite"]) == 0
+
+
+def test_a_head_file_read_once_loads_as_its_path_does(
+    setup: dict[str, Path], dense_files: DenseFiles
+) -> None:
+    from dinov2_heads.commands.depth import saved_heads
+
+    saved = saved_heads(dense_files.mixed)
+    assert saved is not None
+    by_path = load_depth_head(dense_files.mixed, 64)
+    read = load_depth_head(saved, 64)
+    assert type(read) is type(by_path) is LinearDepthHead
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(read.state_dict().values(), by_path.state_dict().values(), strict=True)
+    )
+    assert saved_heads(setup["linear4"]) is None  # a released head: no save_heads metadata

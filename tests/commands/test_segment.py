@@ -22,7 +22,7 @@ from dinov2_heads.data import (
 from dinov2_heads.data.functional import pil_to_tensor
 from dinov2_heads.dense import Segmenter
 from dinov2_heads.heads import LinearSegmentationHead
-from tests.commands.conftest import Files
+from tests.commands.conftest import DenseFiles, Files
 
 
 def released_head(path: Path, classes: int = 21, layers: int = 1) -> Path:
@@ -124,4 +124,26 @@ def test_errors(files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main([*args, "--heads", str(wide)]) == 1
     assert "a head for D = 768 but the backbone has D = 64" in capsys.readouterr().err
     assert main([*args, "--heads", str(files.heads)]) == 1
-    assert "exactly one LinearSegmentationHead" in capsys.readouterr().err
+    assert "exactly one segmentation head (found: none" in capsys.readouterr().err
+
+
+def test_a_head_trained_on_other_weights_is_refused_as_predict_refuses(
+    files: Files, dense_files: DenseFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "labels"
+    argv = ["segment", str(files.images[0]), "--heads", str(dense_files.mixed), "--out", str(out)]
+    assert main([*argv, "--checkpoint", str(files.other_checkpoint)]) == 1
+    refused = capsys.readouterr().err
+    assert len(refused.strip().splitlines()) == 1
+    assert "trained on backbone weights with fingerprint" in refused
+    assert not out.exists()
+    predict = ["predict", "--heads", str(dense_files.mixed), str(files.images[0])]
+    assert main([*predict, "--checkpoint", str(files.other_checkpoint)]) == 1
+    said = capsys.readouterr().err
+    assert refused.removeprefix("dinov2-heads segment: ") == said.removeprefix(
+        "dinov2-heads predict: "
+    )
+    assert main([*argv, "--checkpoint", str(files.other_checkpoint), "--no-backbone-check"]) == 0
+    assert (out / f"{files.images[0].stem}.png").is_file()
+    # The checkpoint the heads were trained on passes the check.
+    assert main([*argv, "--checkpoint", str(files.checkpoint)]) == 0

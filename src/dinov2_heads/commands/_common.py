@@ -15,8 +15,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from dinov2_heads.backbone import DinoVisionTransformer
     from dinov2_heads.data import Preprocess, SkippedImage
+    from dinov2_heads.export import HeadCheckpoint
 
 
 @contextlib.contextmanager
@@ -129,6 +132,30 @@ def load_backbone(args: argparse.Namespace) -> DinoVisionTransformer:
 
     backbone = load(args.checkpoint, variant=args.variant)
     return backbone.to(device(args.device))
+
+
+def add_backbone_check_argument(parser: argparse.ArgumentParser) -> None:
+    """``--no-backbone-check``: the way past :func:`check_backbone`."""
+    parser.add_argument(
+        "--no-backbone-check",
+        action="store_true",
+        help="do not refuse a backbone whose weights differ from the one the heads were trained on",
+    )
+
+
+def check_backbone(args: argparse.Namespace, heads: HeadCheckpoint, backbone: nn.Module) -> None:
+    """Refuse ``backbone`` unless the heads file was trained on it, or ``--no-backbone-check``.
+
+    The one check of every command that runs a file written by ``save_heads`` (``predict``,
+    ``export``, ``segment``, ``depth``): the variant and the weights fingerprint recorded in
+    the file against the checkpoint given (:meth:`~dinov2_heads.export.HeadCheckpoint.
+    check_backbone`), so the wrong weights are an error rather than wrong answers.
+
+    Raises:
+        ValueError: Another variant or other weights; the message names both and the fix.
+    """
+    if not args.no_backbone_check:
+        heads.check_backbone(backbone)
 
 
 def image_paths(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:

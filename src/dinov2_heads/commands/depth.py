@@ -14,6 +14,8 @@ from dinov2_heads.commands import _common, _dense
 if TYPE_CHECKING:
     from torch import nn
 
+    from dinov2_heads.export import HeadCheckpoint
+
 logger = logging.getLogger(__name__)
 
 EXAMPLE = """\
@@ -78,6 +80,7 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
     parser.add_argument(
         "--overwrite", action="store_true", help="replace pictures already in --out"
     )
+    _common.add_backbone_check_argument(parser)
     _common.add_on_error_argument(parser)
 
 
@@ -92,8 +95,11 @@ def run(args: argparse.Namespace) -> int:
 
     backbone = _common.load_backbone(args)
     where = next(backbone.parameters()).device
+    saved = saved_heads(args.head)
+    if saved is not None:
+        _common.check_backbone(args, saved, backbone)
     head = load_depth_head(
-        args.head, backbone.embed_dim, args.max_depth, head_name=args.head_name
+        saved or args.head, backbone.embed_dim, args.max_depth, head_name=args.head_name
     ).to(where)
     depther = Depther(backbone, head, **_dense.window_settings(args)).eval()
     paths = _common.image_paths(args.images)
@@ -151,8 +157,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def saved_heads(path: str | Path) -> HeadCheckpoint | None:
+    """The heads of a file written by :func:`save_heads`, or ``None`` for another kind of file
+    (a released head)."""
+    from dinov2_heads.export import load_heads
+
+    try:
+        return load_heads(path)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def load_depth_head(
-    path: str | Path,
+    path: str | Path | HeadCheckpoint,
     embed_dim: int,
     max_depth: float | None = None,
     *,
@@ -163,19 +180,20 @@ def load_depth_head(
     A released file's kind follows from its tensors: DPT keys, or ``conv_depth`` reading
     ``2 * D`` (linear, the last block) or ``8 * D`` channels (linear4). Linear heads have bins
     up to 80 m, as the hub builds them; DPT heads 80 m when "kitti" is in the file name, else
-    10 m. ``max_depth`` overrides either. A save_heads file keeps its heads' own range; from
-    a ``MultiHead`` (what ``dinov2-heads train`` writes) its one depth head is taken, or the
-    one called ``head_name``.
+    10 m. ``max_depth`` overrides either. A save_heads file (or what :func:`saved_heads` read
+    from one) keeps its heads' own range; from a ``MultiHead`` its one depth head is taken, or
+    the one called ``head_name``.
     """
     from dinov2_heads.checkpoints import load_partial, read_checkpoint, unwrap_state_dict
-    from dinov2_heads.export import load_heads
+    from dinov2_heads.export import HeadCheckpoint
     from dinov2_heads.heads import DPTDepthHead, LinearDepthHead
 
-    file = Path(path)
-    try:
-        saved = load_heads(file)
-    except (ValueError, KeyError, TypeError):
-        saved = None
+    saved: HeadCheckpoint | None
+    if isinstance(path, HeadCheckpoint):
+        saved, file = path, path.path or Path("the heads file")
+    else:
+        file = Path(path)
+        saved = saved_heads(file)
     if saved is not None:
         if saved.heads is None:
             raise ValueError(

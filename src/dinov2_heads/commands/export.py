@@ -13,12 +13,14 @@ example:
   dinov2-heads export --heads heads.pt --checkpoint backbone.pth --size 224 224 --out model.onnx
   dinov2-heads export --heads depth.pt --checkpoint backbone.pth --whole-image --out depther.onnx
 
-One graph from images (B, 3, H, W), normalised as in training, to the logits of every head
-(one output per head, named after it). Batch size and image size stay free unless a head is
-built for one patch grid (Conv1dNeck), which fixes the size to the one the heads were trained
-at. The file is run by onnxruntime and compared with PyTorch before the command says it is
-done. Needs the ONNX packages: pip install 'dinov2-heads[export]', or from a checkout of the
-repository pip install -e '.[export]'.
+One graph from images (B, 3, H, W), normalised as in training, to the output of every head
+(one per head, named after it): logits (B, K) of a classifier, logits (B, K, h, w) on the
+patch grid of a segmentation head (h = H/14, w = W/14), depth in metres (B, 1, 4h, 4w) of a
+linear depth head; the command prints each output's shape. Batch size and image size stay
+free unless a head is built for one patch grid (Conv1dNeck), which fixes the size to the one
+the heads were trained at. The file is run by onnxruntime and compared with PyTorch before
+the command says it is done. Needs the ONNX packages: pip install 'dinov2-heads[export]', or
+from a checkout of the repository pip install -e '.[export]'.
 """
 
 
@@ -60,11 +62,7 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
         action="store_true",
         help="skip running the file with onnxruntime and comparing it with PyTorch",
     )
-    parser.add_argument(
-        "--no-backbone-check",
-        action="store_true",
-        help="do not refuse a backbone whose weights differ from the one the heads were trained on",
-    )
+    _common.add_backbone_check_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,11 +78,13 @@ def _run(args: argparse.Namespace) -> int:
     checkpoint = load_heads(args.heads)
     heads = rebuilt_heads(checkpoint, args.heads)
     backbone = _common.load_backbone(args)
-    if not args.no_backbone_check:
-        checkpoint.check_backbone(backbone)
+    _common.check_backbone(args, checkpoint, backbone)
     if args.whole_image:
         return _whole_image(args, heads, backbone)
-    frozen = FrozenBackbone(backbone, n_last_blocks=blocks_needed(checkpoint, heads))
+    # Dense heads read chosen blocks (a depth head's without the final norm): one pass serves all.
+    frozen = FrozenBackbone.for_heads(
+        backbone, heads, n_last_blocks=blocks_needed(checkpoint, heads)
+    )
     heads.to(next(backbone.parameters()).device)
     size = tuple(args.size) if args.size is not None else checkpoint.input_size
     result = export_onnx(
@@ -101,8 +101,8 @@ def _run(args: argparse.Namespace) -> int:
     batch = "any batch size" if result.dynamic_batch else "batch size 1"
     print(f"wrote {result.path}")
     print(f"  input   {result.input_name}: float (B, 3, H, W), normalised; {sizes}, {batch}")
-    for name in result.output_names:
-        print(f"  output  {name}: logits (B, K)")
+    for name, layout in result.output_layouts.items():
+        print(f"  output  {name}: {layout.describe()}")
     if result.max_abs_diff is not None:
         worst = max(result.max_abs_diff.values())
         print(
@@ -117,6 +117,7 @@ def _whole_image(args: argparse.Namespace, head: Any, backbone: Any) -> int:
     from dinov2_heads.dense import Depther, Segmenter
     from dinov2_heads.export import export_dense_onnx
     from dinov2_heads.heads import MultiHead
+    from dinov2_heads.training import dense_task
 
     if args.fixed_size:
         raise ValueError(
@@ -128,13 +129,14 @@ def _whole_image(args: argparse.Namespace, head: Any, backbone: Any) -> int:
             f"--whole-image exports one depth or segmentation head, {args.heads} holds "
             f"{len(head)} ({', '.join(head.keys())}); save the dense head in a file of its own"
         )
-    if getattr(head, "required_blocks", None) is None:
+    task = dense_task(head)
+    if task is None:
         raise ValueError(
-            f"--whole-image exports a depth or segmentation head, {args.heads} holds a "
-            f"{type(head).__name__}, which gives one answer per image; export it without "
-            "--whole-image"
+            f"--whole-image exports a depth or segmentation head (a type in DENSE_TASKS), "
+            f"{args.heads} holds a {type(head).__name__}, which gives one answer per image; "
+            "export it without --whole-image"
         )
-    is_depth = hasattr(head, "min_depth") and hasattr(head, "max_depth")
+    is_depth = task == "depth"
     predictor = Depther(backbone, head) if is_depth else Segmenter(backbone, head)
     head.to(next(backbone.parameters()).device)
     result = export_dense_onnx(

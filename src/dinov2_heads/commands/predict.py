@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dinov2_heads.commands import _common
+from dinov2_heads.commands import _common, _dense_heads
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from dinov2_heads.data import Preprocess
     from dinov2_heads.export import HeadCheckpoint
-    from dinov2_heads.heads import Prediction
+    from dinov2_heads.heads import MultiHead, Prediction
+
+logger = logging.getLogger(__name__)
 
 EXAMPLE = """\
 example:
@@ -50,11 +55,7 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
     parser.add_argument(
         "--batch-size", type=_common.positive_int, default=32, help="images per backbone call"
     )
-    parser.add_argument(
-        "--no-backbone-check",
-        action="store_true",
-        help="do not refuse a backbone whose weights differ from the one the heads were trained on",
-    )
+    _common.add_backbone_check_argument(parser)
     _common.add_on_error_argument(parser)
 
 
@@ -64,20 +65,21 @@ def run(args: argparse.Namespace) -> int:
     from dinov2_heads.data import load_batch
     from dinov2_heads.export import load_heads
     from dinov2_heads.features import FrozenBackbone
+    from dinov2_heads.heads import MultiHead
     from dinov2_heads.progress import Progress
 
     checkpoint = load_heads(args.heads)
-    heads = rebuilt_heads(checkpoint, args.heads)
+    every = _dense_heads.members(rebuilt_heads(checkpoint, args.heads), checkpoint.head_names)
+    left_out = _left_out(args, checkpoint, every)
+    names = [name for name in checkpoint.head_names if name not in left_out]
+    heads = MultiHead({name: every[name] for name in names})
     backbone = _common.load_backbone(args)
-    if not args.no_backbone_check:
-        checkpoint.check_backbone(backbone)
+    _common.check_backbone(args, checkpoint, backbone)
     frozen = FrozenBackbone(backbone, n_last_blocks=blocks_needed(checkpoint, heads))
     heads.to(next(backbone.parameters()).device)
     transform = _transform(args, checkpoint)
     paths = _common.image_paths(args.images)
-    top_k = {
-        name: min(args.top_k, _num_classes(checkpoint, name)) for name in checkpoint.head_names
-    }
+    top_k = {name: min(args.top_k, _num_classes(checkpoint, name)) for name in names}
 
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
@@ -95,29 +97,66 @@ def run(args: argparse.Namespace) -> int:
             skipped += [{"path": str(r.path), "reason": r.reason} for r in batch.skipped]
             with torch.no_grad():
                 features = frozen(batch.images.to(next(backbone.parameters()).device))
-            rows += _rows(batch.paths, _predict(heads, features, checkpoint, top_k))
+            rows += _rows(batch.paths, _predict(heads, features, top_k))
 
     if args.json:
-        print(json.dumps({"predictions": rows, "skipped": skipped}, indent=2, ensure_ascii=False))
+        printed = {"predictions": rows, "skipped": skipped, "left_out": list(left_out.values())}
+        print(json.dumps(printed, indent=2, ensure_ascii=False))
     else:
-        print(_table(rows, checkpoint.head_names))
+        print(_table(rows, names))
         if skipped:
             print(f"skipped {len(skipped)} unreadable image(s), listed in the log")
     return 0
 
 
-def _predict(
-    heads: Any, features: Any, checkpoint: HeadCheckpoint, top_k: Mapping[str, int]
-) -> dict[str, Prediction]:
-    from dinov2_heads.heads import MultiHead, predict
+def _left_out(
+    args: argparse.Namespace, checkpoint: HeadCheckpoint, heads: Mapping[str, nn.Module]
+) -> dict[str, dict[str, str]]:
+    """The segmentation and depth heads, each with the command that runs it; logged.
 
-    if isinstance(heads, MultiHead):
-        return {
-            name: _single(predict(heads[name], features, top_k=top_k[name]))
-            for name in checkpoint.head_names
-        }
-    (name,) = checkpoint.head_names
-    return {name: _single(predict(heads, features, top_k=top_k[name]))}
+    Predict labels whole images. A file of dense heads only is refused with the commands
+    that run them; from a file that also holds classifiers, those are predicted and each
+    dense head is named in a warning (and in the JSON) with its command.
+    """
+    dense = _dense_heads.dense_heads(heads)
+    several = len(heads) > 1
+    commands = {
+        name: _dense_heads.run_command(
+            args, task, name, pick=several, input_size=checkpoint.input_size
+        )
+        for name, task in dense.items()
+    }
+    if dense and len(dense) == len(heads):
+        held = " and ".join(
+            f"{task} head {name!r} ({_dense_heads.ANSWERS[task]})"
+            if several
+            else f"a {task} head ({_dense_heads.ANSWERS[task]})"
+            for name, task in dense.items()
+        )
+        raise ValueError(
+            f"{args.heads} holds {held}: predict labels whole images with classifier heads; "
+            f"run {' and '.join(commands.values())}"
+        )
+    for name, task in dense.items():
+        logger.warning(
+            "left out %s head %r (%s): predict labels whole images; run it with %s",
+            task,
+            name,
+            _dense_heads.ANSWERS[task],
+            commands[name],
+        )
+    return {
+        name: {"head": name, "task": task, "command": commands[name]}
+        for name, task in dense.items()
+    }
+
+
+def _predict(heads: MultiHead, features: Any, top_k: Mapping[str, int]) -> dict[str, Prediction]:
+    from dinov2_heads.heads import predict
+
+    return {
+        name: _single(predict(head, features, top_k=top_k[name])) for name, head in heads.items()
+    }
 
 
 def _single(prediction: Prediction | dict[str, Prediction]) -> Prediction:

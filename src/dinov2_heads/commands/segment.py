@@ -69,6 +69,7 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
     parser.add_argument(
         "--head-name", help="with a save_heads file of several heads: the segmentation head"
     )
+    _common.add_backbone_check_argument(parser)
     _common.add_on_error_argument(parser)
 
 
@@ -176,37 +177,43 @@ def _load_head(
         if labels is not None and labels.num_classes == released.num_classes:
             return head, labels.class_names, labels.palette
         return head, _numbered(released.num_classes), _palette(released.num_classes)
-    return _saved_head(args)
+    return _saved_head(args, backbone)
 
 
 def _saved_head(
-    args: argparse.Namespace,
+    args: argparse.Namespace, backbone: nn.Module
 ) -> tuple[nn.Module, tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    """The one segmentation head of a save_heads file, checked against the backbone."""
     from torch import nn
 
     from dinov2_heads.export import load_heads
-    from dinov2_heads.heads import LinearSegmentationHead
+    from dinov2_heads.training import dense_task
 
-    heads = load_heads(args.heads).heads
-    candidates: dict[str, nn.Module] = {}
-    if isinstance(heads, LinearSegmentationHead):
-        candidates = {"": heads}
-    elif isinstance(heads, nn.ModuleDict):
-        candidates = {
-            name: head for name, head in heads.items() if isinstance(head, LinearSegmentationHead)
-        }
+    saved = load_heads(args.heads)
+    _common.check_backbone(args, saved, backbone)
+    heads = saved.heads
+    if heads is None:
+        raise ValueError(
+            f"{args.heads} holds heads this library cannot rebuild; load them in Python with "
+            "load_heads(...).load_into(your_module)"
+        )
+    members = dict(heads.items()) if isinstance(heads, nn.ModuleDict) else {"": heads}
+    candidates = {
+        name: head for name, head in members.items() if dense_task(head) == "segmentation"
+    }
     if args.head_name is not None:
         candidates = {k: v for k, v in candidates.items() if k == args.head_name}
     if len(candidates) != 1:
         found = ", ".join(repr(name) for name in candidates) or "none"
+        held = ", ".join(f"{name or 'head'}: {type(h).__name__}" for name, h in members.items())
         raise ValueError(
-            f"{args.heads} must hold exactly one LinearSegmentationHead (found: {found}); "
-            "give a released head file, or pick one with --head-name"
+            f"{args.heads} must hold exactly one segmentation head (found: {found}; the file "
+            f"holds {held}); give a released head file, or pick one with --head-name"
         )
     head = next(iter(candidates.values()))
-    assert isinstance(head, LinearSegmentationHead)
-    names = head.class_names or _numbered(head.num_classes)
-    return head, tuple(names), _palette(head.num_classes)
+    classes = int(getattr(head, "num_classes"))  # noqa: B009
+    names = getattr(head, "class_names", None) or _numbered(classes)
+    return head, tuple(names), _palette(classes)
 
 
 def _label_set(num_classes: int) -> Any:

@@ -20,6 +20,7 @@ from dinov2_heads.atomic import atomic_path
 from dinov2_heads.dense import Depther, Segmenter
 from dinov2_heads.export.heads_checkpoint import head_specs
 from dinov2_heads.export.onnx_input_checks import add_input_checks
+from dinov2_heads.export.output_layout import OutputLayout, describe_outputs, single_output_name
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.fingerprint import weights_fingerprint
 from dinov2_heads.heads import MultiHead
@@ -28,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 #: Name of the graph input.
 INPUT_NAME = "images"
-#: Name of the output of a single head (a :class:`MultiHead` names each output after its head).
+#: Name of the output of a single classifier or segmentation head (a :class:`MultiHead` names
+#: each output after its head; a single depth head's output is ``depth``).
 SINGLE_OUTPUT = "logits"
 #: Default ONNX opset: 18 is read by onnxruntime >= 1.14 and current TensorRT.
 DEFAULT_OPSET = 18
@@ -45,7 +47,8 @@ class OnnxExport:
     Attributes:
         path: The ``.onnx`` file.
         input_name: ``"images"``: float (B, 3, H, W), normalised like the training images.
-        output_names: One per head, in order (the head names of a MultiHead, else ``logits``).
+        output_names: One per head, in order (the head names of a MultiHead, else ``logits``,
+            or ``depth`` for a depth head).
         dynamic_batch: Whether B may be any size.
         dynamic_size: Whether H and W may be any multiples of the patch size (from 2 patches).
         input_size: The fixed (H, W) when not ``dynamic_size``, else the size traced with.
@@ -53,6 +56,11 @@ class OnnxExport:
         max_abs_diff: Largest |onnxruntime - PyTorch| per output over the checked shapes, or
             ``None`` when not verified.
         checked_shapes: The input shapes the verification ran.
+        output_layouts: What each output holds and its shape, by output name
+            (:class:`~dinov2_heads.export.OutputLayout`: ``logits (B, K)``, ``logits (B, K, h,
+            w)``, ``depth in metres (B, 1, 4h, 4w)``, ...); empty for
+            :func:`~dinov2_heads.export.export_dense_onnx`, whose one output the metadata's
+            ``predictor`` describes.
     """
 
     path: Path
@@ -64,10 +72,14 @@ class OnnxExport:
     opset: int
     max_abs_diff: dict[str, float] | None = None
     checked_shapes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    output_layouts: dict[str, OutputLayout] = field(default_factory=dict)
 
 
 class ExportGraph(nn.Module):
-    """The exported computation: images (B, 3, H, W) -> one tensor (B, K) per head.
+    """The exported computation: images (B, 3, H, W) -> one tensor per head.
+
+    Each head's own output: logits (B, K) of a classifier, logits (B, K, h, w) of a
+    segmentation head, depth (B, 1, ...) of a depth head on its own grid.
 
     Runs :class:`~dinov2_heads.features.FrozenBackbone`'s own forward (weights' dtype, float32
     features) on the same backbone, uncompiled: ``torch.compile`` has no place in an exported
@@ -82,11 +94,18 @@ class ExportGraph(nn.Module):
         )
         self.heads = heads
         self.output_names = (
-            tuple(heads.keys()) if isinstance(heads, MultiHead) else (SINGLE_OUTPUT,)
+            tuple(heads.keys()) if isinstance(heads, MultiHead) else (single_output_name(heads),)
         )
 
+    @property
+    def named_heads(self) -> dict[str, nn.Module]:
+        """The head behind each output, in ``output_names`` order."""
+        if isinstance(self.heads, MultiHead):
+            return {name: self.heads[name] for name in self.output_names}
+        return {self.output_names[0]: self.heads}
+
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        """(B, 3, H, W) -> one (B, K) tensor per head."""
+        """(B, 3, H, W) -> one tensor per head (see the class)."""
         outputs = self.heads(self.frozen(images))
         if isinstance(outputs, Mapping):
             return tuple(outputs[name] for name in self.output_names)
@@ -110,14 +129,20 @@ def export_onnx(
 
     The graph takes ``images`` (B, 3, H, W) in the dtype of the frozen weights and returns one
     output per head (named after the heads of a :class:`~dinov2_heads.heads.MultiHead`,
-    ``logits`` for a single head). The position embeddings are resized inside the graph
-    exactly as in PyTorch (the official bicubic resize, see ``docs/deployment.md``), so one
-    graph serves every input size when ``dynamic_size``; heads built for one patch grid (such
-    as :class:`~dinov2_heads.heads.Conv1dNeck`) need a fixed size. A dynamic graph refuses, at
-    run time, an H or W that is not a multiple of the patch size, as PyTorch does; with
-    ``check_finite`` it also refuses images with NaN or infinite pixels. The file's metadata
-    records the input size, whether H/W are dynamic, the patch size, the head names, types,
-    configurations and class names, and the backbone variant and fingerprint.
+    ``logits`` for a single head, ``depth`` for a single depth head): what each head returns,
+    logits (B, K) of a classifier, logits (B, K, h, w) on the patch grid of a segmentation head,
+    depth in metres (B, 1, 4h, 4w) of a ``LinearDepthHead`` (about 16h x 16w for a
+    ``DPTDepthHead``). Each output's declared shape uses the input's dimension names (``batch``,
+    ``grid_h``, ``grid_w``) and its doc string says what it holds. The position embeddings are
+    resized inside the graph exactly as in PyTorch (the official bicubic resize, see
+    ``docs/deployment.md``), so one graph serves every input size when ``dynamic_size``; heads
+    built for one patch grid (such as :class:`~dinov2_heads.heads.Conv1dNeck`) need a fixed
+    size. A dynamic graph refuses, at run time, an H or W that is not a multiple of the patch
+    size, as PyTorch does; with ``check_finite`` it also refuses images with NaN or infinite
+    pixels. The file's metadata records the input size, whether H/W are dynamic, the patch size,
+    the head names, types, configurations and class names, each output's layout
+    (``output_layouts``: task, quantity, shape, description), and the backbone variant and
+    fingerprint.
 
     With ``verify`` the file is run by onnxruntime on CPU and compared with PyTorch at two batch
     sizes (when ``dynamic_batch``) and two image sizes (when ``dynamic_size``).
@@ -153,11 +178,21 @@ def export_onnx(
     target = Path(path)
     with _eval_mode(heads), _quiet_exporter():
         program = _trace(graph, size, dynamic_batch, dynamic, opset)
+        layouts = describe_outputs(program, graph.named_heads, patch)
         checks = add_input_checks(
             program.model.graph, patch_size=patch, size=dynamic, finite=check_finite
         )
         program.model.metadata_props.update(
-            _metadata(graph.frozen, graph.output_names, heads, size, dynamic, dynamic_batch, checks)
+            _metadata(
+                graph.frozen,
+                graph.output_names,
+                heads,
+                size,
+                dynamic,
+                dynamic_batch,
+                checks,
+                output_layouts={name: layout.to_dict() for name, layout in layouts.items()},
+            )
         )
         _save_atomically(program, target)
     logger.info(
@@ -175,6 +210,7 @@ def export_onnx(
         dynamic_size=dynamic,
         input_size=size,
         opset=opset,
+        output_layouts=layouts,
     )
     return _verified(result, graph, patch, atol) if verify else result
 

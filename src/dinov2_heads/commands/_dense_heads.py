@@ -1,0 +1,83 @@
+"""The heads of a heads file that answer per pixel, and the command line that runs each.
+
+``predict`` labels whole images; a segmentation or depth head runs through ``dinov2-heads
+segment`` or ``dinov2-heads depth`` instead. What a head does is read from the head registry
+(:func:`~dinov2_heads.training.dense_task`), never from its class here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from dinov2_heads.training import DenseTask
+
+#: The command that runs each kind of dense head on images.
+COMMANDS: dict[str, str] = {"segmentation": "segment", "depth": "depth"}
+#: What each kind of dense head gives, for messages.
+ANSWERS: dict[str, str] = {"segmentation": "a class per pixel", "depth": "depth per pixel"}
+
+
+def members(heads: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
+    """The heads of a heads file by name: those of a ``MultiHead``, else the one head.
+
+    Args:
+        heads: What :func:`~dinov2_heads.export.load_heads` rebuilt.
+        names: The file's head names (``HeadCheckpoint.head_names``; ``("head",)`` for one).
+    """
+    from dinov2_heads.heads import MultiHead
+
+    if isinstance(heads, MultiHead):
+        return {name: heads[name] for name in names}
+    (name,) = names
+    return {name: heads}
+
+
+def dense_heads(heads: Mapping[str, nn.Module]) -> dict[str, DenseTask]:
+    """The segmentation and depth heads among ``heads``, with the task of each, in order."""
+    from dinov2_heads.training import dense_task
+
+    tasks = {name: dense_task(head) for name, head in heads.items()}
+    return {name: task for name, task in tasks.items() if task is not None}
+
+
+def run_command(
+    args: argparse.Namespace,
+    task: DenseTask,
+    name: str,
+    *,
+    pick: bool,
+    input_size: tuple[int, int] | None,
+) -> str:
+    """The ``segment`` / ``depth`` command line that runs head ``name`` of ``args.heads``.
+
+    It keeps the user's heads file, checkpoint, ``--variant``, ``--device`` and images, and
+    the size the heads were trained at (``--size``, else ``input_size``) as ``train``
+    advises; the output folder is named after the head (or its task for a file of one head).
+
+    Args:
+        args: The parsed options of a command with ``--heads``, the backbone options and
+            ``images`` (``predict``).
+        task: The head's task.
+        name: The head's name in the file.
+        pick: Add ``--head-name name`` (the file holds several heads).
+        input_size: The (H, W) the heads were trained at, or ``None``.
+    """
+    words = ["dinov2-heads", COMMANDS[task], "--heads", str(args.heads)]
+    if pick:
+        words += ["--head-name", name]
+    words += ["--checkpoint", str(args.checkpoint)]
+    if getattr(args, "variant", None) is not None:
+        words += ["--variant", args.variant]
+    if getattr(args, "device", "auto") != "auto":
+        words += ["--device", args.device]
+    size = tuple(args.size) if getattr(args, "size", None) is not None else input_size
+    if size is not None:
+        words += ["--size", str(size[0]), str(size[1])]
+    words += ["--out", name if pick else task, *map(str, args.images)]
+    return shlex.join(words)
