@@ -12,11 +12,12 @@ from dinov2_heads.layers.dpt.residual_conv_unit import PreActResidualConvUnit
 class FeatureFusionBlock(nn.Module):
     """Add a refined skip map, refine again, upsample 2x, project with a 1x1 convolution.
 
-    ``x = x + res_conv_unit1(skip)`` (the skip resized bilinearly to x's size first when they
-    differ, ``align_corners=False``), ``x = res_conv_unit2(x)``, then a 2x bilinear upsampling
-    with ``align_corners=True`` and the 1x1 ``project`` convolution. The first fusion block of
-    a DPT decoder has no skip, hence no ``res_conv_unit1`` (``with_skip=False``), as in the
-    official head whose ``fusion_blocks[0].res_conv_unit1`` is ``None``.
+    ``x = x + res_conv_unit1(skip)`` (the skip resized bilinearly to x's size first,
+    ``align_corners=False``: a copy when the sizes agree), ``x = res_conv_unit2(x)``, then a
+    2x bilinear upsampling with ``align_corners=True`` and the 1x1 ``project`` convolution. The
+    first fusion block of a DPT decoder has no skip, hence no ``res_conv_unit1``
+    (``with_skip=False``), as in the official head whose ``fusion_blocks[0].res_conv_unit1`` is
+    ``None``.
 
     Args:
         channels: C of both inputs and of the output.
@@ -39,8 +40,10 @@ class FeatureFusionBlock(nn.Module):
                 raise ValueError(
                     "this fusion block was built with with_skip=False and takes no skip map"
                 )
-            if skip.shape != x.shape:
-                skip = F.interpolate(skip, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            # Always resized, an exact copy at equal sizes: a branch on the sizes would be fixed
+            # by torch.export to the traced grid's parity, and the exported graph would fail at
+            # grids of the other parity.
+            skip = F.interpolate(skip, size=x.shape[-2:], mode="bilinear", align_corners=False)
             x = x + self.res_conv_unit1(skip)
         x = self.res_conv_unit2(x)
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
