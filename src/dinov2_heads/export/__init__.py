@@ -10,12 +10,14 @@ from dinov2_heads.export.onnx import (
     read_onnx_metadata,
     verify_onnx,
 )
+from dinov2_heads.export.output_layout import OutputLayout
 
 __all__ = [
     "DenseExportGraph",
     "ExportGraph",
     "HeadCheckpoint",
     "OnnxExport",
+    "OutputLayout",
     "atomic_path",
     "atomic_write_bytes",
     "export_dense_onnx",
