@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from dinov2_heads import create_backbone
@@ -74,6 +74,13 @@ def cut(store: FeatureStore, *names: str) -> None:
         (store.path / store.layout.arrays[name].file).write_bytes(b"")
 
 
+class OwnHead(nn.Module):
+    """A head of one's own that declares no parts: everything is read for it."""
+
+    def forward(self, features: Features) -> Tensor:
+        return features.class_token
+
+
 def test_the_store_holds_every_part(store: FeatureStore) -> None:
     assert store.keep == TOKEN_ARRAYS
     assert store.layout.blocks == ((0, False), (1, False), (2, False), (3, False))
@@ -128,10 +135,14 @@ def test_what_each_head_type_reads(store: FeatureStore) -> None:
     depth = read(HEADS["LinearDepthHead"]())
     assert depth.patch_tokens is None
     assert sorted(depth.blocks) == [(1, False), (3, False)]
-    neck = read(HEADS["Conv1dNeck"]())  # declares nothing: everything
+    neck = read(HEADS["Conv1dNeck"]())  # the last block's patch tokens and the class token
     assert neck.patch_tokens is not None
-    assert neck.register_tokens is not None
-    assert sorted(neck.blocks) == list(store.layout.blocks)
+    assert neck.register_tokens is None
+    assert dict(neck.blocks) == {}
+    own = read(OwnHead())  # declares nothing: everything
+    assert own.patch_tokens is not None
+    assert own.register_tokens is not None
+    assert sorted(own.blocks) == list(store.layout.blocks)
 
 
 def test_a_multi_head_reads_what_any_of_its_heads_reads(store: FeatureStore) -> None:
@@ -141,7 +152,9 @@ def test_a_multi_head_reads_what_any_of_its_heads_reads(store: FeatureStore) -> 
     parts = store.parts_for(pooled_and_depth)
     assert parts == FeatureParts(("class_tokens", "patch_mean"), ((1, False), (3, False)))
     nested = MultiHead({"inner": MultiHead({"neck": HEADS["Conv1dNeck"]()})})
-    assert store.parts_for(nested) is None
+    assert store.parts_for(nested) == FeatureParts(("class_tokens", "patch_mean", "patch_tokens"))
+    with_own = MultiHead({"inner": MultiHead({"own": OwnHead()}), "brand": LinearHead(D, 2)})
+    assert store.parts_for(with_own) is None
     heads = every_head().eval()
     rows = [4, 9, 2]
     everything = store.features(rows)
@@ -257,10 +270,10 @@ def test_heads_given_parts_they_lack_fail_clearly(store: FeatureStore) -> None:
 
 
 def test_explicit_parts_win_over_heads(store: FeatureStore) -> None:
-    dataset = FeatureDataset(store, heads=HEADS["Conv1dNeck"](), parts="pooled")
+    dataset = FeatureDataset(store, heads=OwnHead(), parts="pooled")
     assert dataset.parts == FeatureParts()
     assert FeatureDataset(store).parts is None
-    assert FeatureDataset(store, heads=HEADS["Conv1dNeck"]()).parts is None
+    assert FeatureDataset(store, heads=OwnHead()).parts is None
     narrowed = FeatureDataset(store, label="label", return_ids=True).for_heads(LinearHead(D, 2))
     assert narrowed.parts == FeatureParts()
     assert narrowed.label == "label"

@@ -69,7 +69,7 @@ class FeatureDataset(Dataset[Any]):
             (``FeatureStore.parts_for``): for linear heads, the class tokens and the mean
             patch token, not the patch tokens or the chosen blocks; another head given the
             items raises a ``ValueError`` if it needs a part left out. A head that does not
-            declare what it reads (``Conv1dNeck``, your own) has everything read.
+            declare what it reads (your own) has everything read.
         parts: Read only these parts (as for ``FeatureStore.features``, such as
             ``"pooled"``), whatever ``heads`` read; ``None`` reads what ``heads`` read, or
             everything without ``heads``.

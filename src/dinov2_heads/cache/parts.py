@@ -15,8 +15,8 @@ What heads read is what they already declare for :meth:`FrozenBackbone.for_heads
   ``Features.block`` / ``block_map``;
 - ``feature_parts``: the names of the token arrays (``Features`` fields) the head reads; the
   classifiers on pooled tokens (``LinearHead``, ``LinearProbeGrid``) declare
-  ``("class_tokens", "patch_mean")``;
-- a head that declares neither (``Conv1dNeck``, your own) may read anything: everything is read.
+  ``("class_tokens", "patch_mean")``, ``Conv1dNeck`` ``("class_tokens", "patch_tokens")``;
+- a head that declares neither (your own) may read anything: everything is read.
 """
 
 from __future__ import annotations

@@ -486,8 +486,8 @@ class FeatureStore:
 
         Heads declare them as for ``FrozenBackbone.for_heads``: ``required_blocks(depth)``
         (dense heads) and ``feature_parts`` (``LinearHead``: the pooled tokens); a head that
-        declares neither (``Conv1dNeck``, your own) may read anything, and then everything
-        is read. See :func:`~dinov2_heads.cache.parts.parts_for_heads`.
+        declares neither (your own) may read anything, and then everything is read. See
+        :func:`~dinov2_heads.cache.parts.parts_for_heads`.
         """
         return parts_for_heads(heads, self.depth)
 

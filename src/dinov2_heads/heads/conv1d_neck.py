@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -60,6 +60,11 @@ class Conv1dNeck(ClassNamesMixin):
         >>> neck.num_patches
         162
     """
+
+    #: The ``Features`` fields it reads (the last block's patch tokens and class token): a
+    #: feature store read for it (``FeatureDataset(store, heads=head)``) reads no register
+    #: tokens or chosen blocks.
+    feature_parts: ClassVar[tuple[str, ...]] = ("class_tokens", "patch_tokens")
 
     def __init__(
         self,
