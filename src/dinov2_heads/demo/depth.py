@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from dinov2_heads.atomic import atomic_write_bytes
 from dinov2_heads.demo.depth_pairs import SyntheticDepthPairs
 from dinov2_heads.demo.fog import FOG_DISTANCE
+from dinov2_heads.demo.labelled_features import labelled_features
 from dinov2_heads.demo.street_depth import FAR_DEPTH
 from dinov2_heads.demo.synthetic import SyntheticVehicles
 from dinov2_heads.features import Features, FrozenBackbone
@@ -167,9 +168,9 @@ def run_depth_demo(
             f"train a LinearDepthHead on the frozen tokens, {num_heldout} held out"
         )
         tick = time.perf_counter()
-        train_features, train_depths = _extract(frozen, pairs, range(num_train), progress)
+        train_features, train_depths = labelled_features(frozen, pairs, range(num_train), progress)
         held = range(num_train, num_train + num_heldout)
-        held_features, held_depths = _extract(frozen, pairs, held, progress)
+        held_features, held_depths = labelled_features(frozen, pairs, held, progress)
         seconds["features"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
@@ -223,22 +224,6 @@ def patch_depths(depths: Tensor, grid: tuple[int, int]) -> Tensor:
     share = F.adaptive_avg_pool2d(valid, grid)
     mean_log = F.adaptive_avg_pool2d(logs, grid) / share.clamp(min=1e-12)
     return torch.where(share > 0, mean_log.exp(), torch.zeros(()))
-
-
-def _extract(
-    frozen: FrozenBackbone, pairs: SyntheticDepthPairs, indices: range, progress: bool
-) -> tuple[Features, Tensor]:
-    """The features and the depth maps (B, 1, H, W) of ``indices``."""
-    features, depths = [], []
-    device = next(frozen.parameters()).device
-    with Progress(len(indices), "extracting features", enabled=progress) as bar:
-        for start in range(indices.start, indices.stop, 32):
-            batch = [pairs[i] for i in range(start, min(start + 32, indices.stop))]
-            images = torch.stack([image for image, _ in batch]).to(device)
-            features.append(frozen(images).to(torch.device("cpu")))
-            depths.append(torch.stack([depth for _, depth in batch]))
-            bar.update(len(batch))
-    return Features.cat(features), torch.cat(depths)
 
 
 def _train(

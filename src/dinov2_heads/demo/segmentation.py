@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from dinov2_heads.atomic import atomic_write_bytes
 from dinov2_heads.demo.drawing import PART_PALETTE, PARTS
+from dinov2_heads.demo.labelled_features import labelled_features
 from dinov2_heads.demo.synthetic import SyntheticVehicles
 from dinov2_heads.dense.segmentation_loss import segmentation_loss
 from dinov2_heads.dense.segmentation_metrics import SegmentationMetrics, SegmentationScores
@@ -137,9 +138,10 @@ def run_parts_demo(
             f"train a LinearSegmentationHead on the frozen patch tokens, {num_heldout} held out"
         )
         tick = time.perf_counter()
-        train_features, train_masks = _extract(frozen, vehicles, range(num_train), progress)
-        held_features, held_masks = _extract(
-            frozen, vehicles, range(num_train, num_train + num_heldout), progress
+        parts = vehicles.parts()
+        train_features, train_masks = labelled_features(frozen, parts, range(num_train), progress)
+        held_features, held_masks = labelled_features(
+            frozen, parts, range(num_train, num_train + num_heldout), progress
         )
         seconds["features"] = time.perf_counter() - tick
 
@@ -179,22 +181,6 @@ def run_parts_demo(
         text = json.dumps(results.to_dict(), indent=2) + "\n"
         atomic_write_bytes(files["results"], text.encode("utf-8"))
     return results
-
-
-def _extract(
-    frozen: FrozenBackbone, vehicles: SyntheticVehicles, indices: range, progress: bool
-) -> tuple[Features, Tensor]:
-    parts = vehicles.parts()
-    features, masks = [], []
-    with Progress(len(indices), "extracting features", enabled=progress) as bar:
-        for start in range(indices.start, indices.stop, 32):
-            batch = [parts[i] for i in range(start, min(start + 32, indices.stop))]
-            images = torch.stack([image for image, _ in batch])
-            device = next(frozen.parameters()).device
-            features.append(frozen(images.to(device)).to(torch.device("cpu")))
-            masks.append(torch.stack([mask for _, mask in batch]))
-            bar.update(len(batch))
-    return Features.cat(features), torch.cat(masks)
 
 
 def _upsample(logits: Tensor, size: torch.Size | tuple[int, ...]) -> Tensor:
