@@ -322,7 +322,10 @@ def test_the_export_command_refuses_heads_without_pixels(
     save_heads(tmp_path / "linear.pt", LinearHead(64, 3), backbone=frozen)
     multi = MultiHead({"a": LinearDepthHead(64), "b": LinearDepthHead(64)})
     save_heads(tmp_path / "multi.pt", multi, backbone=FrozenBackbone.for_heads(backbone, multi))
-    for name, message in (("linear.pt", "one answer per image"), ("multi.pt", "holds 2 (a, b)")):
+    for name, message in (
+        ("linear.pt", "holds a LinearHead, which gives one answer per image"),
+        ("multi.pt", "exactly one depth or segmentation head (found: 'a', 'b';"),
+    ):
         argv = ["export", "--heads", str(tmp_path / name), "--whole-image"]
         argv += ["--checkpoint", str(tmp_path / "backbone.pth"), "--out", str(tmp_path / "x.onnx")]
         assert main(argv) == 1

@@ -21,6 +21,13 @@ if TYPE_CHECKING:
 COMMANDS: dict[str, str] = {"segmentation": "segment", "depth": "depth"}
 #: What each kind of dense head gives, for messages.
 ANSWERS: dict[str, str] = {"segmentation": "a class per pixel", "depth": "depth per pixel"}
+#: The file to give instead when a heads file does not hold one head of a kind (``None``:
+#: either kind), for messages.
+REMEDIES: dict[str | None, str] = {
+    "segmentation": "give a released head file",
+    "depth": "give a file with one LinearDepthHead or DPTDepthHead",
+    None: "give a file with one depth or segmentation head",
+}
 
 
 def members(heads: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
@@ -44,6 +51,53 @@ def dense_heads(heads: Mapping[str, nn.Module]) -> dict[str, DenseTask]:
 
     tasks = {name: dense_task(head) for name, head in heads.items()}
     return {name: task for name, task in tasks.items() if task is not None}
+
+
+def pick_dense_head(
+    heads: nn.Module, file: object, head_name: str | None, task: DenseTask | None = None
+) -> tuple[str, nn.Module]:
+    """The one dense head of a save_heads file, as ``segment``, ``depth`` and ``export
+    --whole-image`` choose it: ``head_name`` picks it among several.
+
+    Without ``head_name`` the file must hold exactly one head of the task (classifiers beside
+    it are left alone); with it, the head of that name, which must be of the task.
+
+    Args:
+        heads: What :func:`~dinov2_heads.export.load_heads` rebuilt: a ``MultiHead`` or one
+            head.
+        file: The heads file, for messages.
+        head_name: ``--head-name``, or ``None``.
+        task: ``"segmentation"``, ``"depth"``, or ``None`` for either.
+
+    Returns:
+        (the head's name in the file, ``""`` for a file of one head; the head).
+
+    Raises:
+        ValueError: No such head, or several without ``head_name``; the message lists the
+            file's heads.
+    """
+    from torch import nn
+
+    from dinov2_heads.training import dense_task
+
+    members = dict(heads.items()) if isinstance(heads, nn.ModuleDict) else {"": heads}
+    tasks = {name: dense_task(head) for name, head in members.items()}
+    candidates = {
+        name: head
+        for name, head in members.items()
+        if (tasks[name] == task if task is not None else tasks[name] is not None)
+    }
+    if head_name is not None:
+        candidates = {name: head for name, head in candidates.items() if name == head_name}
+    if len(candidates) != 1:
+        found = ", ".join(repr(name) for name in candidates) or "none"
+        held = ", ".join(f"{name or 'head'}: {type(h).__name__}" for name, h in members.items())
+        kind = f"{task} head" if task is not None else "depth or segmentation head"
+        raise ValueError(
+            f"{file} must hold exactly one {kind} (found: {found}; the file holds {held}); "
+            f"{REMEDIES[task]}, or pick one with --head-name"
+        )
+    return next(iter(candidates.items()))
 
 
 def run_command(

@@ -12,6 +12,7 @@ example:
   dinov2-heads export --heads trained/heads.pt --checkpoint dinov2_vits14_pretrain.pth
   dinov2-heads export --heads heads.pt --checkpoint backbone.pth --size 224 224 --out model.onnx
   dinov2-heads export --heads depth.pt --checkpoint backbone.pth --whole-image --out depther.onnx
+  dinov2-heads export --heads heads.pt --checkpoint backbone.pth --whole-image --head-name depth
 
 One graph from images (B, 3, H, W), normalised as in training, to the output of every head
 (one per head, named after it): logits (B, K) of a classifier, logits (B, K, h, w) on the
@@ -19,8 +20,11 @@ patch grid of a segmentation head (h = H/14, w = W/14), depth in metres (B, 1, 4
 linear depth head; the command prints each output's shape. Batch size and image size stay
 free unless a head is built for one patch grid (Conv1dNeck), which fixes the size to the one
 the heads were trained at. The file is run by onnxruntime and compared with PyTorch before
-the command says it is done. Needs the ONNX packages: pip install 'dinov2-heads[export]', or
-from a checkout of the repository pip install -e '.[export]'.
+the command says it is done, on grids of an odd and an even number of patches each way.
+--whole-image turns one depth or segmentation head into a whole Depther or Segmenter that
+takes images of any size; from a file of several heads it takes the one dense head, or the
+one --head-name names, as segment and depth do. Needs the ONNX packages: pip install
+'dinov2-heads[export]', or from a checkout of the repository pip install -e '.[export]'.
 """
 
 
@@ -51,10 +55,16 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
     parser.add_argument(
         "--whole-image",
         action="store_true",
-        help="for a single depth or segmentation head: export the whole Depther or Segmenter "
+        help="for a depth or segmentation head (the file's one, or --head-name's): export "
+        "the whole Depther or Segmenter "
         "(centre padding, head, depth clamp, resize to the input size, softmax), a graph that "
         "takes images of any size and returns per-pixel depth in metres or class "
         "probabilities at that size",
+    )
+    parser.add_argument(
+        "--head-name",
+        help="with --whole-image and a heads file of several heads: the depth or segmentation "
+        "head to export (needed when the file holds more than one)",
     )
     parser.add_argument("--opset", type=_common.positive_int, default=18, help="ONNX opset")
     parser.add_argument(
@@ -75,6 +85,12 @@ def _run(args: argparse.Namespace) -> int:
     from dinov2_heads.export import export_onnx, load_heads
     from dinov2_heads.features import FrozenBackbone
 
+    if args.head_name is not None and not args.whole_image:
+        raise ValueError(
+            f"--head-name picks the head of a --whole-image graph; without --whole-image every "
+            f"head of {args.heads} is exported. Add --whole-image to export head "
+            f"{args.head_name!r} as a whole Depther or Segmenter, or leave out --head-name"
+        )
     checkpoint = load_heads(args.heads)
     heads = rebuilt_heads(checkpoint, args.heads)
     backbone = _common.load_backbone(args)
@@ -112,8 +128,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _whole_image(args: argparse.Namespace, head: Any, backbone: Any) -> int:
-    """Export a single dense head as the whole Depther or Segmenter around it."""
+def _whole_image(args: argparse.Namespace, heads: Any, backbone: Any) -> int:
+    """Export one dense head of the file as the whole Depther or Segmenter around it."""
+    from dinov2_heads.commands._dense_heads import dense_heads, pick_dense_head
     from dinov2_heads.dense import Depther, Segmenter
     from dinov2_heads.export import export_dense_onnx
     from dinov2_heads.heads import MultiHead
@@ -124,18 +141,22 @@ def _whole_image(args: argparse.Namespace, head: Any, backbone: Any) -> int:
             "--whole-image graphs take any image size; leave out --fixed-size (--size only "
             "sets the size to trace with)"
         )
-    if isinstance(head, MultiHead):
-        raise ValueError(
-            f"--whole-image exports one depth or segmentation head, {args.heads} holds "
-            f"{len(head)} ({', '.join(head.keys())}); save the dense head in a file of its own"
+    several = isinstance(heads, MultiHead)
+    if not dense_heads(dict(heads.items()) if several else {"head": heads}):
+        held = (
+            f"{len(heads)} heads ("
+            + ", ".join(f"{name}: {type(head).__name__}" for name, head in heads.items())
+            + "), which give"
+            if several
+            else f"a {type(heads).__name__}, which gives"
         )
-    task = dense_task(head)
-    if task is None:
         raise ValueError(
             f"--whole-image exports a depth or segmentation head (a type in DENSE_TASKS), "
-            f"{args.heads} holds a {type(head).__name__}, which gives one answer per image; "
-            "export it without --whole-image"
+            f"{args.heads} holds {held} one answer per image; export it without --whole-image"
         )
+    # As segment and depth choose: the one dense head, or the one --head-name names.
+    name, head = pick_dense_head(heads, args.heads, args.head_name)
+    task = dense_task(head)
     is_depth = task == "depth"
     predictor = Depther(backbone, head) if is_depth else Segmenter(backbone, head)
     head.to(next(backbone.parameters()).device)
@@ -147,14 +168,16 @@ def _whole_image(args: argparse.Namespace, head: Any, backbone: Any) -> int:
         verify=not args.no_verify,
     )
     batch = "any batch size" if result.dynamic_batch else "batch size 1"
-    (name,) = result.output_names
+    (output,) = result.output_names
     what = "depth in metres (B, 1, H, W)" if is_depth else "class probabilities (B, K, H, W)"
     print(f"wrote {result.path}")
+    if several:
+        print(f"  head    {name}: {type(head).__name__}, one of the {len(heads)} in {args.heads}")
     print(f"  input   {result.input_name}: float (B, 3, H, W), normalised; any H, W, {batch}")
-    print(f"  output  {name}: {what} at the input size")
+    print(f"  output  {output}: {what} at the input size")
     if result.max_abs_diff is not None:
         print(
             f"  checked with onnxruntime on {len(result.checked_shapes)} input shape(s): largest "
-            f"difference from PyTorch {result.max_abs_diff[name]:.1e}"
+            f"difference from PyTorch {result.max_abs_diff[output]:.1e}"
         )
     return 0
