@@ -184,7 +184,8 @@ def export_dense_onnx(
 
     With ``verify`` the file is run by onnxruntime on CPU and compared with the PyTorch
     predictor at batch sizes 1 and 3 (when ``dynamic_batch``) and at two image sizes: the
-    traced one and one of another aspect ratio with an odd padding.
+    traced one and one of another aspect ratio whose padded patch grid and padding are both
+    of the other parity on each side (odd padding after an even one, even after odd).
 
     Args:
         predictor: A :class:`~dinov2_heads.dense.Depther` or
@@ -213,7 +214,8 @@ def export_dense_onnx(
     Raises:
         TypeError: ``predictor`` is not a ``Depther`` or ``Segmenter``.
         ValueError: Slide mode, flip or scales; a bad output or size; the head's own error.
-        RuntimeError: The verification found a larger difference than ``atol``.
+        RuntimeError: The verification found a larger difference than ``atol``, or
+            onnxruntime could not run the graph at a checked size (the message names it).
     """
     chosen = check_exportable(predictor, output)
     _check_arguments(predictor.frozen, predictor.head, opset, verify)
@@ -269,6 +271,9 @@ def verify_dense_onnx(
 
     ``images`` (B, 3, H, W) of any size; PyTorch runs ``predictor`` (its ``logits`` when the
     file returns logits) in eval mode. Needs the ``export`` extra.
+
+    Raises:
+        RuntimeError: onnxruntime could not run the file on ``images`` that PyTorch runs.
     """
     output = read_onnx_metadata(path).get("predictor", {}).get("output")
     graph = DenseExportGraph(predictor, check_exportable(predictor, output))

@@ -55,7 +55,8 @@ class OnnxExport:
         opset: The ONNX opset.
         max_abs_diff: Largest |onnxruntime - PyTorch| per output over the checked shapes, or
             ``None`` when not verified.
-        checked_shapes: The input shapes the verification ran.
+        checked_shapes: The input shapes the verification ran (for a dynamic size, patch grids
+            of both parities on each side).
         output_layouts: What each output holds and its shape, by output name
             (:class:`~dinov2_heads.export.OutputLayout`: ``logits (B, K)``, ``logits (B, K, h,
             w)``, ``depth in metres (B, 1, 4h, 4w)``, ...); empty for
@@ -145,7 +146,10 @@ def export_onnx(
     fingerprint.
 
     With ``verify`` the file is run by onnxruntime on CPU and compared with PyTorch at two batch
-    sizes (when ``dynamic_batch``) and two image sizes (when ``dynamic_size``).
+    sizes (when ``dynamic_batch``) and, when ``dynamic_size``, at two image sizes: the traced
+    one and one a patch taller and a patch narrower, so each side runs an odd and an even
+    number of patches (a head that branches on tensor sizes keeps the traced size's branch in
+    the graph, which then fails or differs at the other parity).
 
     Args:
         frozen: The :class:`~dinov2_heads.features.FrozenBackbone` the heads read.
@@ -169,7 +173,8 @@ def export_onnx(
     Raises:
         ValueError: Bad sizes, ``dynamic_size=True`` with a fixed-grid head, or heads that
             cannot read the backbone's features (the head's own message).
-        RuntimeError: The verification found a larger difference than ``atol``.
+        RuntimeError: The verification found a larger difference than ``atol``, or
+            onnxruntime could not run the graph at a checked size (the message names it).
     """
     _check_arguments(frozen, heads, opset, verify)
     patch = frozen.patch_size
@@ -324,6 +329,9 @@ def verify_onnx(
 
     PyTorch runs ``heads(frozen(images))`` in eval mode; onnxruntime runs the file with its
     CPU provider. Needs the ``export`` extra.
+
+    Raises:
+        RuntimeError: onnxruntime could not run the file on ``images`` that PyTorch runs.
     """
     if frozen.dtype == torch.bfloat16:
         raise ValueError(
@@ -372,7 +380,7 @@ def _run_checked(
         advice = (
             _size_advice([shape], traced)
             if traced is not None
-            else "check that the file was exported from these heads, and for this batch size"
+            else "check that the file was exported from this model, for this batch size"
         )
         raise RuntimeError(
             f"onnxruntime could not run the exported graph on {_size_words(shape, patch)}, "
