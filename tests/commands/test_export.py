@@ -303,6 +303,18 @@ def test_a_file_of_one_head_takes_no_head_name(
     assert "(found: none; the file holds head: LinearDepthHead)" in message
 
 
+def test_a_file_of_classifiers_only_is_sent_to_plain_export(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["export", "--heads", str(files.heads), "--checkpoint", str(files.checkpoint)]
+    message = error_of([*argv, "--out", str(tmp_path / "x.onnx"), "--whole-image"], capsys)
+    assert message == (
+        "--whole-image exports a depth or segmentation head (a type in DENSE_TASKS), "
+        f"{files.heads} holds 2 heads (colour: LinearHead, brand: Conv1dNeck), which give one "
+        "answer per image; export it without --whole-image"
+    )
+
+
 def test_the_help_explains_head_name(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["export", "--help"])

@@ -143,13 +143,11 @@ def _whole_image(args: argparse.Namespace, heads: Any, backbone: Any) -> int:
         )
     several = isinstance(heads, MultiHead)
     if not dense_heads(dict(heads.items()) if several else {"head": heads}):
-        held = (
-            f"{len(heads)} heads ("
-            + ", ".join(f"{name}: {type(head).__name__}" for name, head in heads.items())
-            + "), which give"
-            if several
-            else f"a {type(heads).__name__}, which gives"
-        )
+        if several:
+            kinds = ", ".join(f"{name}: {type(head).__name__}" for name, head in heads.items())
+            held = f"{len(heads)} heads ({kinds}), which give"
+        else:
+            held = f"a {type(heads).__name__}, which gives"
         raise ValueError(
             f"--whole-image exports a depth or segmentation head (a type in DENSE_TASKS), "
             f"{args.heads} holds {held} one answer per image; export it without --whole-image"
