@@ -36,6 +36,7 @@ _OPTION_ADVICE: tuple[tuple[str, str], ...] = (
     (r"\bload_backbone\(path\) without variant=", "leaving --variant out"),
     (r"\bnum_workers=0\b", "--num-workers 0"),
     (r"\ba smaller batch_size\b", "a smaller --batch-size"),
+    (r"\bextract_features\b(?:\(\.\.\.\))?", "dinov2-heads extract"),
 )
 
 

@@ -21,6 +21,8 @@ def test_pretrained_true_names_the_file_and_load_backbone(name: str, file: str) 
         create_backbone(name, pretrained=True, device="meta")
     message = str(error.value)
     assert file in message
+    folder = name.removesuffix("_reg")
+    assert f"https://dl.fbaipublicfiles.com/dinov2/{folder}/{file}" in message
     assert f'load_backbone("{file}")' in message
     assert f'create_backbone("{name}", checkpoint="{file}")' in message
 

@@ -118,3 +118,25 @@ def test_help_lists_the_command(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["search", "--help"])
     assert "contact sheet" in capsys.readouterr().out
+
+
+def test_the_demos_feature_cache_is_searched_with_its_samples(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The demo's stores record their preset by name ("vehicle_crop"); a newcomer searches them
+    # with the demo's own samples, with or without naming the preset.
+    demo = tmp_path / "demo"
+    sizes = ["--num-train", "16", "--num-heldout", "4", "--epochs", "1", "--no-parts"]
+    argv = ["demo", "--out", str(demo), *sizes, "--no-depth", "--quiet"]
+    assert main([*argv, "--checkpoint", str(files.checkpoint)]) == 0
+    query = sorted((demo / "samples").glob("*.png"))[0]
+    search = ["search", str(demo / "features" / "heldout"), str(query), "-k", "2"]
+    search += ["--checkpoint", str(files.checkpoint), "--out", str(tmp_path / "s.png")]
+    for preset in ([], ["--preset", "vehicle_crop"]):
+        capsys.readouterr()
+        assert main([*search, *preset]) == 0, capsys.readouterr().err
+        rank, similarity, sample_id, _ = capsys.readouterr().out.splitlines()[2].split()
+        assert (rank, sample_id) == ("1", "0")  # the held-out set's first image is the sample
+        assert float(similarity) == pytest.approx(1.0, abs=1e-3)
+    assert main([*search, "--preset", "official_eval"]) == 1
+    assert "must prepare the queries as the stored images were" in capsys.readouterr().err

@@ -142,6 +142,9 @@ def test_load_batch(tmp_path: Path) -> None:
         load_batch([broken])
     with pytest.raises(ValueError, match="no image could be read"):
         load_batch([broken], on_error="skip")
+    # A glob that matched nothing: the message says so, not that images were unreadable.
+    with pytest.raises(ValueError, match="load_batch got no image paths"):
+        load_batch(tmp_path.glob("*.webp"))
     smaller = write_image(tmp_path / "smaller.png", 20, 30)
     with pytest.raises(ValueError, match="different shapes"):
         load_batch([paths[0], smaller], pil_to_tensor)

@@ -16,6 +16,7 @@ import torch
 from dinov2_heads.backbone.config import get_config
 from dinov2_heads.backbone.vision_transformer import DinoVisionTransformer
 from dinov2_heads.checkpoints.loading import backbone_from_weights, read_backbone
+from dinov2_heads.checkpoints.official_files import official_url
 
 __all__ = [
     "WeightsSource",
@@ -74,7 +75,7 @@ def create_backbone(
         file = name.replace("_reg", "_reg4") + "_pretrain.pth"
         raise ValueError(
             f"pretrained=True: dinov2-heads downloads nothing; download the official weights "
-            f"({file}, linked from the DINOv2 repository) once yourself, then "
+            f"({official_url(file)}, linked from the DINOv2 repository) once yourself, then "
             f'load_backbone("{file}") (from dinov2_heads.checkpoints) or '
             f'create_backbone("{name}", checkpoint="{file}")'
         )

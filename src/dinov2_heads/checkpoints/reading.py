@@ -21,6 +21,7 @@ from dinov2_heads.checkpoints.errors import (
     UnsafeCheckpointError,
 )
 from dinov2_heads.checkpoints.integrity import check_mapped_sizes, verify_checkpoint_file
+from dinov2_heads.checkpoints.official_files import missing_file_advice
 from dinov2_heads.checkpoints.safetensors_file import (
     MAX_HEADER,
     map_tensors,
@@ -148,13 +149,15 @@ def existing_file(path: str | os.PathLike[str]) -> Path:
             nearby = _checkpoints_in(file.parent)
             if nearby:
                 hint = f"; checkpoints in {file.parent}: {', '.join(nearby)}"
-        raise CheckpointNotFoundError(f"no checkpoint file at {file}{hint}")
+        raise CheckpointNotFoundError(
+            f"no checkpoint file at {file}{hint}; {missing_file_advice(file)}"
+        )
     if file.is_dir():
         nearby = _checkpoints_in(file)
-        hint = f"; it contains {', '.join(nearby)}" if nearby else ""
+        inside = f"it contains {', '.join(nearby)}" if nearby else "it holds no checkpoint file"
+        # Model folders are read by read_checkpoint / load_backbone, which never come here.
         raise CheckpointIsADirectoryError(
-            f"{file} is a directory; read_checkpoint_file reads one file: pass the path of the "
-            f"checkpoint file inside it, or use read_checkpoint, which reads model folders{hint}"
+            f"{file} is a directory, not a file: pass the path of one file inside it; {inside}"
         )
     _refuse_special_file(file)
     return file

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from dinov2_heads.commands import _common
+
 EXAMPLE = """\
 example:
   dinov2-heads inspect dinov2_vits14_pretrain.pth
@@ -81,13 +83,10 @@ def _inspect_store(args: argparse.Namespace) -> int:
 
 def _refuse_head_checkpoint(path: str) -> None:
     """Raise a pointer to ``predict`` when ``path`` holds heads written by ``save_heads``."""
-    from dinov2_heads.export import load_heads
-
-    try:
-        heads = load_heads(path)
-    except (OSError, ValueError, TypeError, RuntimeError):
+    names = _common.saved_head_names(path)
+    if names is None:
         return  # not a head checkpoint either: the backbone error stands
     raise ValueError(
-        f"{path} holds heads written by save_heads ({', '.join(heads.head_names)}), not a "
+        f"{path} holds heads written by save_heads ({', '.join(names)}), not a "
         f"backbone; use it with dinov2-heads predict --heads {path} --checkpoint BACKBONE"
     )

@@ -140,12 +140,15 @@ def _store_preprocessing(args: argparse.Namespace, store: FeatureStore) -> Prepr
     from dinov2_heads.cache import StoreMismatchError
     from dinov2_heads.data import Preprocess, get_preset, list_presets
 
+    named = _named_preset(store)
     if args.preset is not None or args.size is not None:
         transform = _common.preprocessing(args, "official_eval")
         # The store may have been extracted with JPEG draft decoding (extract's default).
         drafted = transform.replace(draft=True)
         if _prepares(store, drafted):
             return drafted
+        if named is not None and named.description() == transform.description():
+            return transform
         try:
             store.check(preprocessing=transform)
         except StoreMismatchError as error:
@@ -155,6 +158,8 @@ def _store_preprocessing(args: argparse.Namespace, store: FeatureStore) -> Prepr
                 f"{detail}; leave both out to use the store's own preprocessing"
             ) from None
         return transform
+    if named is not None:
+        return named
     candidates = [get_preset(name) for name in list_presets()]
     if store.input_size is not None:
         candidates.append(Preprocess.for_size(store.input_size))
@@ -166,6 +171,16 @@ def _store_preprocessing(args: argparse.Namespace, store: FeatureStore) -> Prepr
         f"the preprocessing of the feature store at {args.store} is not a preset or a plain "
         "resize; pass the --preset or --size its images were extracted with"
     )
+
+
+def _named_preset(store: FeatureStore) -> Preprocess | None:
+    """The preset a store records by its name (the demo's stores do), else ``None``."""
+    from dinov2_heads.data import get_preset, list_presets
+
+    recorded = store.manifest.preprocessing
+    if isinstance(recorded, str) and recorded in list_presets():
+        return get_preset(recorded)
+    return None
 
 
 def _prepares(store: FeatureStore, transform: Preprocess) -> bool:

@@ -253,6 +253,11 @@ def load_batch(
             continue
         tensors.append(transform(image))
         kept.append(Path(path))
+    if not tensors and not skipped:
+        raise ValueError(
+            "load_batch got no image paths; pass a non-empty list of image files (a folder's "
+            "images: sorted(Path(folder).glob('*.png')))"
+        )
     if not tensors:
         raise ValueError(
             f"no image could be read ({len(skipped)} skipped); check the paths and the log"
