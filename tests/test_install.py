@@ -15,6 +15,7 @@ import re
 import shlex
 import subprocess
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,35 @@ def normalised(transcript: str) -> tuple[str, list[float]]:
     return text.strip(), values
 
 
+def check_wheel(wheel: Path) -> None:
+    """The wheel holds the package, its types marker and its metadata, and nothing else."""
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        info = next(name for name in names if name.endswith(".dist-info/METADATA"))
+        metadata = archive.read(info).decode("utf-8")
+        entry_points = archive.read(info.replace("METADATA", "entry_points.txt")).decode()
+    folders = {name.split("/")[0] for name in names}
+    assert folders == {"dinov2_heads", info.split("/")[0]}, folders  # no tests, no stray files
+    assert "dinov2_heads/py.typed" in names
+    assert "dinov2_heads/__main__.py" in names  # python -m dinov2_heads
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
+    assert "dinov2-heads = dinov2_heads.cli:entry_point" in entry_points
+    headers = dict(
+        line.split(": ", 1) for line in metadata.split("\n\n", 1)[0].splitlines() if ": " in line
+    )
+    assert headers["License-Expression"] == "Apache-2.0"
+    assert headers["Requires-Python"] == ">=3.10"
+    assert headers["Description-Content-Type"] == "text/markdown"
+    assert "Provides-Extra: export" in metadata
+    # The long description is the README with every link absolute: relative ones break on the
+    # package index.
+    description = metadata.split("\n\n", 1)[1]
+    assert description.startswith("# dinov2-heads")
+    links = re.findall(r"\]\(([^)\s]+)\)", description)
+    assert links, "the README has links"
+    assert all(link.startswith("https://") for link in links), links
+
+
 @pytest.mark.slow
 def test_the_wheel_with_torch_alone_runs_demo_train_and_predict(tmp_path: Path) -> None:
     python = Environment(tmp_path / "venv")
@@ -112,6 +142,7 @@ def test_the_wheel_with_torch_alone_runs_demo_train_and_predict(tmp_path: Path) 
     dist = tmp_path / "dist"
     python.shell(f"python -m pip wheel --quiet --no-deps -w {dist} {shlex.quote(str(ROOT))}", ROOT)
     (wheel,) = dist.glob("dinov2_heads-*.whl")
+    check_wheel(wheel)
     python.shell(f"python -m pip install --quiet {wheel}", tmp_path)
     installed = python.packages()
     needed = {"torch", "dinov2-heads", "pillow", "safetensors", "tqdm", "numpy", "einops"}
