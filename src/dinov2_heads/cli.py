@@ -37,6 +37,7 @@ _OPTION_ADVICE: tuple[tuple[str, str], ...] = (
     (r"\bnum_workers=0\b", "--num-workers 0"),
     (r"\ba smaller batch_size\b", "a smaller --batch-size"),
     (r"\bextract_features\b(?:\(\.\.\.\))?", "dinov2-heads extract"),
+    (r"\bbackend=\"(\w+)\"", r"--backend \1"),
 )
 
 

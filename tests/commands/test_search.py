@@ -108,7 +108,10 @@ def test_faiss_backend_or_its_install_hint(
         import faiss  # noqa: F401
     except ImportError:
         assert main(argv) == 1
-        assert "pip install faiss-cpu" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "pip install faiss-cpu" in err
+        assert "--backend faiss needs faiss" in err  # the option, not the Python argument
+        assert "--backend torch (the default) needs nothing more" in err
     else:
         assert main(argv) == 0
         assert (tmp_path / "f.png").is_file()
