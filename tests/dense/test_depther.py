@@ -195,8 +195,8 @@ def test_bad_inputs_are_refused() -> None:
     depther = Depther(backbone, LinearDepthHead(32))
     with pytest.raises(ValueError, match=r"add a batch dimension"):
         depther(torch.randn(3, 28, 28))
-    with pytest.raises(TypeError, match=r"normalise them first with dinov2_heads\.data\.normalize"):
-        depther(torch.zeros(1, 3, 28, 28, dtype=torch.uint8))
+    with pytest.raises(TypeError, match=r"Depther takes .* got torch\.int64; pass pixels as"):
+        depther(torch.zeros(1, 3, 28, 28, dtype=torch.int64))
     with pytest.raises(TypeError, match="min_depth and max_depth"):
         Depther(backbone, nn.Conv2d(3, 1, 1))
     with pytest.raises(ValueError, match="needs crop_size and stride"):

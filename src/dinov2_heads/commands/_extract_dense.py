@@ -171,6 +171,11 @@ class PairPreprocess:
         mean: Normalisation mean (RGB).
         std: Normalisation standard deviation (RGB).
         patch_size: Output sides must be multiples of it.
+        normalize: ``False`` returns the resized and cropped ``uint8`` pixels, for the
+            ``FrozenBackbone`` (built with the same ``mean`` and ``std``) to normalise on its
+            device, as ``Preprocess(..., normalize=False)`` does: the features are the same
+            (bit for bit on the CPU), so :meth:`description` leaves it out and a store
+            started one way resumes the other way.
     """
 
     resize: int | tuple[int, int] | None = None
@@ -178,6 +183,7 @@ class PairPreprocess:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     patch_size: int = PATCH_SIZE
+    normalize: bool = True
 
     @classmethod
     def from_preprocess(cls, preprocess: Preprocess) -> PairPreprocess:
@@ -188,6 +194,7 @@ class PairPreprocess:
             mean=preprocess.mean,
             std=preprocess.std,
             patch_size=preprocess.patch_size,
+            normalize=preprocess.normalize,
         )
 
     def __call__(self, image: Image.Image | Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
@@ -202,6 +209,11 @@ class PairPreprocess:
 
         if not isinstance(image, Tensor):
             image = pil_to_tensor(image)
+        if not self.normalize and image.dtype != torch.uint8:
+            raise ValueError(
+                f"PairPreprocess(normalize=False) hands on uint8 pixels 0..255, got a "
+                f"{image.dtype} image; pass decoded uint8 pixels or keep normalize=True"
+            )
 
         height, width = int(image.shape[-2]), int(image.shape[-1])
         if self.resize is not None:
@@ -224,10 +236,16 @@ class PairPreprocess:
                 f"the image is {size[0]}x{size[1]}, not a multiple of {self.patch_size}; pass "
                 f"--size {suggestion[0]} {suggestion[1]} to resize the images and their labels"
             )
+        if not self.normalize:
+            return image.contiguous(), label
         return normalize(to_float(image), self.mean, self.std), label
 
     def description(self) -> dict[str, Any]:
-        """What the feature store records: the class name and fields."""
+        """What the feature store records: the class name and fields.
+
+        ``normalize`` never appears: whether the images are normalised here or by the
+        backbone on its device, the features are the same.
+        """
         return {
             "type": type(self).__name__,
             "resize": self.resize,
@@ -302,15 +320,20 @@ class DensePairs(Dataset[tuple[Tensor, Tensor]]):
 
 
 def preprocessing(args: argparse.Namespace) -> PairPreprocess:
-    """``--size`` (rounded to multiples of 14), ``--preset``, or each image's own size."""
+    """``--size`` (rounded to multiples of 14), ``--preset``, or each image's own size.
+
+    The images stay ``uint8`` pixels (``normalize=False``): the backbone normalises them on
+    its device, with the same mean and std (see :func:`frozen_backbone`).
+    """
     from dinov2_heads.data import get_preset
     from dinov2_heads.data.functional import nearest_valid_size
 
     if args.size is not None:
-        return PairPreprocess(resize=nearest_valid_size((args.size[0], args.size[1])))
+        size = nearest_valid_size((args.size[0], args.size[1]))
+        return PairPreprocess(resize=size, normalize=False)
     if args.preset is not None:
-        return PairPreprocess.from_preprocess(get_preset(args.preset))
-    return PairPreprocess()
+        return PairPreprocess.from_preprocess(get_preset(args.preset).replace(normalize=False))
+    return PairPreprocess(normalize=False)
 
 
 def dataset(args: argparse.Namespace) -> tuple[DensePairs, dict[str, Any]]:
@@ -391,9 +414,16 @@ def _pairs(args: argparse.Namespace, task: str) -> list[tuple[Path, Path]]:
 
 
 def frozen_backbone(
-    args: argparse.Namespace, backbone: torch.nn.Module, dtype: torch.dtype | None
+    args: argparse.Namespace,
+    backbone: torch.nn.Module,
+    dtype: torch.dtype | None,
+    transform: PairPreprocess | None = None,
 ) -> FrozenBackbone:
-    """The backbone, keeping the blocks that the ``--dense-head`` (with ``--layers``) reads."""
+    """The backbone, keeping the blocks that the ``--dense-head`` (with ``--layers``) reads.
+
+    It normalises ``uint8`` images with the ``transform``'s mean and std (ImageNet's without
+    one).
+    """
     from dinov2_heads.features import FrozenBackbone
     from dinov2_heads.heads import build_head
     from dinov2_heads.heads.registry import HEAD_TYPES
@@ -411,7 +441,10 @@ def frozen_backbone(
             raise ValueError(f"--layers sets the blocks of the linear heads; {kind} reads four")
         config["layers"] = args.layers
     head = build_head(kind, config)
-    return FrozenBackbone.for_heads(backbone, head, n_last_blocks=args.n_last_blocks, dtype=dtype)
+    normalization = {"mean": transform.mean, "std": transform.std} if transform else {}
+    return FrozenBackbone.for_heads(
+        backbone, head, n_last_blocks=args.n_last_blocks, dtype=dtype, **normalization
+    )
 
 
 def summary_lines(description: dict[str, Any]) -> list[str]:

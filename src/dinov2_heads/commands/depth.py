@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from dinov2_heads.data import UnreadableImageError, load_image, normalize, pil_to_tensor
+    from dinov2_heads.data import UnreadableImageError, load_image, pil_to_tensor
     from dinov2_heads.data.functional import resize
     from dinov2_heads.dense import Depther
     from dinov2_heads.viz import save_depth_picture
@@ -127,11 +127,12 @@ def run(args: argparse.Namespace) -> int:
             continue
         if args.size is not None:
             image = resize(image, (args.size[0], args.size[1]))
-        images = normalize(image)[None].to(where)
+        # uint8 pixels (the resize keeps them uint8): the Depther normalises them on its
+        # device with ImageNet's mean and std, a quarter of the bytes to copy, the same depth.
         with torch.no_grad():
-            depth = depther(images)[0]
+            depth = depther(image[None])[0]
         picture = save_depth_picture(
-            out / f"{name}.png", depth, images[0], colourmap=args.colourmap, vmax=args.vmax
+            out / f"{name}.png", depth, image, colourmap=args.colourmap, vmax=args.vmax
         )
         row: dict[str, Any] = {"path": str(path), "picture": str(picture)}
         if args.save_npy:

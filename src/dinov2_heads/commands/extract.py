@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     transform = _with_draft(args, _common.preprocessing(args, "official_eval"), out, started)
     # uint8 pixels from the workers, normalised by the backbone on its device: a quarter of the
     # bytes, the same features (the store's record of the preprocessing does not change).
-    # Dense pairs have a transform of their own.
+    # Dense pairs have a transform of their own, which hands on uint8 pixels too.
     transform = transform.replace(normalize=False)
     dataset, description = _dataset(args, transform)
     started_here = args.overwrite or not (out / MANIFEST).is_file()
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     dense = isinstance(dataset, _extract_dense.DensePairs)
     backbone, weights_dtype = _common.load_backbone(args), _weights_dtype(args, started)
     frozen = (
-        _extract_dense.frozen_backbone(args, backbone, weights_dtype)
+        _extract_dense.frozen_backbone(args, backbone, weights_dtype, dataset.preprocessing)
         if dense
         else FrozenBackbone(
             backbone,

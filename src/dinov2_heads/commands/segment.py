@@ -110,10 +110,15 @@ def run(args: argparse.Namespace) -> int:
         pixels = pil_to_tensor(image)
         height, width = pixels.shape[-2:]
         size = _run_size(args, preset, height, width)
-        x = to_float(pixels)[None]
         if size != (height, width):
+            # A bilinear resize of the float image, which whole grey levels cannot hold.
+            x = to_float(pixels)[None]
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        x = normalize(x, IMAGENET_MEAN, IMAGENET_STD).to(device)
+            x = normalize(x, IMAGENET_MEAN, IMAGENET_STD).to(device)
+        else:
+            # uint8 pixels: the Segmenter normalises them on its device (ImageNet's mean and
+            # std, as above), a quarter of the bytes to copy, the same probabilities.
+            x = pixels[None]
         with torch.no_grad():
             probabilities = segmenter(x)
             if size != (height, width):

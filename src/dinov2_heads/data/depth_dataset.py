@@ -37,6 +37,8 @@ class DepthDataset(Dataset[tuple[Tensor, Tensor]]):
             ``"kitti"`` (256) or a number; ``None`` for ``.npy`` arrays in metres.
         transform: (image ``uint8`` (3, H, W), depth (1, H, W)) -> the pair to return;
             default :meth:`DepthTransform.evaluation` (the image normalised).
+            ``DepthTransform.evaluation(normalize=False)`` yields the ``uint8`` image instead,
+            for a ``FrozenBackbone`` or ``Depther`` to normalise on its device.
 
     Example:
         >>> dataset = DepthDataset.from_folders("nyu/images", "nyu/depth", scale="nyu")

@@ -7,14 +7,22 @@ by nearest neighbour when a pair must change size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from dinov2_heads.data.augment import ColorJitter, WorkerSeeded, _randint, _uniform
-from dinov2_heads.data.functional import IMAGENET_MEAN, IMAGENET_STD, _as_pair, normalize, resize
+from dinov2_heads.data.functional import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    _as_pair,
+    check_mean_std,
+    normalize,
+    resize,
+)
 
 
 def check_pair(image: Tensor, depth: Tensor, who: str = "the depth transform") -> None:
@@ -47,6 +55,14 @@ class DepthTransform(WorkerSeeded):
     of ``crop_size`` (the same window for both), a horizontal flip of both with probability
     ``flip``, colour jitter on the image only, and the normalisation of the image.
 
+    With ``normalize=False`` the image stays ``uint8`` pixels (3, H, W) 0..255, for a
+    :class:`~dinov2_heads.features.FrozenBackbone` (or a :class:`~dinov2_heads.dense.Depther`)
+    built with the same ``mean`` and ``std`` to normalise on its device: a quarter of the bytes
+    cross from the ``DataLoader`` workers to the GPU. Crops and flips move pixels as they are,
+    so without colour jitter (:meth:`evaluation`) the features equal those of
+    ``normalize=True`` (bit for bit on the CPU); jittered colours are rounded to whole grey
+    levels (within half a level of the float image).
+
     Attributes:
         crop_size: (H, W) of the random crop, ``None`` to keep the whole pair. Pairs smaller
             than the crop are refused. Any size works with a :class:`~dinov2_heads.dense.Depther`
@@ -62,6 +78,8 @@ class DepthTransform(WorkerSeeded):
         seed: Seeds the transform's own generator (per DataLoader worker, as
             :class:`~dinov2_heads.data.TrainTransform` does); ``None`` draws from torch's
             global generator.
+        normalize: ``False`` returns ``uint8`` pixels instead of normalised float32 (see
+            above); the random draws are the same either way. Float images are refused then.
     """
 
     crop_size: tuple[int, int] | None = None
@@ -73,11 +91,15 @@ class DepthTransform(WorkerSeeded):
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     seed: int | None = None
+    normalize: bool = True
     generator: torch.Generator | None = field(init=False, repr=False, default=None)
     _last_seed: int | None = field(init=False, repr=False, default=None)
     _seeded_in: int | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.normalize, bool):
+            raise TypeError(f"normalize must be True or False, got {self.normalize!r}")
+        self.mean, self.std = check_mean_std(self.mean, self.std)
         if self.crop_size is not None:
             self.crop_size = _as_pair(self.crop_size, "crop_size")
         if not 0.0 <= self.flip <= 1.0:
@@ -91,15 +113,56 @@ class DepthTransform(WorkerSeeded):
         cls,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        *,
+        normalize: bool = True,
     ) -> DepthTransform:
-        """No crop, flip or jitter: the image normalised, the depth as it is."""
+        """No crop, flip or jitter: the image normalised (or, with ``normalize=False``, its
+        ``uint8`` pixels as they are), the depth as it is."""
         return cls(
-            flip=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, mean=mean, std=std
+            flip=0.0,
+            brightness=0.0,
+            contrast=0.0,
+            saturation=0.0,
+            hue=0.0,
+            mean=mean,
+            std=std,
+            normalize=normalize,
         )
 
+    def description(self) -> dict[str, Any]:
+        """What a feature store records about this transform: the class name and fields.
+
+        ``normalize`` never appears: whether the images are normalised here or by the
+        backbone on its device, the features are the same, so the stores made before the
+        option existed open and resume as before, and a store started one way resumes the
+        other way. The random generator's state is recorded as ``None``: it is no setting
+        (``seed`` is).
+        """
+        value: dict[str, Any] = {"type": type(self).__name__}
+        for item in fields(self):
+            if item.name != "normalize":
+                value[item.name] = getattr(self, item.name) if item.init else None
+        return value
+
     def __call__(self, image: Tensor, depth: Tensor) -> tuple[Tensor, Tensor]:
-        """Transform one pair: image (3, H, W), depth (1, H, W) -> the same, cropped to size."""
+        """Transform one pair: image (3, H, W), depth (1, H, W) -> the same, cropped to size.
+
+        Returns:
+            The image, normalised float32 (``uint8`` with ``normalize=False``), and the depth
+            float32.
+
+        Raises:
+            ValueError: Shapes that do not pair, a crop larger than the pair, or a float
+                image with ``normalize=False``.
+        """
         check_pair(image, depth)
+        if not self.normalize and image.dtype != torch.uint8:
+            raise ValueError(
+                f"DepthTransform(normalize=False) hands on uint8 pixels 0..255, but got a "
+                f"{image.dtype} image, which cannot be handed on as uint8 (float pixels would "
+                "be rounded to whole grey levels); pass the decoded uint8 pixels, or keep "
+                "normalize=True for float images"
+            )
         generator = self._stream()
         depth = depth.float()
         if self.crop_size is not None:
@@ -118,4 +181,9 @@ class DepthTransform(WorkerSeeded):
             image, depth = image.flip(-1), depth.flip(-1)
         if self.brightness or self.contrast or self.saturation or self.hue:
             image = self._jitter(image, generator)
+            if not self.normalize:
+                # Floats in [0, 1] from the jitter, back to the nearest grey level.
+                image = image.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+        if not self.normalize:
+            return image.contiguous(), depth.contiguous()
         return normalize(image, self.mean, self.std), depth.contiguous()

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 PathLike = str | os.PathLike[str]
-#: (image, mask (H, W) int64) -> (image (3, H, W) float32, mask (H, W) int64).
+#: (image, mask (H, W) int64) -> (image (3, H, W) float32, or uint8 pixels, mask (H, W) int64).
 JointTransform = Callable[["Image.Image | Tensor", Tensor], tuple[Tensor, Tensor]]
 
 
@@ -37,6 +37,8 @@ class SegmentationDataset(Dataset[tuple[Tensor, Tensor]]):
         masks: Their mask files, in the same order.
         transform: Moves image and mask together; default
             :class:`~dinov2_heads.data.SegmentationTransform` (normalisation only).
+            ``SegmentationTransform(normalize=False)`` yields ``uint8`` images instead, for a
+            ``FrozenBackbone`` or ``Segmenter`` to normalise on its device.
         palette: For colour (RGB) masks: the colour of each class index.
     """
 

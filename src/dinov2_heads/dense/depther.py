@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from dinov2_heads.dense.inference import InferenceSettings, dense_inference, resize
 from dinov2_heads.dense.padding import center_pad
-from dinov2_heads.dense.wrapping import check_images, frozen_for
+from dinov2_heads.dense.wrapping import dense_images, frozen_for
 
 
 class Depther(nn.Module):
@@ -24,6 +24,9 @@ class Depther(nn.Module):
     depth where crops overlap. ``flip=True`` averages with the depth of the mirrored image,
     mirrored back, as the official test-time flip. The test-time loop is
     :func:`~dinov2_heads.dense.dense_inference`, shared with the segmentation predictor.
+    Images are normalised floats or ``uint8`` pixels 0..255; pixels are normalised first, on
+    the backbone's device, with the ``FrozenBackbone``'s ``mean`` and ``std``, so a
+    ``DataLoader`` hands over a quarter of the bytes and the output is the same.
 
     Args:
         backbone: A :class:`~dinov2_heads.DinoVisionTransformer` (or the official model),
@@ -79,9 +82,10 @@ class Depther(nn.Module):
         """One pass without test-time averaging: depth (B, 1, H, W) at the input size.
 
         Pads (B, 3, H, W) to multiples of P, runs the backbone and the head, clamps to the
-        head's depth range and resizes to H x W: the official ``encode_decode``.
+        head's depth range and resizes to H x W: the official ``encode_decode``. Takes what
+        :meth:`forward` takes.
         """
-        check_images(images)
+        images = dense_images(images, self.frozen, type(self).__name__)
         depth = self.head(self.frozen(center_pad(images, self.patch_size)))
         if not isinstance(depth, Tensor) or depth.ndim != 4 or depth.shape[1] != 1:
             shape = tuple(depth.shape) if isinstance(depth, Tensor) else type(depth).__name__
@@ -93,8 +97,17 @@ class Depther(nn.Module):
         return resize(depth, (images.shape[-2], images.shape[-1]))
 
     def forward(self, images: Tensor) -> Tensor:
-        """Depth in metres (B, 1, H, W) of normalised images (B, 3, H, W) of any size."""
-        check_images(images)
+        """Depth in metres (B, 1, H, W) of images (B, 3, H, W) of any size.
+
+        Args:
+            images: Normalised float images, or ``uint8`` pixels 0..255, which are moved to
+                the backbone's device and normalised there with the ``FrozenBackbone``'s
+                ``mean`` and ``std`` (ImageNet's unless it was built with others), in float32,
+                before any padding, flip or crop: the depth is that of the normalised images
+                (bit for bit on the CPU). Other integer images are refused with a
+                ``TypeError``.
+        """
+        images = dense_images(images, self.frozen, type(self).__name__)
         return dense_inference(self.depth, images, self.settings)
 
     def extra_repr(self) -> str:

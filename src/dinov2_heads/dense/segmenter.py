@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from dinov2_heads.dense.inference import InferenceSettings, dense_inference, resize
 from dinov2_heads.dense.padding import center_pad
 from dinov2_heads.dense.presets import get_preset
-from dinov2_heads.dense.wrapping import check_images, frozen_for
+from dinov2_heads.dense.wrapping import dense_images, frozen_for
 
 
 def _softmax(logits: Tensor) -> Tensor:
@@ -26,6 +26,9 @@ class Segmenter(nn.Module):
     ``mode="slide"`` runs crops of ``crop_size`` every ``stride`` (mmsegmentation's grid; the
     crops go through the backbone in batches) and averages the logits where crops overlap.
     The softmax of each view is averaged over ``scales`` and, with ``flip``, the mirror.
+    Images are normalised floats or ``uint8`` pixels 0..255; pixels are normalised first, on
+    the backbone's device, with the ``FrozenBackbone``'s ``mean`` and ``std``, so a
+    ``DataLoader`` hands over a quarter of the bytes and the output is the same.
 
     Args:
         backbone: A :class:`~dinov2_heads.DinoVisionTransformer` (or the official model),
@@ -109,9 +112,9 @@ class Segmenter(nn.Module):
 
         Pads (B, 3, H, W) to multiples of P, runs the backbone and the head (logits on the
         padded patch grid), and resizes the logits to H x W, as mmsegmentation's
-        ``encode_decode`` with the notebook's padding hook.
+        ``encode_decode`` with the notebook's padding hook. Takes what :meth:`forward` takes.
         """
-        check_images(images)
+        images = dense_images(images, self.frozen, type(self).__name__)
         features = self.frozen(center_pad(images, self.patch_size))
         logits = self.head(features)
         if not isinstance(logits, Tensor) or logits.ndim != 4:
@@ -123,8 +126,17 @@ class Segmenter(nn.Module):
         return resize(logits, (images.shape[-2], images.shape[-1]))
 
     def forward(self, images: Tensor) -> Tensor:
-        """Class probabilities (B, K, H, W) of normalised images (B, 3, H, W) of any size."""
-        check_images(images)
+        """Class probabilities (B, K, H, W) of images (B, 3, H, W) of any size.
+
+        Args:
+            images: Normalised float images, or ``uint8`` pixels 0..255, which are moved to
+                the backbone's device and normalised there with the ``FrozenBackbone``'s
+                ``mean`` and ``std`` (ImageNet's unless it was built with others), in float32,
+                before any padding, flip or rescale: the probabilities are those of the
+                normalised images (bit for bit on the CPU). Other integer images are refused
+                with a ``TypeError``.
+        """
+        images = dense_images(images, self.frozen, type(self).__name__)
         return dense_inference(self.logits, images, self.settings, activation=_softmax)
 
     def predict(self, images: Tensor) -> Tensor:

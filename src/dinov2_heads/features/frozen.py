@@ -304,25 +304,41 @@ class FrozenBackbone(nn.Module):
             )
         weights = next(self.backbone.parameters(), None)
         pixels = x.dtype == torch.uint8
+        check_image_dtype(x, "FrozenBackbone", self.mean, self.std)
         if pixels:
-            if weights is not None and x.device != weights.device and not x.is_meta:
-                # The copy moves a quarter of float32's bytes; pinned memory makes it
-                # asynchronous (a copy from the CPU is safe to issue so).
-                x = x.to(weights.device, non_blocking=x.device.type == "cpu")
-            x = normalize(x, *self._normalization(x.device))
-        elif not x.is_floating_point():
-            raise TypeError(
-                f"FrozenBackbone takes float images normalised with mean {self.mean} and std "
-                f"{self.std}, or uint8 images (decoded pixels 0..255, normalised here with that "
-                f"mean and std), got {x.dtype}; pass pixels as images.to(torch.uint8) when they "
-                "are 0..255, or normalise them with dinov2_heads.data.normalize(images)"
-            )
+            x = self.normalize_pixels(x)
         # Float from here on: the device and size checks every entry point makes. Before the
         # cast below, so that no integer image is ever cast to float unnormalised.
         check_float_images(x, weights=weights)
         if self.check_finite and not pixels:
             check_finite_images(x)
         return x.to(self.dtype)
+
+    def normalize_pixels(self, x: Tensor) -> Tensor:
+        """``uint8`` pixels (B, 3, H, W) 0..255 as float32 images normalised on the device.
+
+        The pixels are moved to the backbone's device as ``uint8`` (a quarter of float32's
+        bytes), converted there to [0, 1] and normalised with :attr:`mean` and :attr:`std` in
+        float32: the function :func:`~dinov2_heads.data.normalize` that a ``Preprocess``
+        applies, so on the CPU the result equals its, bit for bit. Nothing is cast to the
+        weights' dtype (:meth:`prepare_images` does that), so a caller may still pad, flip or
+        rescale the normalised images in float32, as :class:`~dinov2_heads.dense.Segmenter`
+        and :class:`~dinov2_heads.dense.Depther` do.
+
+        Raises:
+            TypeError: ``x`` is not ``uint8``.
+        """
+        if x.dtype != torch.uint8:
+            raise TypeError(
+                f"normalize_pixels takes uint8 pixels 0..255, got {x.dtype}; float images are "
+                "normalised already and go to the backbone as they are"
+            )
+        weights = next(self.backbone.parameters(), None)
+        if weights is not None and x.device != weights.device and not x.is_meta:
+            # The copy moves a quarter of float32's bytes; pinned memory makes it
+            # asynchronous (a copy from the CPU is safe to issue so).
+            x = x.to(weights.device, non_blocking=x.device.type == "cpu")
+        return normalize(x, *self._normalization(x.device))
 
     def _normalization(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """:attr:`mean` and :attr:`std` as float32 (3,) tensors on ``device``."""
@@ -373,6 +389,31 @@ class FrozenBackbone(nn.Module):
         get_intermediate_layers = cast(Callable[..., Any], self.backbone.get_intermediate_layers)
         outputs = get_intermediate_layers(x, n=self.n_last_blocks, return_class_token=True)
         return tuple(c for _, c in outputs), tuple(p for p, _ in outputs), None
+
+
+def check_image_dtype(x: Tensor, who: str, mean: Sequence[float], std: Sequence[float]) -> None:
+    """The one check of the image dtype every entry point that takes ``uint8`` pixels shares.
+
+    Float images (normalised) and ``uint8`` images (decoded pixels 0..255, normalised by the
+    model with ``mean`` and ``std``) pass; any other dtype is refused, never cast.
+
+    Args:
+        x: Images.
+        who: The class the images were given to, named in the message.
+        mean: The mean ``uint8`` pixels are normalised with, named in the message.
+        std: The standard deviation, likewise.
+
+    Raises:
+        TypeError: Integer (or boolean) images other than ``uint8``.
+    """
+    if x.dtype == torch.uint8 or x.is_floating_point():
+        return
+    raise TypeError(
+        f"{who} takes float images normalised with mean {tuple(mean)} and std {tuple(std)}, "
+        f"or uint8 images (decoded pixels 0..255, normalised here with that mean and std), "
+        f"got {x.dtype}; pass pixels as images.to(torch.uint8) when they are 0..255, or "
+        "normalise them with dinov2_heads.data.normalize(images)"
+    )
 
 
 def _tokens_with_registers(model: DinoVisionTransformer, x: Tensor, n: int) -> _Tokens:
