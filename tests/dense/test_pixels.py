@@ -175,7 +175,8 @@ def test_the_official_backbone_and_released_heads_on_pixels(dense_fixtures_dir: 
         ("vits14_depth_dpt_head.pth", DPTDepthHead(384)),
     ):
         state = torch.load(dense_fixtures_dir / name, weights_only=True)["state_dict"]
-        load_partial(head, {k: v.float() for k, v in state.items()}, rename={"decode_head.": ""})
+        state = {k: v.float() for k, v in state.items()}
+        load_partial(head, state, rename={"decode_head.": ""}, strict=True)
         head.eval()
         predictor: nn.Module = (
             Segmenter(backbone, head, mode="slide", crop_size=42, stride=28, flip=True)
