@@ -34,7 +34,7 @@ _OPTION_ADVICE: tuple[tuple[str, str], ...] = (
     (r"\boverwrite=True", "--overwrite"),
     (r"\bimage_column=", "--image-column"),
     (r"\bload_backbone\(path\) without variant=", "leaving --variant out"),
-    (r"\bnum_workers=0\b", "--num-workers 0"),
+    (r"\bnum_workers=(\d+)\b", r"--num-workers \1"),
     (r"\ba smaller batch_size\b", "a smaller --batch-size"),
     (r"\bextract_features\b(?:\(\.\.\.\))?", "dinov2-heads extract"),
     (r"\bbackend=\"(\w+)\"", r"--backend \1"),

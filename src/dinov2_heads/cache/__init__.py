@@ -7,6 +7,7 @@ from dinov2_heads.cache.errors import (
     SharedMemoryError,
     StoreLockedError,
     StoreMismatchError,
+    WorkerDiedError,
 )
 from dinov2_heads.cache.extract import extract_features
 from dinov2_heads.cache.layout import Keep, estimate_store_size
@@ -25,6 +26,7 @@ __all__ = [
     "StoreLockedError",
     "StoreMismatchError",
     "Verification",
+    "WorkerDiedError",
     "collate_features",
     "estimate_store_size",
     "extract_features",

@@ -1,11 +1,17 @@
 """The feature cache's errors: a store made differently, a damaged store, a store in use, and
-data loading that ran out of shared memory."""
+data loading that ran out of shared memory or lost a worker process."""
 
 from __future__ import annotations
 
 from dinov2_heads.errors import Dinov2HeadsError
 
-__all__ = ["DamagedStoreError", "SharedMemoryError", "StoreLockedError", "StoreMismatchError"]
+__all__ = [
+    "DamagedStoreError",
+    "SharedMemoryError",
+    "StoreLockedError",
+    "StoreMismatchError",
+    "WorkerDiedError",
+]
 
 
 class StoreMismatchError(Dinov2HeadsError, ValueError):
@@ -33,4 +39,18 @@ class SharedMemoryError(Dinov2HeadsError, OSError, RuntimeError):
     as its cause. The message says how large ``/dev/shm`` is and the fixes: no workers, more
     shared memory (``docker run --shm-size=2g``), smaller batches. A ``RuntimeError`` too, as
     torch's error was, so code that caught that still catches this.
+    """
+
+
+class WorkerDiedError(Dinov2HeadsError, RuntimeError):
+    """A ``DataLoader`` worker process ended without handing its batch over.
+
+    Raised in place of torch's own error ("DataLoader worker (pid N) is killed by signal:
+    Killed", "DataLoader worker (pid(s) N) exited unexpectedly"), which it chains as its
+    cause. The message names how the worker ended, the likely cause and the fixes: for
+    ``SIGKILL``, nearly always the kernel's out-of-memory killer, so fewer workers, smaller
+    batches or more memory; for a crash (``SIGSEGV``, ``SIGABRT``), reading in the main
+    process to see where. The batches before stay in the store: the same call resumes it. A
+    ``RuntimeError`` too, as torch's error was. (A worker killed by ``SIGBUS`` ran out of
+    shared memory: that is a :class:`SharedMemoryError`.)
     """

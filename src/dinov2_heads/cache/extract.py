@@ -8,6 +8,7 @@ and a writer stores them (:mod:`~dinov2_heads.cache.writer`: resume, sharding, l
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -47,11 +48,13 @@ from dinov2_heads.cache.source import (
     data_class_names,
     loader_failure,
 )
+from dinov2_heads.cache.stalls import stall_message
 from dinov2_heads.cache.store import FeatureStore
 from dinov2_heads.cache.writer import DiskWriter, MemoryWriter
 from dinov2_heads.features import Features
 from dinov2_heads.fingerprint import weights_fingerprint
 from dinov2_heads.progress import Progress
+from dinov2_heads.watchdog import STALL_WARNING, StallWatchdog, check_stall_warning
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +78,7 @@ def extract_features(
     class_names: Mapping[str, Sequence[str]] | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    stall_warning: float | None = STALL_WARNING,
 ) -> FeatureStore:
     """Run the frozen backbone once over ``data`` and store what heads need.
 
@@ -134,6 +138,12 @@ def extract_features(
             more than 10% of the time, else ``backbone-bound``.
         overwrite: Delete the store at ``path`` first: only a folder that holds nothing but a
             store's own files; anything else is refused.
+        stall_warning: Seconds without a new batch before a warning (logged, the extraction
+            goes on) that says how long it has waited, whether it waits for the
+            ``DataLoader`` or the backbone is still at work, the line it is at when the data
+            is read in this process, and what to try; repeated at 2, 4, 8, ... times as
+            long. ``None``: no warning. A thread of its own watches, and ends with the
+            extraction; results do not change.
 
     Raises:
         TypeError: If ``data`` is not a Dataset, a DataLoader or an image tensor.
@@ -143,12 +153,21 @@ def extract_features(
         SharedMemoryError: If a ``DataLoader`` worker ran out of shared memory (``/dev/shm``)
             handing a batch over; the message says how large it is and what to change. The
             batches before stay in the store.
+        WorkerDiedError: If a ``DataLoader`` worker was killed (``SIGKILL``: nearly always
+            the out-of-memory killer), crashed or exited; the message names the likely cause
+            and the fixes (fewer workers, smaller batches). The batches before stay in the
+            store.
         ValueError: If features are NaN or inf (in float32 or once cast to ``dtype``), a
             batch's labels differ from the first's (columns, floats after ints), a mask has
-            another size than its image or values outside 0..255, or a depth map overflows
-            float16; the batches before stay in the store.
+            another size than its image or values outside 0..255, a depth map overflows
+            float16, or the samples of one batch differ in size (naming them); the batches
+            before stay in the store.
+
+    An error the dataset raises is raised as it was, also from a worker process, with a note
+    that names the sample.
     """
     keep_names, registers_optional = _check_arguments(keep, dtype, batch_size)
+    stall_warning = check_stall_warning(stall_warning)
     parameter = next(frozen.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     source = as_source(data, batch_size, num_workers, device=device)
@@ -173,7 +192,7 @@ def extract_features(
     )
     header = _header(frozen, preprocessing, dtype, source.count)
     if path is None:
-        return _extract(encoder, source, MemoryWriter(header), progress)
+        return _extract(encoder, source, MemoryWriter(header), progress, stall_warning)
     writer = DiskWriter(Path(path), header, overwrite=overwrite)
     try:
         if writer.layout is not None and (writer.complete or writer.start == source.count):
@@ -183,7 +202,7 @@ def extract_features(
             if writer.complete:
                 logger.info("feature store at %s is already complete; nothing to extract", path)
                 return FeatureStore.open(writer.root)
-        return _extract(encoder, source, writer, progress)
+        return _extract(encoder, source, writer, progress, stall_warning)
     finally:
         writer.close()
 
@@ -240,9 +259,13 @@ class _Step:
 
 
 def _extract(
-    encoder: _Encoder, source: MapSource | StreamSource, writer: Writer, progress: bool
+    encoder: _Encoder,
+    source: MapSource | StreamSource,
+    writer: Writer,
+    progress: bool,
+    stall_warning: float | None,
 ) -> FeatureStore:
-    """Source -> batches -> writer -> the finished store."""
+    """Source -> batches -> writer -> the finished store, with a watchdog for stalls."""
     bar = Progress(
         source.count,
         "extracting features",
@@ -255,16 +278,24 @@ def _extract(
         else _stream_steps(source, writer.start)
     )
     done = writer.start
+    watchdog = StallWatchdog(
+        stall_warning,
+        functools.partial(stall_message, workers=source.num_workers),
+        item="batch",
+    )
     try:
-        for step in bar.timed(steps):
-            if step.batch is not None:
-                writer.write(step.positions.start, encoder.rows(step.batch, step.positions, writer))
-            writer.commit(step.done)
-            bar.update(step.done - done)
-            done = step.done
+        with watchdog:
+            for step in bar.timed(watchdog.watch(steps)):
+                if step.batch is not None:
+                    rows = encoder.rows(step.batch, step.positions, writer)
+                    writer.write(step.positions.start, rows)
+                writer.commit(step.done)
+                bar.update(step.done - done)
+                done = step.done
     except (RuntimeError, OSError) as error:
-        # A worker out of shared memory: torch's SIGCHLD handler raises wherever the main
-        # process is (reading the next batch or running the backbone), so the whole loop.
+        # A worker out of shared memory, or killed: torch's SIGCHLD handler raises wherever
+        # the main process is (reading the next batch or running the backbone), so the
+        # whole loop.
         failure = loader_failure(error, source)
         if failure is None:
             raise

@@ -48,8 +48,9 @@ SHARED_MEMORY_SHARE = 0.75
 
 #: What torch says when shared memory runs out, wherever it notices. A worker killed by
 #: ``SIGBUS`` (``torch/csrc/DataLoader.cpp`` adds "It is possible that dataloader's workers are
-#: out of shared memory" to that one; :func:`~dinov2_heads.cache.source.bus_error_of` says
-#: "killed by signal: Bus error" too, where torch said something vaguer); ``MapAllocator``
+#: out of shared memory" to that one;
+#: :func:`~dinov2_heads.cache.worker_death.worker_death_of` says "killed by signal: Bus
+#: error" too, where torch said something vaguer); ``MapAllocator``
 #: failing to allocate, resize or write a ``/torch_*`` shared-memory file ("unable to allocate
 #: shared memory(shm) for file </torch_...>: No space left on device (28)", "unable to write to
 #: file </torch_...>: ...").

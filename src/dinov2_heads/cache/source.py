@@ -14,12 +14,22 @@ memory; a ``DataLoader`` given by the user keeps its own settings. Then
 they travel through (``/dev/shm``): ``"auto"`` starts fewer workers where they would not,
 an explicit count and a user's ``DataLoader`` are kept, with a warning. A worker that runs out
 all the same is reported by :func:`loader_failure` as a
-:class:`~dinov2_heads.cache.errors.SharedMemoryError` that says what to do.
+:class:`~dinov2_heads.cache.errors.SharedMemoryError` that says what to do, and a worker
+killed from outside (the out-of-memory killer's ``SIGKILL``) or crashed as a
+:class:`~dinov2_heads.cache.errors.WorkerDiedError`.
 
-Image loading in ``DataLoader`` worker processes reports errors as the single-process path
-does: the worker hands the error back as data, and it is raised again here as it was (an
+The first sample, which the shared-memory estimate needs, is read in a worker process of its
+own, as the extraction's workers will read it: the dataset in this process is not touched (a
+dataset that opens its file, an HDF5 or LMDB handle or a zip archive on first use, as
+such datasets should, would otherwise open it here and hand the open handle to every forked
+worker). An ``IterableDataset`` is never read ahead (its first items may be gone once read):
+its first batch is measured as it arrives.
+
+Errors reading the data are raised as the dataset raised them, with or without workers: a
+worker hands the error back as data, and it is raised again here as it was (an
 :class:`~dinov2_heads.data.UnreadableImageError` names its file), rather than as torch's
-"Caught ... in DataLoader worker process 0".
+"Caught ... in DataLoader worker process 0"; a note names the sample. Samples that cannot be
+stacked into one batch (images of different sizes) are a ``ValueError`` that names them.
 """
 
 from __future__ import annotations
@@ -28,10 +38,8 @@ import contextlib
 import dataclasses
 import logging
 import math
-import multiprocessing.connection
 import os
 import pickle
-import signal
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -47,10 +55,12 @@ from torch.utils.data import (
     Subset,
     TensorDataset,
     default_collate,
+    get_worker_info,
 )
 
 from dinov2_heads import distributed
-from dinov2_heads.cache.errors import SharedMemoryError
+from dinov2_heads.cache.batches import batch_length
+from dinov2_heads.cache.errors import SharedMemoryError, WorkerDiedError
 from dinov2_heads.cache.layout import format_bytes
 from dinov2_heads.cache.shared_memory import (
     SharedMemorySpace,
@@ -62,10 +72,12 @@ from dinov2_heads.cache.shared_memory import (
     suggested_shm_size,
     workers_that_fit,
 )
+from dinov2_heads.cache.worker_death import dead_worker, worker_death_of, worker_died_error
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "FIRST_SAMPLE_TIMEOUT",
     "MAX_AUTO_WORKERS",
     "PREFETCH_FACTOR",
     "LoaderSettings",
@@ -74,7 +86,6 @@ __all__ = [
     "StreamSource",
     "as_source",
     "available_cpus",
-    "bus_error_of",
     "data_class_names",
     "fit_shared_memory",
     "loader_failure",
@@ -94,6 +105,10 @@ MAX_AUTO_WORKERS = 16
 #: Batches each worker prepares ahead. With several workers that is already twice as many
 #: batches as workers in flight; more would only hold more shared memory.
 PREFETCH_FACTOR = 2
+
+#: Seconds the worker that reads the first sample for the shared-memory estimate may take;
+#: past that the estimate is left out (with a warning) and the extraction starts as it is.
+FIRST_SAMPLE_TIMEOUT = 120.0
 
 #: What the data is, for the ``"auto"`` choices: a dataset that decodes image files, images
 #: already in memory, or anything else (a user's dataset, an iterable).
@@ -326,10 +341,15 @@ def _workers(count: int) -> str:
 
 def loader_failure(
     error: BaseException, source: MapSource | StreamSource
-) -> SharedMemoryError | None:
-    """The :class:`~dinov2_heads.cache.errors.SharedMemoryError` to raise from ``error``
-    (chained), when it is torch's report of a worker out of shared memory; else ``None``."""
-    if isinstance(error, SharedMemoryError) or not is_shared_memory_error(error):
+) -> SharedMemoryError | WorkerDiedError | None:
+    """The error to raise from ``error`` (chained) when it is torch's report of a worker that
+    ran out of shared memory (:class:`~dinov2_heads.cache.errors.SharedMemoryError`) or died
+    otherwise (:class:`~dinov2_heads.cache.errors.WorkerDiedError`); else ``None``."""
+    if isinstance(error, SharedMemoryError | WorkerDiedError):
+        return None
+    shared_memory = is_shared_memory_error(error)
+    death = None if shared_memory else dead_worker(error)
+    if not shared_memory and death is None:
         return None
     if isinstance(source, MapSource):
         workers: int | None = source.num_workers
@@ -338,6 +358,8 @@ def loader_failure(
         workers, batch_size = source.stream.num_workers, _loader_batch_size(source.stream)
     else:
         workers = batch_size = None
+    if death is not None:
+        return worker_died_error(death, workers=workers, batch_size=batch_size)
     return shared_memory_error(
         error, workers=workers, batch_size=batch_size, space=shared_memory_space()
     )
@@ -348,8 +370,8 @@ def _within_shared_memory(
 ) -> LoaderSettings:
     """:func:`fit_shared_memory` with this machine's ``/dev/shm`` and the first sample's size.
 
-    The first sample is read (once, in this process) only when there are workers and a
-    shared-memory file system to check.
+    The first sample is read (in a worker process, see :func:`first_sample_bytes`) only when
+    there are workers and a shared-memory file system to check.
     """
     if settings.num_workers == 0:
         return settings
@@ -358,7 +380,7 @@ def _within_shared_memory(
         return settings
     return fit_shared_memory(
         settings,
-        batch_bytes=_first_sample_bytes(dataset) * batch_size,
+        batch_bytes=first_sample_bytes(dataset, settings) * batch_size,
         batch_size=batch_size,
         space=space,
         chosen=chosen,
@@ -366,17 +388,60 @@ def _within_shared_memory(
     )
 
 
-def _first_sample_bytes(dataset: Dataset[Any]) -> int:
-    """The bytes of the first sample's tensors (in their own dtype), 0 when unknown."""
+def first_sample_bytes(
+    dataset: Dataset[Any],
+    settings: LoaderSettings = LoaderSettings(),
+    *,
+    timeout: float = FIRST_SAMPLE_TIMEOUT,
+) -> int:
+    """The bytes of the first sample's tensors (in their own dtype), 0 when unknown.
+
+    The sample is read in one ``DataLoader`` worker process started as the extraction's
+    workers are (``settings``' multiprocessing context and ``worker_init_fn``), which hands
+    back only its size: the dataset in this process is not touched, so a file, database or
+    archive that it opens on first use is opened in the workers only, as its author meant;
+    and torch's random number generator is not drawn from (the worker's seed comes from a
+    generator of its own), so the extraction's workers get the seeds they would get anyway.
+
+    A sample that cannot be read, or takes more than ``timeout`` seconds, is not measured:
+    the extraction reads it again and reports what is wrong where it belongs.
+    """
     try:
         if not len(dataset):  # type: ignore[arg-type]
             return 0
-        item = dataset[0]
-    except Exception as error:
-        # The extraction reads it again and reports what is wrong where it belongs.
-        logger.debug("shared memory not checked: reading the first sample failed: %s", error)
+    except TypeError:
         return 0
-    return sample_bytes(item)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=[[0]],
+        num_workers=1,
+        collate_fn=_size_of_first,
+        worker_init_fn=settings.worker_init_fn,
+        multiprocessing_context=settings.multiprocessing_context,
+        generator=torch.Generator(),
+        timeout=timeout,
+    )
+    batches = read_and_stop(loader)
+    try:
+        return int(next(batches))
+    except Exception as error:
+        if "timed out" in str(error):
+            logger.warning(
+                "reading the first sample took more than %.0f s, so the shared memory the "
+                "workers need is not checked; if the extraction stalls too, the warning that "
+                "follows says where",
+                timeout,
+            )
+        else:
+            logger.debug("shared memory not checked: reading the first sample failed: %s", error)
+        return 0
+    finally:
+        batches.close()
+
+
+def _size_of_first(items: list[Any]) -> int:
+    """A collate function that hands back the size of the (only) sample instead of a batch."""
+    return sample_bytes(items[0])
 
 
 def _loader_batch_size(loader: DataLoader[Any]) -> int | None:
@@ -427,24 +492,23 @@ class MapSource:
         return self.loader.num_workers
 
     def batches(self, indices: list[list[int]]) -> Generator[Any, None, None]:
-        """One batch per list of indices, in order; closing it stops the workers."""
-        collate = self.collate_fn or default_collate
-        if self.num_workers == 0:
-            loader = DataLoader(
-                self.dataset, batch_sampler=indices, collate_fn=collate, **self.loader.arguments()
-            )
-            yield from loader
-            return
+        """One batch per list of indices, in order; closing it stops the workers.
+
+        An error reading a sample or making a batch is raised as it was raised, with a note
+        that names the sample(s); samples that cannot be stacked into one batch are a
+        ``ValueError`` that names them.
+        """
         loader = DataLoader(
             _Reporting(self.dataset),
             batch_sampler=indices,
-            collate_fn=_ReportingCollate(collate),
+            collate_fn=_ReportingCollate(self.collate_fn or default_collate),
             **self.loader.arguments(),
         )
+        in_worker = self.num_workers > 0
         with contextlib.closing(read_and_stop(loader)) as batches:
-            for batch in batches:
+            for number, batch in enumerate(batches):
                 if isinstance(batch, _Failure):
-                    batch.raise_again()
+                    batch.raise_again(indices[number], in_worker=in_worker)
                 yield batch
 
     def first_image_size(self) -> tuple[int, int] | None:
@@ -460,17 +524,59 @@ class MapSource:
 
 @dataclass(frozen=True)
 class StreamSource:
-    """Batches in order from an iterable; ``count`` is ``None`` when unknown."""
+    """Batches in order from an iterable; ``count`` is ``None`` when unknown.
+
+    Attributes:
+        stream: The batches: a ``DataLoader``, or any iterable of batches.
+        count: Samples in all, or ``None`` when unknown.
+        check: For a ``DataLoader`` over an ``IterableDataset`` with workers: how its workers
+            were chosen (``"asked"``, ``"loader"``), so that its first batch, as it
+            arrives, is checked against the shared memory (a warning where the batches in
+            flight may not fit); ``None``: not checked here.
+    """
 
     stream: Iterable[Any]
     count: int | None
+    check: Chosen | None = None
+
+    @property
+    def num_workers(self) -> int:
+        """``DataLoader`` worker processes (0 for an iterable that is not a ``DataLoader``)."""
+        return self.stream.num_workers if isinstance(self.stream, DataLoader) else 0
 
     def batches(self) -> Generator[Any, None, None]:
         """The stream's batches, in order; closing it stops a ``DataLoader``'s workers."""
-        if isinstance(self.stream, DataLoader):
-            yield from read_and_stop(self.stream)
-        else:
+        if not isinstance(self.stream, DataLoader):
             yield from self.stream
+            return
+        check = self.check if self.stream.num_workers > 0 else None
+        # Measured before the workers start, so that their batches are not counted as used.
+        space = shared_memory_space() if check is not None else None
+        with contextlib.closing(read_and_stop(self.stream)) as batches:
+            for batch in batches:
+                if check is not None and space is not None:
+                    _first_batch_fits(self.stream, batch, space, check)
+                check = None
+                yield batch
+
+
+def _first_batch_fits(
+    loader: DataLoader[Any], batch: Any, space: SharedMemorySpace, chosen: Chosen
+) -> None:
+    """:func:`fit_shared_memory` for the batches of ``loader``, measured on its first ``batch``:
+    a warning where the batches in flight may not fit ``space`` (the workers are kept)."""
+    try:
+        size = batch_length(batch)
+    except (TypeError, ValueError):
+        size = _loader_batch_size(loader) or 0
+    fit_shared_memory(
+        LoaderSettings.of(loader),
+        batch_bytes=sample_bytes(batch),
+        batch_size=size,
+        space=space,
+        chosen=chosen,
+        processes=local_processes(),
+    )
 
 
 def read_and_stop(loader: DataLoader[Any]) -> Generator[Any, None, None]:
@@ -479,7 +585,10 @@ def read_and_stop(loader: DataLoader[Any]) -> Generator[Any, None, None]:
     torch stops them when its iterator is collected, but the traceback of an error raised
     while reading keeps the iterator alive; and while a dead worker stays registered with it,
     torch's ``SIGCHLD`` handler raises "DataLoader worker ... is killed by signal" again at
-    the next child process that exits, anywhere in the program.
+    the next child process that exits, anywhere in the program. A worker that died without
+    torch saying how (a lost connection, a plain "exited unexpectedly") is asked, and the
+    error raised names its signal or exit code (see
+    :func:`~dinov2_heads.cache.worker_death.worker_death_of`).
     """
     iterator = iter(loader)
     try:
@@ -489,53 +598,15 @@ def read_and_stop(loader: DataLoader[Any]) -> Generator[Any, None, None]:
             except StopIteration:
                 return
             except (RuntimeError, OSError, EOFError) as error:
-                killed = bus_error_of(getattr(iterator, "_workers", ()), error)
-                if killed is None:
+                died = worker_death_of(getattr(iterator, "_workers", ()), error)
+                if died is None:
                     raise
-                raise killed from error
+                raise died from error
             yield batch
     finally:
         stop = getattr(iterator, "_shutdown_workers", None)
         if callable(stop):
             stop()
-
-
-def bus_error_of(
-    workers: Iterable[Any], error: BaseException, *, wait: float = 1.0
-) -> RuntimeError | None:
-    """The error to raise when one of the ``workers`` died of a bus error, else ``None``.
-
-    A worker that dies of ``SIGBUS`` (its shared memory ran out as it wrote a batch) is not
-    always reported as such: the main process may first lose the connection over which a
-    worker hands over its batches' file descriptors ("Connection reset by peer"), or find it
-    gone ("DataLoader worker (pid(s) N) exited unexpectedly"). For those errors, the workers
-    that end within ``wait`` seconds are asked how they died.
-
-    Args:
-        workers: The ``multiprocessing`` processes of the loader's iterator.
-        error: What reading the next batch raised.
-        wait: Seconds to wait for a dying worker to end.
-    """
-    sigbus = getattr(signal, "SIGBUS", None)
-    if sigbus is None or is_shared_memory_error(error):
-        return None
-    text = str(error)
-    if "in DataLoader worker process" in text:
-        return None  # a worker's own error, handed over by torch: the worker is alive
-    if isinstance(error, RuntimeError) and "DataLoader worker (pid" not in text:
-        return None
-    processes = [worker for worker in workers if hasattr(worker, "sentinel")]
-    if not processes:
-        return None
-    ended = multiprocessing.connection.wait([w.sentinel for w in processes], timeout=wait)
-    for worker in processes:
-        if worker.sentinel in ended:
-            worker.join(wait)  # its sentinel closes as it exits, a moment before its exit code
-        if worker.exitcode == -sigbus:
-            return RuntimeError(
-                f"DataLoader worker (pid {worker.pid}) was killed by signal: Bus error (SIGBUS)"
-            )
-    return None
 
 
 def as_source(
@@ -566,7 +637,9 @@ def as_source(
         # Unknown length; "auto" gives no workers to an iterable (each would yield it all).
         settings = loader_settings(num_workers, data="other", batches=0, device=device)
         loader = DataLoader(data, batch_size=batch_size, **settings.arguments())
-        return StreamSource(loader, None)
+        # Workers asked for: their first batch is measured as it arrives (an iterable may
+        # not yield its first items twice, so nothing is read ahead).
+        return StreamSource(loader, None, check="asked")
     if isinstance(data, Dataset):
         count = len(data)  # type: ignore[arg-type]
         kind: DataKind = "files" if reads_image_files(data) else "other"
@@ -611,8 +684,9 @@ def _loader_source(loader: DataLoader[Any]) -> MapSource | StreamSource:
     batch_size = _loader_batch_size(loader)
     if not isinstance(dataset, IterableDataset) and batch_size is not None:
         _within_shared_memory(settings, dataset, batch_size, "loader")
-    count = None if isinstance(dataset, IterableDataset) else len(dataset)  # type: ignore[arg-type]
-    return StreamSource(loader, count)
+    if isinstance(dataset, IterableDataset):
+        return StreamSource(loader, None, check="loader")
+    return StreamSource(loader, len(dataset))  # type: ignore[arg-type]
 
 
 def data_class_names(data: Any) -> dict[str, tuple[str, ...]]:
@@ -636,18 +710,64 @@ def data_class_names(data: Any) -> dict[str, tuple[str, ...]]:
     return {}
 
 
-# ---------------------------------------------------------------------- worker errors
+# ---------------------------------------------------------------------- errors reading
+
+
+#: How torch's ``default_collate`` says that the samples of a batch differ in size.
+_UNEQUAL_SIZES = "stack expects each tensor to be equal size"
 
 
 @dataclass
 class _Failure:
-    """An error raised in a worker while reading sample ``index``, carried back as data."""
+    """An error raised reading sample ``index`` (``None``: making the batch), carried back
+    from a worker as data."""
 
-    index: int
+    index: int | None
     error: BaseException
 
-    def raise_again(self) -> None:
-        raise self.error
+    def raise_again(self, indices: Sequence[int], *, in_worker: bool) -> None:
+        """Raise the error with a note naming the sample, or the batch of ``indices``."""
+        error = self.error
+        where = " in a DataLoader worker process" if in_worker else ""
+        if self.index is not None:
+            _add_note(error, f"(while reading sample {self.index} of the data{where})")
+            raise error
+        samples = _samples(indices)
+        if isinstance(error, RuntimeError) and _UNEQUAL_SIZES in str(error):
+            raise ValueError(
+                f"{samples} cannot be stacked into one batch: {error}. Every image (and every "
+                "mask or depth map) must have the same size: give the dataset a transform "
+                "with a fixed output size (a Preprocess with resize and crop; --size H W on "
+                "the command line)"
+            ) from error
+        _add_note(error, f"(while making one batch of {samples}{where})")
+        raise error
+
+
+def _samples(indices: Sequence[int]) -> str:
+    """``"samples 6 to 8"``, ``"samples 3, 9, 12"`` or ``"sample 4"``."""
+    if len(indices) == 1:
+        return f"sample {indices[0]}"
+    if list(indices) == list(range(indices[0], indices[0] + len(indices))):
+        return f"samples {indices[0]} to {indices[-1]}"
+    return "samples " + ", ".join(str(index) for index in indices)
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    add = getattr(error, "add_note", None)  # Python 3.11 and later
+    if callable(add) and note not in getattr(error, "__notes__", ()):
+        add(note)
+
+
+def _picklable(error: Exception) -> BaseException:
+    """``error``, or a ``RuntimeError`` with its text where it cannot cross to this process."""
+    if get_worker_info() is None:
+        return error  # read in this process: raised as it is, traceback and all
+    try:
+        pickle.dumps(error)
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
 
 
 class _Reporting(Dataset[Any]):
@@ -669,15 +789,12 @@ class _Reporting(Dataset[Any]):
         try:
             return self.dataset[index]
         except Exception as error:
-            try:
-                pickle.dumps(error)
-            except Exception:
-                error = RuntimeError(f"{type(error).__name__}: {error}")
-            return _Failure(index, error)
+            return _Failure(index, _picklable(error))
 
 
 class _ReportingCollate:
-    """The collate function, unless the batch holds a failure: then the (first) failure."""
+    """The collate function, unless the batch holds a failure (then the first failure), or
+    the collate function fails (then that failure)."""
 
     def __init__(self, collate: Collate) -> None:
         self.collate = collate
@@ -686,4 +803,7 @@ class _ReportingCollate:
         for item in items:
             if isinstance(item, _Failure):
                 return item
-        return self.collate(items)
+        try:
+            return self.collate(items)
+        except Exception as error:
+            return _Failure(None, _picklable(error))

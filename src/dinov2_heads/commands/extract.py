@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dinov2_heads.commands import _common, _extract_dense
+from dinov2_heads.watchdog import STALL_WARNING
 
 if TYPE_CHECKING:
     import torch
@@ -97,6 +99,14 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
         help="image loading processes; auto: one per CPU available but one (at most 16)",
     )
     parser.add_argument(
+        "--stall-warning",
+        type=_seconds,
+        default=STALL_WARNING,
+        metavar="SECONDS",
+        help="warn when no batch has come for this long (saying whether the image loading or "
+        "the backbone is waiting, and what to try), again at 2x, 4x, ... as long; 0: never",
+    )
+    parser.add_argument(
         "--draft",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -165,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
             preprocessing=dataset.preprocessing if dense else transform,
             class_names=(description["class_names"] or None) if dense else None,
             progress=not args.quiet,
+            stall_warning=args.stall_warning or None,
         )
     except BaseException:
         # A store this run started and did not finish records its images too, so that the run
@@ -187,6 +198,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"  skipped {len(description['skipped'])} unreadable image(s), listed in the log")
     print(f"image paths and class names: {out / DATASET_FILE}")
     return 0
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: seconds >= 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0 (0: never), got {text!r}")
+    return seconds
 
 
 def _workers(text: str) -> int | str:
