@@ -73,6 +73,7 @@ from dinov2_heads.cache.shared_memory import (
     workers_that_fit,
 )
 from dinov2_heads.cache.worker_death import dead_worker, worker_death_of, worker_died_error
+from dinov2_heads.watchdog import format_duration
 
 logger = logging.getLogger(__name__)
 
@@ -427,10 +428,9 @@ def first_sample_bytes(
     except Exception as error:
         if "timed out" in str(error):
             logger.warning(
-                "reading the first sample took more than %.0f s, so the shared memory the "
-                "workers need is not checked; if the extraction stalls too, the warning that "
-                "follows says where",
-                timeout,
+                "reading the first sample took more than %s, so the shared memory the "
+                "workers need is not checked",
+                format_duration(timeout),
             )
         else:
             logger.debug("shared memory not checked: reading the first sample failed: %s", error)
