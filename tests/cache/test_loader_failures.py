@@ -161,7 +161,7 @@ def test_a_stalled_worker_gets_a_warning_that_says_how_to_look_into_it(
         "handed over the next batch"
     ) in first
     assert "num_workers=0, --num-workers 0" in first
-    assert f"ps --ppid {os.getpid()}" in first
+    assert f"listed by ps --ppid {os.getpid()}" in first
     assert "py-spy dump --pid PID" in first
     assert not watchdog_threads()
     assert_same_store(store, extract_features(frozen, Images(9), batch_size=3, progress=False))
@@ -235,7 +235,7 @@ def test_a_worker_killed_by_the_out_of_memory_killer_is_one_clear_error_and_resu
     assert message.startswith("a DataLoader worker process (pid ")
     assert (
         "was killed by signal SIGKILL (Killed) while reading the data with 2 worker processes "
-        "and batches of 3 samples: the likeliest cause is memory"
+        "and batches of 3 samples. The likeliest cause is memory"
     ) in message
     assert "the kernel's out-of-memory killer ended the process" in message
     assert "run the same extraction again to resume it" in message
@@ -290,7 +290,7 @@ def test_a_worker_killed_while_the_backbone_runs_is_named_too() -> None:
         RuntimeError("DataLoader worker (pid(s) 77) exited unexpectedly"), source
     )
     assert "(pid 77) ended unexpectedly" in str(plain)
-    assert "the likeliest cause is memory" in str(plain)
+    assert "The likeliest cause is memory" in str(plain)
     exited = RuntimeError(
         "DataLoader worker (pid 5) exited unexpectedly with exit code 1. Details are lost due "
         "to multiprocessing. Rerunning with num_workers=0 may give better error trace."

@@ -26,21 +26,20 @@ def stall_message(stall: Stall, *, workers: int) -> str:
     command line.
     """
     waited = f"no batch has come for {format_duration(stall.elapsed)}"
-    again = f"(next warning at {format_duration(stall.next_warning)} without a batch)"
+    again = f"Next warning at {format_duration(stall.next_warning)} without a batch"
     at = f", now at {stall.where}" if stall.where else ""
     if not stall.waiting:
         return (
             f"{waited}: the backbone has been working on the last one (and writing its "
             f"features) for {format_duration(stall.phase)}{at}. A large backbone over large "
             "batches on a CPU can take this long (a smaller batch size shows progress sooner); "
-            "on a GPU, check that no other process holds it (nvidia-smi) "
-            f"{again}"
+            f"on a GPU, check that no other process holds it (nvidia-smi). {again}"
         )
     if workers == 0:
         return (
             f"{waited}: the extraction is waiting for the data, read in this process{at}. "
             "It may be stuck reading a file (a network file system), on a lock, or on a "
-            f"sample that never returns {again}"
+            f"sample that never returns. {again}"
         )
     processes = f"{workers} worker process{'es have' if workers != 1 else ' has'}"
     return (
@@ -49,5 +48,5 @@ def stall_message(stall: Stall, *, workers: int) -> str:
         "a file (a network file system), in a deadlock, or on a sample that never returns. "
         "To see where: read in this process (num_workers=0, --num-workers 0), and this "
         "warning names the line the reading is at; or run py-spy dump --pid PID on each "
-        f"worker (ps --ppid {os.getpid()} lists them) {again}"
+        f"worker, listed by ps --ppid {os.getpid()}. {again}"
     )

@@ -173,9 +173,8 @@ def worker_died_error(
     in_process = "num_workers=0 reads in this process"
     if name == "SIGKILL" or (name is None and death.exit_code is None):
         fewer = max((workers or 2) // 2, 1)
-        likely = "" if name == "SIGKILL" else "ended without saying why; "
         message = (
-            f"{what}: {likely}the likeliest cause is memory: the machine (or the container's "
+            f"{what}. The likeliest cause is memory: the machine (or the container's "
             "memory limit) ran out, and the kernel's out-of-memory killer ended the process "
             '(the kernel log, dmesg, then has an "Out of memory" line naming it); another '
             f"program may also have killed it. {resume}. To use less memory, read with fewer "
