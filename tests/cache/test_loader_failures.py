@@ -381,7 +381,14 @@ def test_an_error_in_the_dataset_is_raised_as_it_was_and_names_its_sample(
     assert str(caught.value) == "'no annotation for sample 5'"
     if sys.version_info >= (3, 11):
         where = " in a DataLoader worker process" if workers else ""
-        assert caught.value.__notes__ == [f"(while reading sample 5 of the data{where})"]
+        notes = caught.value.__notes__
+        assert notes[0] == f"(while reading sample 5 of the data{where})"
+        if workers:  # the worker's traceback, which torch's own report also carries
+            assert notes[1].startswith("The worker's traceback:\nTraceback (most recent call")
+            assert f'File "{__file__}", line' in notes[1]
+            assert notes[1].endswith("KeyError: 'no annotation for sample 5'")
+        else:  # here, the error's own traceback reaches into the dataset
+            assert len(notes) == 1
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -469,9 +469,10 @@ def test_a_worker_whose_batch_finds_no_shared_memory_fails_clearly_and_resumes(
     assert_explains(error, ALLOCATE_FAILED)
     assert str(error.__cause__) == ALLOCATE_FAILED
     if sys.version_info >= (3, 11):
-        assert error.__cause__.__notes__ == [
-            "(while making one batch of samples 6 to 8 in a DataLoader worker process)"
-        ]
+        sample, trace = error.__cause__.__notes__
+        assert sample == "(while making one batch of samples 6 to 8 in a DataLoader worker process)"
+        assert trace.startswith("The worker's traceback:")
+        assert "in collate" in trace
 
 
 def test_other_errors_pass_as_they_are(

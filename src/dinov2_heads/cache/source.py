@@ -40,6 +40,7 @@ import logging
 import math
 import os
 import pickle
+import traceback
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -567,7 +568,7 @@ def _first_batch_fits(
     a warning where the batches in flight may not fit ``space`` (the workers are kept)."""
     try:
         size = batch_length(batch)
-    except (TypeError, ValueError):
+    except Exception:  # a batch the extraction cannot take says so itself, a moment later
         size = _loader_batch_size(loader) or 0
     fit_shared_memory(
         LoaderSettings.of(loader),
@@ -720,27 +721,32 @@ _UNEQUAL_SIZES = "stack expects each tensor to be equal size"
 @dataclass
 class _Failure:
     """An error raised reading sample ``index`` (``None``: making the batch), carried back
-    from a worker as data."""
+    from a worker as data, with the worker's traceback (``None`` in this process, where the
+    error keeps its own)."""
 
     index: int | None
     error: BaseException
+    trace: str | None = None
 
     def raise_again(self, indices: Sequence[int], *, in_worker: bool) -> None:
-        """Raise the error with a note naming the sample, or the batch of ``indices``."""
+        """Raise the error with a note naming the sample, or the batch of ``indices``, and a
+        note holding the worker's traceback."""
         error = self.error
         where = " in a DataLoader worker process" if in_worker else ""
-        if self.index is not None:
+        if self.index is None:
+            samples = _samples(indices)
+            if isinstance(error, RuntimeError) and _UNEQUAL_SIZES in str(error):
+                raise ValueError(
+                    f"{samples} cannot be stacked into one batch: {error}. Every image (and "
+                    "every mask or depth map) must have the same size: give the dataset a "
+                    "transform with a fixed output size (a Preprocess with resize and crop; "
+                    "--size H W on the command line)"
+                ) from error
+            _add_note(error, f"(while making one batch of {samples}{where})")
+        else:
             _add_note(error, f"(while reading sample {self.index} of the data{where})")
-            raise error
-        samples = _samples(indices)
-        if isinstance(error, RuntimeError) and _UNEQUAL_SIZES in str(error):
-            raise ValueError(
-                f"{samples} cannot be stacked into one batch: {error}. Every image (and every "
-                "mask or depth map) must have the same size: give the dataset a transform "
-                "with a fixed output size (a Preprocess with resize and crop; --size H W on "
-                "the command line)"
-            ) from error
-        _add_note(error, f"(while making one batch of {samples}{where})")
+        if self.trace:
+            _add_note(error, f"The worker's traceback:\n{self.trace.rstrip()}")
         raise error
 
 
@@ -759,15 +765,18 @@ def _add_note(error: BaseException, note: str) -> None:
         add(note)
 
 
-def _picklable(error: Exception) -> BaseException:
-    """``error``, or a ``RuntimeError`` with its text where it cannot cross to this process."""
+def _failure(index: int | None, error: Exception) -> _Failure:
+    """The failure to hand back for ``error``: as it is in this process; from a worker, with
+    its traceback as text, and as a ``RuntimeError`` with its text where it cannot be
+    pickled."""
     if get_worker_info() is None:
-        return error  # read in this process: raised as it is, traceback and all
+        return _Failure(index, error)  # raised again as it is, traceback and all
+    trace = "".join(traceback.format_exception(error))
     try:
         pickle.dumps(error)
     except Exception:
-        return RuntimeError(f"{type(error).__name__}: {error}")
-    return error
+        return _Failure(index, RuntimeError(f"{type(error).__name__}: {error}"), trace)
+    return _Failure(index, error, trace)
 
 
 class _Reporting(Dataset[Any]):
@@ -789,7 +798,7 @@ class _Reporting(Dataset[Any]):
         try:
             return self.dataset[index]
         except Exception as error:
-            return _Failure(index, _picklable(error))
+            return _failure(index, error)
 
 
 class _ReportingCollate:
@@ -806,4 +815,4 @@ class _ReportingCollate:
         try:
             return self.collate(items)
         except Exception as error:
-            return _Failure(None, _picklable(error))
+            return _failure(None, error)
