@@ -89,6 +89,7 @@ __all__ = [
     "as_source",
     "available_cpus",
     "data_class_names",
+    "first_sample_bytes",
     "fit_shared_memory",
     "loader_failure",
     "loader_settings",
