@@ -7,7 +7,7 @@ by nearest neighbour when a pair must change size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,6 +23,7 @@ from dinov2_heads.data.functional import (
     normalize,
     resize,
 )
+from dinov2_heads.data.joint_transforms import pair_transform_description
 
 
 def check_pair(image: Tensor, depth: Tensor, who: str = "the depth transform") -> None:
@@ -138,11 +139,7 @@ class DepthTransform(WorkerSeeded):
         other way. The random generator's state is recorded as ``None``: it is no setting
         (``seed`` is).
         """
-        value: dict[str, Any] = {"type": type(self).__name__}
-        for item in fields(self):
-            if item.name != "normalize":
-                value[item.name] = getattr(self, item.name) if item.init else None
-        return value
+        return pair_transform_description(self)
 
     def __call__(self, image: Tensor, depth: Tensor) -> tuple[Tensor, Tensor]:
         """Transform one pair: image (3, H, W), depth (1, H, W) -> the same, cropped to size.

@@ -100,11 +100,7 @@ class SegmentationTransform:
         other way. The random generator's state is recorded as ``None``: it is no setting
         (``seed`` is).
         """
-        value: dict[str, Any] = {"type": type(self).__name__}
-        for item in fields(self):
-            if item.name != "normalize":
-                value[item.name] = getattr(self, item.name) if item.init else None
-        return value
+        return pair_transform_description(self)
 
     def __call__(self, image: Image.Image | Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Transform an image (PIL, or (3, H, W) uint8 / float in [0, 1]) and its mask (H, W).
@@ -202,3 +198,17 @@ def check_pair(image: Tensor, mask: Tensor, where: str = "") -> None:
             "match its image pixel for pixel (check that they belong together and that the "
             "image was not rotated by an EXIF tag or resized)"
         )
+
+
+def pair_transform_description(transform: Any) -> dict[str, Any]:
+    """A dataclass pair transform as a store records it: its class name and fields.
+
+    ``normalize`` is left out (the features are the same either way, so stores resume across
+    it), and a field set after construction, such as the random generator, is recorded as
+    ``None``.
+    """
+    value: dict[str, Any] = {"type": type(transform).__name__}
+    for item in fields(transform):
+        if item.name != "normalize":
+            value[item.name] = getattr(transform, item.name) if item.init else None
+    return value
