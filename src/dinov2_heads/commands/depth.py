@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dinov2_heads.commands import _common, _dense
+from dinov2_heads.commands._dense_heads import pick_dense_head
 
 if TYPE_CHECKING:
     from torch import nn
@@ -240,22 +241,8 @@ def load_depth_head(
 
 def _saved_depth_head(heads: nn.Module, file: Path, head_name: str | None) -> nn.Module:
     """The one depth head of a save_heads file (``head_name`` picks it among several)."""
-    from torch import nn
-
-    from dinov2_heads.training import dense_task
-
-    members = dict(heads.items()) if isinstance(heads, nn.ModuleDict) else {"": heads}
-    candidates = {name: head for name, head in members.items() if dense_task(head) == "depth"}
-    if head_name is not None:
-        candidates = {name: head for name, head in candidates.items() if name == head_name}
-    if len(candidates) != 1:
-        found = ", ".join(repr(name) for name in candidates) or "none"
-        held = ", ".join(f"{name or 'head'}: {type(h).__name__}" for name, h in members.items())
-        raise ValueError(
-            f"{file} must hold exactly one depth head (found: {found}; the file holds {held}); "
-            "give a file with one LinearDepthHead or DPTDepthHead, or pick one with --head-name"
-        )
-    return next(iter(candidates.values())).eval()
+    _, head = pick_dense_head(heads, file, head_name, "depth")
+    return head.eval()
 
 
 def _output_names(paths: list[Path]) -> list[str]:

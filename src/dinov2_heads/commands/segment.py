@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dinov2_heads.commands import _common, _dense
+from dinov2_heads.commands._dense_heads import pick_dense_head
 
 if TYPE_CHECKING:
     from torch import nn
@@ -189,10 +190,8 @@ def _saved_head(
     args: argparse.Namespace, backbone: nn.Module
 ) -> tuple[nn.Module, tuple[str, ...], tuple[tuple[int, int, int], ...]]:
     """The one segmentation head of a save_heads file, checked against the backbone."""
-    from torch import nn
 
     from dinov2_heads.export import load_heads
-    from dinov2_heads.training import dense_task
 
     saved = load_heads(args.heads)
     _common.check_backbone(args, saved, backbone)
@@ -202,20 +201,7 @@ def _saved_head(
             f"{args.heads} holds heads this library cannot rebuild; load them in Python with "
             "load_heads(...).load_into(your_module)"
         )
-    members = dict(heads.items()) if isinstance(heads, nn.ModuleDict) else {"": heads}
-    candidates = {
-        name: head for name, head in members.items() if dense_task(head) == "segmentation"
-    }
-    if args.head_name is not None:
-        candidates = {k: v for k, v in candidates.items() if k == args.head_name}
-    if len(candidates) != 1:
-        found = ", ".join(repr(name) for name in candidates) or "none"
-        held = ", ".join(f"{name or 'head'}: {type(h).__name__}" for name, h in members.items())
-        raise ValueError(
-            f"{args.heads} must hold exactly one segmentation head (found: {found}; the file "
-            f"holds {held}); give a released head file, or pick one with --head-name"
-        )
-    head = next(iter(candidates.values()))
+    _, head = pick_dense_head(heads, args.heads, args.head_name, "segmentation")
     classes = int(getattr(head, "num_classes"))  # noqa: B009
     names = getattr(head, "class_names", None) or _numbered(classes)
     return head, tuple(names), _palette(classes)
