@@ -590,6 +590,12 @@ def read_manifest(root: str | os.PathLike[str]) -> Manifest:
     """
     file = manifest_path(root)
     if not file.is_file():
+        inside = _stores_inside(Path(root))
+        if inside:
+            raise FileNotFoundError(
+                f"no feature store at {root}: it is a folder of stores ({', '.join(inside)}); "
+                f"pass one of them, e.g. {Path(root) / inside[0]}"
+            )
         raise FileNotFoundError(
             f"no feature store at {root}: {MANIFEST} not found; create one with extract_features"
         )
@@ -626,3 +632,11 @@ def write_manifest(root: str | os.PathLike[str], manifest: Manifest) -> None:
     """Replace the manifest atomically (temporary file, fsync, rename, fsync the directory)."""
     text = json.dumps(manifest.to_json(), indent=2) + "\n"
     atomic_write_bytes(manifest_path(root), text.encode("utf-8"))
+
+
+def _stores_inside(folder: Path) -> list[str]:
+    """The names of the feature stores directly inside ``folder``, sorted (none if unreadable)."""
+    try:
+        return sorted(child.name for child in folder.iterdir() if (child / MANIFEST).is_file())
+    except OSError:
+        return []

@@ -442,6 +442,37 @@ def _encode_safetensors(state: dict[str, Tensor], metadata: str) -> bytes:
     return data
 
 
+#: The official backbones' widths: a released ImageNet linear head reads 2 or 5 of them.
+_OFFICIAL_WIDTHS = (384, 768, 1024, 1536)
+
+
+def _released_linear_hint(content: Any) -> str:
+    """How to load ``content`` when it is a released DINOv2 ImageNet linear head, else ``""``.
+
+    Those files hold a bare ``weight`` (K, n D) and ``bias`` (K,) of an ``nn.Linear`` reading
+    the class token and the mean patch token of the last block (n = 2), or the class tokens
+    of the last four blocks and that mean (n = 5).
+    """
+    if not isinstance(content, Mapping) or set(content) != {"weight", "bias"}:
+        return ""
+    weight, bias = content["weight"], content["bias"]
+    if not isinstance(weight, Tensor) or not isinstance(bias, Tensor) or weight.ndim != 2:
+        return ""
+    classes, width = weight.shape
+    for dim in _OFFICIAL_WIDTHS:
+        for parts, blocks in ((2, 1), (5, 4)):
+            if width == parts * dim:
+                backbone = "" if blocks == 1 else ", n_last_blocks=4"
+                return (
+                    f"; it holds a bare weight {classes}x{width} and bias, like a released "
+                    f"DINOv2 linear head: load it with head = LinearHead({dim}, {classes}, "
+                    f"n_blocks={blocks}); head.load_state_dict(torch.load(path)) (with "
+                    f"FrozenBackbone(...{backbone})), then write a heads file with "
+                    "save_heads (docs/migrating.md)"
+                )
+    return ""
+
+
 def _read_head_file(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Tensor], str]:
     """The file's head weights (owned, on CPU) and its metadata text, through the reader."""
     source = existing_file(path)
@@ -452,7 +483,7 @@ def _read_head_file(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Tenso
     elif content.get("format") != FORMAT:
         raise CheckpointError(
             f"{source} is a torch file but not a head checkpoint written by save_heads "
-            f"(no format {FORMAT!r})"
+            f"(no format {FORMAT!r}){_released_linear_hint(content)}"
         )
     else:
         tensors, text = content.get("state_dict"), content.get("metadata")
