@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from dinov2_heads.cache.source import reads_image_files
 from dinov2_heads.data import (
     IGNORE_LABEL,
     DepthDataset,
@@ -181,3 +182,6 @@ def test_datasets_yield_pixels(tmp_path: Path) -> None:
     image, depth = depths[0]
     assert torch.equal(image, pil_to_tensor(picture))
     assert torch.equal(depth, torch.full((1, 28, 42), 3.5))
+    # Both read files, so extract_features(num_workers="auto") gives them worker processes.
+    assert reads_image_files(masks)
+    assert reads_image_files(depths)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -44,6 +45,10 @@ class DepthDataset(Dataset[tuple[Tensor, Tensor]]):
         >>> dataset = DepthDataset.from_folders("nyu/images", "nyu/depth", scale="nyu")
         ... # doctest: +SKIP
     """
+
+    #: It reads image files: ``extract_features(num_workers="auto")`` reads it with worker
+    #: processes.
+    reads_image_files: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -41,6 +41,10 @@ class SegmentationDataset(Dataset[tuple[Tensor, Tensor]]):
             ``FrozenBackbone`` or ``Segmenter`` to normalise on its device.
         palette: For colour (RGB) masks: the colour of each class index.
     """
+
+    #: It reads image files: ``extract_features(num_workers="auto")`` reads it with worker
+    #: processes.
+    reads_image_files: ClassVar[bool] = True
 
     def __init__(
         self,
