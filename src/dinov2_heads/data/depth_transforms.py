@@ -131,14 +131,8 @@ class DepthTransform(WorkerSeeded):
         )
 
     def description(self) -> dict[str, Any]:
-        """What a feature store records about this transform: the class name and fields.
-
-        ``normalize`` never appears: whether the images are normalised here or by the
-        backbone on its device, the features are the same, so the stores made before the
-        option existed open and resume as before, and a store started one way resumes the
-        other way. The random generator's state is recorded as ``None``: it is no setting
-        (``seed`` is).
-        """
+        """What a feature store records about this transform (see
+        :func:`pair_transform_description`: ``normalize`` is left out)."""
         return pair_transform_description(self)
 
     def __call__(self, image: Tensor, depth: Tensor) -> tuple[Tensor, Tensor]:

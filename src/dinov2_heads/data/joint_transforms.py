@@ -92,14 +92,8 @@ class SegmentationTransform:
             self.generator = torch.Generator().manual_seed(int(self.seed))
 
     def description(self) -> dict[str, Any]:
-        """What a feature store records about this transform: the class name and fields.
-
-        ``normalize`` never appears: whether the images are normalised here or by the
-        backbone on its device, the features are the same, so the stores made before the
-        option existed open and resume as before, and a store started one way resumes the
-        other way. The random generator's state is recorded as ``None``: it is no setting
-        (``seed`` is).
-        """
+        """What a feature store records about this transform (see
+        :func:`pair_transform_description`: ``normalize`` is left out)."""
         return pair_transform_description(self)
 
     def __call__(self, image: Image.Image | Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -203,9 +197,11 @@ def check_pair(image: Tensor, mask: Tensor, where: str = "") -> None:
 def pair_transform_description(transform: Any) -> dict[str, Any]:
     """A dataclass pair transform as a store records it: its class name and fields.
 
-    ``normalize`` is left out (the features are the same either way, so stores resume across
-    it), and a field set after construction, such as the random generator, is recorded as
-    ``None``.
+    ``normalize`` is left out: whether the images are normalised here or by the backbone on
+    its device, the features are the same, so stores made before the option existed resume
+    as before, and a store started one way resumes the other way. A field set after
+    construction, such as the random generator's state, is recorded as ``None``: it is no
+    setting (``seed`` is).
     """
     value: dict[str, Any] = {"type": type(transform).__name__}
     for item in fields(transform):
