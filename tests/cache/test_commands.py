@@ -110,19 +110,3 @@ def test_inspect_verifies_a_store(
     assert "class_tokens.bin has sha256" in error
     assert main(["inspect", str(files.checkpoint), "--verify"]) == 1
     assert "--verify checks a feature store folder" in capsys.readouterr().err
-
-
-def test_train_on_a_folder_of_stores_names_the_stores(
-    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    features = tmp_path / "features"
-    assert extract(files, features / "train") == 0
-    assert extract(files, features / "heldout") == 0
-    capsys.readouterr()
-    assert main(["train", str(features), "--out", str(tmp_path / "heads")]) != 0
-    error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1, error
-    assert "a folder of stores (heldout, train)" in error
-    assert f"pass one of them, e.g. {features / 'heldout'}" in error
-    # The advice works: the named store trains.
-    assert main(["--quiet", "train", str(features / "heldout"), "--out", str(tmp_path / "h")]) == 0

@@ -107,8 +107,12 @@ def test_a_folder_of_feature_stores_is_not_a_store(
     assert main([*extract, "--size", "28", "56", str(files.folder)]) == 0
     assert main(["train", str(store.parent), "--out", str(tmp_path / "trained")]) == 1
     message = one_error_line(capsys, "train")
-    assert message.startswith(f"no feature store at {store.parent}")
-    assert message.endswith("create one with dinov2-heads extract")
+    assert message == (
+        f"no feature store at {store.parent}: it is a folder of stores (train); pass one of "
+        f"them, e.g. {store}"
+    )
+    # The advice works: the named store trains.
+    assert main(["--quiet", "train", str(store), "--out", str(tmp_path / "trained")]) == 0
 
 
 def test_a_folder_without_images(
