@@ -20,6 +20,7 @@ from dinov2_heads.data.functional import (
     IMAGENET_STD,
     _as_pair,
     check_mean_std,
+    check_normalize_option,
     normalize,
     resize,
 )
@@ -98,8 +99,7 @@ class DepthTransform(WorkerSeeded):
     _seeded_in: int | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.normalize, bool):
-            raise TypeError(f"normalize must be True or False, got {self.normalize!r}")
+        check_normalize_option(type(self).__name__, self.normalize)
         self.mean, self.std = check_mean_std(self.mean, self.std)
         if self.crop_size is not None:
             self.crop_size = _as_pair(self.crop_size, "crop_size")
@@ -147,13 +147,7 @@ class DepthTransform(WorkerSeeded):
                 image with ``normalize=False``.
         """
         check_pair(image, depth)
-        if not self.normalize and image.dtype != torch.uint8:
-            raise ValueError(
-                f"DepthTransform(normalize=False) hands on uint8 pixels 0..255, but got a "
-                f"{image.dtype} image, which cannot be handed on as uint8 (float pixels would "
-                "be rounded to whole grey levels); pass the decoded uint8 pixels, or keep "
-                "normalize=True for float images"
-            )
+        check_normalize_option(type(self).__name__, self.normalize, image)
         generator = self._stream()
         depth = depth.float()
         if self.crop_size is not None:

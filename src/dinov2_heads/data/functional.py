@@ -300,3 +300,29 @@ def grid_size(size: tuple[int, int], patch_size: int = PATCH_SIZE) -> tuple[int,
     """The patch grid (h, w) of a valid image size (H, W)."""
     check_valid_size(size, patch_size)
     return size[0] // patch_size, size[1] // patch_size
+
+
+def check_normalize_option(who: str, normalize: object, image: Tensor | None = None) -> None:
+    """The checks of a transform's ``normalize`` option, shared by every transform that has it.
+
+    ``normalize`` must be a bool; with ``normalize=False`` an ``image`` given must be ``uint8``
+    pixels, since float pixels would have to be rounded to whole grey levels.
+
+    Args:
+        who: The transform's class name, for the message.
+        normalize: The option's value.
+        image: The image the transform was given, or ``None`` to check the option only.
+
+    Raises:
+        TypeError: ``normalize`` is not a bool.
+        ValueError: A float image with ``normalize=False``.
+    """
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize must be True or False, got {normalize!r}")
+    if image is not None and not normalize and image.dtype != torch.uint8:
+        raise ValueError(
+            f"{who}(normalize=False) hands on uint8 pixels 0..255, but got a {image.dtype} "
+            "image, which cannot be handed on as uint8 (float pixels would be rounded to "
+            "whole grey levels); pass the decoded uint8 pixels (a Pillow image or a uint8 "
+            "tensor), or keep normalize=True for float images"
+        )

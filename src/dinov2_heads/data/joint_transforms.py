@@ -14,6 +14,7 @@ from dinov2_heads.data.functional import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     check_mean_std,
+    check_normalize_option,
     normalize,
     pil_to_tensor,
     to_float,
@@ -66,8 +67,7 @@ class SegmentationTransform:
     generator: torch.Generator | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.normalize, bool):
-            raise TypeError(f"normalize must be True or False, got {self.normalize!r}")
+        check_normalize_option(type(self).__name__, self.normalize)
         self.mean, self.std = check_mean_std(self.mean, self.std)
         if self.crop_size is not None:
             crop = (
@@ -108,13 +108,7 @@ class SegmentationTransform:
                 image with ``normalize=False``.
         """
         pixels = image if isinstance(image, Tensor) else pil_to_tensor(image)
-        if not self.normalize and pixels.dtype != torch.uint8:
-            raise ValueError(
-                f"SegmentationTransform(normalize=False) hands on uint8 pixels 0..255, but got "
-                f"a {pixels.dtype} image, which cannot be handed on as uint8 (float pixels "
-                "would be rounded to whole grey levels); pass the decoded uint8 pixels (a "
-                "Pillow image or a uint8 tensor), or keep normalize=True for float images"
-            )
+        check_normalize_option(type(self).__name__, self.normalize, pixels)
         x = to_float(pixels) if self.normalize else pixels
         check_pair(x, mask)
         target = mask.long()

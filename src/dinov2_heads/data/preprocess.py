@@ -16,6 +16,7 @@ from dinov2_heads.data.functional import (
     _as_pair,
     center_crop,
     check_mean_std,
+    check_normalize_option,
     check_valid_size,
     nearest_valid_size,
     normalize,
@@ -81,8 +82,7 @@ class Preprocess:
     def __post_init__(self) -> None:
         if not isinstance(self.draft, bool):
             raise TypeError(f"draft must be True or False, got {self.draft!r}")
-        if not isinstance(self.normalize, bool):
-            raise TypeError(f"normalize must be True or False, got {self.normalize!r}")
+        check_normalize_option(type(self).__name__, self.normalize)
         if not isinstance(self.resize, int):
             object.__setattr__(self, "resize", _as_pair(self.resize, "resize"))
         elif self.resize <= 0:
@@ -170,13 +170,7 @@ class Preprocess:
             ValueError: Float input with ``normalize=False``.
         """
         x = image if isinstance(image, Tensor) else _pixels(image)
-        if not self.normalize and x.dtype != torch.uint8:
-            raise ValueError(
-                f"Preprocess(normalize=False) hands on uint8 pixels 0..255, but got a {x.dtype} "
-                "image, which cannot be handed on as uint8 (float pixels would be rounded to "
-                "whole grey levels); pass the decoded uint8 pixels (a Pillow image or a uint8 "
-                "tensor), or keep normalize=True for float images"
-            )
+        check_normalize_option(type(self).__name__, self.normalize, x)
         if isinstance(self.resize, int):
             x = resize_shorter_side(x, self.resize)
         else:
