@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,8 @@ from dinov2_heads import create_backbone
 from dinov2_heads.cache import FeatureStore
 from dinov2_heads.cache import source as source_module
 from dinov2_heads.cache.shared_memory import SharedMemorySpace
+from dinov2_heads.cli import main
+from dinov2_heads.demo import SyntheticVehicles
 from dinov2_heads.features import FrozenBackbone
 
 #: A roomy ``/dev/shm`` (8 GiB, all free), so that no test here depends on the machine's.
@@ -126,3 +130,30 @@ def frozen() -> FrozenBackbone:
 @pytest.fixture(scope="module")
 def frozen_reg() -> FrozenBackbone:
     return tiny_frozen(registers=4)
+
+
+# ---------------------------------------------------------------------- the command line
+
+
+@dataclass(frozen=True)
+class Files:
+    """A tiny backbone checkpoint and a folder of 8 images, for `dinov2-heads extract`."""
+
+    checkpoint: Path
+    folder: Path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    backbone = create_backbone("dinov2_vits14", depth=1, embed_dim=64, num_heads=1, img_size=56)
+    torch.save(backbone.state_dict(), root / "tiny.pth")
+    folder = SyntheticVehicles(8, seed=0, size=(28, 56)).write_folder(root / "cars", label="body")
+    return Files(root / "tiny.pth", folder)
+
+
+def extract(files: Files, out: Path, *extra: str) -> int:
+    """`dinov2-heads extract` of ``files`` into ``out`` at 28x56, batches of 2."""
+    argv = ["--quiet", "extract", "--checkpoint", str(files.checkpoint), "--out", str(out)]
+    return main([*argv, "--size", "28", "56", "--batch-size", "2", *extra, str(files.folder)])

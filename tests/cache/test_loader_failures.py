@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dinov2_heads import create_backbone
 from dinov2_heads.cache import FeatureStore, SharedMemoryError, WorkerDiedError, extract_features
 from dinov2_heads.cache import source as source_module
 from dinov2_heads.cache.manifest import read_manifest
@@ -46,10 +44,9 @@ from dinov2_heads.cache.source import (
 from dinov2_heads.cache.worker_death import WorkerDeath, dead_worker
 from dinov2_heads.cli import main
 from dinov2_heads.data import ImageFolderDataset
-from dinov2_heads.demo import SyntheticVehicles
 from dinov2_heads.features import Features, FrozenBackbone
 from dinov2_heads.watchdog import WATCHDOG_THREAD_NAME
-from tests.cache.conftest import Images, Samples, layout_of
+from tests.cache.conftest import Files, Images, Samples, extract, layout_of
 
 KiB = 2**10
 
@@ -301,27 +298,6 @@ def test_a_worker_killed_while_the_backbone_runs_is_named_too() -> None:
         assert source_module.loader_failure(RuntimeError(other), source) is None
     bus = RuntimeError("DataLoader worker (pid 9) is killed by signal: Bus error. ")
     assert isinstance(source_module.loader_failure(bus, source), SharedMemoryError)
-
-
-@dataclass(frozen=True)
-class Files:
-    checkpoint: Path
-    folder: Path
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
-    root = tmp_path_factory.mktemp("cli")
-    torch.manual_seed(0)
-    backbone = create_backbone("dinov2_vits14", depth=1, embed_dim=64, num_heads=1, img_size=56)
-    torch.save(backbone.state_dict(), root / "tiny.pth")
-    folder = SyntheticVehicles(8, seed=0, size=(28, 56)).write_folder(root / "cars", label="body")
-    return Files(root / "tiny.pth", folder)
-
-
-def extract(files: Files, out: Path, *extra: str) -> int:
-    argv = ["--quiet", "extract", "--checkpoint", str(files.checkpoint), "--out", str(out)]
-    return main([*argv, "--size", "28", "56", "--batch-size", "2", *extra, str(files.folder)])
 
 
 @needs_signals

@@ -31,7 +31,6 @@ from torch.utils.data import (
     get_worker_info,
 )
 
-from dinov2_heads import create_backbone
 from dinov2_heads.cache import FeatureStore, SharedMemoryError, extract_features
 from dinov2_heads.cache import source as source_module
 from dinov2_heads.cache.manifest import read_manifest
@@ -55,11 +54,10 @@ from dinov2_heads.cache.source import (
     fit_shared_memory,
 )
 from dinov2_heads.cache.worker_death import worker_death_of
-from dinov2_heads.cli import main
 from dinov2_heads.data import ImageFolderDataset, Preprocess
 from dinov2_heads.demo import SyntheticVehicles
 from dinov2_heads.features import FrozenBackbone
-from tests.cache.conftest import Images, layout_of
+from tests.cache.conftest import Files, Images, extract, layout_of
 
 MiB = 2**20
 GiB = 2**30
@@ -540,27 +538,6 @@ def test_a_worker_dead_of_a_bus_error_is_named_whatever_torch_said() -> None:
 
 
 # ---------------------------------------------------------------------- the command line
-
-
-@dataclass(frozen=True)
-class Files:
-    checkpoint: Path
-    folder: Path
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
-    root = tmp_path_factory.mktemp("cli")
-    torch.manual_seed(0)
-    backbone = create_backbone("dinov2_vits14", depth=1, embed_dim=64, num_heads=1, img_size=56)
-    torch.save(backbone.state_dict(), root / "tiny.pth")
-    folder = SyntheticVehicles(8, seed=0, size=(28, 56)).write_folder(root / "cars", label="body")
-    return Files(root / "tiny.pth", folder)
-
-
-def extract(files: Files, out: Path, *extra: str) -> int:
-    argv = ["--quiet", "extract", "--checkpoint", str(files.checkpoint), "--out", str(out)]
-    return main([*argv, "--size", "28", "56", "--batch-size", "2", *extra, str(files.folder)])
 
 
 @needs_signals
