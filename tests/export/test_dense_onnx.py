@@ -19,8 +19,8 @@ from dinov2_heads.export import (
     read_onnx_metadata,
     verify_dense_onnx,
 )
-from dinov2_heads.export.onnx import _require
 from dinov2_heads.export.onnx_input_checks import FINITE_CHECK
+from dinov2_heads.export.onnx_runtime import require_module
 from dinov2_heads.features import Features
 from dinov2_heads.heads import DPTDepthHead, LinearDepthHead, LinearSegmentationHead
 from tests.heads.official_depth import dense_fixtures, fixture_backbone, fixture_head_state
@@ -263,7 +263,7 @@ def test_each_export_function_names_the_other(tmp_path: Path) -> None:
 
 def test_a_missing_onnx_package_names_both_install_commands() -> None:
     with pytest.raises(ImportError) as error:
-        _require("onnx_package_that_is_not_installed")
+        require_module("onnx_package_that_is_not_installed")
     message = str(error.value)
     assert "pip install 'dinov2-heads[export]'" in message
     assert "from a checkout: pip install -e '.[export]'" in message

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from dinov2_heads.export import export_onnx, read_onnx_metadata, verify_onnx
-from dinov2_heads.export.onnx import ExportGraph, OnnxExport, _save_atomically
+from dinov2_heads.export.onnx import ExportGraph, OnnxExport
 from dinov2_heads.export.onnx_input_checks import FINITE_CHECK, SIZE_CHECK
+from dinov2_heads.export.onnx_tracing import save_program
 from dinov2_heads.features import Features, FrozenBackbone
 from dinov2_heads.heads import Conv1dNeck, LinearHead, MultiHead
 from tests.export.conftest import TokenHead, official_fixture_backbone, tiny_frozen
@@ -173,7 +174,7 @@ def test_a_model_with_external_data_is_saved_under_its_final_names(tmp_path: Pat
     import onnx
 
     target = tmp_path / "big.onnx"
-    _save_atomically(_FakeProgram(), target)
+    save_program(_FakeProgram(), target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
     model = onnx.load(str(target))  # loads the weights from the .data file by its recorded name
     assert list(onnx.numpy_helper.to_array(model.graph.initializer[0])) == [1.0, 2.0]

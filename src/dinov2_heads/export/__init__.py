@@ -7,9 +7,9 @@ from dinov2_heads.export.onnx import (
     ExportGraph,
     OnnxExport,
     export_onnx,
-    read_onnx_metadata,
     verify_onnx,
 )
+from dinov2_heads.export.onnx_metadata import read_onnx_metadata
 from dinov2_heads.export.output_layout import OutputLayout
 
 __all__ = [

@@ -29,25 +29,26 @@ import torch
 from torch import Tensor, nn
 
 from dinov2_heads.dense import Depther, Segmenter
-from dinov2_heads.export.onnx import (
-    DEFAULT_OPSET,
-    INPUT_NAME,
-    MAX_GRID,
-    OnnxExport,
-    _check_arguments,
-    _device_of,
-    _eval_mode,
-    _metadata,
-    _other_parity_grid,
-    _quiet_exporter,
-    _run_checked,
-    _save_atomically,
-    _session,
-    _size_advice,
-    _size_words,
-    read_onnx_metadata,
-)
+from dinov2_heads.export.onnx import OnnxExport
 from dinov2_heads.export.onnx_input_checks import add_input_checks
+from dinov2_heads.export.onnx_metadata import graph_metadata, read_onnx_metadata
+from dinov2_heads.export.onnx_runtime import (
+    INPUT_NAME,
+    open_session,
+    run_checked,
+    size_advice,
+    size_words,
+)
+from dinov2_heads.export.onnx_tracing import (
+    DEFAULT_OPSET,
+    MAX_GRID,
+    check_export_arguments,
+    device_of,
+    eval_mode,
+    other_parity_grid,
+    quiet_exporter,
+    save_program,
+)
 from dinov2_heads.features import FrozenBackbone
 
 logger = logging.getLogger(__name__)
@@ -218,12 +219,12 @@ def export_dense_onnx(
             onnxruntime could not run the graph at a checked size (the message names it).
     """
     chosen = check_exportable(predictor, output)
-    _check_arguments(predictor.frozen, predictor.head, opset, verify)
+    check_export_arguments(predictor.frozen, predictor.head, opset, verify)
     patch = predictor.patch_size
     size = _trace_size(input_size, patch)
     graph = DenseExportGraph(predictor, chosen)
     target = Path(path)
-    with _eval_mode(predictor), _eval_mode(graph), _quiet_exporter():
+    with eval_mode(predictor), eval_mode(graph), quiet_exporter():
         program, least = _trace(graph, size, dynamic_batch, opset)
         checks = add_input_checks(
             program.model.graph, patch_size=patch, size=False, finite=check_finite
@@ -238,7 +239,7 @@ def export_dense_onnx(
         if isinstance(predictor, Depther):
             description["clamp"] = [predictor.min_depth, predictor.max_depth]
         program.model.metadata_props.update(
-            _metadata(
+            graph_metadata(
                 graph.frozen,
                 graph.output_names,
                 predictor.head,
@@ -250,7 +251,7 @@ def export_dense_onnx(
                 traced_min_size=list(least),
             )
         )
-        _save_atomically(program, target)
+        save_program(program, target)
     logger.info("exported the whole %s to %s", type(predictor).__name__, target)
     result = OnnxExport(
         path=target,
@@ -277,7 +278,7 @@ def verify_dense_onnx(
     """
     output = read_onnx_metadata(path).get("predictor", {}).get("output")
     graph = DenseExportGraph(predictor, check_exportable(predictor, output))
-    produced, expected = _outputs(_session(path), graph, images)
+    produced, expected = _outputs(open_session(path), graph, images)
     return float((produced - expected).abs().max())
 
 
@@ -305,7 +306,7 @@ def _trace(
     """The ``torch.onnx`` program of ``graph`` traced with symbolic height and width, and the
     smallest (H, W) the trace holds for."""
     frozen = graph.frozen
-    example = torch.randn(2 if dynamic_batch else 1, 3, *size, device=_device_of(frozen))
+    example = torch.randn(2 if dynamic_batch else 1, 3, *size, device=device_of(frozen))
     example = example.to(frozen.dtype)
     # A head that cannot read these features raises its own clear error here; inside
     # torch.export it would come wrapped in exporter advice.
@@ -357,7 +358,7 @@ def _check_shapes(
     fewest = max(2, *(-(-side // patch) for side in least))
     second = []
     for side, cells, smallest in zip(
-        size, _other_parity_grid(grid, least=fewest), least, strict=True
+        size, other_parity_grid(grid, least=fewest), least, strict=True
     ):
         half = patch // 2
         padding = half & ~1 if (-side % patch) % 2 else half | 1  # 6 or 7 px for patch 14
@@ -377,7 +378,7 @@ def _verified(
 ) -> OnnxExport:
     """``result`` with the largest onnxruntime - PyTorch difference, or a ``RuntimeError``."""
     shapes = _check_shapes(result.input_size, patch, result.dynamic_batch, least)
-    session = _session(result.path)
+    session = open_session(result.path)
     worst = 0.0
     failed: list[tuple[int, int, int, int]] = []
     for shape in shapes:
@@ -394,8 +395,8 @@ def _verified(
         raise RuntimeError(
             f"the exported graph differs from PyTorch by up to {worst:.2e} in {name}, more "
             f"than atol={atol:g} + rtol={rtol:g} x |output|, on "
-            f"{' and '.join(_size_words(shape, patch) for shape in failed)}; "
-            f"{_size_advice(failed, result.input_size)}"
+            f"{' and '.join(size_words(shape, patch) for shape in failed)}; "
+            f"{size_advice(failed, result.input_size)}"
         )
     return dataclasses.replace(result, max_abs_diff={name: worst}, checked_shapes=shapes)
 
@@ -406,12 +407,12 @@ def _outputs(
     """(onnxruntime's output, PyTorch's output) for ``images``, both float32 on the CPU.
 
     ``traced``: the size the graph was traced at, when checking a new export (see
-    :func:`~dinov2_heads.export.onnx._run_checked`).
+    :func:`~dinov2_heads.export.onnx_runtime.run_checked`).
     """
     frozen = graph.frozen
-    with _eval_mode(graph), torch.no_grad():
-        (expected,) = graph(images.to(device=_device_of(frozen), dtype=frozen.dtype))
-    (produced,) = _run_checked(
+    with eval_mode(graph), torch.no_grad():
+        (expected,) = graph(images.to(device=device_of(frozen), dtype=frozen.dtype))
+    (produced,) = run_checked(
         session, graph.output_names, images.to(frozen.dtype), frozen.patch_size, traced
     )
     return torch.from_numpy(produced).float(), expected.cpu().float()

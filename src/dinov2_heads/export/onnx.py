@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
 import os
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,28 +13,34 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dinov2_heads.atomic import atomic_path
-from dinov2_heads.dense import Depther, Segmenter
-from dinov2_heads.export.heads_checkpoint import head_specs
 from dinov2_heads.export.onnx_input_checks import add_input_checks
+from dinov2_heads.export.onnx_metadata import graph_metadata
+from dinov2_heads.export.onnx_runtime import (
+    INPUT_NAME,
+    open_session,
+    run_checked,
+    size_advice,
+    size_words,
+)
+from dinov2_heads.export.onnx_tracing import (
+    DEFAULT_OPSET,
+    MAX_GRID,
+    check_export_arguments,
+    device_of,
+    eval_mode,
+    other_parity_grid,
+    quiet_exporter,
+    save_program,
+)
 from dinov2_heads.export.output_layout import OutputLayout, describe_outputs, single_output_name
 from dinov2_heads.features import FrozenBackbone
-from dinov2_heads.fingerprint import weights_fingerprint
 from dinov2_heads.heads import MultiHead
 
 logger = logging.getLogger(__name__)
 
-#: Name of the graph input.
-INPUT_NAME = "images"
 #: Name of the output of a single classifier or segmentation head (a :class:`MultiHead` names
 #: each output after its head; a single depth head's output is ``depth``).
 SINGLE_OUTPUT = "logits"
-#: Default ONNX opset: 18 is read by onnxruntime >= 1.14 and current TensorRT.
-DEFAULT_OPSET = 18
-#: Largest grid side the dynamic graph declares (14,336 px for patch size 14).
-MAX_GRID = 1024
-#: How to install what ONNX export needs, published or from a checkout of the repository.
-INSTALL_HINT = "pip install 'dinov2-heads[export]', or from a checkout: pip install -e '.[export]'"
 
 
 @dataclass(frozen=True)
@@ -176,19 +179,19 @@ def export_onnx(
         RuntimeError: The verification found a larger difference than ``atol``, or
             onnxruntime could not run the graph at a checked size (the message names it).
     """
-    _check_arguments(frozen, heads, opset, verify)
+    check_export_arguments(frozen, heads, opset, verify)
     patch = frozen.patch_size
     dynamic, size = _plan_size(heads, patch, dynamic_size, input_size)
     graph = ExportGraph(frozen, heads)
     target = Path(path)
-    with _eval_mode(heads), _quiet_exporter():
+    with eval_mode(heads), quiet_exporter():
         program = _trace(graph, size, dynamic_batch, dynamic, opset)
         layouts = describe_outputs(program, graph.named_heads, patch)
         checks = add_input_checks(
             program.model.graph, patch_size=patch, size=dynamic, finite=check_finite
         )
         program.model.metadata_props.update(
-            _metadata(
+            graph_metadata(
                 graph.frozen,
                 graph.output_names,
                 heads,
@@ -199,7 +202,7 @@ def export_onnx(
                 output_layouts={name: layout.to_dict() for name, layout in layouts.items()},
             )
         )
-        _save_atomically(program, target)
+        save_program(program, target)
     logger.info(
         "exported %s to %s (dynamic batch %s, dynamic size %s)",
         ", ".join(graph.output_names),
@@ -218,32 +221,6 @@ def export_onnx(
         output_layouts=layouts,
     )
     return _verified(result, graph, patch, atol) if verify else result
-
-
-def _check_arguments(frozen: object, heads: nn.Module, opset: int, verify: bool) -> None:
-    _require("onnxscript")
-    if not isinstance(frozen, FrozenBackbone):
-        hint = (
-            "; for a Depther or Segmenter (padding and resize in the graph) use "
-            "export_dense_onnx(predictor, path)"
-            if isinstance(frozen, Depther | Segmenter)
-            else ""
-        )
-        raise TypeError(
-            f"export_onnx needs a FrozenBackbone, got {type(frozen).__name__}; wrap the "
-            f"backbone: FrozenBackbone(backbone, n_last_blocks=...){hint}"
-        )
-    if not isinstance(heads, nn.Module):
-        raise TypeError(f"heads must be an nn.Module (a head or a MultiHead), got {heads!r}")
-    if opset < 18:
-        raise ValueError(
-            f"opset must be 18 or newer (the torch.export-based exporter's oldest), got {opset}"
-        )
-    if verify and frozen.dtype == torch.bfloat16:
-        raise ValueError(
-            "verify=True needs float32 or float16 weights (onnxruntime has no bfloat16 input); "
-            "export a float32 FrozenBackbone, or pass verify=False"
-        )
 
 
 def _plan_size(
@@ -273,7 +250,7 @@ def _trace(
 ) -> Any:
     """The ``torch.onnx`` program of ``graph`` traced on random images of ``size``."""
     frozen = graph.frozen
-    example = torch.randn(2 if dynamic_batch else 1, 3, *size, device=_device_of(frozen))
+    example = torch.randn(2 if dynamic_batch else 1, 3, *size, device=device_of(frozen))
     example = example.to(frozen.dtype)
     graph.eval()
     # A head that cannot read these features (another grid, block count or width) raises its
@@ -299,7 +276,7 @@ def _trace(
 def _verified(result: OnnxExport, graph: ExportGraph, patch: int, atol: float) -> OnnxExport:
     """``result`` with the largest onnxruntime - PyTorch differences, or a ``RuntimeError``."""
     shapes = _check_shapes(result.input_size, patch, result.dynamic_batch, result.dynamic_size)
-    session = _session(result.path)
+    session = open_session(result.path)
     worst: dict[str, float] = dict.fromkeys(graph.output_names, 0.0)
     failed: list[tuple[int, int, int, int]] = []
     for shape in shapes:
@@ -313,8 +290,8 @@ def _verified(result: OnnxExport, graph: ExportGraph, patch: int, atol: float) -
         raise RuntimeError(
             f"the exported graph differs from PyTorch by up to {max(worst.values()):.2e} "
             f"(per output: {worst}), more than atol={atol:g}, on "
-            f"{' and '.join(_size_words(shape, patch) for shape in failed)}; "
-            f"{_size_advice(failed, result.input_size)}"
+            f"{' and '.join(size_words(shape, patch) for shape in failed)}; "
+            f"{size_advice(failed, result.input_size)}"
         )
     return dataclasses.replace(result, max_abs_diff=worst, checked_shapes=shapes)
 
@@ -337,16 +314,16 @@ def verify_onnx(
         raise ValueError(
             "onnxruntime cannot be fed bfloat16 images; verify a float32 (or float16) export"
         )
-    return _compare(_session(path), ExportGraph(frozen, heads), images)
+    return _compare(open_session(path), ExportGraph(frozen, heads), images)
 
 
 def _compare(
     session: Any, graph: ExportGraph, images: Tensor, traced: tuple[int, int] | None = None
 ) -> dict[str, float]:
     frozen = graph.frozen
-    with _eval_mode(graph), torch.no_grad():
-        expected = graph(images.to(device=_device_of(frozen), dtype=frozen.dtype))
-    produced = _run_checked(
+    with eval_mode(graph), torch.no_grad():
+        expected = graph(images.to(device=device_of(frozen), dtype=frozen.dtype))
+    produced = run_checked(
         session, graph.output_names, images.to(frozen.dtype), frozen.patch_size, traced
     )
     diffs = {}
@@ -355,118 +332,7 @@ def _compare(
     return diffs
 
 
-def _run_checked(
-    session: Any,
-    output_names: Sequence[str],
-    images: Tensor,
-    patch: int,
-    traced: tuple[int, int] | None = None,
-) -> list[Any]:
-    """onnxruntime's outputs for ``images``, which PyTorch has just run, or a ``RuntimeError``
-    that names the size the graph failed on.
-
-    Args:
-        session: An onnxruntime ``InferenceSession``.
-        output_names: The outputs to return, in order.
-        images: (B, 3, H, W) in the graph's input dtype.
-        patch: The patch size, to name the patch grid.
-        traced: The (H, W) the graph was traced at, when checking a new export (the message
-            then says what probably went wrong and the way round).
-    """
-    try:
-        return list(session.run(list(output_names), {INPUT_NAME: images.cpu().numpy()}))
-    except Exception as error:  # onnxruntime's own error types
-        shape = tuple(images.shape)
-        advice = (
-            _size_advice([shape], traced)
-            if traced is not None
-            else "check that the file was exported from this model, for this batch size"
-        )
-        raise RuntimeError(
-            f"onnxruntime could not run the exported graph on {_size_words(shape, patch)}, "
-            f"which PyTorch runs ({str(error).strip()}); {advice}"
-        ) from error
-
-
-def _size_words(shape: Sequence[int], patch: int) -> str:
-    """``"images of 42x56 (a 3x4 patch grid)"`` for (B, 3, 42, 56), for messages; the grid of
-    sides that are not multiples of ``patch`` is the padded one."""
-    height, width = shape[-2], shape[-1]
-    return f"images of {height}x{width} (a {-(-height // patch)}x{-(-width // patch)} patch grid)"
-
-
-def _size_advice(failed: Sequence[Sequence[int]], traced: tuple[int, int] | None) -> str:
-    """The way round when the check of a new export fails on the ``failed`` input shapes."""
-    if traced is not None and all(tuple(shape[-2:]) != traced for shape in failed):
-        return (
-            f"the traced size {traced[0]}x{traced[1]} matches, so a head probably branches on "
-            "tensor sizes (such as a resize done only when two maps differ, as they do for "
-            "grid sides of one parity), and the graph keeps the traced size's branch only; do "
-            "the step unconditionally (a resize to the same size is a copy), or export with a "
-            "fixed size"
-        )
-    return "please report this with the model settings"
-
-
-def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``dinov2_heads.*`` metadata of a file written by :func:`export_onnx`, JSON decoded.
-
-    Raises:
-        FileNotFoundError: Nothing is at ``path``.
-        ValueError: The file is not an ONNX model, or not one :func:`export_onnx` wrote.
-    """
-    onnx = _require("onnx")
-    source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"no ONNX file at {source}")
-    try:
-        model = onnx.load(str(source), load_external_data=False)
-    except Exception as error:  # protobuf's DecodeError and friends
-        raise ValueError(
-            f"{source} is not an ONNX file: it does not parse as an ONNX model "
-            f"({type(error).__name__}); pass the .onnx file export_onnx wrote"
-        ) from error
-    if not model.graph.node and not model.opset_import:
-        # Protocol buffers parse many short byte strings as an empty message.
-        raise ValueError(f"{source} is not an ONNX file: it holds no ONNX graph")
-    prefix = "dinov2_heads."
-    metadata = {
-        prop.key[len(prefix) :]: json.loads(prop.value)
-        for prop in model.metadata_props
-        if prop.key.startswith(prefix)
-    }
-    if not metadata:
-        raise ValueError(
-            f"{source} is an ONNX model but has no dinov2_heads metadata: export_onnx did not "
-            "write it"
-        )
-    return metadata
-
-
 # ---------------------------------------------------------------------------- helpers
-
-
-def _require(module: str) -> Any:
-    try:
-        return __import__(module)
-    except ImportError as error:
-        raise ImportError(
-            f"ONNX export needs {module}, which is not installed here: {INSTALL_HINT}"
-        ) from error
-
-
-def _session(path: str | os.PathLike[str]) -> Any:
-    ort = _require("onnxruntime")
-    options = ort.SessionOptions()
-    # Fatal only: a failed run's error reaches the caller as the exception it raises.
-    options.log_severity_level = 4
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    for param in module.parameters():
-        return param.device
-    return torch.device("cpu")
 
 
 def _fixed_grid(heads: nn.Module) -> tuple[str, int] | None:
@@ -538,116 +404,6 @@ def _check_shapes(
     batches = [1, 3] if dynamic_batch else [1]
     sizes = [size]
     if dynamic_size:
-        grid_h, grid_w = _other_parity_grid((size[0] // patch, size[1] // patch), least=2)
+        grid_h, grid_w = other_parity_grid((size[0] // patch, size[1] // patch), least=2)
         sizes.append((grid_h * patch, grid_w * patch))
     return [(b, 3, h, w) for b in batches for h, w in sizes]
-
-
-def _other_parity_grid(grid: tuple[int, int], *, least: int = 2) -> tuple[int, int]:
-    """A second patch grid to check a dynamic graph at: each side of the other parity.
-
-    Together with ``grid`` it holds an odd and an even side in each direction, the fewest
-    sizes that do: a head whose graph took a branch on the traced grid's parity (a resize done
-    only when two maps differ, which they do for odd sides) fails or differs at the other
-    parity. The grid is one patch taller and one narrower (wider when narrower would go below
-    ``least``), of another aspect ratio than ``grid``, so a swap of height and width shows too.
-
-    Args:
-        grid: The traced (h, w).
-        least: The smallest side the graph was traced for, in patches.
-
-    Returns:
-        (h', w') with ``h' % 2 != h % 2`` and ``w' % 2 != w % 2``, each between ``least`` and
-        :data:`MAX_GRID`.
-    """
-    height, width = grid
-    taller = height + 1 if height < MAX_GRID else height - 1
-    narrower = width - 1 if width - 1 >= least else width + 1
-    if taller * width == height * narrower:
-        # A square grid at the least side, (2, 2) -> (3, 3): two more patches keep the parity
-        # and change the ratio.
-        taller += 2
-    return taller, narrower
-
-
-def _metadata(
-    frozen: FrozenBackbone,
-    output_names: Sequence[str],
-    heads: nn.Module,
-    size: tuple[int, int],
-    dynamic_size: bool,
-    dynamic_batch: bool,
-    checks: Sequence[str],
-    **more: Any,
-) -> dict[str, str]:
-    """The ``dinov2_heads.*`` metadata entries, JSON encoded; ``more`` adds entries."""
-    specs = dict(zip(output_names, head_specs(heads).values(), strict=True))
-    values: dict[str, Any] = {
-        "input": {
-            "name": INPUT_NAME,
-            "layout": "B, 3, H, W",
-            "dtype": str(frozen.dtype).removeprefix("torch."),
-        },
-        "input_size": list(size),
-        "dynamic_size": dynamic_size,
-        "dynamic_batch": dynamic_batch,
-        "patch_size": frozen.patch_size,
-        "input_checks": list(checks),
-        "outputs": list(output_names),
-        "heads": {name: {"type": s["type"], "config": s["config"]} for name, s in specs.items()},
-        "class_names": {name: spec["class_names"] for name, spec in specs.items()},
-        "backbone_variant": getattr(frozen.backbone, "variant", None),
-        "backbone_fingerprint": weights_fingerprint(frozen.backbone),
-        "n_last_blocks": frozen.n_last_blocks,
-        **more,
-    }
-    return {f"dinov2_heads.{key}": json.dumps(value) for key, value in values.items()}
-
-
-def _save_atomically(program: Any, target: Path) -> None:
-    # The weights go in the .onnx file unless the model is over 2 GB; then torch writes a
-    # "<name>.data" file next to it, named after the destination, so the temporary name is
-    # only used for the small .onnx file and the data file keeps its final name.
-    with atomic_path(target) as temporary:
-        program.save(str(temporary))
-        data = temporary.with_name(temporary.name + ".data")
-        if data.exists():
-            os.replace(data, target.with_name(target.name + ".data"))
-            _rewrite_external_location(temporary, target.name + ".data")
-
-
-def _rewrite_external_location(model_path: Path, location: str) -> None:
-    onnx = _require("onnx")
-    model = onnx.load(str(model_path), load_external_data=False)
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = location
-    onnx.save(model, str(model_path))
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    modes = {child: child.training for child in module.modules()}
-    module.eval()
-    try:
-        yield
-    finally:
-        for child, training in modes.items():
-            child.training = training
-
-
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    # The exporter logs a warning per torchvision operator it cannot register (torchvision is
-    # not a dependency) and torch.export emits an internal FutureWarning; neither concerns
-    # the user.
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-            yield
-    finally:
-        registration.setLevel(level)
