@@ -63,10 +63,12 @@ def test_a_heads_file_given_as_the_checkpoint_says_which_option_takes_it(
         "pca": ["--out", str(tmp_path / "pca.png")],
     }[command]
     assert main([command, *args, "--checkpoint", str(files.heads), str(files.images[0])]) == 1
+    # The loader's own message, word for word as load_backbone gives it in Python.
     assert one_error_line(capsys, command) == (
-        f"--checkpoint {files.heads} holds heads written by save_heads (colour, brand), not a "
-        "backbone: --checkpoint takes the DINOv2 backbone checkpoint the heads were trained on, "
-        "and the heads file goes to --heads"
+        f"{files.heads} is a heads file written by save_heads (heads: colour, brand), not a "
+        "backbone checkpoint: pass the DINOv2 backbone checkpoint the heads were trained on "
+        "instead, and load this file with dinov2_heads.load_heads (on the command line: "
+        f"--heads {files.heads}, with the backbone as --checkpoint)"
     )
 
 

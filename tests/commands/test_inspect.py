@@ -97,8 +97,8 @@ def test_a_head_checkpoint_points_to_predict(
     path = save_heads(tmp_path / "heads.pt", MultiHead({"colour": LinearHead(64, 3)}))
     assert main(["inspect", str(path)]) == 1
     error = capsys.readouterr().err
-    assert "holds heads written by save_heads (colour), not a backbone; use it with " in error
-    assert f"dinov2-heads predict --heads {path}" in error
+    assert f"{path} is a heads file written by save_heads (heads: colour), not a backbone" in error
+    assert f"--heads {path}, with the backbone as --checkpoint" in error
     garbage = tmp_path / "other.pt"
     torch.save({"fc.weight": torch.zeros(2, 2)}, garbage)
     assert main(["inspect", str(garbage)]) == 1

@@ -68,7 +68,9 @@ def create_backbone(
 
     Raises:
         ArchitectureMismatchError: The weights do not fit the architecture asked for.
-        CheckpointError: The checkpoint cannot be read or is not a DINOv2 backbone.
+        CheckpointError: The checkpoint cannot be read or is not a DINOv2 backbone; a heads
+            file (``save_heads``) or a released head file is named as such, with where it
+            goes (an :class:`UnknownFormatError`).
     """
     config = get_config(name)
     if pretrained:

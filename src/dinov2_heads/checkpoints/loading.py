@@ -29,6 +29,7 @@ from dinov2_heads.checkpoints.folders import (
     read_checkpoint_files,
 )
 from dinov2_heads.checkpoints.formats import CheckpointFormat, to_official
+from dinov2_heads.checkpoints.heads_as_backbone import heads_as_backbone_error
 from dinov2_heads.checkpoints.huggingface_config import (
     HuggingFaceConfig,
     check_huggingface_config,
@@ -148,6 +149,8 @@ def read_backbone(
         verify: Check every checksum the files record first.
 
     Raises:
+        UnknownFormatError: The names fit no backbone layout; a heads file written by
+            ``save_heads`` or a released DINOv2 head file is named as such, with where it goes.
         CheckpointError: Anything wrong with the content (see :mod:`~dinov2_heads.checkpoints`).
         CheckpointFileError: The file cannot be opened.
     """
@@ -159,8 +162,16 @@ def read_backbone(
         files = find_checkpoint_files(source)
         content = read_checkpoint_files(files, mmap=mmap, verify=verify)
         hf = read_huggingface_config(files.config) if files.config is not None else None
-    unwrapped = unwrap_state_dict(content)
-    converted = to_official(unwrapped.state_dict)
+    try:
+        unwrapped = unwrap_state_dict(content)
+        converted = to_official(unwrapped.state_dict)
+    except CheckpointError:
+        # Head files are the commonest thing given in a backbone's place: say which and where
+        # they go instead of listing names that fit no layout.
+        refusal = heads_as_backbone_error(content, files)
+        if refusal is not None:
+            raise refusal from None
+        raise
     return BackboneWeights(
         state_dict=converted.state_dict,
         format=converted.format,
@@ -255,7 +266,9 @@ def load_backbone(
             the weights hold names that a backbone does not have, or they do not fit the
             architecture (tensors missing or of another shape); see
             :func:`backbone_from_weights`.
-        CheckpointError: The checkpoint cannot be read or is not a DINOv2 backbone.
+        CheckpointError: The checkpoint cannot be read or is not a DINOv2 backbone; a heads
+            file (``save_heads``) or a released head file is named as such, with where it
+            goes (an :class:`UnknownFormatError`).
     """
     weights = read_backbone(source, mmap=mmap, verify=verify)
     if variant is None:

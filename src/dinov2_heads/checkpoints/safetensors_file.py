@@ -202,3 +202,37 @@ def _check_coverage(path: Path, entries: list[TensorEntry], data_start: int, siz
             f"{path} could not be read as a safetensors file; it is truncated or corrupted "
             f"({size - position} bytes follow the last tensor)"
         )
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's header (``{}`` when it has none).
+
+    Only the header is read, and only its length is checked: for telling what a file is, not
+    for loading it (:func:`read_layout` checks every tensor).
+
+    Raises:
+        CheckpointFileError: The file cannot be read.
+        CheckpointError: The header is malformed.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as stream:
+            length = int.from_bytes(stream.read(8), "little")
+            if not 0 < length <= min(size - 8, MAX_HEADER):
+                raise CheckpointError(
+                    f"{path} could not be read as a safetensors file; its header claims "
+                    f"{length} bytes, the file holds {size}"
+                )
+            raw = stream.read(length)
+    except OSError as error:
+        raise CheckpointFileError(f"cannot read {path}: {error.strerror or error}") from error
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(
+            f"{path}: the safetensors header is not valid JSON ({error})"
+        ) from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict):
+        return {}
+    return {str(key): str(value) for key, value in metadata.items()}

@@ -129,35 +129,12 @@ def device(name: str) -> torch.device:
 def load_backbone(args: argparse.Namespace) -> DinoVisionTransformer:
     """The backbone of ``--checkpoint`` (checked against ``--variant``) on ``--device``.
 
-    Raises:
-        ValueError: ``--checkpoint`` is a heads file (``save_heads``): the message says to pass
-            it as ``--heads`` and the backbone as ``--checkpoint``.
+    A heads file or a released head file given as ``--checkpoint`` is named by the loader
+    (:func:`~dinov2_heads.checkpoints.read_backbone`), with the option it goes to.
     """
-    from dinov2_heads.checkpoints import UnknownFormatError
     from dinov2_heads.checkpoints import load_backbone as load
 
-    try:
-        backbone = load(args.checkpoint, variant=args.variant)
-    except UnknownFormatError:
-        names = saved_head_names(args.checkpoint)
-        if names is None:
-            raise
-        raise ValueError(
-            f"--checkpoint {args.checkpoint} holds heads written by save_heads "
-            f"({', '.join(names)}), not a backbone: --checkpoint takes the DINOv2 backbone "
-            "checkpoint the heads were trained on, and the heads file goes to --heads"
-        ) from None
-    return backbone.to(device(args.device))
-
-
-def saved_head_names(path: str | os.PathLike[str]) -> list[str] | None:
-    """The head names of a heads file written by ``save_heads``; ``None`` for any other file."""
-    from dinov2_heads.export import load_heads
-
-    try:
-        return list(load_heads(path).head_names)
-    except (OSError, ValueError, TypeError, RuntimeError):
-        return None
+    return load(args.checkpoint, variant=args.variant).to(device(args.device))
 
 
 def add_backbone_check_argument(parser: argparse.ArgumentParser) -> None:

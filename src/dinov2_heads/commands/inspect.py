@@ -6,8 +6,6 @@ import argparse
 import json
 from typing import Any
 
-from dinov2_heads.commands import _common
-
 EXAMPLE = """\
 example:
   dinov2-heads inspect dinov2_vits14_pretrain.pth
@@ -43,7 +41,7 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
 
 def run(args: argparse.Namespace) -> int:
     from dinov2_heads.cache.manifest import is_store_manifest
-    from dinov2_heads.checkpoints import UnknownFormatError, describe_checkpoint
+    from dinov2_heads.checkpoints import describe_checkpoint
 
     if is_store_manifest(args.checkpoint):
         return _inspect_store(args)
@@ -53,11 +51,7 @@ def run(args: argparse.Namespace) -> int:
             f"{args.checkpoint} is not one"
         )
 
-    try:
-        summary = describe_checkpoint(args.checkpoint)
-    except UnknownFormatError:
-        _refuse_head_checkpoint(args.checkpoint)
-        raise
+    summary = describe_checkpoint(args.checkpoint)
     print(json.dumps(summary.to_dict(), indent=2) if args.json else str(summary))
     return 0
 
@@ -79,14 +73,3 @@ def _inspect_store(args: argparse.Namespace) -> int:
         what = "sizes and sha256" if checked.checksums else "sizes (no checksums recorded)"
         print(f"verified {len(checked.files)} files ({checked.nbytes} bytes): {what} match")
     return 0
-
-
-def _refuse_head_checkpoint(path: str) -> None:
-    """Raise a pointer to ``predict`` when ``path`` holds heads written by ``save_heads``."""
-    names = _common.saved_head_names(path)
-    if names is None:
-        return  # not a head checkpoint either: the backbone error stands
-    raise ValueError(
-        f"{path} holds heads written by save_heads ({', '.join(names)}), not a "
-        f"backbone; use it with dinov2-heads predict --heads {path} --checkpoint BACKBONE"
-    )

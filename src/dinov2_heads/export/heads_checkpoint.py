@@ -31,6 +31,8 @@ from dinov2_heads.atomic import atomic_write_bytes
 from dinov2_heads.backbone import DinoVisionTransformer
 from dinov2_heads.checkpoints.errors import CheckpointError
 from dinov2_heads.checkpoints.reading import existing_file, read_checkpoint_file, sniff_file_kind
+from dinov2_heads.checkpoints.released_linear import identify_released_linear_head
+from dinov2_heads.checkpoints.saved_heads import HEADS_FORMAT, HEADS_METADATA_KEY
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.fingerprint import weights_fingerprint
 from dinov2_heads.heads import (
@@ -44,10 +46,10 @@ from dinov2_heads.heads import (
 logger = logging.getLogger(__name__)
 
 #: The ``format`` field of every head checkpoint, and its version.
-FORMAT = "dinov2-heads/heads"
+FORMAT = HEADS_FORMAT
 FORMAT_VERSION = 2
 #: The metadata key inside a safetensors header.
-SAFETENSORS_KEY = "dinov2_heads"
+SAFETENSORS_KEY = HEADS_METADATA_KEY
 #: The name a single head (not a :class:`MultiHead`) has in the metadata.
 SINGLE_HEAD = "head"
 
@@ -442,35 +444,15 @@ def _encode_safetensors(state: dict[str, Tensor], metadata: str) -> bytes:
     return data
 
 
-#: The official backbones' widths: a released ImageNet linear head reads 2 or 5 of them.
-_OFFICIAL_WIDTHS = (384, 768, 1024, 1536)
-
-
 def _released_linear_hint(content: Any) -> str:
-    """How to load ``content`` when it is a released DINOv2 ImageNet linear head, else ``""``.
-
-    Those files hold a bare ``weight`` (K, n D) and ``bias`` (K,) of an ``nn.Linear`` reading
-    the class token and the mean patch token of the last block (n = 2), or the class tokens
-    of the last four blocks and that mean (n = 5).
-    """
-    if not isinstance(content, Mapping) or set(content) != {"weight", "bias"}:
+    """How to load ``content`` when it is a released DINOv2 ImageNet linear head, else ``""``."""
+    linear = identify_released_linear_head(content)
+    if linear is None:
         return ""
-    weight, bias = content["weight"], content["bias"]
-    if not isinstance(weight, Tensor) or not isinstance(bias, Tensor) or weight.ndim != 2:
-        return ""
-    classes, width = weight.shape
-    for dim in _OFFICIAL_WIDTHS:
-        for parts, blocks in ((2, 1), (5, 4)):
-            if width == parts * dim:
-                backbone = "" if blocks == 1 else ", n_last_blocks=4"
-                return (
-                    f"; it holds a bare weight {classes}x{width} and bias, like a released "
-                    f"DINOv2 linear head: load it with head = LinearHead({dim}, {classes}, "
-                    f"n_blocks={blocks}); head.load_state_dict(torch.load(path)) (with "
-                    f"FrozenBackbone(...{backbone})), then write a heads file with "
-                    "save_heads (docs/migrating.md)"
-                )
-    return ""
+    return (
+        f"; it holds {linear.contents()}: load it with {linear.recipe()}, then write a heads "
+        "file with save_heads (docs/migrating.md)"
+    )
 
 
 def _read_head_file(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Tensor], str]:

@@ -1,0 +1,135 @@
+"""A head file given where a backbone checkpoint belongs: every loader names it and says where it
+goes, and following the advice works."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from dinov2_heads import FrozenBackbone, load_heads, save_heads
+from dinov2_heads.checkpoints import (
+    UnknownFormatError,
+    create_backbone,
+    describe_checkpoint,
+    load_backbone,
+    load_partial,
+    read_backbone_state_dict,
+)
+from dinov2_heads.heads import LinearHead, LinearSegmentationHead, MultiHead
+
+from .conftest import tiny_backbone
+
+#: Every Python entry point that takes a backbone checkpoint.
+LOADERS: dict[str, Callable[[Any], object]] = {
+    "load_backbone": load_backbone,
+    "create_backbone": lambda source: create_backbone("dinov2_vits14", checkpoint=source),
+    "read_backbone_state_dict": read_backbone_state_dict,
+    "describe_checkpoint": describe_checkpoint,
+}
+
+
+def saved_heads(folder: Path, suffix: str) -> Path:
+    backbone = create_backbone("dinov2_vits14", depth=1)
+    heads = MultiHead({"brand": LinearHead(384, 5), "colour": LinearHead(384, 3)})
+    return save_heads(folder / f"heads{suffix}", heads, backbone=FrozenBackbone(backbone))
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_heads_file_is_named_with_its_heads_and_where_it_goes(
+    tmp_path: Path, loader: str, suffix: str
+) -> None:
+    path = saved_heads(tmp_path, suffix)
+    with pytest.raises(UnknownFormatError) as caught:
+        LOADERS[loader](path)
+    message = str(caught.value)
+    assert message.startswith(
+        f"{path} is a heads file written by save_heads (heads: brand, colour), not a backbone "
+        "checkpoint: pass the DINOv2 backbone checkpoint the heads were trained on instead"
+    )
+    assert "load this file with dinov2_heads.load_heads" in message
+    assert f"--heads {path}, with the backbone as --checkpoint" in message
+    assert "brand.weight" not in message  # not the generic list of names
+    # The advice works: the file is a heads file.
+    assert load_heads(path).head_names == ("brand", "colour")
+
+
+def test_the_backbone_the_heads_were_trained_on_is_named(tmp_path: Path) -> None:
+    backbone = create_backbone("dinov2_vits14")
+    path = save_heads(tmp_path / "heads.pt", LinearHead(384, 2), backbone=FrozenBackbone(backbone))
+    with pytest.raises(UnknownFormatError, match=r"\(heads: head; trained on dinov2_vits14\)"):
+        load_backbone(path)
+
+
+def test_a_heads_file_in_memory_is_named_too(tmp_path: Path) -> None:
+    content = torch.load(saved_heads(tmp_path, ".pt"), weights_only=True)
+    with pytest.raises(UnknownFormatError) as caught:
+        load_backbone(content)
+    message = str(caught.value)
+    assert message.startswith("the mapping given is a heads file written by save_heads")
+    assert "--heads" not in message  # no file to pass on the command line
+
+
+@pytest.mark.parametrize(("dim", "parts", "blocks"), [(384, 2, 1), (768, 5, 4), (1536, 2, 1)])
+@pytest.mark.parametrize("loader", LOADERS)
+def test_a_released_linear_head_gets_the_recipe(
+    tmp_path: Path, loader: str, dim: int, parts: int, blocks: int
+) -> None:
+    released = {"weight": torch.randn(7, parts * dim), "bias": torch.randn(7)}
+    path = tmp_path / "released_linear_head.pth"
+    torch.save(released, path)
+    with pytest.raises(UnknownFormatError) as caught:
+        LOADERS[loader](path)
+    message = str(caught.value)
+    assert message.startswith(
+        f"{path} holds a bare weight 7x{parts * dim} and bias, like a released DINOv2 linear "
+        "head, not a backbone checkpoint"
+    )
+    letter = {384: "s", 768: "b", 1536: "g"}[dim]
+    assert f"for D = {dim}: dinov2_vit{letter}14_pretrain.pth or " in message
+    assert ("n_last_blocks=4" in message) == (blocks == 4)
+    match = re.search(r"LinearHead\((\d+), (\d+), n_blocks=(\d+)\)", message)
+    assert match is not None
+    head = LinearHead(*(int(group) for group in match.groups()[:2]), n_blocks=int(match[3]))
+    head.load_state_dict(torch.load(path, weights_only=True), strict=True)
+    assert torch.equal(head.state_dict()["weight"], released["weight"])
+
+
+def test_a_released_segmentation_head_gets_its_load_call(tmp_path: Path) -> None:
+    head = LinearSegmentationHead(384, 150)
+    path = tmp_path / "dinov2_vits14_ade20k_linear_head.pth"
+    state = {f"decode_head.{key}": value for key, value in head.state_dict().items()}
+    torch.save({"meta": {}, "state_dict": state}, path)
+    with pytest.raises(UnknownFormatError) as caught:
+        load_backbone(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path} is a released DINOv2 segmentation head (")
+    assert f"dinov2-heads segment --heads {path}" in message
+    call = re.search(r"load this file with (load_partial\(.*?\}\))", message)
+    assert call is not None
+    namespace = {"load_partial": load_partial, "LinearSegmentationHead": LinearSegmentationHead}
+    report = eval(call[1], namespace, {"path": path})  # the advice, literally
+    assert not report.missing
+
+
+def test_other_files_keep_the_generic_message(tmp_path: Path) -> None:
+    for name, content in {
+        "odd_width.pth": {"weight": torch.randn(7, 1000), "bias": torch.randn(7)},
+        "classifier.pth": {"fc.weight": torch.randn(2, 2)},
+    }.items():
+        torch.save(content, tmp_path / name)
+        with pytest.raises(UnknownFormatError) as caught:
+            load_backbone(tmp_path / name)
+        assert "not a DINOv2 backbone in a known layout" in str(caught.value)
+        assert "LinearHead(" not in str(caught.value)
+
+
+def test_a_backbone_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "backbone.pth"
+    torch.save(tiny_backbone().state_dict(), path)
+    assert load_backbone(path).embed_dim == 128
