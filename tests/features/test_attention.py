@@ -79,3 +79,18 @@ def test_bad_input(model: nn.Module) -> None:
         attention_maps(nn.Linear(2, 2), images)
     with pytest.raises(ValueError, match="multiple"):
         attention_maps(model, torch.randn(1, 3, 27, 28))
+
+
+def test_images_that_are_not_a_tensor_or_not_finite_are_refused() -> None:
+    backbone = create_backbone("dinov2_vits14", depth=1, embed_dim=64, num_heads=1)
+    image = torch.randn(3, 28, 28)
+    for given in (image[None].numpy(), [image]):
+        with pytest.raises(TypeError, match=r"expected images as a \(B, 3, H, W\) tensor, got"):
+            attention_maps(backbone, given)  # type: ignore[arg-type]
+    broken = image[None].clone()
+    broken[0, 1, 5, 5] = float("nan")
+    for wrapped in (backbone, FrozenBackbone(backbone)):
+        with pytest.raises(ValueError, match="the images hold NaN or inf values"):
+            attention_maps(wrapped, broken)
+    # Finite images still give finite maps.
+    assert torch.isfinite(attention_maps(backbone, image[None])).all()

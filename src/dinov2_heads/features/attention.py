@@ -66,10 +66,17 @@ def class_attention(backbone: nn.Module, images: Tensor, *, block: int = -1) -> 
         A :class:`ClassAttention` in float32.
 
     Raises:
-        TypeError: Integer images for a bare backbone (or other than ``uint8`` for a
-            ``FrozenBackbone``): they are never cast to float unnormalised.
+        TypeError: Images that are not a tensor; integer images for a bare backbone (or other
+            than ``uint8`` for a ``FrozenBackbone``): they are never cast to float unnormalised.
+        ValueError: Another shape (the backbone's checks), a block out of range, or NaN / inf
+            pixels.
     """
     model = _unwrap(backbone)
+    if not isinstance(images, Tensor):
+        raise TypeError(
+            f"expected images as a (B, 3, H, W) tensor, got {type(images).__name__}; convert "
+            "with torch.as_tensor (or torch.stack a list of (3, H, W) images)"
+        )
     depth = len(model.blocks)
     if isinstance(block, bool) or not isinstance(block, int) or not -depth <= block < depth:
         raise ValueError(f"block must be an int in [-{depth}, {depth}), got {block!r}")
@@ -80,6 +87,12 @@ def class_attention(backbone: nn.Module, images: Tensor, *, block: int = -1) -> 
     else:
         # Before the cast below would turn pixels 0..255 into floats.
         check_float_images(images, weights=next(model.parameters()))
+    if images.device.type != "meta" and not bool(torch.isfinite(images).all()):
+        # A NaN pixel spreads through attention to the whole map of its image.
+        raise ValueError(
+            "the images hold NaN or inf values, which would make every map of their image NaN; "
+            "check how they were loaded and normalised"
+        )
     with torch.no_grad():
         tokens = model.prepare_tokens_with_masks(images.to(dtype))
         for earlier in model.blocks[:index]:

@@ -19,6 +19,7 @@ from dinov2_heads.neighbors.labels import source_labels
 from dinov2_heads.neighbors.pooling import (
     Source,
     as_matrix,
+    check_matrix,
     check_pooling,
     iter_rows,
     pool,
@@ -118,7 +119,9 @@ class KnnClassifier:
         if not (isinstance(temperature, int | float) and temperature > 0):
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")
         self.temperature = float(temperature)
-        if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size < 1):
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
         self.device = torch.device(device) if device is not None else None
 
@@ -142,8 +145,13 @@ class KnnClassifier:
         if isinstance(train_features, FeatureStore):
             self._source = train_features
             self.chunk_size = chunk_size or 65_536
+            #: D of the training features, which queries must have.
+            self.embed_dim = int(next(iter_rows(train_features, 1, pooling))[1].shape[1])
         else:
-            rows = as_matrix(train_features, pooling)[self._start : self._stop]
+            matrix = as_matrix(train_features, pooling)
+            check_matrix(matrix, "training features")
+            self.embed_dim = int(matrix.shape[1])
+            rows = matrix[self._start : self._stop]
             self._source = F.normalize(rows.float(), dim=1)
             self.chunk_size = chunk_size or max(1, self._stop - self._start)
 
@@ -214,9 +222,12 @@ class KnnClassifier:
 
     def _queries(self, features: Tensor | Features) -> Tensor:
         queries = pool(features, self.pooling) if isinstance(features, Features) else features
-        if not isinstance(queries, Tensor) or queries.ndim != 2:
-            shape = tuple(queries.shape) if isinstance(queries, Tensor) else type(queries).__name__
-            raise ValueError(f"expected query features (B, D) or Features, got {shape}")
+        if not isinstance(queries, Tensor):
+            raise TypeError(
+                f"expected query features as a (B, D) tensor or Features, got "
+                f"{type(queries).__name__}"
+            )
+        check_matrix(queries, "query features", self.embed_dim, rows="B")
         if self.device is not None:
             queries = queries.to(self.device)
         return F.normalize(queries.float(), dim=1)
@@ -276,6 +287,8 @@ def _pad(part: TopK, k: int, count: int) -> TopK:
 
 
 def _check_k(k: int | Sequence[int]) -> tuple[int, ...]:
+    if not isinstance(k, int | Sequence):
+        raise ValueError(f"k must be a positive int or a sequence of them, got {k!r}")
     ks = (k,) if isinstance(k, int) else tuple(k)
     if not ks or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in ks):
         raise ValueError(f"k must be a positive int or a sequence of them, got {k!r}")

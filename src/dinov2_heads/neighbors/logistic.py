@@ -27,7 +27,7 @@ from torch import Tensor
 from dinov2_heads import distributed
 from dinov2_heads.heads import LinearHead
 from dinov2_heads.neighbors.labels import source_labels
-from dinov2_heads.neighbors.pooling import Source, as_matrix, check_pooling
+from dinov2_heads.neighbors.pooling import Source, as_matrix, check_matrix, check_pooling
 from dinov2_heads.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -95,11 +95,16 @@ def fit_logistic(
     Returns:
         ``weight`` (K, D) and ``bias`` (K,) in float64.
     """
-    if not c > 0:
+    if isinstance(c, bool) or not isinstance(c, int | float) or not c > 0:
         raise ValueError(f"C must be positive, got {c!r}")
+    if not isinstance(features, Tensor):
+        raise TypeError(f"features must be a (M, D) tensor, got {type(features).__name__}")
+    check_matrix(features)
+    if features.shape[0] == 0:
+        raise ValueError("there is nothing to fit: the features hold no samples")
+    checked, k = source_labels(features, labels, features.shape[0], num_classes=num_classes)
     x = features.to(torch.float64)
-    y = labels.to(device=x.device, dtype=torch.long)
-    k = num_classes if num_classes is not None else int(y.max()) + 1
+    y = checked.to(device=x.device, dtype=torch.long)
     weight = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device, requires_grad=True)
     bias = torch.zeros(k, dtype=torch.float64, device=x.device, requires_grad=True)
     solver = torch.optim.LBFGS(
@@ -189,15 +194,18 @@ def logistic_regression(
             'pooling="patch_mean" has no LinearHead equivalent; use "class" (the official '
             'choice) or "class+patch_mean"'
         )
-    if not c_values or any(not c > 0 for c in c_values):
-        raise ValueError(f"c_values must be positive numbers, got {list(c_values)!r}")
-    x, y = _matrix(train_features, train_labels, device, pooling)
-    k = num_classes if num_classes is not None else int(y.max()) + 1
+    if not c_values or any(
+        isinstance(c, bool) or not isinstance(c, int | float) or not c > 0 for c in c_values
+    ):
+        raise ValueError(f"c_values must be positive numbers, got {c_values!r}")
+    x, y, k = _matrix(train_features, train_labels, device, pooling, num_classes=num_classes)
+    if x.shape[0] == 0:
+        raise ValueError("there is nothing to fit: the training features hold no samples")
     if val_features is None:
         fit_x, fit_y, held_x, held_y = _split(x, y)
     else:
         fit_x, fit_y = x, y
-        held_x, held_y = _matrix(val_features, val_labels, x.device, pooling)
+        held_x, held_y, _ = _matrix(val_features, val_labels, x.device, pooling, x.shape[1])
 
     mine = _sweep(
         fit_x,
@@ -227,7 +235,7 @@ def logistic_regression(
     head = _as_head(weight, bias, pooling, class_names)
     test_top1 = None
     if test_features is not None:
-        tx, ty = _matrix(test_features, test_labels, x.device, pooling)
+        tx, ty, _ = _matrix(test_features, test_labels, x.device, pooling, x.shape[1])
         test_top1 = _accuracy(weight, bias, tx, ty)
     result = LogisticRegressionResult(head, best_c, sweep, test_top1)
     logger.info("logistic regression sweep:\n%s", result.table())
@@ -278,12 +286,20 @@ def _sweep(
 
 
 def _matrix(
-    source: Source, labels: Tensor | None, device: torch.device | str | None, pooling: str
-) -> tuple[Tensor, Tensor]:
+    source: Source,
+    labels: Tensor | None,
+    device: torch.device | str | None,
+    pooling: str,
+    width: int | None = None,
+    *,
+    num_classes: int | None = None,
+) -> tuple[Tensor, Tensor, int]:
+    """Checked (M, D) float64 features, (M,) labels and K; ``width`` is the training D."""
     x = as_matrix(source, pooling)
-    y, _ = source_labels(source, labels, int(x.shape[0]))
+    check_matrix(x, "features" if width is None else "held-out or test features", width)
+    y, k = source_labels(source, labels, int(x.shape[0]), num_classes=num_classes)
     target = torch.device(device) if device is not None else x.device
-    return x.to(target, torch.float64), y.to(target)
+    return x.to(target, torch.float64), y.to(target), k
 
 
 def _as_head(

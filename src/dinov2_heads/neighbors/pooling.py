@@ -20,7 +20,7 @@ from torch import Tensor
 from dinov2_heads.cache import FeatureStore
 from dinov2_heads.features import Features
 
-__all__ = ["POOLINGS", "Pooling", "iter_rows", "pool", "source_length"]
+__all__ = ["POOLINGS", "Pooling", "check_matrix", "iter_rows", "pool", "source_length"]
 
 Pooling = Literal["class", "patch_mean", "class+patch_mean"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
@@ -45,16 +45,53 @@ def pool(features: Features, pooling: str = "class") -> Tensor:
     return torch.cat([features.class_token, features.patch_mean], dim=-1).float()
 
 
+def check_matrix(
+    features: Tensor, what: str = "features", width: int | None = None, *, rows: str = "M"
+) -> None:
+    """The one check of a (M, D) feature matrix: 2-D, floating point, ``width`` wide, finite.
+
+    Args:
+        features: The matrix.
+        what: Its name in messages (``"features"``, ``"query features"``).
+        width: D it must have (the stored features'), or ``None``.
+        rows: The letter of the first dimension in messages (``"B"`` for queries).
+
+    Raises:
+        ValueError: Another shape, or NaN / inf values (the rows are named): a NaN ranks as
+            no neighbour and no class would, and the answer would be wrong without a sign.
+        TypeError: Integer or boolean values.
+    """
+    if features.ndim != 2:
+        one = "; for one sample use x.unsqueeze(0)" if features.ndim == 1 else ""
+        raise ValueError(
+            f"expected {what} of shape ({rows}, D), got {tuple(features.shape)}; pool the tokens "
+            f"first (for example features.class_token){one}"
+        )
+    if not features.is_floating_point():
+        raise TypeError(
+            f"{what} must be floating point, got {features.dtype}; pass the backbone's float "
+            "features"
+        )
+    if width is not None and features.shape[1] != width:
+        raise ValueError(
+            f"expected {what} of shape ({rows}, {width}) like the training features, got "
+            f"{tuple(features.shape)}; use features of the same backbone and pooling"
+        )
+    if features.device.type != "meta" and not bool(torch.isfinite(features).all()):
+        bad = (~torch.isfinite(features)).any(dim=1).nonzero().flatten()
+        if bad.numel():
+            rows = ", ".join(str(int(i)) for i in bad[:5]) + (", ..." if bad.numel() > 5 else "")
+            raise ValueError(
+                f"{what} hold NaN or inf in {bad.numel()} of {features.shape[0]} rows ({rows}); "
+                "drop those samples, or find where they come from (a NaN in the images or "
+                "weights, an overflow in float16)"
+            )
+
+
 def as_matrix(source: Source, pooling: str = "class") -> Tensor:
     """A (M, D) float matrix from a tensor, :class:`Features` or a (small) store."""
     if isinstance(source, Tensor):
-        if source.ndim != 2:
-            raise ValueError(
-                f"expected features of shape (M, D), got {tuple(source.shape)}; pool the tokens "
-                "first (for example features.class_token)"
-            )
-        if not source.is_floating_point():
-            raise TypeError(f"features must be floating point, got {source.dtype}")
+        check_matrix(source)
         return source
     if isinstance(source, Features):
         return pool(source, pooling)
@@ -69,6 +106,8 @@ def as_matrix(source: Source, pooling: str = "class") -> Tensor:
 def source_length(source: Source) -> int:
     """M, the number of samples ``source`` holds."""
     if isinstance(source, Tensor):
+        if source.ndim != 2:
+            check_matrix(source)  # names the shape, before M is taken from it
         return int(source.shape[0])
     if isinstance(source, Features):
         return source.batch_size
@@ -94,6 +133,10 @@ def iter_rows(
     searched.
     """
     end = source_length(source) if stop is None else stop
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"the batch or chunk size must be a positive int, got {chunk_size!r}")
+    if isinstance(source, Tensor):
+        check_matrix(source)  # once, not per chunk
     for offset in range(start, end, chunk_size):
         upper = min(offset + chunk_size, end)
         if isinstance(source, FeatureStore):
@@ -101,5 +144,5 @@ def iter_rows(
         elif isinstance(source, Features):
             rows = pool(source[offset:upper], pooling)
         else:
-            rows = as_matrix(source)[offset:upper]
+            rows = source[offset:upper]
         yield offset, rows

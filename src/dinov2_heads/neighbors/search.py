@@ -29,6 +29,7 @@ from dinov2_heads.neighbors.image_paths import store_image_paths
 from dinov2_heads.neighbors.pooling import (
     Source,
     as_matrix,
+    check_matrix,
     check_pooling,
     iter_rows,
     pool,
@@ -176,6 +177,7 @@ class NearestNeighbors:
             self.embed_dim = int(next(iter_rows(features, 1, pooling))[1].shape[1])
         else:
             rows = as_matrix(features, pooling)
+            check_matrix(rows, "stored features")
             self._source = F.normalize(rows.detach().float(), dim=1)
             self.chunk_size = chunk_size or self.count
             self._ids = torch.arange(self.count)
@@ -356,6 +358,7 @@ class NearestNeighbors:
             )
         if not vectors.is_floating_point():
             raise TypeError(f"queries must be floating point, got {vectors.dtype}")
+        check_matrix(vectors, "queries")
         if self.device is not None:
             vectors = vectors.to(self.device)
         return F.normalize(vectors.detach().float(), dim=1)

@@ -85,11 +85,26 @@ def chunked_topk(
     Returns:
         The :class:`TopK` of the union of all chunks.
     """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    if not isinstance(queries, Tensor) or queries.ndim != 2:
+        shape = tuple(queries.shape) if isinstance(queries, Tensor) else type(queries).__name__
+        raise ValueError(f"expected queries of shape (Q, D), got {shape}")
     score = similarity or (lambda q, rows: q @ rows.T)
     best: TopK | None = None
     for offset, rows in chunks:
         if rows.shape[0] == 0:
             continue
+        if similarity is None and (rows.ndim != 2 or rows.shape[1] != queries.shape[1]):
+            raise ValueError(
+                f"expected rows of shape (C, {queries.shape[1]}) like the queries, got "
+                f"{tuple(rows.shape)} at offset {offset}"
+            )
+        if similarity is None and rows.dtype != queries.dtype:
+            raise TypeError(
+                f"the rows are {rows.dtype} but the queries {queries.dtype}; convert one to "
+                "the other's dtype"
+            )
         part = _chunk_topk(score(queries, rows), offset, k)
         best = part if best is None else merge_topk([best, part], k)
     if best is None or best.values.shape[1] < k:
