@@ -73,3 +73,17 @@ def test_other_files_keep_the_backbone_error(tmp_path: Path) -> None:
     assert summary is not None
     assert "rename" not in summary.load
     assert identify_head_file({"bn.weight": torch.zeros(2)}, "x.pth") is None
+
+
+def test_a_head_file_logs_each_unwrapping_step_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Read first as a backbone, then as a head file: the container is taken out both times,
+    # and said once.
+    path = tmp_path / "dinov2_vits14_ade20k_linear_head.pth"
+    torch.save(released(384, 150), path)
+    with caplog.at_level("INFO", logger="dinov2_heads"):
+        summary = describe_checkpoint(path)
+    assert isinstance(summary, HeadFileSummary)
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("unwrapped:")]
+    assert steps == ["unwrapped: took 'state_dict' out of its container (also held: meta)"]

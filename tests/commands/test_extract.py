@@ -265,3 +265,24 @@ def test_weights_dtype_is_recorded_and_followed_when_resuming(
     assert extract(files, out, files.folder, extra=("--weights-dtype", "float32")) != 0
     error = capsys.readouterr().err
     assert "started with backbone weights dtype bfloat16, but this run has float32" in error
+
+
+def test_the_checkpoint_is_recorded_and_an_older_dataset_file_resumes(
+    files: Files, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    assert extract(files, store, files.folder) == 0
+    dataset = json.loads((store / "dataset.json").read_text())
+    assert dataset["checkpoint"] == {
+        "given": str(files.checkpoint),
+        "path": str(files.checkpoint.resolve()),
+    }
+
+    # A dataset.json written before the checkpoint was recorded: the run is checked against
+    # its images as before, and completes it with the checkpoint.
+    del dataset["checkpoint"]
+    (store / "dataset.json").write_text(json.dumps(dataset))
+    assert extract(files, store, files.folder) == 0
+    assert json.loads((store / "dataset.json").read_text())["checkpoint"]["given"] == str(
+        files.checkpoint
+    )

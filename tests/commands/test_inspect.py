@@ -92,13 +92,19 @@ def test_missing_shard_is_one_line_exit_1(
 
 
 def test_a_head_checkpoint_points_to_predict(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     path = save_heads(tmp_path / "heads.pt", MultiHead({"colour": LinearHead(64, 3)}))
-    assert main(["inspect", str(path)]) == 1
+    with caplog.at_level("INFO", logger="dinov2_heads"):
+        assert main(["inspect", str(path)]) == 1
     error = capsys.readouterr().err
     assert f"{path} is a heads file written by save_heads (heads: colour), not a backbone" in error
     assert f"--heads {path}, with the backbone as --checkpoint" in error
+    # Tried as a backbone and then as a released head file, the file is unwrapped once in the log.
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("unwrapped:")]
+    assert logged == [
+        "unwrapped: took 'state_dict' out of its container (also held: format, metadata)"
+    ]
     garbage = tmp_path / "other.pt"
     torch.save({"fc.weight": torch.zeros(2, 2)}, garbage)
     assert main(["inspect", str(garbage)]) == 1

@@ -138,8 +138,12 @@ def test_the_demos_feature_cache_is_searched_with_its_samples(
     for preset in ([], ["--preset", "vehicle_crop"]):
         capsys.readouterr()
         assert main([*search, *preset]) == 0, capsys.readouterr().err
-        rank, similarity, sample_id, _ = capsys.readouterr().out.splitlines()[2].split()
+        printed = capsys.readouterr().out
+        rank, similarity, sample_id, path = printed.splitlines()[2].split()
         assert (rank, sample_id) == ("1", "0")  # the held-out set's first image is the sample
         assert float(similarity) == pytest.approx(1.0, abs=1e-3)
+        # The demo's stores list their images: the sheet shows them, not grey tiles.
+        assert Path(path).read_bytes() == query.read_bytes()
+        assert "grey tiles" not in printed
     assert main([*search, "--preset", "official_eval"]) == 1
     assert "must prepare the queries as the stored images were" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -349,3 +350,38 @@ def test_linear_heads_train_without_reading_the_patch_tokens(
     neck = write_spec(tmp_path / "neck.json", '{"heads": {"brand": {"type": "Conv1dNeck"}}}')
     assert main([*common, "--heads", str(neck), "--out", str(tmp_path / "neck")]) == 0
     assert "patch_tokens" in read
+
+
+def test_try_next_names_the_checkpoint_the_store_was_extracted_with(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A folder name with a space: the printed commands quote it, so they run as copied.
+    checkpoint = tmp_path / "my models" / "tiny.pth"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(files.checkpoint.read_bytes())
+    store = tmp_path / "store"
+    extract = ["--quiet", "extract", "--checkpoint", str(checkpoint), "--size", "28", "56"]
+    assert main([*extract, "--out", str(store), str(files.folder)]) == 0
+    train = ["--quiet", "train", str(store), "--epochs", "1", "--batch-size", "4"]
+    assert main([*train, "--out", str(tmp_path / "probe")]) == 0
+    printed = capsys.readouterr().out.split("try next")[1]
+    assert "BACKBONE" not in printed
+    predict = next(line for line in printed.splitlines() if "dinov2-heads predict" in line)
+    assert f"--checkpoint '{checkpoint}' IMAGES" in predict
+    argv = shlex.split(predict.replace("IMAGES", str(files.folder / "bus")))[1:]
+    assert main(argv) == 0
+    assert "bus" in capsys.readouterr().out
+
+    # A checkpoint moved away since, or a store whose dataset.json does not record one: the
+    # placeholder, explained.
+    checkpoint.rename(tmp_path / "moved.pth")
+    assert main([*train, "--out", str(tmp_path / "probe")]) == 0
+    printed = capsys.readouterr().out.split("try next")[1]
+    assert "(BACKBONE: the checkpoint the features were extracted with" in printed
+    assert "--checkpoint BACKBONE IMAGES" in printed
+    dataset = json.loads((store / "dataset.json").read_text())
+    (tmp_path / "moved.pth").rename(checkpoint)
+    del dataset["checkpoint"]
+    (store / "dataset.json").write_text(json.dumps(dataset))
+    assert main([*train, "--out", str(tmp_path / "probe")]) == 0
+    assert "--checkpoint BACKBONE IMAGES" in capsys.readouterr().out

@@ -9,6 +9,7 @@ against the Python cached-training path with the same seed.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -468,3 +469,23 @@ def test_validation_data_of_the_other_kind_is_refused(
     error = run_error(argv, capsys)
     assert "holds other labels than" in error
     assert "label: depth maps vs label: segmentation masks" in error
+
+
+def test_try_next_segments_with_the_recorded_checkpoint(
+    files: Files,
+    data: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the printed command writes into --out parts, here
+    store = str(data["masks"])
+    argv = ["train", store, "--val", store, "--epochs", "1", "--batch-size", "4"]
+    assert main(["--quiet", *argv, "--out", str(tmp_path / "trained")]) == 0
+    printed = capsys.readouterr().out.split("try next")[1]
+    assert "BACKBONE" not in printed
+    segment = next(line for line in printed.splitlines() if "dinov2-heads segment" in line)
+    assert f"--checkpoint {files.checkpoint} --size 28 56 --out segmentation IMAGES" in segment
+    image = data["parts"] / "images" / "000003.png"
+    assert main(shlex.split(segment.replace("IMAGES", str(image)))[1:]) == 0
+    assert load_mask(tmp_path / "segmentation" / "000003.png").shape == SIZE

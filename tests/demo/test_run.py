@@ -12,6 +12,7 @@ import torch
 
 from dinov2_heads.cache import FeatureStore
 from dinov2_heads.checkpoints import load_backbone
+from dinov2_heads.data import ManifestDataset, get_preset
 from dinov2_heads.demo.run import DemoResults, fresh_directory, run_demo
 from dinov2_heads.export import load_heads
 from dinov2_heads.heads import Conv1dNeck, LinearHead, MultiHead
@@ -53,7 +54,7 @@ def test_results_per_head(first: DemoResults) -> None:
 
 def test_files_load(first: DemoResults) -> None:
     files = first.files
-    assert set(files) == {"heads", "backbone", "pca", "results", "samples", "features"}
+    assert set(files) == {"heads", "backbone", "pca", "results", "samples", "features", "data"}
     checkpoint = load_heads(files["heads"])
     assert isinstance(checkpoint.heads, MultiHead)
     assert isinstance(checkpoint.heads["brand"], Conv1dNeck)
@@ -94,6 +95,27 @@ def test_files_load(first: DemoResults) -> None:
         assert len(store) == count
         assert store.label_columns == ["body", "colour", "orientation", "brand"]
         assert "patch_tokens" in store.keep
+        # Beside each store, what extract of the images and manifest under data/ writes:
+        # the images of its rows in order, the class names and the checkpoint.
+        manifest = files["data"] / part / "manifest.csv"
+        dataset = json.loads((files["features"] / part / "dataset.json").read_text())
+        assert (dataset["kind"], dataset["source"]) == ("manifest", [str(manifest)])
+        assert dataset["class_names"] == {k: list(v) for k, v in store.class_names.items()}
+        assert dataset["checkpoint"] == {
+            "given": str(files["backbone"]),
+            "path": str(files["backbone"].resolve()),
+        }
+        listed = ManifestDataset(manifest, get_preset("vehicle_crop"))
+        assert dataset["paths"] == [str(path) for path in listed.paths]
+        stored = store.labels(slice(None))
+        assert isinstance(stored, dict)
+        for column, read in zip(listed.label_columns, listed.labels.T, strict=True):
+            names = store.class_names[column]
+            expected = [names[i] if i >= 0 else None for i in stored[column].tolist()]
+            vocabulary = listed.vocabularies[column]
+            assert [vocabulary[i] if i >= 0 else None for i in read.tolist()] == expected
+    first_heldout = json.loads((files["features"] / "heldout" / "dataset.json").read_text())
+    assert Path(first_heldout["paths"][0]).read_bytes() == samples[0].read_bytes()
 
 
 def test_same_seed_same_numbers_and_weights(first: DemoResults, tmp_path: Path) -> None:
@@ -128,6 +150,10 @@ def test_rerun_in_the_same_folder_replaces_the_samples(tmp_path: Path) -> None:
     run_demo(tmp_path / "out", seed=0, **{**TINY, "num_train": 26})
     names = sorted(p.name.split("-")[0] for p in (tmp_path / "out" / "samples").glob("*.png"))
     assert names == ["000026", "000027"]
+    # The images behind the stores are replaced too: 26 training, 8 held out from 000026.
+    images = tmp_path / "out" / "data"
+    assert len(list((images / "train" / "images").iterdir())) == 26
+    assert sorted(p.name for p in (images / "heldout" / "images").iterdir())[0] == "000026.png"
 
 
 def test_refuses_a_folder_with_other_files(tmp_path: Path) -> None:

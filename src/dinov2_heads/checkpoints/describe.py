@@ -21,7 +21,7 @@ from dinov2_heads.checkpoints.formats import CheckpointFormat
 from dinov2_heads.checkpoints.head_files import HeadFileSummary, identify_head_file
 from dinov2_heads.checkpoints.loading import CheckpointSource, read_backbone
 from dinov2_heads.checkpoints.nonfinite import nonfinite_names
-from dinov2_heads.checkpoints.unwrap import unwrap_state_dict
+from dinov2_heads.checkpoints.unwrap import unwrap_quietly
 
 _SHOWN = 8
 
@@ -165,7 +165,8 @@ def _head_file(source: CheckpointSource) -> HeadFileSummary | None:
     else:
         content = read_checkpoint_files(find_checkpoint_files(source))
         name = os.fspath(source)
-    return identify_head_file(unwrap_state_dict(content, backbone=False).state_dict, name)
+    # read_backbone has just logged the unwrapping steps (the containers, the same here).
+    return identify_head_file(unwrap_quietly(content, backbone=False).state_dict, name)
 
 
 def _files(files: tuple[str, ...]) -> str:

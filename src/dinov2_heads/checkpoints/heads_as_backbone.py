@@ -23,7 +23,7 @@ from dinov2_heads.checkpoints.folders import CheckpointFiles
 from dinov2_heads.checkpoints.head_files import identify_head_file
 from dinov2_heads.checkpoints.released_linear import identify_released_linear_head
 from dinov2_heads.checkpoints.saved_heads import saved_heads_metadata
-from dinov2_heads.checkpoints.unwrap import unwrap_state_dict
+from dinov2_heads.checkpoints.unwrap import unwrap_quietly
 
 __all__ = ["heads_as_backbone_error"]
 
@@ -53,7 +53,7 @@ def heads_as_backbone_error(
             "--heads (docs/migrating.md)"
         )
     try:
-        state_dict = unwrap_state_dict(content, backbone=False).state_dict
+        state_dict = unwrap_quietly(content, backbone=False).state_dict
     except CheckpointError:
         return None
     dense = identify_head_file(state_dict, Path(where).name)

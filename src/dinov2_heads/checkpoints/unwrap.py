@@ -69,6 +69,16 @@ def unwrap_state_dict(content: Mapping[str, Any], *, backbone: bool = True) -> U
         CheckpointError: No state dict could be found, a name is not a string, or a value is not
             a tensor.
     """
+    unwrapped = unwrap_quietly(content, backbone=backbone)
+    for step in unwrapped.steps:
+        logger.info("unwrapped: %s", step)
+    return unwrapped
+
+
+def unwrap_quietly(content: Mapping[str, Any], *, backbone: bool = True) -> Unwrapped:
+    """:func:`unwrap_state_dict` without its INFO line per step: for a second look at content
+    whose steps were logged already (``describe_checkpoint`` tries a file as a backbone first,
+    then as a released head file)."""
     steps: list[str] = []
     flat = _descend_containers(content, steps)
     set_aside: dict[str, Tensor] = {}
@@ -87,8 +97,6 @@ def unwrap_state_dict(content: Mapping[str, Any], *, backbone: bool = True) -> U
         flat = _flatten_chunks(flat, steps)
     if not flat:
         raise CheckpointError("the checkpoint holds no tensors after unwrapping")
-    for step in steps:
-        logger.info("unwrapped: %s", step)
     return Unwrapped(flat, tuple(steps), set_aside)
 
 

@@ -14,10 +14,12 @@ import argparse
 import inspect
 import json
 import math
+import shlex
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from dinov2_heads.commands._common import text_table
+from dinov2_heads.commands._dataset_file import DATASET_FILE, try_next
 from dinov2_heads.commands._train_job import (
     Job,
     data_summary,
@@ -39,8 +41,7 @@ if TYPE_CHECKING:
 _WHAT = {"segmentation": "segmentation masks", "depth": "depth maps"}
 #: The head types a store of each kind trains, for messages.
 _TYPES = {"segmentation": "LinearSegmentationHead", "depth": "LinearDepthHead or DPTDepthHead"}
-#: The ``dataset.json`` that extract writes beside a store, and its record of the dense head.
-DATASET_FILE = "dataset.json"
+#: The key of ``dataset.json`` (which extract writes beside a store) that records the dense head.
 DENSE_HEAD_KEY = "dense_head"
 #: Labels read at once when surveying masks and depth maps.
 _CHUNK = 16
@@ -492,17 +493,19 @@ def print_written(heads: MultiHead, heads_file: Path, results: Path, store: Feat
     print(f"wrote {results}: the settings and every head's validation results")
     size = f" --size {store.input_size[0]} {store.input_size[1]}" if store.input_size else ""
     several = {task: sum(dense_task(h) == task for h in heads.values()) > 1 for task in _WHAT}
-    print("\ntry next (BACKBONE: the checkpoint the features were extracted with):")
+    checkpoint, heading = try_next(store.path)
+    quoted = shlex.quote(str(heads_file))
+    print(heading)
     for name, head in heads.items():
         task = dense_task(head)
         command = "segment" if task == "segmentation" else "depth"
-        pick = f" --head-name {name}" if several[task or "depth"] else ""
+        pick = f" --head-name {shlex.quote(name)}" if several[task or "depth"] else ""
         print(
-            f"  dinov2-heads {command} --heads {heads_file}{pick} --checkpoint BACKBONE{size} "
-            f"--out {name} IMAGES"
+            f"  dinov2-heads {command} --heads {quoted}{pick} --checkpoint {checkpoint}{size} "
+            f"--out {shlex.quote(name)} IMAGES"
         )
     if len(heads) == 1:
         print(
-            f"  dinov2-heads export --heads {heads_file} --checkpoint BACKBONE --whole-image "
-            f"--out {next(iter(heads))}.onnx"
+            f"  dinov2-heads export --heads {quoted} --checkpoint {checkpoint} --whole-image "
+            f"--out {shlex.quote(next(iter(heads)) + '.onnx')}"
         )

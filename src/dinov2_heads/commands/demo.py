@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         "results": "these numbers, the settings and the timings as JSON",
         "samples": "held-out images (named after their labels) to try predict on",
         "features": "the feature cache: train/ and heldout/ feature stores, to train more heads",
+        "data": "the images of the feature stores, with a manifest.csv of labels per store",
     }
     listed = [
         (f"{path.name}/" if path.is_dir() else path.name, described[name])

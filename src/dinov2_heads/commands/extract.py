@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dinov2_heads.commands import _common, _extract_dense
+from dinov2_heads.commands._dataset_file import DATASET_FILE, checkpoint_record
 from dinov2_heads.watchdog import STALL_WARNING
 
 if TYPE_CHECKING:
@@ -46,8 +47,6 @@ ON_INTERRUPT = (
 )
 
 _MANIFEST_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
-#: Written into the store folder beside the feature store's own files.
-DATASET_FILE = "dataset.json"
 
 
 def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None:
@@ -144,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     # Dense pairs have a transform of their own, which hands on uint8 pixels too.
     transform = transform.replace(normalize=False)
     dataset, description = _dataset(args, transform)
+    # So that train can print the --checkpoint its heads run with (see _dataset_file).
+    description["checkpoint"] = checkpoint_record(args.checkpoint)
     started_here = args.overwrite or not (out / MANIFEST).is_file()
     if not args.overwrite:
         _check_same_images(out, description)

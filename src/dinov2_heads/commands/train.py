@@ -7,12 +7,14 @@ import inspect
 import json
 import logging
 import math
+import shlex
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dinov2_heads.commands import _common, _train_dense
+from dinov2_heads.commands._dataset_file import try_next
 from dinov2_heads.commands._train_job import (
     DEFAULTS,
     Job,
@@ -209,11 +211,11 @@ def _run(args: argparse.Namespace) -> int:
     if dense:
         _train_dense.print_written(heads, heads_file, out / RESULTS_FILE, store)
     else:
-        _print_written(heads, heads_file, out / RESULTS_FILE)
+        _print_written(heads, heads_file, out / RESULTS_FILE, store)
     return 0
 
 
-def _print_written(heads: MultiHead, heads_file: Path, results: Path) -> None:
+def _print_written(heads: MultiHead, heads_file: Path, results: Path, store: FeatureStore) -> None:
     print(f"\nwrote {heads_file}:")
     for name, head in heads.items():
         names = getattr(head, "class_names", None)
@@ -221,9 +223,11 @@ def _print_written(heads: MultiHead, heads_file: Path, results: Path) -> None:
         classes = int(getattr(head, "num_classes", 0))
         print(f"  {name}: {type(head).__name__}, {classes} classes{shown}")
     print(f"wrote {results}: the settings and every head's validation results")
-    print("\ntry next (BACKBONE: the checkpoint the features were extracted with):")
-    print(f"  dinov2-heads predict --heads {heads_file} --checkpoint BACKBONE IMAGES")
-    print(f"  dinov2-heads export --heads {heads_file} --checkpoint BACKBONE --out heads.onnx")
+    checkpoint, heading = try_next(store.path)
+    quoted = shlex.quote(str(heads_file))
+    print(heading)
+    print(f"  dinov2-heads predict --heads {quoted} --checkpoint {checkpoint} IMAGES")
+    print(f"  dinov2-heads export --heads {quoted} --checkpoint {checkpoint} --out heads.onnx")
 
 
 # ---------------------------------------------------------------------------- the grid

@@ -14,7 +14,8 @@ needs no files and no downloads:
    emblem (a detail about one patch wide, which needs the patch tokens);
 5. held-out accuracy per head, next to chance level, and files under ``out``: the heads with
    their class names, the backbone weights (random ones only), a PCA picture of a few held-out
-   images, sample images and a JSON of the results.
+   images, sample images, a JSON of the results, and the images behind the cache with a
+   manifest of their labels (``data/``, which ``dinov2-heads search`` shows).
 
 With random weights the numbers show that the pipeline works, not what DINOv2 features can do;
 real use passes the path of an official checkpoint.
@@ -27,6 +28,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,8 +41,9 @@ from torch.utils.data import Subset
 
 from dinov2_heads.atomic import atomic_path, atomic_write_bytes
 from dinov2_heads.backbone import DinoVisionTransformer, get_config
-from dinov2_heads.cache import FeatureDataset, FeatureStore, extract_features
+from dinov2_heads.cache import FeatureDataset, FeatureStore, extract_features, remove_store
 from dinov2_heads.checkpoints import create_backbone
+from dinov2_heads.commands._dataset_file import CHECKPOINT_KEY, DATASET_FILE, checkpoint_record
 from dinov2_heads.demo.synthetic import SyntheticVehicles
 from dinov2_heads.export import save_heads
 from dinov2_heads.features import FrozenBackbone
@@ -79,6 +82,7 @@ FILES = {
     "results": "results.json",
     "samples": "samples",
     "features": "features",
+    "data": "data",
 }
 
 Echo = Callable[[str], None]
@@ -130,8 +134,10 @@ class DemoResults:
         heads: Held-out results per head, in head order.
         out: The folder the files went to.
         files: What was written: ``heads``, ``backbone`` (random weights only), ``pca``,
-            ``results``, ``samples`` (a folder) and ``features`` (a folder holding the
-            feature stores ``train`` and ``heldout``), as paths.
+            ``results``, ``samples`` (a folder), ``features`` (a folder holding the
+            feature stores ``train`` and ``heldout``, each with the ``dataset.json`` that
+            ``dinov2-heads extract`` writes) and ``data`` (a folder holding ``train`` and
+            ``heldout``, each the images of its store and their ``manifest.csv``), as paths.
         backbone: A one-line description of the backbone.
         random_weights: Whether the backbone was randomly initialised.
         checkpoint: The checkpoint the backbone came from, or ``None``.
@@ -294,8 +300,11 @@ def run_demo(
             )
 
         tick = time.perf_counter()
+        # The checkpoint the stores record: the random weights are saved with the heads.
+        source = folder / FILES["backbone"] if random_weights else checkpoint
+        assert source is not None
         train_set, heldout_set, train_store, heldout_store = _extract(
-            frozen, folder, say, seed, num_train, num_heldout, num_brands, missing, progress
+            frozen, folder, source, say, seed, num_train, num_heldout, num_brands, missing, progress
         )
         seconds["features"] = time.perf_counter() - tick
 
@@ -358,6 +367,7 @@ def run_demo(
 def _extract(
     frozen: FrozenBackbone,
     folder: Path,
+    checkpoint: str | os.PathLike[str],
     say: Echo,
     seed: int,
     num_train: int,
@@ -366,7 +376,9 @@ def _extract(
     missing: float,
     progress: bool,
 ) -> tuple[SyntheticVehicles, SyntheticVehicles, FeatureStore, FeatureStore]:
-    """Draw the training and held-out vehicles and extract their features once, on disk."""
+    """Draw the training and held-out vehicles, write them as images with a manifest per
+    set, and extract their features once, on disk, beside a ``dataset.json`` that records
+    the images and ``checkpoint``."""
     train_set = SyntheticVehicles(
         num_train + num_heldout,
         seed=seed,
@@ -382,24 +394,48 @@ def _extract(
         f"label blanked), {num_heldout} held out, {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} pixels"
     )
     say("extracting features once into the feature cache (patch tokens kept for the neck)")
-    # On disk, so that `dinov2-heads train` can train more heads from them afterwards.
-    stores = [
-        extract_features(
-            frozen,
-            Subset(data, rows),
-            path=folder / FILES["features"] / name,
-            keep="patch_tokens",
-            batch_size=32,
-            preprocessing="vehicle_crop",
-            progress=progress,
-            overwrite=True,
+    # On disk, so that `dinov2-heads train` can train more heads from them afterwards, and
+    # beside the image files and manifests they hold the features of, so that `dinov2-heads
+    # search` shows the images: what `dinov2-heads extract` of those manifests would write.
+    stores = []
+    for name, data, rows in (
+        ("train", train_set, range(num_train)),
+        ("heldout", heldout_set, range(num_train, num_train + num_heldout)),
+    ):
+        path = folder / FILES["features"] / name
+        remove_store(path, companions=(DATASET_FILE,))
+        manifest = _write_images(data, folder / FILES["data"] / name, rows)
+        stores.append(
+            extract_features(
+                frozen,
+                Subset(data, rows),
+                path=path,
+                keep="patch_tokens",
+                batch_size=32,
+                preprocessing="vehicle_crop",
+                progress=progress,
+            )
         )
-        for name, data, rows in (
-            ("train", train_set, range(num_train)),
-            ("heldout", heldout_set, range(num_train, num_train + num_heldout)),
-        )
-    ]
+        description = {
+            "source": [str(manifest)],
+            "kind": "manifest",
+            "class_names": {label: list(names) for label, names in data.vocabularies.items()},
+            "paths": [str(manifest.parent / "images" / f"{index:06d}.png") for index in rows],
+            "skipped": [],
+            CHECKPOINT_KEY: checkpoint_record(checkpoint),
+        }
+        text = json.dumps(description, indent=1, ensure_ascii=False) + "\n"
+        atomic_write_bytes(path / DATASET_FILE, text.encode("utf-8"))
     return train_set, heldout_set, stores[0], stores[1]
+
+
+def _write_images(data: SyntheticVehicles, root: Path, rows: range) -> Path:
+    """The images of ``rows`` and their labels' manifest under ``root``, replacing an earlier
+    demo's; returns the manifest."""
+    if root.is_dir():
+        # An earlier demo's images in the demo's own folder (_prepare_out checked it is one).
+        shutil.rmtree(root)
+    return data.write_manifest(root, indices=rows)
 
 
 def _check_settings(

@@ -27,7 +27,7 @@ import io
 import json
 import os
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -293,6 +293,7 @@ class SyntheticVehicles(Dataset[tuple[Tensor, dict[str, int]]]):
         *,
         manifest_format: Literal["csv", "json"] = "csv",
         image_format: str = "png",
+        indices: Sequence[int] | None = None,
     ) -> Path:
         """Write the images to ``root/images/`` and a manifest of all four labels beside them.
 
@@ -300,17 +301,30 @@ class SyntheticVehicles(Dataset[tuple[Tensor, dict[str, int]]]):
         the manifest, so :class:`~dinov2_heads.data.ManifestDataset` reads it back as is. The
         folder appears complete or not at all.
 
+        Args:
+            root: The folder to create.
+            manifest_format: ``"csv"`` or ``"json"``.
+            image_format: The images' file format (their suffix).
+            indices: The images to write, in this order (``range(10, 20)``: a part of the set);
+                ``None``: all of them. Files are named after their index (``000010.png``).
+
         Returns:
             The manifest path, ``root/manifest.csv`` or ``root/manifest.json``.
         """
         if manifest_format not in ("csv", "json"):
             raise ValueError(f"manifest_format must be 'csv' or 'json', got {manifest_format!r}")
+        chosen = range(self.num_images) if indices is None else indices
+        outside = [index for index in chosen if not 0 <= index < self.num_images]
+        if outside:
+            raise ValueError(
+                f"indices must be in 0..{self.num_images - 1} (the set's images), got {outside[0]}"
+            )
         filename = f"manifest.{manifest_format}"
 
         def fill(staging: Path) -> None:
             (staging / "images").mkdir()
             rows: list[dict[str, Any]] = []
-            for index in range(self.num_images):
+            for index in chosen:
                 relative = f"images/{index:06d}.{image_format}"
                 self.render(index).save(staging / relative)
                 row: dict[str, Any] = {"path": relative}

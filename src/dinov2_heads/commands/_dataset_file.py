@@ -1,0 +1,77 @@
+"""The backbone checkpoint that ``dataset.json`` records beside a feature store.
+
+``dinov2-heads extract`` (and the demo) write ``dataset.json`` into the store folder: the
+images, their labels and, under ``"checkpoint"``, the checkpoint the features came from, so
+that ``train`` can print commands that run its heads with ``--checkpoint PATH`` rather than a
+placeholder. Files written before the checkpoint was recorded lack the key; they still work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+#: The file beside a store that describes its images (the neighbours' reader has its twin).
+DATASET_FILE = "dataset.json"
+#: The key of the checkpoint record: ``{"given": "as typed", "path": "/absolute/path"}``.
+CHECKPOINT_KEY = "checkpoint"
+
+
+def checkpoint_record(given: str | os.PathLike[str]) -> dict[str, str | None]:
+    """What ``dataset.json`` records about ``--checkpoint``: the path as given (a file or a
+    folder) and its absolute form (``None`` for a Hugging Face repo id read from the cache)."""
+    from dinov2_heads.checkpoints.huggingface_cache import looks_like_repo_id
+
+    path = Path(given).expanduser()
+    repo_id = isinstance(given, str) and not path.exists() and looks_like_repo_id(given)
+    return {"given": os.fspath(given), "path": None if repo_id else str(path.resolve())}
+
+
+def checkpoint_argument(store: Path | None) -> str | None:
+    """``--checkpoint`` as the ``dataset.json`` beside ``store`` records it, quoted for a shell.
+
+    The path as it was given when it still names the same file or folder from here (short, as
+    the user typed it), else the absolute one; ``None`` when nothing is recorded (an older
+    file, a store made in Python) or the recorded path no longer exists.
+    """
+    if store is None:
+        return None
+    try:
+        recorded = json.loads((store / DATASET_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    entry: Any = recorded.get(CHECKPOINT_KEY) if isinstance(recorded, dict) else None
+    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+        return None
+    absolute = Path(entry["path"])
+    if not absolute.exists():
+        return None
+    given = entry.get("given")
+    if isinstance(given, str) and _same(Path(given).expanduser(), absolute):
+        return shlex.quote(given)
+    return shlex.quote(str(absolute))
+
+
+def _same(path: Path, other: Path) -> bool:
+    try:
+        return path.samefile(other)
+    except OSError:
+        return False
+
+
+def try_next(store: Path | None) -> tuple[str, str]:
+    """``--checkpoint``'s value for the "try next" commands after ``train``, and their heading.
+
+    The checkpoint that ``dataset.json`` beside ``store`` records, when it still exists; else
+    the placeholder BACKBONE, which the heading explains.
+    """
+    checkpoint = checkpoint_argument(store)
+    if checkpoint is not None:
+        return checkpoint, "\ntry next (IMAGES: image files or folders):"
+    return "BACKBONE", (
+        "\ntry next (BACKBONE: the checkpoint the features were extracted with, which the "
+        "store does not record; IMAGES: image files or folders):"
+    )
