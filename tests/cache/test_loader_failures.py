@@ -46,7 +46,7 @@ from dinov2_heads.cli import main
 from dinov2_heads.data import ImageFolderDataset
 from dinov2_heads.features import Features, FrozenBackbone
 from dinov2_heads.watchdog import WATCHDOG_THREAD_NAME
-from tests.cache.conftest import Files, Images, Samples, extract, layout_of
+from tests.cache.conftest import Batches, Files, Images, Samples, extract, layout_of
 
 KiB = 2**10
 
@@ -485,3 +485,102 @@ def test_an_iterable_with_workers_is_checked_on_its_first_batch_and_never_read_a
     assert "Keeping the 2 workers as asked" in asked
     assert "as the DataLoader has them" in given
     assert_same_store(store, extract_features(frozen, Images(9), batch_size=3, progress=False))
+
+
+class FailsInItsShare(IterableDataset[Any]):
+    """12 images with labels, split between the workers by index (worker ``w`` of ``n`` yields
+    ``w, w + n, ...``); reading image ``at`` raises ``error``."""
+
+    def __init__(self, *, at: int = 7, error: type[Exception] = KeyError) -> None:
+        self.at = at
+        self.error = error
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        images = Images(12)
+        for index in range(worker, 12, workers):
+            if index == self.at:
+                raise self.error(f"no annotation for image {index}")
+            yield images.image(index), index % 3
+
+
+class Unpicklable(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.handle = threading.Lock()  # cannot travel from a worker process
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("own_loader", [False, True])
+def test_an_error_in_an_iterable_dataset_names_the_worker_and_the_item(
+    frozen: FrozenBackbone, workers: int, own_loader: bool
+) -> None:
+    data: Any = FailsInItsShare()
+    if own_loader:  # drop_last drops short batches, not the short batch that holds the error
+        data = DataLoader(data, batch_size=5, drop_last=True, num_workers=workers)
+    with pytest.raises(KeyError) as caught:
+        extract_features(frozen, data, batch_size=2, num_workers=workers, progress=False)
+    assert type(caught.value) is KeyError
+    assert str(caught.value) == "'no annotation for image 7'"
+    if sys.version_info < (3, 11):
+        return
+    notes = caught.value.__notes__
+    if workers == 0:
+        assert notes == [
+            "(while reading item 7 (counted from 0) of the IterableDataset; fix or skip that "
+            "item where its __iter__ yields it)"
+        ]
+        return
+    # Worker 1 of 2 yields images 1, 3, 5, 7: image 7 is item 3 of its share.
+    assert notes[0] == (
+        "(while reading item 3 (counted from 0) of the share of DataLoader worker 1 of 2: the "
+        "items the IterableDataset's __iter__ yields where get_worker_info().id == 1, not the "
+        "whole stream; fix or skip that item there, or read with num_workers=0 to raise it in "
+        "this process with its whole traceback)"
+    )
+    assert notes[1].startswith("The worker's traceback:\nTraceback (most recent call")
+    assert f'File "{__file__}", line' in notes[1]
+    assert notes[1].endswith("KeyError: 'no annotation for image 7'")
+    assert "Caught" not in str(caught.value)
+
+
+def test_an_error_from_a_worker_that_cannot_travel_keeps_its_type_in_its_message(
+    frozen: FrozenBackbone,
+) -> None:
+    data = FailsInItsShare(at=2, error=Unpicklable)
+    with pytest.raises(RuntimeError) as caught:
+        extract_features(frozen, data, batch_size=2, num_workers=2, progress=False)
+    assert str(caught.value) == "Unpicklable: no annotation for image 2"
+    if sys.version_info >= (3, 11):
+        assert caught.value.__notes__[0].startswith(
+            "(while reading item 1 (counted from 0) of the share of DataLoader worker 0 of 2"
+        )
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_iterable_read_through_the_reporting_loader_gives_the_same_store(
+    frozen: FrozenBackbone, workers: int
+) -> None:
+    # Nothing fails: drop_last still drops each worker's short last batch, and unbatched
+    # loaders (batch_size=None) hand their batches over as they are.
+    images = Images(12)
+    kept = DataLoader(FailsInItsShare(at=-1), batch_size=4, drop_last=True, num_workers=workers)
+    store = extract_features(frozen, kept, keep="patch_tokens", progress=False)
+    # Two workers each yield 6 images: one batch of 4 each (worker 0's first), 2 dropped each.
+    order = [0, 2, 4, 6, 1, 3, 5, 7] if workers else list(range(12))
+    expected = extract_features(
+        frozen,
+        Samples([(images.image(i), i % 3) for i in order]),
+        keep="patch_tokens",
+        batch_size=4,
+        progress=False,
+    )
+    assert_same_store(store, expected)
+    batches = Batches(
+        lambda: iter([(torch.stack([images.image(i) for i in order]), torch.tensor(order) % 3)])
+    )
+    unbatched = DataLoader(batches, batch_size=None, num_workers=min(workers, 1))
+    assert_same_store(
+        extract_features(frozen, unbatched, keep="patch_tokens", progress=False), expected
+    )

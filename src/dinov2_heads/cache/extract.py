@@ -164,7 +164,8 @@ def extract_features(
             before stay in the store.
 
     An error the dataset raises is raised as it was, also from a worker process, with a note
-    that names the sample.
+    that names the sample (for an ``IterableDataset``: the item's position in the stream, or
+    the worker and the item's position in that worker's share).
     """
     keep_names, registers_optional = _check_arguments(keep, dtype, batch_size)
     stall_warning = check_stall_warning(stall_warning)

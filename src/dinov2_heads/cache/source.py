@@ -28,8 +28,10 @@ its first batch is measured as it arrives.
 Errors reading the data are raised as the dataset raised them, with or without workers: a
 worker hands the error back as data, and it is raised again here as it was (an
 :class:`~dinov2_heads.data.UnreadableImageError` names its file), rather than as torch's
-"Caught ... in DataLoader worker process 0"; a note names the sample. Samples that cannot be
-stacked into one batch (images of different sizes) are a ``ValueError`` that names them.
+"Caught ... in DataLoader worker process 0"; a note names the sample (for an
+``IterableDataset`` of a ``DataLoader``: the worker, and the item's position in that worker's
+share). Samples that cannot be stacked into one batch (images of different sizes) are a
+``ValueError`` that names them.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import math
 import os
 import pickle
 import traceback
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -547,19 +549,54 @@ class StreamSource:
         return self.stream.num_workers if isinstance(self.stream, DataLoader) else 0
 
     def batches(self) -> Generator[Any, None, None]:
-        """The stream's batches, in order; closing it stops a ``DataLoader``'s workers."""
+        """The stream's batches, in order; closing it stops a ``DataLoader``'s workers.
+
+        An error the ``IterableDataset`` of a ``DataLoader`` raises is raised as it was, with
+        a note that names the item: its position in the stream, and with workers, the worker
+        and the item's position in that worker's share (see :func:`_reporting_loader`).
+        """
         if not isinstance(self.stream, DataLoader):
             yield from self.stream
             return
-        check = self.check if self.stream.num_workers > 0 else None
+        workers = self.stream.num_workers
+        check = self.check if workers > 0 else None
         # Measured before the workers start, so that their batches are not counted as used.
         space = shared_memory_space() if check is not None else None
-        with contextlib.closing(read_and_stop(self.stream)) as batches:
+        loader = _reporting_loader(self.stream)
+        with contextlib.closing(read_and_stop(loader)) as batches:
             for batch in batches:
+                if isinstance(batch, _Failure):
+                    batch.raise_from_stream(workers=workers)
+                if isinstance(batch, _Short):
+                    continue  # a worker's last batch, short: drop_last drops it
                 if check is not None and space is not None:
                     _first_batch_fits(self.stream, batch, space, check)
                 check = None
                 yield batch
+
+
+def _reporting_loader(loader: DataLoader[Any]) -> DataLoader[Any]:
+    """``loader`` reading its ``IterableDataset`` through :class:`_ReportingStream`, so an
+    error the dataset raises comes back as data that names the item (worker, position).
+
+    The same settings (batch size, ``drop_last``, collate function, workers and their set-up);
+    a subclass of ``DataLoader`` (which may read differently) and a loader over a map-style
+    dataset are used as they are.
+    """
+    if type(loader) is not DataLoader or not isinstance(loader.dataset, IterableDataset):
+        return loader
+    # drop_last is applied by the collate function: torch would drop a short last batch
+    # before collating it, and with it the failure that ended the worker's share.
+    return DataLoader(
+        _ReportingStream(loader.dataset),
+        batch_size=loader.batch_size,
+        collate_fn=_ReportingCollate(
+            loader.collate_fn,
+            batched=loader.batch_size is not None,
+            drop_short=loader.batch_size if loader.drop_last else None,
+        ),
+        **LoaderSettings.of(loader).arguments(),
+    )
 
 
 def _first_batch_fits(
@@ -723,11 +760,16 @@ _UNEQUAL_SIZES = "stack expects each tensor to be equal size"
 class _Failure:
     """An error raised reading sample ``index`` (``None``: making the batch), carried back
     from a worker as data, with the worker's traceback (``None`` in this process, where the
-    error keeps its own)."""
+    error keeps its own).
+
+    For an ``IterableDataset``, ``index`` is the item's position in the stream read by
+    ``worker`` (its id; ``None`` in this process), counted from 0.
+    """
 
     index: int | None
     error: BaseException
     trace: str | None = None
+    worker: int | None = None
 
     def raise_again(self, indices: Sequence[int], *, in_worker: bool) -> None:
         """Raise the error with a note naming the sample, or the batch of ``indices``, and a
@@ -750,6 +792,39 @@ class _Failure:
             _add_note(error, f"The worker's traceback:\n{self.trace.rstrip()}")
         raise error
 
+    def raise_from_stream(self, *, workers: int) -> None:
+        """Raise the error of an ``IterableDataset`` read by ``workers`` worker processes,
+        with a note naming the item (the worker and the item's position in its share) and
+        what to do, and a note holding the worker's traceback."""
+        error = self.error
+        if self.worker is None:
+            where = "the IterableDataset"
+            fix = "fix or skip that item where its __iter__ yields it"
+        else:
+            where = (
+                f"the share of DataLoader worker {self.worker} of {workers}: the items the "
+                f"IterableDataset's __iter__ yields where get_worker_info().id == "
+                f"{self.worker}, not the whole stream"
+            )
+            fix = (
+                "fix or skip that item there, or read with num_workers=0 to raise it in "
+                "this process with its whole traceback"
+            )
+        if self.index is None:
+            if isinstance(error, RuntimeError) and _UNEQUAL_SIZES in str(error):
+                raise ValueError(
+                    f"the items of one batch of {where} cannot be stacked: {error}. Every "
+                    "image (and every mask or depth map) must have the same size: give the "
+                    "dataset a transform with a fixed output size"
+                ) from error
+            what = f"making one batch of the items of {where}"
+        else:
+            what = f"reading item {self.index} (counted from 0) of {where}"
+        _add_note(error, f"(while {what}; {fix})")
+        if self.trace:
+            _add_note(error, f"The worker's traceback:\n{self.trace.rstrip()}")
+        raise error
+
 
 def _samples(indices: Sequence[int]) -> str:
     """``"samples 6 to 8"``, ``"samples 3, 9, 12"`` or ``"sample 4"``."""
@@ -768,16 +843,17 @@ def _add_note(error: BaseException, note: str) -> None:
 
 def _failure(index: int | None, error: Exception) -> _Failure:
     """The failure to hand back for ``error``: as it is in this process; from a worker, with
-    its traceback as text, and as a ``RuntimeError`` with its text where it cannot be
+    its traceback as text, its id, and as a ``RuntimeError`` with its text where it cannot be
     pickled."""
-    if get_worker_info() is None:
+    info = get_worker_info()
+    if info is None:
         return _Failure(index, error)  # raised again as it is, traceback and all
     trace = "".join(traceback.format_exception(error))
     try:
         pickle.dumps(error)
     except Exception:
-        return _Failure(index, RuntimeError(f"{type(error).__name__}: {error}"), trace)
-    return _Failure(index, error, trace)
+        error = RuntimeError(f"{type(error).__name__}: {error}")
+    return _Failure(index, error, trace, worker=info.id)
 
 
 class _Reporting(Dataset[Any]):
@@ -802,17 +878,68 @@ class _Reporting(Dataset[Any]):
             return _failure(index, error)
 
 
+class _ReportingStream(IterableDataset[Any]):
+    """An ``IterableDataset`` whose items are the wrapped one's, then, where reading one
+    raises, a :class:`_Failure` that names its position (in this worker's share), and no more.
+    """
+
+    def __init__(self, dataset: IterableDataset[Any]) -> None:
+        self.dataset = dataset
+
+    def __getattr__(self, name: str) -> Any:
+        # A worker_init_fn that reaches the dataset through get_worker_info() reads its own.
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        position = 0
+        try:
+            items = iter(self.dataset)
+            while True:
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
+                yield item
+                position += 1
+        except Exception as error:
+            # After an error an iterator cannot go on: the worker's share ends here, and the
+            # main process raises the error when its batch comes.
+            yield _failure(position, error)
+
+
+@dataclass(frozen=True)
+class _Short:
+    """What :class:`_ReportingCollate` hands back for a batch shorter than ``drop_short``."""
+
+
 class _ReportingCollate:
     """The collate function, unless the batch holds a failure (then the first failure), or
-    the collate function fails (then that failure)."""
+    the collate function fails (then that failure). ``batched=False``: the loader hands over
+    one item at a time (``batch_size=None``), not a list. ``drop_short``: a batch of fewer
+    items, without a failure, is a :class:`_Short` (``drop_last``)."""
 
-    def __init__(self, collate: Collate) -> None:
+    def __init__(
+        self, collate: Collate, *, batched: bool = True, drop_short: int | None = None
+    ) -> None:
         self.collate = collate
+        self.batched = batched
+        self.drop_short = drop_short
 
-    def __call__(self, items: list[Any]) -> Any:
+    def __call__(self, items: Any) -> Any:
+        if not self.batched:
+            if isinstance(items, _Failure):
+                return items
+            try:
+                return self.collate(items)
+            except Exception as error:
+                return _failure(None, error)
         for item in items:
             if isinstance(item, _Failure):
                 return item
+        if self.drop_short is not None and len(items) < self.drop_short:
+            return _Short()
         try:
             return self.collate(items)
         except Exception as error:
