@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dinov2_heads.data import DEPTH_SCALES, read_depth, write_depth_png
+from dinov2_heads.data import DEPTH_SCALES, UnreadableDepthError, read_depth, write_depth_png
 
 
 def test_nyu_and_kitti_pngs_read_in_metres(tmp_path: Path) -> None:
@@ -74,3 +75,25 @@ def test_bad_files_and_values_are_refused(tmp_path: Path) -> None:
         write_depth_png(tmp_path / "far.png", torch.full((2, 2), 70.0), scale="nyu")
     with pytest.raises(ValueError, match="negative depths"):
         write_depth_png(tmp_path / "neg.png", torch.full((2, 2), -1.0))
+
+
+def test_a_damaged_depth_file_is_an_error_that_names_it(tmp_path: Path) -> None:
+    np.save(tmp_path / "whole.npy", np.ones((4, 4), np.float32))
+    data = (tmp_path / "whole.npy").read_bytes()
+    (tmp_path / "truncated.npy").write_bytes(data[:-10])
+    (tmp_path / "text.npy").write_bytes(b"hello world")
+    (tmp_path / "junk.png").write_bytes(b"not a png")
+    for name, reason in (
+        ("truncated.npy", "it is not a whole NumPy array file (Failed to read all data"),
+        ("text.npy", "it is not a whole NumPy array file (no array header)"),
+        ("junk.png", "UnidentifiedImageError: cannot identify image file"),
+    ):
+        with pytest.raises(UnreadableDepthError) as caught:
+            read_depth(tmp_path / name, scale="nyu" if name.endswith(".png") else None)
+        error = caught.value
+        assert isinstance(error, ValueError)  # as every other bad depth file
+        assert error.path == tmp_path / name
+        assert error.reason.startswith(reason)
+        assert str(error).startswith(f"cannot read depth map {tmp_path / name}: {reason}")
+        assert "pickle" not in str(error)  # numpy's advice to unpickle is never the fix
+        assert pickle.loads(pickle.dumps(error)).args == error.args  # crosses worker processes

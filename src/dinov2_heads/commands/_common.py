@@ -194,6 +194,32 @@ def image_paths(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return found
 
 
+def check_output_folder(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """``path`` as a folder to write into, checked before any work (nothing is created).
+
+    Raises:
+        NotADirectoryError: ``path``, or a folder above it, is a file: the error names it and
+            ``option``, instead of the system's "File exists" once the work is done.
+    """
+    folder = Path(path)
+    for place in (folder, *folder.parents):
+        if place.exists() and not place.is_dir():
+            where = "" if place == folder else f" (it lies inside {place})"
+            raise NotADirectoryError(
+                f"{option} {folder} cannot be a folder{where}: {place} is a file; pass a "
+                "folder (it is created if missing), or move the file away"
+            )
+    return folder
+
+
+def make_output_folder(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """The folder ``path``, checked as :func:`check_output_folder` checks it, then created
+    with its parents where missing."""
+    folder = check_output_folder(path, option)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def unique_name(stem: str, used: set[str]) -> str:
     """``stem``, or ``stem-2``, ``stem-3``, ... : the first not in ``used``, which it joins.
 

@@ -347,8 +347,10 @@ def dataset(args: argparse.Namespace) -> tuple[DensePairs, dict[str, Any]]:
         readable, skipped = check_images([image for image, _ in pairs], on_error="skip")
         kept = set(readable)
         pairs = [(image, label) for image, label in pairs if image in kept]
+        pairs, unreadable = _readable_labels(pairs, task, args)
+        skipped += unreadable
         if not pairs:
-            raise ValueError("none of the images could be read; see the warnings above")
+            raise ValueError("none of the pairs could be read; see the warnings above")
     transform = preprocessing(args)
     images, labels = [image for image, _ in pairs], [label for _, label in pairs]
     inner: Dataset[tuple[Tensor, Tensor]] = (
@@ -369,6 +371,37 @@ def dataset(args: argparse.Namespace) -> tuple[DensePairs, dict[str, Any]]:
         "skipped": [{"path": str(r.path), "reason": r.reason} for r in skipped],
     }
     return data, description
+
+
+def _readable_labels(
+    pairs: list[tuple[Path, Path]], task: str, args: argparse.Namespace
+) -> tuple[list[tuple[Path, Path]], list[Any]]:
+    """The pairs whose mask or depth file can be read, and a record of each left out
+    (``--on-error skip``), with a warning per file.
+
+    Each label file is read once, as the dataset reads it; only files that cannot be read
+    are left out: a mask of another size or a negative depth still stops the extraction.
+    """
+    from dinov2_heads.data import SkippedImage, UnreadableDepthError, UnreadableImageError
+    from dinov2_heads.data.depth_io import read_depth
+    from dinov2_heads.data.masks import load_mask
+
+    kept: list[tuple[Path, Path]] = []
+    skipped: list[Any] = []
+    what = "mask" if task == "segmentation" else "depth map"
+    for image, label in pairs:
+        try:
+            if task == "segmentation":
+                load_mask(label)
+            else:
+                read_depth(label, scale=args.depth_scale)
+        except (UnreadableImageError, UnreadableDepthError) as error:
+            reason = f"its {what} {label} cannot be read: {error.reason}"
+            logger.warning("skipped %s: %s", image, reason)
+            skipped.append(SkippedImage(image, reason))
+        else:
+            kept.append((image, label))
+    return kept, skipped
 
 
 def _pairs(args: argparse.Namespace, task: str) -> list[tuple[Path, Path]]:

@@ -19,6 +19,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: What Ctrl-C leaves: every file is written to a temporary file, then renamed.
+ON_INTERRUPT = (
+    "the pictures (and .npy files) written before are complete (no file is left half "
+    "written); run the same command again with --overwrite to write them all"
+)
+
 EXAMPLE = """\
 example:
   dinov2-heads depth --checkpoint dinov2_vits14_pretrain.pth \\
@@ -94,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from dinov2_heads.dense import Depther
     from dinov2_heads.viz import save_depth_picture
 
+    out = _common.check_output_folder(args.out)
     backbone = _common.load_backbone(args)
     where = next(backbone.parameters()).device
     saved = saved_heads(args.head)
@@ -104,8 +111,7 @@ def run(args: argparse.Namespace) -> int:
     ).to(where)
     depther = Depther(backbone, head, **_dense.window_settings(args)).eval()
     paths = _common.image_paths(args.images)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _common.make_output_folder(out)
     names = _output_names(paths)
     if not args.overwrite:
         taken = [out / f"{name}.png" for name in names if (out / f"{name}.png").exists()]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dinov2_heads.commands import _common, _dense
@@ -16,6 +15,12 @@ if TYPE_CHECKING:
     from dinov2_heads.dense import SegmentationPreset
 
 logger = logging.getLogger(__name__)
+
+#: What Ctrl-C leaves: every file is written to a temporary file, then renamed.
+ON_INTERRUPT = (
+    "the label maps and overlays written before are complete (no file is left half written); "
+    "run the same command again to write them all"
+)
 
 EXAMPLE = """\
 example:
@@ -91,22 +96,24 @@ def run(args: argparse.Namespace) -> int:
     from dinov2_heads.viz.segmentation import label_image, overlay_labels, save_image
 
     preset = get_preset(args.preset) if args.preset else None
+    out = _common.check_output_folder(args.out)
     backbone = _common.load_backbone(args)
     head, class_names, palette = _load_head(args, backbone, preset)
     device = next(backbone.parameters()).device
     head.to(device).eval()
     settings = _dense.window_settings(args, preset.settings() if preset else None)
     segmenter = Segmenter(backbone, head, **settings).eval()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _common.make_output_folder(out)
     used: set[str] = set()
+    skipped = 0
     for path in _common.image_paths(args.images):
         try:
             image = load_image(path)
         except UnreadableImageError as error:
             if args.on_error == "raise":
                 raise
-            print(f"{path}: skipped ({error.reason})")
+            logger.warning("skipped %s: %s", path, error.reason)
+            skipped += 1
             continue
         pixels = pil_to_tensor(image)
         height, width = pixels.shape[-2:]
@@ -140,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
             if counts[k] > 0
         )
         print(f"{path}: {out / (name + '.png')} ({shares})")
+    if skipped:
+        print(f"skipped {skipped} unreadable image(s), listed in the log")
     return 0
 
 

@@ -169,8 +169,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     train_rows, val_rows = split_rows(len(store), val_store, args.val_fraction, args.seed)
     device = _common.device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _common.make_output_folder(args.out)
     torch.manual_seed(args.seed)
     progress = not args.quiet
     job = Job(store, val_store, train_rows, val_rows, device, args.seed, progress)

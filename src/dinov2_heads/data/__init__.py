@@ -11,7 +11,12 @@ from dinov2_heads.data.augment import (
     TrainTransform,
 )
 from dinov2_heads.data.depth_dataset import DepthDataset
-from dinov2_heads.data.depth_io import DEPTH_SCALES, read_depth, write_depth_png
+from dinov2_heads.data.depth_io import (
+    DEPTH_SCALES,
+    UnreadableDepthError,
+    read_depth,
+    write_depth_png,
+)
 from dinov2_heads.data.depth_transforms import DepthTransform, resize_pair
 from dinov2_heads.data.folder import IMAGE_EXTENSIONS, ImageFolderDataset
 from dinov2_heads.data.functional import (
@@ -68,6 +73,7 @@ __all__ = [
     "SegmentationTransform",
     "SkippedImage",
     "TrainTransform",
+    "UnreadableDepthError",
     "UnreadableImageError",
     "center_crop",
     "check_images",

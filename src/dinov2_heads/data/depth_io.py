@@ -29,6 +29,25 @@ _UINT16_MAX = 65535
 PathLike = str | os.PathLike[str]
 
 
+class UnreadableDepthError(ValueError):
+    """A depth map file could not be read (damaged, truncated, or not an image or array).
+
+    Attributes:
+        path: The file that failed.
+        reason: What went wrong, as Pillow or NumPy said it.
+    """
+
+    def __init__(self, path: PathLike, reason: str, fix: str = "fix or remove the file") -> None:
+        self.path = Path(path)
+        self.reason = reason
+        self.fix = fix
+        super().__init__(f"cannot read depth map {self.path}: {reason}; {fix}")
+
+    def __reduce__(self) -> tuple[type[UnreadableDepthError], tuple[Path, str, str]]:
+        # Keeps the error picklable, so it crosses DataLoader worker processes intact.
+        return (type(self), (self.path, self.reason, self.fix))
+
+
 def depth_scale(scale: float | str | None) -> float | None:
     """The pixels per metre of ``scale``: a positive number, ``"nyu"``, ``"kitti"`` or ``None``."""
     if scale is None:
@@ -61,6 +80,8 @@ def read_depth(path: PathLike, *, scale: float | str | None = None) -> Tensor:
 
     Raises:
         FileNotFoundError: The file does not exist.
+        UnreadableDepthError: A file that cannot be read (a damaged or truncated image or
+            ``.npy``), naming it; a ``ValueError``.
         ValueError: An 8-bit or colour image, an integer image without ``scale``, an array
             of another shape, or negative depths.
     """
@@ -69,7 +90,17 @@ def read_depth(path: PathLike, *, scale: float | str | None = None) -> Tensor:
         raise FileNotFoundError(f"depth map {file} does not exist or is not a file")
     factor = depth_scale(scale)
     if file.suffix.lower() in NUMPY_SUFFIXES:
-        array = np.load(file, allow_pickle=False)
+        try:
+            array = np.load(file, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            # numpy's own words name no file, and for a file that is no array at all they
+            # suggest unpickling it: never the fix for a depth map.
+            why = "no array header" if "pickled" in str(error) else str(error)
+            raise UnreadableDepthError(
+                file,
+                f"it is not a whole NumPy array file ({why})",
+                "write depth maps with numpy.save(path, metres), or fix or remove the file",
+            ) from error
         if not np.issubdtype(array.dtype, np.number) or np.issubdtype(
             array.dtype, np.complexfloating
         ):
@@ -103,7 +134,7 @@ def _read_depth_image(file: Path, *, integer_needs_scale: bool) -> np.ndarray:
             mode = image.mode
             array = np.array(image)
     except (OSError, pil.UnidentifiedImageError) as error:
-        raise ValueError(f"cannot read depth map {file}: {error}") from error
+        raise UnreadableDepthError(file, f"{type(error).__name__}: {error}") from error
     if mode == "F":
         return array.astype(np.float32)
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
