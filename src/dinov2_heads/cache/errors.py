@@ -3,15 +3,33 @@ data loading that ran out of shared memory or lost a worker process."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from dinov2_heads.errors import Dinov2HeadsError
 
 __all__ = [
+    "AFTER_FAILURE",
     "DamagedStoreError",
+    "ReadingLoop",
     "SharedMemoryError",
     "StoreLockedError",
     "StoreMismatchError",
     "WorkerDiedError",
 ]
+
+
+#: The loop that reads the data: an extraction (``extract_features``) or a training
+#: (``fit_grid``, ``train_one_epoch``). Its stall warnings and its errors for a dead worker
+#: say which, and what happened to the work done before.
+ReadingLoop = Literal["extraction", "training"]
+
+#: What a loop that stopped for its data has kept, and what to run.
+AFTER_FAILURE: dict[str, str] = {
+    "extraction": (
+        "The batches finished before are kept: run the same extraction again to resume it"
+    ),
+    "training": ("The training stopped part way through an epoch: run it again once this is fixed"),
+}
 
 
 class StoreMismatchError(Dinov2HeadsError, ValueError):
@@ -50,7 +68,8 @@ class WorkerDiedError(Dinov2HeadsError, RuntimeError):
     cause. The message names how the worker ended, the likely cause and the fixes: for
     ``SIGKILL``, nearly always the kernel's out-of-memory killer, so fewer workers, smaller
     batches or more memory; for a crash (``SIGSEGV``, ``SIGABRT``), reading in the main
-    process to see where. The batches before stay in the store: the same call resumes it. A
+    process to see where. In an extraction the batches before stay in the store: the same
+    call resumes it; a training (``fit_grid``, ``train_one_epoch``) raises it too. A
     ``RuntimeError`` too, as torch's error was. (A worker killed by ``SIGBUS`` ran out of
     shared memory: that is a :class:`SharedMemoryError`.)
     """

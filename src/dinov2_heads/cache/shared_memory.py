@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dinov2_heads.cache.errors import SharedMemoryError
+from dinov2_heads.cache.errors import AFTER_FAILURE, ReadingLoop, SharedMemoryError
 from dinov2_heads.cache.layout import format_bytes
 
 __all__ = [
@@ -161,8 +161,10 @@ def shared_memory_error(
     workers: int | None,
     batch_size: int | None,
     space: SharedMemorySpace | None,
+    loop: ReadingLoop = "extraction",
 ) -> SharedMemoryError:
-    """The :class:`SharedMemoryError` for torch's ``error``: what happened, the sizes, the fixes.
+    """The :class:`SharedMemoryError` for torch's ``error``: what happened, the sizes, what
+    the ``loop`` kept (an extraction resumes), the fixes.
 
     One paragraph on one line (the command line prints an error's first line). The fixes
     name the Python arguments (``num_workers=0``, ``batch_size``); the command line shows
@@ -182,8 +184,8 @@ def shared_memory_error(
     reported = _torch_line(error) or str(error).strip().split("\n")[0]
     message = (
         f"the DataLoader ran out of shared memory{how} ({reported}): its workers hand every "
-        f"batch to this process through {where}. The batches finished before are kept: run "
-        "the same extraction again to resume it. To fix it, read in this process with "
+        f"batch to this process through {where}. {AFTER_FAILURE[loop]}. To fix it, read "
+        "in this process with "
         "num_workers=0 (slower), give the container more shared memory (docker run "
         "--shm-size=2g, or --ipc=host), or use a smaller batch_size"
     )

@@ -63,7 +63,7 @@ from torch.utils.data import (
 
 from dinov2_heads import distributed
 from dinov2_heads.cache.batches import batch_length
-from dinov2_heads.cache.errors import SharedMemoryError, WorkerDiedError
+from dinov2_heads.cache.errors import ReadingLoop, SharedMemoryError, WorkerDiedError
 from dinov2_heads.cache.layout import format_bytes
 from dinov2_heads.cache.shared_memory import (
     SharedMemorySpace,
@@ -93,9 +93,11 @@ __all__ = [
     "data_class_names",
     "first_sample_bytes",
     "fit_shared_memory",
+    "loader_batch_size",
     "loader_failure",
     "loader_settings",
     "read_and_stop",
+    "reading_failure",
     "reads_image_files",
 ]
 
@@ -350,23 +352,35 @@ def loader_failure(
     """The error to raise from ``error`` (chained) when it is torch's report of a worker that
     ran out of shared memory (:class:`~dinov2_heads.cache.errors.SharedMemoryError`) or died
     otherwise (:class:`~dinov2_heads.cache.errors.WorkerDiedError`); else ``None``."""
+    if isinstance(source, MapSource):
+        workers: int | None = source.num_workers
+        batch_size: int | None = source.batch_size
+    elif isinstance(source.stream, DataLoader):
+        workers, batch_size = source.stream.num_workers, loader_batch_size(source.stream)
+    else:
+        workers = batch_size = None
+    return reading_failure(error, workers=workers, batch_size=batch_size)
+
+
+def reading_failure(
+    error: BaseException,
+    *,
+    workers: int | None,
+    batch_size: int | None,
+    loop: ReadingLoop = "extraction",
+) -> SharedMemoryError | WorkerDiedError | None:
+    """:func:`loader_failure` for a ``loop`` that reads with ``workers`` worker processes and
+    batches of ``batch_size`` (``None``: unknown), such as a training over a ``DataLoader``."""
     if isinstance(error, SharedMemoryError | WorkerDiedError):
         return None
     shared_memory = is_shared_memory_error(error)
     death = None if shared_memory else dead_worker(error)
     if not shared_memory and death is None:
         return None
-    if isinstance(source, MapSource):
-        workers: int | None = source.num_workers
-        batch_size: int | None = source.batch_size
-    elif isinstance(source.stream, DataLoader):
-        workers, batch_size = source.stream.num_workers, _loader_batch_size(source.stream)
-    else:
-        workers = batch_size = None
     if death is not None:
-        return worker_died_error(death, workers=workers, batch_size=batch_size)
+        return worker_died_error(death, workers=workers, batch_size=batch_size, loop=loop)
     return shared_memory_error(
-        error, workers=workers, batch_size=batch_size, space=shared_memory_space()
+        error, workers=workers, batch_size=batch_size, space=shared_memory_space(), loop=loop
     )
 
 
@@ -448,7 +462,7 @@ def _size_of_first(items: list[Any]) -> int:
     return sample_bytes(items[0])
 
 
-def _loader_batch_size(loader: DataLoader[Any]) -> int | None:
+def loader_batch_size(loader: DataLoader[Any]) -> int | None:
     """Samples per batch of a ``DataLoader``: its own, its batch sampler's, or 1 unbatched."""
     if loader.batch_size is not None:
         return loader.batch_size
@@ -607,7 +621,7 @@ def _first_batch_fits(
     try:
         size = batch_length(batch)
     except Exception:  # a batch the extraction cannot take says so itself, a moment later
-        size = _loader_batch_size(loader) or 0
+        size = loader_batch_size(loader) or 0
     fit_shared_memory(
         LoaderSettings.of(loader),
         batch_bytes=sample_bytes(batch),
@@ -720,7 +734,7 @@ def _loader_source(loader: DataLoader[Any]) -> MapSource | StreamSource:
             settings,
             loader.collate_fn,
         )
-    batch_size = _loader_batch_size(loader)
+    batch_size = loader_batch_size(loader)
     if not isinstance(dataset, IterableDataset) and batch_size is not None:
         _within_shared_memory(settings, dataset, batch_size, "loader")
     if isinstance(dataset, IterableDataset):

@@ -1,25 +1,34 @@
-"""What a stalled extraction says: who is waiting for whom, for how long, and what to try.
+"""What a stalled extraction (or training) says: who is waiting for whom, for how long, and
+what to try.
 
-The :class:`~dinov2_heads.watchdog.StallWatchdog` that ``extract_features`` runs calls
-:func:`stall_message` when no batch has come for a while. The extraction is then either
-waiting for the ``DataLoader`` (a worker stuck on a read from a network file system, in a
-deadlock, on a sample that never returns) or still working on the batch it has (the backbone,
-writing its features). Read in this process (no workers), the line the reading is at names
-the culprit; with workers, the main process only waits on them, so the message says how to
-look into them instead.
+The :class:`~dinov2_heads.watchdog.StallWatchdog` that ``extract_features`` runs (and
+``fit_grid`` / ``train_one_epoch``) calls :func:`stall_message` when no batch has come for a
+while. The loop is then either waiting for the ``DataLoader`` (a worker stuck on a read from a
+network file system, in a deadlock, on a sample that never returns) or still working on the
+batch it has (the backbone, writing its features; or a training step). Read in this process
+(no workers), the line the reading is at names the culprit; with workers, the main process
+only waits on them, so the message says how to look into them instead.
 """
 
 from __future__ import annotations
 
 import os
 
+from dinov2_heads.cache.errors import ReadingLoop
 from dinov2_heads.watchdog import Stall, format_duration
 
 __all__ = ["stall_message"]
 
+#: What works on a batch once it has come, per loop.
+_WORKING = {
+    "extraction": "the backbone has been working on the last one (and writing its features)",
+    "training": "the backbone and the heads have been working on the last one (a training step)",
+}
 
-def stall_message(stall: Stall, *, workers: int) -> str:
-    """The warning for ``stall`` in an extraction that reads with ``workers`` worker processes.
+
+def stall_message(stall: Stall, *, workers: int, loop: ReadingLoop = "extraction") -> str:
+    """The warning for ``stall`` in a ``loop`` (an extraction, a training) that reads with
+    ``workers`` worker processes.
 
     One paragraph on one line; it names the Python argument and the command line option
     alike (``num_workers=0``, ``--num-workers 0``), as a log line is not rewritten for the
@@ -30,20 +39,20 @@ def stall_message(stall: Stall, *, workers: int) -> str:
     at = f", now at {stall.where}" if stall.where else ""
     if not stall.waiting:
         return (
-            f"{waited}: the backbone has been working on the last one (and writing its "
-            f"features) for {format_duration(stall.phase)}{at}. A large backbone over large "
+            f"{waited}: {_WORKING[loop]} for {format_duration(stall.phase)}{at}. A large "
+            "backbone over large "
             "batches on a CPU can take this long (a smaller batch size shows progress sooner); "
             f"on a GPU, check that no other process holds it (nvidia-smi). {again}"
         )
     if workers == 0:
         return (
-            f"{waited}: the extraction is waiting for the data, read in this process{at}. "
+            f"{waited}: the {loop} is waiting for the data, read in this process{at}. "
             "It may be stuck reading a file (a network file system), on a lock, or on a "
             f"sample that never returns. {again}"
         )
     processes = f"{workers} worker process{'es have' if workers != 1 else ' has'}"
     return (
-        f"{waited}: the extraction is waiting for the DataLoader, whose {processes} not "
+        f"{waited}: the {loop} is waiting for the DataLoader, whose {processes} not "
         "handed over the next batch. A worker may be stuck reading "
         "a file (a network file system), in a deadlock, or on a sample that never returns. "
         "To see where: read in this process (num_workers=0, --num-workers 0), and this "

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from dinov2_heads.cache.errors import WorkerDiedError
+from dinov2_heads.cache.errors import AFTER_FAILURE, ReadingLoop, WorkerDiedError
 from dinov2_heads.cache.shared_memory import is_shared_memory_error
 
 __all__ = ["WorkerDeath", "dead_worker", "worker_death_of", "worker_died_error"]
@@ -150,10 +150,14 @@ def worker_death_of(
 
 
 def worker_died_error(
-    death: WorkerDeath, *, workers: int | None, batch_size: int | None
+    death: WorkerDeath,
+    *,
+    workers: int | None,
+    batch_size: int | None,
+    loop: ReadingLoop = "extraction",
 ) -> WorkerDiedError:
     """The :class:`~dinov2_heads.cache.errors.WorkerDiedError` for ``death``: what happened,
-    the likely cause, that the store resumes, and the fixes.
+    the likely cause, what the ``loop`` kept (an extraction resumes), and the fixes.
 
     One paragraph on one line (the command line prints an error's first line); the fixes
     name the Python arguments (``num_workers=0``, ``batch_size``), which the command line
@@ -168,7 +172,7 @@ def worker_died_error(
         reading.append(f"batches of {batch_size} samples")
     how = f" with {' and '.join(reading)}" if reading else ""
     what = f"{who} {death.describe()} while reading the data{how}"
-    resume = "The batches finished before are kept: run the same extraction again to resume it"
+    resume = AFTER_FAILURE[loop]
     name = death.signal_name
     in_process = "num_workers=0 reads in this process"
     if name == "SIGKILL" or (name is None and death.exit_code is None):

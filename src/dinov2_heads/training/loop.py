@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,11 +19,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from dinov2_heads import distributed
 from dinov2_heads.cache.dataset import FeatureDataset, collate_features
+from dinov2_heads.cache.source import loader_batch_size, read_and_stop, reading_failure
+from dinov2_heads.cache.stalls import stall_message
 from dinov2_heads.features import Features
 from dinov2_heads.heads.losses import LossOutput
 from dinov2_heads.labels import check_class_labels
 from dinov2_heads.progress import Progress
 from dinov2_heads.training.grid import GridResult, GridResults, LinearProbeGrid
+from dinov2_heads.watchdog import STALL_WARNING, StallWatchdog, check_stall_warning
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +107,7 @@ def train_one_epoch(
     scheduler: LRScheduler | None = None,
     label: str | None = None,
     progress: Progress | None = None,
+    stall_warning: float | None = STALL_WARNING,
 ) -> tuple[float, int]:
     """One pass over ``batches`` for any head: live images or cached features alike.
 
@@ -123,29 +129,75 @@ def train_one_epoch(
         label: The label column, for dict labels and a single head. ``None`` with dict labels
             hands the whole dict to ``loss_fn`` (several heads).
         progress: Counts the images.
+        stall_warning: Seconds without a new batch before a warning (logged, the training
+            goes on) that says whether it waits for the data or a step is still at work, and
+            what to try; repeated at 2, 4, 8, ... times as long, as ``extract_features``
+            warns. ``None``: no warning (no watchdog thread).
 
     Returns:
         (mean loss over the batches, number of steps).
+
+    Raises:
+        WorkerDiedError: A worker of a ``DataLoader`` was killed (``SIGKILL``: nearly always
+            the out-of-memory killer), crashed or exited; the message names the likely cause
+            and the fixes, as for an extraction.
+        SharedMemoryError: A worker ran out of shared memory (``/dev/shm``) handing a batch
+            over; the message says how large it is and what to change.
     """
+    stall_warning = check_stall_warning(stall_warning)
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else None
     total = torch.zeros((), dtype=torch.float64)
     steps = 0
-    for batch in batches:
-        inputs, labels = _inputs_and_targets(batch, label)
-        features = features_of(inputs, frozen, device)
-        logits = model(features)
-        loss = _total_loss(loss_fn(logits, _to(labels, _device_of(logits))))
-        optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward(loss)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        total += loss.detach().to("cpu", torch.float64)
-        steps += 1
-        if progress is not None:
-            progress.update(features.batch_size)
+    workers = batches.num_workers if isinstance(batches, DataLoader) else 0
+    watchdog = StallWatchdog(
+        stall_warning,
+        functools.partial(stall_message, workers=workers, loop="training"),
+        item="batch",
+    )
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(watchdog)
+        # read_and_stop stops a DataLoader's workers however the epoch ends, and names how a
+        # worker that vanished ended.
+        items: Iterator[Any] = (
+            stack.enter_context(contextlib.closing(read_and_stop(batches)))
+            if isinstance(batches, DataLoader)
+            else iter(batches)
+        )
+        try:
+            for batch in watchdog.watch(items):
+                inputs, labels = _inputs_and_targets(batch, label)
+                features = features_of(inputs, frozen, device)
+                logits = model(features)
+                loss = _total_loss(loss_fn(logits, _to(labels, _device_of(logits))))
+                optimizer.zero_grad(set_to_none=True)
+                torch.autograd.backward(loss)
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                total += loss.detach().to("cpu", torch.float64)
+                steps += 1
+                if progress is not None:
+                    progress.update(features.batch_size)
+        except (RuntimeError, OSError) as error:
+            # torch's SIGCHLD handler raises a dead worker's report wherever this process is
+            # (waiting for a batch, or in the step), so the whole loop.
+            failure = _reading_failure(error, batches)
+            if failure is None:
+                raise
+            raise failure from error
     return (float(total) / steps if steps else float("nan")), steps
+
+
+def _reading_failure(error: BaseException, batches: Iterable[Any]) -> Exception | None:
+    """The ``WorkerDiedError`` or ``SharedMemoryError`` for torch's report of a worker that
+    died in ``error``, or ``None`` for any other error."""
+    if isinstance(batches, DataLoader):
+        workers: int | None = batches.num_workers
+        batch_size = loader_batch_size(batches)
+    else:
+        workers = batch_size = None
+    return reading_failure(error, workers=workers, batch_size=batch_size, loop="training")
 
 
 def _inputs_and_targets(batch: Any, label: str | None) -> tuple[Any, Tensor | dict[str, Tensor]]:
@@ -211,6 +263,7 @@ def fit_grid(
     seed: int = 0,
     num_workers: int = 0,
     progress: bool = True,
+    stall_warning: float | None = STALL_WARNING,
 ) -> FitHistory:
     """Train every head of ``grid`` with the official recipe.
 
@@ -236,9 +289,17 @@ def fit_grid(
         seed: Seed of the shuffling (the same in every process).
         num_workers: DataLoader workers.
         progress: Show a progress bar per epoch (rank 0 only).
+        stall_warning: Seconds without a new batch before a warning that says what is
+            waited for and what to try (see :func:`train_one_epoch`); ``None``: none.
+
+    Raises:
+        WorkerDiedError: A ``DataLoader`` worker was killed, crashed or exited (see
+            :func:`train_one_epoch`).
+        SharedMemoryError: A worker ran out of shared memory handing a batch over.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    stall_warning = check_stall_warning(stall_warning)
     world = distributed.world_size() if distributed.is_distributed() else 1
     rank = distributed.rank() if world > 1 else 0
     sampler: DistributedSampler[Any] | None = None
@@ -293,6 +354,7 @@ def fit_grid(
                 scheduler=scheduler,
                 label=label,
                 progress=bar,
+                stall_warning=stall_warning,
             )
         history.steps += steps
         history.epoch_loss.append(loss / len(grid))
