@@ -20,7 +20,13 @@ from dinov2_heads.checkpoints import (
     load_partial,
     read_backbone_state_dict,
 )
-from dinov2_heads.heads import LinearHead, LinearSegmentationHead, MultiHead
+from dinov2_heads.heads import (
+    DPTDepthHead,
+    LinearDepthHead,
+    LinearHead,
+    LinearSegmentationHead,
+    MultiHead,
+)
 
 from .conftest import tiny_backbone
 
@@ -133,3 +139,109 @@ def test_a_backbone_still_loads(tmp_path: Path) -> None:
     path = tmp_path / "backbone.pth"
     torch.save(tiny_backbone().state_dict(), path)
     assert load_backbone(path).embed_dim == 128
+
+
+def released_depth_head(folder: Path, name: str, head: torch.nn.Module) -> Path:
+    """``head`` saved as the released depth head files are: ``decode_head.`` keys in a
+    ``{"meta", "state_dict"}`` container."""
+    state = {f"decode_head.{key}": value for key, value in head.state_dict().items()}
+    torch.save({"meta": {}, "state_dict": state}, folder / name)
+    return folder / name
+
+
+#: Small heads in the released key layout, the file names the hub gives them, and the
+#: description the error gives.
+DEPTH_HEADS: dict[str, tuple[str, Callable[[], torch.nn.Module], str]] = {
+    "linear": (
+        "dinov2_vits14_nyu_linear_head.pth",
+        lambda: LinearDepthHead(384, n_bins=4),
+        "the official linear depth head, 1 block, D = 384",
+    ),
+    "linear4": (
+        "dinov2_vits14_nyu_linear4_head.pth",
+        lambda: LinearDepthHead(384, layers=4, n_bins=4),
+        "the official linear4 depth head, 4 blocks, D = 384",
+    ),
+    "dpt_kitti": (
+        "dinov2_vits14_kitti_dpt_head.pth",
+        lambda: DPTDepthHead(384, channels=8, max_depth=80.0),
+        "the official DPT depth head, 4 blocks, D = 384",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", DEPTH_HEADS)
+@pytest.mark.parametrize("loader", LOADERS)
+def test_a_released_depth_head_gets_its_load_call(tmp_path: Path, loader: str, kind: str) -> None:
+    name, make, description = DEPTH_HEADS[kind]
+    torch.manual_seed(0)
+    head = make()
+    path = released_depth_head(tmp_path, name, head)
+    with pytest.raises(UnknownFormatError) as caught:
+        LOADERS[loader](path)
+    message = str(caught.value)
+    assert message.startswith(
+        f"{path} is a released DINOv2 depth head ({description}), not a backbone checkpoint: "
+        "pass the DINOv2 backbone checkpoint (dinov2_vits14_pretrain.pth for D = 384) instead"
+    )
+    assert message.endswith(f"(on the command line: dinov2-heads depth --head {path})")
+    assert "not a DINOv2 backbone in a known layout" not in message
+    call = re.search(r"load this file with (load_partial\(.*?\}\))", message)
+    assert call is not None
+    namespace = {
+        "load_partial": load_partial,
+        "LinearDepthHead": LinearDepthHead,
+        "DPTDepthHead": DPTDepthHead,
+    }
+    report = eval(call[1], namespace, {"path": path})  # the advice, literally
+    assert report.complete
+    loaded = report_module(call[1], namespace, path)
+    assert type(loaded) is type(head)
+    assert loaded.config() == head.config()  # the depth range included
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(loaded.state_dict().values(), head.state_dict().values(), strict=True)
+    )
+
+
+def report_module(call: str, namespace: dict[str, Any], path: Path) -> torch.nn.Module:
+    """The head the advised ``load_partial(Head(...), path, ...)`` call loads into."""
+    constructor = re.match(r"load_partial\((\w+\(.*?\)), path", call)
+    assert constructor is not None
+    head = eval(constructor[1], namespace)
+    load_partial(head, path, rename={"decode_head.": ""}, strict=True)
+    return head
+
+
+def test_a_linear_depth_head_whose_width_the_file_cannot_tell_says_so(tmp_path: Path) -> None:
+    # 3072 input channels: a ViT-S linear4 head or a ViT-g linear head; the name says neither.
+    path = released_depth_head(tmp_path, "head.pth", LinearDepthHead(384, layers=4, n_bins=4))
+    with pytest.raises(UnknownFormatError) as caught:
+        load_backbone(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path} is a released DINOv2 depth head (the official linear")
+    assert "LinearDepthHead(D, layers=L, n_bins=4)" in message
+    assert "with 2 x D x L = 3072" in message
+
+
+@pytest.mark.parametrize("kind", ["linear1", "linear4", "dpt"])
+def test_the_official_depth_head_fixtures_are_named(kind: str, tmp_path: Path) -> None:
+    from tests.helpers import DENSE_FIXTURES
+
+    fixture = DENSE_FIXTURES / f"vits14_depth_{kind}_head.pth"
+    if not fixture.is_file():
+        pytest.skip(f"dense reference fixtures not found at {DENSE_FIXTURES.resolve()}")
+    # The released names of these heads.
+    name = {"linear1": "linear", "linear4": "linear4", "dpt": "dpt"}[kind]
+    path = tmp_path / f"dinov2_vits14_nyu_{name}_head.pth"
+    path.write_bytes(fixture.read_bytes())
+    with pytest.raises(UnknownFormatError, match="is a released DINOv2 depth head") as caught:
+        load_backbone(path)
+    call = re.search(r"load this file with (load_partial\(.*?\}\))", str(caught.value))
+    assert call is not None
+    namespace = {
+        "load_partial": load_partial,
+        "LinearDepthHead": LinearDepthHead,
+        "DPTDepthHead": DPTDepthHead,
+    }
+    assert eval(call[1], namespace, {"path": path}).complete

@@ -5,7 +5,8 @@ default they stop with one line naming the file, keeping the pictures written be
 ``--on-error skip`` they leave it out with a warning per file and a count at the end. An
 output folder that is a file is one clear line. Ctrl-C leaves no file half written. ``extract
 --masks`` / ``--depths --on-error skip`` leaves out pairs whose mask or depth map cannot be
-read, as its error advises.
+read, as its error advises, and counts them apart from unreadable images. Files already in
+``--out`` are refused, before anything runs, unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -204,19 +205,110 @@ def test_extract_skips_pairs_whose_label_cannot_be_read_as_its_error_advises(
         root = SyntheticDepthPairs(vehicles, fog=6.0).write_folders(tmp_path / "pairs")
         labels = root / "depth"
         option = ["--depths", str(labels), "--depth-scale", "kitti"]
+    what = "mask" if task == "segmentation" else "depth map"
     broken = labels / "000003.png"
     broken.write_bytes(broken.read_bytes()[:40])
     extract = ["extract", "--checkpoint", str(files.checkpoint), "--num-workers", "0"]
     argv = [*extract, *option, str(root / "images")]
     assert main([*argv, "--out", str(tmp_path / "stopped")]) == 1
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    what = "image" if task == "segmentation" else "depth map"
-    assert f"cannot read {what} {broken}: " in err
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    # The label is named as what it is, and the advice is the command line's option.
+    assert err.startswith(f"dinov2-heads extract: error: cannot read {what} {broken}: ")
+    assert err.endswith(
+        f"or pass --on-error skip to leave out pairs whose image or {what} cannot be read"
+    )
+    # An unreadable image too: the summary counts each cause.
+    image = root / "images" / "000001.png"
+    image.write_bytes(image.read_bytes()[:40])
     store = tmp_path / "store"
     assert main([*argv, "--out", str(store), "--on-error", "skip"]) == 0
-    assert len(FeatureStore.open(store)) == 5
+    printed = capsys.readouterr().out.splitlines()
+    assert (
+        f"  skipped 2 pair(s) (1 unreadable image(s), 1 unreadable {what}(s)), listed in the log"
+        in printed
+    )
+    assert not any("unreadable image(s), listed" in line for line in printed)
+    assert len(FeatureStore.open(store)) == 4
     described = json.loads((store / "dataset.json").read_text(encoding="utf-8"))
     assert [entry["path"] for entry in described["skipped"]] == [
-        str(root / "images" / "000003.png")
+        str(image),
+        str(root / "images" / "000003.png"),
     ]
-    assert str(broken) in described["skipped"][0]["reason"]
+    assert "label" not in described["skipped"][0]
+    assert described["skipped"][1]["label"] == str(broken)
+    assert str(broken) in described["skipped"][1]["reason"]
+
+
+@pytest.mark.parametrize("task", ["segmentation", "depth"])
+def test_extract_summary_names_a_label_left_out_as_a_label(
+    task: str, files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    vehicles = SyntheticVehicles(4, seed=1, size=SIZE)
+    if task == "segmentation":
+        root = vehicles.write_parts(tmp_path / "pairs")
+        labels, option = root / "masks", ["--masks", str(root / "masks")]
+    else:
+        root = SyntheticDepthPairs(vehicles, fog=6.0).write_folders(tmp_path / "pairs")
+        labels = root / "depth"
+        option = ["--depths", str(labels), "--depth-scale", "kitti"]
+    (labels / "000002.png").write_bytes(b"not a picture")
+    extract = ["extract", "--checkpoint", str(files.checkpoint), "--num-workers", "0"]
+    argv = [*extract, *option, str(root / "images"), "--on-error", "skip"]
+    assert main([*argv, "--out", str(tmp_path / "store")]) == 0
+    what = "mask(s)" if task == "segmentation" else "depth map(s)"
+    assert capsys.readouterr().out.splitlines()[-2] == (
+        f"  skipped 1 pair(s) (1 unreadable {what}), listed in the log"
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_pictures_already_in_out_are_refused_without_overwrite_and_nothing_is_written(
+    command: str,
+    files: Files,
+    dense_files: DenseFiles,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for number, path in enumerate(files.images):
+        shutil.copy(path, folder / f"{number}.png")
+    out = tmp_path / "out"
+    assert run(command, folder, out, files, dense_files) == 0
+    capsys.readouterr()
+    # The first image's files gone, the second's kept: the refusal names the second's picture
+    # and comes before anything is written, so the first's are not made again.
+    second = "1.png"
+    for name in pictures(out):
+        if name.startswith("0"):
+            (out / name).unlink()
+    before = {name: (out / name).read_bytes() for name in pictures(out)}
+    assert run(command, folder, out, files, dense_files) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    taken = len(before)
+    assert err == [
+        f"dinov2-heads {command}: error: {out / second} already exists ({taken} of the files "
+        f"this run writes are in {out}); pass --overwrite to replace them, or choose another "
+        "--out folder"
+    ]
+    assert {name: (out / name).read_bytes() for name in pictures(out)} == before
+    # --overwrite replaces them and writes the rest.
+    assert run(command, folder, out, files, dense_files, "--overwrite") == 0
+    per_image = ["{}.png", "{}_overlay.png"] if command == "segment" else ["{}.png"]
+    assert pictures(out) == sorted(p.format(n) for n in range(3) for p in per_image)
+
+
+def test_depth_refuses_an_npy_file_it_would_replace(
+    files: Files, dense_files: DenseFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f"{files.images[0].stem}.npy").write_bytes(b"a user's array")
+    # Without --save-npy the .npy file is not in the way.
+    assert run("depth", files.images[0], out, files, dense_files) == 0
+    (out / f"{files.images[0].stem}.png").unlink()
+    capsys.readouterr()
+    assert run("depth", files.images[0], out, files, dense_files, "--save-npy") == 1
+    assert f"{out / files.images[0].stem}.npy already exists" in capsys.readouterr().err
+    assert pictures(out) == [f"{files.images[0].stem}.npy"]
+    assert (out / f"{files.images[0].stem}.npy").read_bytes() == b"a user's array"

@@ -11,7 +11,7 @@ import torch
 
 from dinov2_heads.cli import main
 from dinov2_heads.export import save_heads
-from dinov2_heads.heads import LinearHead, MultiHead
+from dinov2_heads.heads import LinearDepthHead, LinearHead, MultiHead
 
 from .conftest import Files
 
@@ -109,3 +109,28 @@ def test_a_head_checkpoint_points_to_predict(
     torch.save({"fc.weight": torch.zeros(2, 2)}, garbage)
     assert main(["inspect", str(garbage)]) == 1
     assert "not a DINOv2 backbone in a known layout" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["inspect", "depth"])
+def test_a_released_depth_head_in_a_backbones_place_is_named_with_its_load_call(
+    command: str, files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    head = LinearDepthHead(384, layers=4, n_bins=4)
+    path = tmp_path / "dinov2_vits14_nyu_linear4_head.pth"
+    state = {f"decode_head.{key}": value for key, value in head.state_dict().items()}
+    torch.save({"meta": {}, "state_dict": state}, path)
+    if command == "inspect":
+        argv = ["inspect", str(path)]
+    else:  # the head given as --checkpoint, the backbone as --head
+        out = tmp_path / "out"
+        argv = ["depth", str(files.images[0]), "--checkpoint", str(path)]
+        argv += ["--head", str(files.checkpoint), "--out", str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"dinov2-heads {command}: error: {path} is a released DINOv2 depth head (the official "
+        "linear4 depth head, 4 blocks, D = 384), not a backbone checkpoint: pass the DINOv2 "
+        "backbone checkpoint (dinov2_vits14_pretrain.pth for D = 384) instead, and load this "
+        'file with load_partial(LinearDepthHead(384, layers=4, n_bins=4), path, rename={"'
+        f'decode_head.": ""}}) (on the command line: dinov2-heads depth --head {path})'
+    ]

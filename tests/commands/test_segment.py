@@ -145,5 +145,6 @@ def test_a_head_trained_on_other_weights_is_refused_as_predict_refuses(
     )
     assert main([*argv, "--checkpoint", str(files.other_checkpoint), "--no-backbone-check"]) == 0
     assert (out / f"{files.images[0].stem}.png").is_file()
-    # The checkpoint the heads were trained on passes the check.
-    assert main([*argv, "--checkpoint", str(files.checkpoint)]) == 0
+    # The checkpoint the heads were trained on passes the check (--overwrite: the labels of the
+    # run before are in --out).
+    assert main([*argv, "--checkpoint", str(files.checkpoint), "--overwrite"]) == 0

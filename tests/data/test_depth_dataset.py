@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dinov2_heads.data import DepthDataset, DepthTransform, normalize, write_depth_png
+from dinov2_heads.data import (
+    DepthDataset,
+    DepthTransform,
+    UnreadableDepthError,
+    UnreadableImageError,
+    normalize,
+    write_depth_png,
+)
 from tests.data.conftest import write_image
 
 
@@ -54,6 +61,28 @@ def test_manifest_with_npy_depth_and_a_training_transform(tmp_path: Path) -> Non
     image, depth = dataset[1]
     assert image.shape == (3, 14, 28)
     assert torch.equal(depth, torch.full((1, 14, 28), 2.5))
+
+
+def test_an_unreadable_image_advises_what_a_dataset_user_can_do(tmp_path: Path) -> None:
+    root = write_pairs(tmp_path)
+    dataset = DepthDataset.from_folders(root / "images", root / "depth", scale="nyu")
+    image = dataset.pairs[1][0]
+    image.write_bytes(image.read_bytes()[:40])
+    with pytest.raises(UnreadableImageError) as caught:
+        dataset[1]
+    message = str(caught.value)
+    assert message.startswith(f"cannot read image {image}: ")
+    assert "on_error" not in message  # DepthDataset has no such option
+    assert message.endswith(
+        "or leave its pair out of the dataset (both files from the "
+        "folders, or its entry from the lists or the manifest)"
+    )
+    depth = dataset.pairs[2][1]
+    depth.write_bytes(depth.read_bytes()[:40])
+    with pytest.raises(UnreadableDepthError) as unreadable:
+        dataset[2]
+    assert str(unreadable.value).startswith(f"cannot read depth map {depth}: ")
+    assert "on_error" not in str(unreadable.value)
 
 
 def test_mismatches_are_refused(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +77,12 @@ def test_colour_masks_need_a_palette(tmp_path: Path) -> None:
 
 def test_unreadable_mask(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    with pytest.raises(UnreadableImageError, match=r"bad\.png"):
+    with pytest.raises(UnreadableImageError) as caught:
         load_mask(tmp_path / "bad.png")
+    # Named as a mask; load_mask has no on_error to advise.
+    assert str(caught.value).startswith(f"cannot read mask {tmp_path / 'bad.png'}: ")
+    assert str(caught.value).endswith("; fix or replace the file")
+    assert caught.value.what == "mask"
 
 
 # ---------------------------------------------------------------------- datasets
@@ -101,6 +106,30 @@ def test_folders_pair_images_with_masks(tmp_path: Path) -> None:
     # The default transform only normalises.
     raw = torch.from_numpy(np.array(Image.open(images / "sub" / "1.jpg"))).permute(2, 0, 1)
     torch.testing.assert_close(image, normalize(raw.float() / 255, IMAGENET_MEAN, IMAGENET_STD))
+
+
+@pytest.mark.parametrize("which", ["image", "mask"])
+def test_an_unreadable_file_of_a_pair_advises_what_a_dataset_user_can_do(
+    tmp_path: Path, which: str
+) -> None:
+    images, masks = pairs(tmp_path)
+    dataset = SegmentationDataset.from_folders(images, masks)
+    broken = (dataset.images if which == "image" else dataset.masks)[1]
+    broken.write_bytes(broken.read_bytes()[:40])
+    with pytest.raises(UnreadableImageError) as caught:
+        dataset[1]
+    message = str(caught.value)
+    assert message.startswith(f"cannot read {which} {broken}: ")
+    # SegmentationDataset has no on_error: the advice is what can be done with the dataset.
+    assert "on_error" not in message
+    assert message.endswith(
+        "; fix or replace the file, or leave its pair out of the dataset (both files from the "
+        "folders, or its entry from the lists or the manifest)"
+    )
+    # It crosses DataLoader worker processes whole.
+    copy = pickle.loads(pickle.dumps(caught.value))
+    assert (str(copy), copy.what, copy.path) == (message, which, broken)
+    assert dataset[0][0].shape[0] == 3  # the other pairs still read
 
 
 def test_missing_masks_are_listed(tmp_path: Path) -> None:

@@ -9,7 +9,10 @@ files people mistake for one, so the Python API and the command line name the fi
 - a released DINOv2 ImageNet linear head (``dinov2_vits14_linear_head.pth``): the
   ``LinearHead`` that loads it and the backbone files of its width;
 - a released segmentation head (``dinov2_vits14_ade20k_linear_head.pth``): the call that loads
-  it (:func:`~dinov2_heads.checkpoints.identify_head_file`).
+  it (:func:`~dinov2_heads.checkpoints.identify_head_file`);
+- a released depth head (``dinov2_vits14_nyu_linear4_head.pth``, ``..._kitti_dpt_head.pth``):
+  the ``LinearDepthHead`` or ``DPTDepthHead`` call that loads it, and the backbone file of its
+  width.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 from dinov2_heads.checkpoints.errors import CheckpointError, UnknownFormatError
 from dinov2_heads.checkpoints.folders import CheckpointFiles
 from dinov2_heads.checkpoints.head_files import identify_head_file
+from dinov2_heads.checkpoints.released_depth import identify_released_depth_head
 from dinov2_heads.checkpoints.released_linear import identify_released_linear_head
 from dinov2_heads.checkpoints.saved_heads import saved_heads_metadata
 from dinov2_heads.checkpoints.unwrap import unwrap_quietly
@@ -62,6 +66,15 @@ def heads_as_backbone_error(
             f"{where} is a released DINOv2 segmentation head ({dense.description}, "
             f"{dense.num_classes} classes), {_NOT_A_BACKBONE} instead, and load this file with "
             f"{dense.load}{_command_line(f'dinov2-heads segment --heads {where}', files)}"
+        )
+    depth = identify_released_depth_head(state_dict, Path(where).name)
+    if depth is not None:
+        backbone = depth.backbone_file()
+        trained_on = f" ({backbone} for D = {depth.embed_dim})" if backbone else ""
+        return UnknownFormatError(
+            f"{where} is a released DINOv2 depth head ({depth.description()}), "
+            f"{_NOT_A_BACKBONE}{trained_on} instead, and load this file with {depth.load()}"
+            f"{_command_line(f'dinov2-heads depth --head {where}', files)}"
         )
     return None
 

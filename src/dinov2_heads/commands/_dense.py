@@ -1,13 +1,16 @@
-"""The test-time options of the dense commands (``segment``, ``depth``): one set of arguments.
+"""What the dense commands (``segment``, ``depth``) share: test-time options and ``--out``.
 
 ``--mode``, ``--crop-size``, ``--stride`` and ``--flip`` map onto
 :class:`~dinov2_heads.dense.InferenceSettings`, which checks them (a window without
-``--mode slide``, a stride larger than the window) when the predictor is built.
+``--mode slide``, a stride larger than the window) when the predictor is built. Files already
+in ``--out`` are refused unless ``--overwrite`` (:func:`refuse_existing`), before anything runs.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -89,3 +92,35 @@ def window_settings(
     if getattr(args, "scales", None) is not None:
         settings["scales"] = tuple(args.scales)
     return settings
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``: replace files already in ``--out`` (see :func:`refuse_existing`)."""
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace pictures already in --out"
+    )
+
+
+def refuse_existing(out: Path, names: Iterable[str], *, overwrite: bool) -> None:
+    """Refuse a run that would replace files in ``out``, unless ``overwrite``.
+
+    Called before the backbone is loaded and before anything is written, so a refused run
+    leaves ``out`` as it was.
+
+    Args:
+        out: The ``--out`` folder (it may not exist yet).
+        names: Every file name the run would write into ``out``.
+        overwrite: ``--overwrite`` was given.
+
+    Raises:
+        FileExistsError: One of the files exists; the message names the first and
+            ``--overwrite``.
+    """
+    if overwrite or not out.is_dir():
+        return
+    taken = [out / name for name in names if (out / name).exists()]
+    if taken:
+        raise FileExistsError(
+            f"{taken[0]} already exists ({len(taken)} of the files this run writes are in "
+            f"{out}); pass --overwrite to replace them, or choose another --out folder"
+        )

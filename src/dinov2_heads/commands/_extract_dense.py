@@ -287,7 +287,8 @@ class DensePairs(Dataset[tuple[Tensor, Tensor]]):
         preprocessing: How each pair is resized and normalised (recorded in the store).
         paths: The image files, in order.
         labels: The mask or depth files, in order.
-        skipped: The images left out as unreadable (``--on-error skip``).
+        skipped: The pairs left out (``--on-error skip``): their image, or their label, could
+            not be read; a record per pair, under its image's path.
     """
 
     #: Read with worker processes by ``extract_features(num_workers="auto")``.
@@ -311,12 +312,27 @@ class DensePairs(Dataset[tuple[Tensor, Tensor]]):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        from dinov2_heads.data import DepthDataset, UnreadableDepthError, UnreadableImageError
+
         try:
             return self.pairs[index]
+        except UnreadableImageError as error:
+            # The dataset advises leaving the pair out in Python; here --on-error skip does.
+            label = "depth map" if isinstance(self.pairs, DepthDataset) else "mask"
+            fix = f"fix or replace the file, or pass {_skip_option(label)}"
+            raise UnreadableImageError(error.path, error.reason, fix, error.what) from error
+        except UnreadableDepthError as error:
+            fix = f"{error.fix}, or pass {_skip_option('depth map')}"
+            raise UnreadableDepthError(error.path, error.reason, fix) from error
         except ValueError as error:
             if str(self.paths[index]) in str(error):
                 raise
             raise ValueError(f"{self.paths[index]}: {error}") from error
+
+
+def _skip_option(label: str) -> str:
+    """The end of the advice of an unreadable file of a pair, on the command line."""
+    return f"--on-error skip to leave out pairs whose image or {label} cannot be read"
 
 
 def preprocessing(args: argparse.Namespace) -> PairPreprocess:
@@ -338,17 +354,19 @@ def preprocessing(args: argparse.Namespace) -> PairPreprocess:
 
 def dataset(args: argparse.Namespace) -> tuple[DensePairs, dict[str, Any]]:
     """The pairs to extract, and what ``dataset.json`` records about them."""
-    from dinov2_heads.data import DepthDataset, SegmentationDataset, check_images
+    from dinov2_heads.data import DepthDataset, SegmentationDataset, SkippedImage, check_images
 
     task = task_of(args)
     pairs = _pairs(args, task)
     skipped: list[Any] = []
+    # Pairs left out for their label: the label's path, under the image's in ``skipped``.
+    label_of: dict[Path, tuple[Path, str]] = {}
     if args.on_error == "skip":
         readable, skipped = check_images([image for image, _ in pairs], on_error="skip")
         kept = set(readable)
         pairs = [(image, label) for image, label in pairs if image in kept]
-        pairs, unreadable = _readable_labels(pairs, task, args)
-        skipped += unreadable
+        pairs, label_of = _readable_labels(pairs, task, args)
+        skipped += [SkippedImage(image, reason) for image, (_, reason) in label_of.items()]
         if not pairs:
             raise ValueError("none of the pairs could be read; see the warnings above")
     transform = preprocessing(args)
@@ -368,26 +386,35 @@ def dataset(args: argparse.Namespace) -> tuple[DensePairs, dict[str, Any]]:
         "paths": [str(path) for path in images],
         "labels": [str(path) for path in labels],
         "dense_head": head,
-        "skipped": [{"path": str(r.path), "reason": r.reason} for r in skipped],
+        "skipped": [_skipped_record(r, label_of) for r in skipped],
     }
     return data, description
 
 
+def _skipped_record(record: Any, label_of: dict[Path, tuple[Path, str]]) -> dict[str, str]:
+    """What ``dataset.json`` keeps of a pair left out: its image, the label when that was the
+    file that could not be read, and why."""
+    entry = {"path": str(record.path)}
+    if record.path in label_of:
+        entry["label"] = str(label_of[record.path][0])
+    return {**entry, "reason": record.reason}
+
+
 def _readable_labels(
     pairs: list[tuple[Path, Path]], task: str, args: argparse.Namespace
-) -> tuple[list[tuple[Path, Path]], list[Any]]:
-    """The pairs whose mask or depth file can be read, and a record of each left out
-    (``--on-error skip``), with a warning per file.
+) -> tuple[list[tuple[Path, Path]], dict[Path, tuple[Path, str]]]:
+    """The pairs whose mask or depth file can be read, and for each image left out its label
+    file and why (``--on-error skip``), with a warning per file.
 
     Each label file is read once, as the dataset reads it; only files that cannot be read
     are left out: a mask of another size or a negative depth still stops the extraction.
     """
-    from dinov2_heads.data import SkippedImage, UnreadableDepthError, UnreadableImageError
+    from dinov2_heads.data import UnreadableDepthError, UnreadableImageError
     from dinov2_heads.data.depth_io import read_depth
     from dinov2_heads.data.masks import load_mask
 
     kept: list[tuple[Path, Path]] = []
-    skipped: list[Any] = []
+    left_out: dict[Path, tuple[Path, str]] = {}
     what = "mask" if task == "segmentation" else "depth map"
     for image, label in pairs:
         try:
@@ -398,10 +425,10 @@ def _readable_labels(
         except (UnreadableImageError, UnreadableDepthError) as error:
             reason = f"its {what} {label} cannot be read: {error.reason}"
             logger.warning("skipped %s: %s", image, reason)
-            skipped.append(SkippedImage(image, reason))
+            left_out[image] = (label, reason)
         else:
             kept.append((image, label))
-    return kept, skipped
+    return kept, left_out
 
 
 def _pairs(args: argparse.Namespace, task: str) -> list[tuple[Path, Path]]:
@@ -492,6 +519,21 @@ def summary_lines(description: dict[str, Any]) -> list[str]:
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "") if names else ""
         what = f"masks of {len(names)} classes ({shown})" if names else "masks (class indices)"
     return [f"  label: {what}", f"  blocks stored for {reads}"]
+
+
+def skipped_line(description: dict[str, Any]) -> str:
+    """What ``extract --on-error skip`` prints about the pairs it left out, by cause:
+    ``"  skipped 3 pair(s) (1 unreadable image(s), 2 unreadable mask(s)), listed in the log"``.
+    """
+    skipped = description["skipped"]
+    labels = sum(1 for entry in skipped if "label" in entry)
+    what = "depth map(s)" if description["kind"] == "depth" else "mask(s)"
+    causes = [
+        f"{count} unreadable {name}"
+        for count, name in ((len(skipped) - labels, "image(s)"), (labels, what))
+        if count
+    ]
+    return f"  skipped {len(skipped)} pair(s) ({', '.join(causes)}), listed in the log"
 
 
 def _names(text: str) -> list[str]:

@@ -84,9 +84,7 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
         "--save-npy", action="store_true", help="also write the depth in metres as <name>.npy"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace pictures already in --out"
-    )
+    _dense.add_overwrite_argument(parser)
     _common.add_backbone_check_argument(parser)
     _common.add_on_error_argument(parser)
 
@@ -101,6 +99,12 @@ def run(args: argparse.Namespace) -> int:
     from dinov2_heads.viz import save_depth_picture
 
     out = _common.check_output_folder(args.out)
+    paths = _common.image_paths(args.images)
+    names = _output_names(paths)
+    suffixes = (".png", ".npy") if args.save_npy else (".png",)
+    _dense.refuse_existing(
+        out, [name + suffix for name in names for suffix in suffixes], overwrite=args.overwrite
+    )
     backbone = _common.load_backbone(args)
     where = next(backbone.parameters()).device
     saved = saved_heads(args.head)
@@ -110,16 +114,7 @@ def run(args: argparse.Namespace) -> int:
         saved or args.head, backbone.embed_dim, args.max_depth, head_name=args.head_name
     ).to(where)
     depther = Depther(backbone, head, **_dense.window_settings(args)).eval()
-    paths = _common.image_paths(args.images)
     _common.make_output_folder(out)
-    names = _output_names(paths)
-    if not args.overwrite:
-        taken = [out / f"{name}.png" for name in names if (out / f"{name}.png").exists()]
-        if taken:
-            raise FileExistsError(
-                f"{taken[0]} already exists ({len(taken)} in all); choose another folder or "
-                "pass overwrite=True"
-            )
 
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []

@@ -195,7 +195,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {column}: {len(names)} classes ({shown})")
     else:
         print("  no labels")
-    if description["skipped"]:
+    if description["skipped"] and dense:
+        print(_extract_dense.skipped_line(description))
+    elif description["skipped"]:
         print(f"  skipped {len(description['skipped'])} unreadable image(s), listed in the log")
     print(f"image paths and class names: {out / DATASET_FILE}")
     return 0

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 #: What Ctrl-C leaves: every file is written to a temporary file, then renamed.
 ON_INTERRUPT = (
     "the label maps and overlays written before are complete (no file is left half written); "
-    "run the same command again to write them all"
+    "run the same command again with --overwrite to write them all"
 )
 
 EXAMPLE = """\
@@ -31,8 +31,9 @@ example:
 The heads file is a released DINOv2 segmentation head (*_{ade20k,voc2012}_{linear,ms}_head.pth)
 or a file written by save_heads holding a LinearSegmentationHead, such as the heads.pt of
 dinov2-heads train (pass --size with the size the store's images had). For each image, OUT gets
-NAME.png (a palette PNG of class indices, at the image's size) and NAME_overlay.png. --preset
-applies the released test settings (resize, sliding windows, scales, flip) and class names.
+NAME.png (a palette PNG of class indices, at the image's size) and NAME_overlay.png; files
+already in OUT are refused unless --overwrite. --preset applies the released test settings
+(resize, sliding windows, scales, flip) and class names.
 """
 
 
@@ -75,6 +76,7 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
     parser.add_argument(
         "--head-name", help="with a save_heads file of several heads: the segmentation head"
     )
+    _dense.add_overwrite_argument(parser)
     _common.add_backbone_check_argument(parser)
     _common.add_on_error_argument(parser)
 
@@ -97,6 +99,14 @@ def run(args: argparse.Namespace) -> int:
 
     preset = get_preset(args.preset) if args.preset else None
     out = _common.check_output_folder(args.out)
+    paths = _common.image_paths(args.images)
+    used: set[str] = set()
+    names = [_common.unique_name(path.stem, used) for path in paths]
+    _dense.refuse_existing(
+        out,
+        [f"{name}{suffix}" for name in names for suffix in (".png", "_overlay.png")],
+        overwrite=args.overwrite,
+    )
     backbone = _common.load_backbone(args)
     head, class_names, palette = _load_head(args, backbone, preset)
     device = next(backbone.parameters()).device
@@ -104,9 +114,8 @@ def run(args: argparse.Namespace) -> int:
     settings = _dense.window_settings(args, preset.settings() if preset else None)
     segmenter = Segmenter(backbone, head, **settings).eval()
     _common.make_output_folder(out)
-    used: set[str] = set()
     skipped = 0
-    for path in _common.image_paths(args.images):
+    for path, name in zip(paths, names, strict=True):
         try:
             image = load_image(path)
         except UnreadableImageError as error:
@@ -135,7 +144,6 @@ def run(args: argparse.Namespace) -> int:
                     probabilities, size=(height, width), mode="bilinear", align_corners=False
                 )
         labels = probabilities[0].argmax(dim=0).cpu()
-        name = _common.unique_name(path.stem, used)
         save_image(label_image(labels, palette), out / f"{name}.png")
         overlay = overlay_labels(pixels, labels, palette, alpha=args.alpha)
         save_image(overlay, out / f"{name}_overlay.png")

@@ -14,7 +14,7 @@ from dinov2_heads.data.depth_io import NUMPY_SUFFIXES, depth_scale, read_depth
 from dinov2_heads.data.depth_transforms import DepthTransform, check_pair
 from dinov2_heads.data.folder import IMAGE_EXTENSIONS
 from dinov2_heads.data.functional import pil_to_tensor
-from dinov2_heads.data.loading import load_image
+from dinov2_heads.data.loading import PAIR_ADVICE, UnreadableImageError, load_image
 from dinov2_heads.data.manifest import read_manifest
 
 PathLike = str | os.PathLike[str]
@@ -30,7 +30,10 @@ class DepthDataset(Dataset[tuple[Tensor, Tensor]]):
 
     Depth is in metres, 0 where there is no measurement (see
     :func:`~dinov2_heads.data.read_depth`); a depth map whose size differs from its image's is
-    refused when its item is loaded, naming both files.
+    refused when its item is loaded, naming both files. An image that cannot be read raises
+    :class:`~dinov2_heads.data.UnreadableImageError`, a depth map
+    :class:`~dinov2_heads.data.UnreadableDepthError`, each naming the file and advising a fix
+    that fits a dataset (there is no option to skip a pair).
 
     Args:
         pairs: (image path, depth path) pairs.
@@ -135,7 +138,12 @@ class DepthDataset(Dataset[tuple[Tensor, Tensor]]):
     def load(self, index: int) -> tuple[Tensor, Tensor]:
         """The pair as read: image ``uint8`` (3, H, W) and depth (1, H, W) metres."""
         image_path, depth_path = self.pairs[index]
-        image = pil_to_tensor(load_image(image_path))
+        try:
+            image = pil_to_tensor(load_image(image_path))
+        except UnreadableImageError as error:
+            # The dataset has no option to skip a pair; a depth map that cannot be read says
+            # its own fix (UnreadableDepthError).
+            raise UnreadableImageError(error.path, error.reason, PAIR_ADVICE) from error
         depth = read_depth(depth_path, scale=self.scale)
         check_pair(image, depth, f"pair {image_path} / {depth_path}")
         return image, depth

@@ -32,6 +32,17 @@ OnError = Literal["raise", "skip"]
 
 PathLike = str | os.PathLike[str]
 
+#: What :class:`UnreadableImageError` advises by default: the fix for readers with ``on_error``.
+SKIP_ADVICE = (
+    "fix or remove the file, or pass on_error='skip' to leave unreadable images out with a warning"
+)
+#: What it advises where a pair (image and mask or depth map) is read by a dataset, which has
+#: no option to skip one.
+PAIR_ADVICE = (
+    "fix or replace the file, or leave its pair out of the dataset (both files from the "
+    "folders, or its entry from the lists or the manifest)"
+)
+
 __all__ = [
     "ImageBatch",
     "OnError",
@@ -46,24 +57,31 @@ __all__ = [
 
 
 class UnreadableImageError(Dinov2HeadsError, OSError):
-    """An image file could not be opened or decoded.
+    """An image file (a photo, or a mask) could not be opened or decoded.
+
+    The message names the file and ends with what to do, which depends on where the error
+    surfaces: the readers with ``on_error`` advise ``on_error='skip'`` (the default ``fix``);
+    a dataset of pairs, which has no such option, advises leaving the pair out.
 
     Attributes:
         path: The file that failed.
         reason: What went wrong, as Pillow or the operating system said it.
+        fix: The advice the message ends with.
+        what: What the file is: ``"image"`` or ``"mask"``.
     """
 
-    def __init__(self, path: PathLike, reason: str) -> None:
+    def __init__(
+        self, path: PathLike, reason: str, fix: str = SKIP_ADVICE, what: str = "image"
+    ) -> None:
         self.path = Path(path)
         self.reason = reason
-        super().__init__(
-            f"cannot read image {self.path}: {reason}; fix or remove the file, or pass "
-            "on_error='skip' to leave unreadable images out with a warning"
-        )
+        self.fix = fix
+        self.what = what
+        super().__init__(f"cannot read {what} {self.path}: {reason}; {fix}")
 
-    def __reduce__(self) -> tuple[type[UnreadableImageError], tuple[Path, str]]:
+    def __reduce__(self) -> tuple[type[UnreadableImageError], tuple[Path, str, str, str]]:
         # Keeps the error picklable, so it crosses DataLoader worker processes intact.
-        return (type(self), (self.path, self.reason))
+        return (type(self), (self.path, self.reason, self.fix, self.what))
 
 
 @dataclass(frozen=True)

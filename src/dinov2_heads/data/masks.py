@@ -35,7 +35,7 @@ def load_mask(path: PathLike, *, palette: Sequence[Sequence[int]] | None = None)
         palette: For RGB masks: the colour of each class index.
 
     Raises:
-        UnreadableImageError: The file cannot be read.
+        UnreadableImageError: The file cannot be read (the message says "cannot read mask").
         ValueError: An RGB mask without ``palette``, or with colours not in it.
     """
     pil = require_pillow()
@@ -46,7 +46,9 @@ def load_mask(path: PathLike, *, palette: Sequence[Sequence[int]] | None = None)
     except ValueError as error:
         raise ValueError(f"mask {os.fspath(path)}: {error}") from error
     except Exception as error:
-        raise UnreadableImageError(path, f"{type(error).__name__}: {error}") from error
+        raise UnreadableImageError(
+            path, f"{type(error).__name__}: {error}", "fix or replace the file", "mask"
+        ) from error
     return mask
 
 

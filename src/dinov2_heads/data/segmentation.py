@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from dinov2_heads.data.folder import IMAGE_EXTENSIONS
 from dinov2_heads.data.functional import pil_to_tensor
 from dinov2_heads.data.joint_transforms import SegmentationTransform, check_pair
-from dinov2_heads.data.loading import load_image
+from dinov2_heads.data.loading import PAIR_ADVICE, UnreadableImageError, load_image
 from dinov2_heads.data.manifest import read_manifest
 from dinov2_heads.data.masks import load_mask
 
@@ -30,7 +30,10 @@ class SegmentationDataset(Dataset[tuple[Tensor, Tensor]]):
 
     Masks hold a class index per pixel, 255 where there is no label (see
     :func:`~dinov2_heads.data.load_mask` for the file kinds read). Each mask must have its
-    image's size; a pair that differs raises a ``ValueError`` naming both files.
+    image's size; a pair that differs raises a ``ValueError`` naming both files. An image or
+    mask that cannot be read raises :class:`~dinov2_heads.data.UnreadableImageError` naming
+    it, with the advice to fix the file or leave its pair out (the dataset reads every pair it
+    is given; there is no option to skip one).
 
     Args:
         images: Image files.
@@ -139,7 +142,10 @@ class SegmentationDataset(Dataset[tuple[Tensor, Tensor]]):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         """The transformed image (3, H, W) and mask (H, W)."""
-        image = pil_to_tensor(load_image(self.images[index]))
-        mask = load_mask(self.masks[index], palette=self.palette)
+        try:
+            image = pil_to_tensor(load_image(self.images[index]))
+            mask = load_mask(self.masks[index], palette=self.palette)
+        except UnreadableImageError as error:
+            raise UnreadableImageError(error.path, error.reason, PAIR_ADVICE, error.what) from error
         check_pair(image, mask, where=f"{self.images[index]} and {self.masks[index]}: ")
         return self.transform(image, mask)
