@@ -112,6 +112,15 @@ VARIANTS: dict[str, BackboneConfig] = {
     "dinov2_vitg14_reg": _registers(_VITG),
 }
 
+#: The official backbones' widths by the size letter of their file names
+#: (``dinov2_vits14_pretrain.pth``: ``"s"``, 384).
+OFFICIAL_WIDTHS: dict[str, int] = {
+    "s": _VITS.embed_dim,
+    "b": _VITB.embed_dim,
+    "l": _VITL.embed_dim,
+    "g": _VITG.embed_dim,
+}
+
 
 def list_variants() -> list[str]:
     """Names of the official variants, e.g. ``"dinov2_vits14"`` and ``"dinov2_vits14_reg"``."""

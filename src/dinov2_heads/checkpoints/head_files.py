@@ -11,6 +11,8 @@ from typing import Any
 
 from torch import Tensor
 
+from dinov2_heads.backbone.config import OFFICIAL_WIDTHS
+
 #: The prefix the released head files put before every key (mmsegmentation's ``decode_head``).
 RELEASED_PREFIX = "decode_head."
 
@@ -25,7 +27,6 @@ _SEGMENTATION_KEYS = frozenset(
         "conv_seg.bias",
     }
 )
-_WIDTHS = {"s": 384, "b": 768, "l": 1024, "g": 1536}
 _DATASETS = {150: "ADE20K", 21: "VOC2012"}
 _ARCH = re.compile(r"vit([sblg])14")
 _KIND = re.compile(r"(?:^|_)(linear|ms)(?:_|$)")
@@ -132,7 +133,7 @@ def identify_head_file(state_dict: Mapping[str, Tensor], source: str) -> HeadFil
 def _dim_and_layers(channels: int, name: str) -> tuple[int | None, int | None]:
     arch, kind = _ARCH.search(name), _KIND.search(name)
     if arch is not None:
-        dim = _WIDTHS[arch.group(1)]
+        dim = OFFICIAL_WIDTHS[arch.group(1)]
         if channels % dim == 0:
             return dim, channels // dim
     if kind is not None:
@@ -140,7 +141,10 @@ def _dim_and_layers(channels: int, name: str) -> tuple[int | None, int | None]:
         if channels % layers == 0:
             return channels // layers, layers
     candidates = [
-        (dim, layers) for layers in (1, 4) for dim in _WIDTHS.values() if dim * layers == channels
+        (dim, layers)
+        for layers in (1, 4)
+        for dim in OFFICIAL_WIDTHS.values()
+        if dim * layers == channels
     ]
     if len(candidates) == 1:
         return candidates[0]

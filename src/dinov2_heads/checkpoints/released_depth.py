@@ -17,12 +17,11 @@ from pathlib import PurePath
 
 from torch import Tensor
 
+from dinov2_heads.backbone.config import OFFICIAL_WIDTHS
 from dinov2_heads.checkpoints.head_files import RELEASED_PREFIX
 
 __all__ = ["ReleasedDepthHead", "identify_released_depth_head"]
 
-#: The official backbones' widths by their letter in the file names.
-_WIDTHS = {"s": 384, "b": 768, "l": 1024, "g": 1536}
 _ARCH = re.compile(r"vit([sblg])14")
 _LINEAR_KIND = re.compile(r"(?:^|_)linear(4?)(?:_|$)")
 _LINEAR_KEYS = frozenset({"conv_depth.weight", "conv_depth.bias"})
@@ -88,7 +87,7 @@ class ReleasedDepthHead:
 
     def backbone_file(self) -> str | None:
         """The official backbone file of width D (``dinov2_vits14_pretrain.pth``), if official."""
-        letters = {dim: letter for letter, dim in _WIDTHS.items()}
+        letters = {dim: letter for letter, dim in OFFICIAL_WIDTHS.items()}
         letter = letters.get(self.embed_dim) if self.embed_dim is not None else None
         return f"dinov2_vit{letter}14_pretrain.pth" if letter is not None else None
 
@@ -146,7 +145,7 @@ def _linear_dim_and_layers(channels: int, name: str) -> tuple[int | None, int | 
     """D and the blocks of a linear head reading ``channels`` = 2 x D x blocks."""
     arch, kind = _ARCH.search(name), _LINEAR_KIND.search(name)
     if arch is not None:
-        dim = _WIDTHS[arch.group(1)]
+        dim = OFFICIAL_WIDTHS[arch.group(1)]
         if channels in (2 * dim, 8 * dim):
             return dim, channels // (2 * dim)
     if kind is not None:
@@ -156,7 +155,7 @@ def _linear_dim_and_layers(channels: int, name: str) -> tuple[int | None, int | 
     candidates = [
         (dim, layers)
         for layers in (1, 4)
-        for dim in _WIDTHS.values()
+        for dim in OFFICIAL_WIDTHS.values()
         if 2 * dim * layers == channels
     ]
     if len(candidates) == 1:

@@ -13,10 +13,12 @@ from typing import Any
 
 from torch import Tensor
 
+from dinov2_heads.backbone.config import OFFICIAL_WIDTHS
+
 __all__ = ["ReleasedLinearHead", "identify_released_linear_head"]
 
-#: The official backbones' widths and their letters in the file names.
-_OFFICIAL_WIDTHS = {384: "s", 768: "b", 1024: "l", 1536: "g"}
+#: The official backbones' size letters in the file names, by their widths.
+_LETTERS = {dim: letter for letter, dim in OFFICIAL_WIDTHS.items()}
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class ReleasedLinearHead:
 
     def backbone_files(self) -> str:
         """The official backbone files of width D: ``dinov2_vits14_pretrain.pth`` or its _reg4."""
-        name = f"dinov2_vit{_OFFICIAL_WIDTHS[self.embed_dim]}14"
+        name = f"dinov2_vit{_LETTERS[self.embed_dim]}14"
         return f"{name}_pretrain.pth or {name}_reg4_pretrain.pth"
 
 
@@ -69,7 +71,7 @@ def identify_released_linear_head(content: Any) -> ReleasedLinearHead | None:
     if not isinstance(weight, Tensor) or not isinstance(bias, Tensor) or weight.ndim != 2:
         return None
     classes, width = (int(size) for size in weight.shape)
-    for dim in _OFFICIAL_WIDTHS:
+    for dim in _LETTERS:
         for parts, blocks in ((2, 1), (5, 4)):
             if width == parts * dim:
                 return ReleasedLinearHead(dim, classes, blocks, width)
