@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
 
 from dinov2_heads.cli import main
+from dinov2_heads.data import load_mask
 from dinov2_heads.export import load_heads
 
 from .conftest import Files
@@ -56,3 +58,38 @@ def test_demo_default_is_random_and_says_so(
     assert "RANDOM weights" in printed
     assert "4 registers" in printed
     assert (tmp_path / "backbone.pth").is_file()
+
+
+def test_the_segment_and_depth_lines_run_as_printed(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "my demo"  # a space: the printed commands quote the paths
+    argv = ["demo", "--out", str(out), "--num-train", "8", "--num-heldout", "8", "--epochs", "1"]
+    assert main([*argv, "--checkpoint", str(files.checkpoint), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    listed = printed.split("files in")[1].split("try next")[0]
+    for name in ("parts_head.pt", "parts_samples/", "depth_head.pt", "depth_samples/"):
+        assert f"  {name} " in listed
+    commands = [line.strip() for line in printed.split("try next:")[1].splitlines()]
+    segment = next(line for line in commands if line.startswith("dinov2-heads segment"))
+    depth = next(line for line in commands if line.startswith("dinov2-heads depth"))
+    # The size the heads were trained at: the samples' own, and any image's.
+    assert "--size 126 252" in segment
+    assert "--size 126 252" in depth
+
+    assert main(shlex.split(segment)[1:]) == 0
+    labelled = capsys.readouterr().out.splitlines()
+    assert len(labelled) == 2
+    assert all(f"{out / 'parts_samples'}" in line for line in labelled)
+    for name in ("000004", "000005"):  # the held-out images after 4 training ones
+        assert load_mask(out / "parts-labels" / f"{name}.png").shape == (126, 252)
+        assert (out / "parts-labels" / f"{name}_overlay.png").is_file()
+
+    assert main(shlex.split(depth)[1:]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:2] == ["image", "min"]
+    assert len(table) == 1 + 2
+    assert sorted(path.name for path in (out / "depth-maps").iterdir()) == [
+        "000004.png",
+        "000005.png",
+    ]

@@ -289,6 +289,26 @@ def test_train_output_exports_to_onnx(
     np.testing.assert_allclose(brand, expected["brand"].detach().numpy(), atol=1e-4)
 
 
+def test_the_export_line_writes_beside_the_heads_file(
+    files: Files,
+    stores: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("onnxruntime")
+    monkeypatch.chdir(tmp_path)  # the folder the commands run from, which stays clean
+    trained = tmp_path / "trained"
+    argv = ["--quiet", "train", str(stores["attributes"]), "--label", "colour", "--epochs", "1"]
+    assert main([*argv, "--batch-size", "4", "--out", str(trained)]) == 0
+    printed = capsys.readouterr().out.split("try next")[1]
+    export = next(line.strip() for line in printed.splitlines() if "dinov2-heads export" in line)
+    assert export.endswith(f"--out {trained / 'heads.onnx'}")
+    assert main(shlex.split(export.replace("BACKBONE", str(files.checkpoint)))[1:]) == 0
+    assert (trained / "heads.onnx").is_file()
+    assert not (tmp_path / "heads.onnx").exists()
+
+
 def test_export_refuses_another_backbone(
     files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

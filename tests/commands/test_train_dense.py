@@ -489,3 +489,6 @@ def test_try_next_segments_with_the_recorded_checkpoint(
     image = data["parts"] / "images" / "000003.png"
     assert main(shlex.split(segment.replace("IMAGES", str(image)))[1:]) == 0
     assert load_mask(tmp_path / "segmentation" / "000003.png").shape == SIZE
+    # The ONNX file goes beside the heads file, not into the folder the command runs from.
+    export = next(line for line in printed.splitlines() if "dinov2-heads export" in line)
+    assert export.endswith(f"--whole-image --out {tmp_path / 'trained' / 'segmentation.onnx'}")

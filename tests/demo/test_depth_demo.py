@@ -6,14 +6,19 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from dinov2_heads import create_backbone
+from dinov2_heads import create_backbone, load_backbone
 from dinov2_heads.cli import main
+from dinov2_heads.data import load_image, pil_to_tensor
 from dinov2_heads.demo import RANDOM_BACKBONE, SyntheticDepthPairs, SyntheticVehicles
 from dinov2_heads.demo.depth import DepthResults, head_inputs, patch_depths, run_depth_demo
 from dinov2_heads.demo.fog import FOG_DISTANCE
+from dinov2_heads.demo.street_depth import FAR_DEPTH
+from dinov2_heads.dense import Depther
+from dinov2_heads.export import load_heads
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.heads import LinearDepthHead
 from dinov2_heads.training import DEPTH_METRICS
@@ -25,6 +30,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[DepthResults, list[s
     torch.manual_seed(0)
     backbone = create_backbone("dinov2_vits14", **RANDOM_BACKBONE)
     folder = tmp_path_factory.mktemp("depth")
+    # The backbone's weights, for the depth command to run the saved head on.
+    torch.save(backbone.state_dict(), folder / "backbone.pth")
     lines: list[str] = []
     results = run_depth_demo(backbone, folder, progress=False, echo=lines.append)
     return results, lines, folder
@@ -63,7 +70,7 @@ def test_report_and_files(demo: tuple[DepthResults, list[str], Path]) -> None:
     assert f"{results.metrics['abs_rel']:.3f}" in table[1]
     assert f"{100 * results.baseline['delta1']:.1f}%" in table[3]
     assert table[4].endswith(f"median depth, {results.baseline_depth:.2f} m")
-    assert set(results.files) == {"prediction", "truth", "results"}
+    assert set(results.files) == {"prediction", "truth", "results", "heads", "samples"}
     saved = json.loads((folder / "depth_results.json").read_text())
     assert saved["metrics"] == pytest.approx(results.metrics)
     assert saved["baseline_depth"] == pytest.approx(results.baseline_depth)
@@ -73,6 +80,31 @@ def test_report_and_files(demo: tuple[DepthResults, list[str], Path]) -> None:
             # The scene, its depth and the colour bar with its labels side by side.
             assert picture.height == 126 + 8
             assert picture.width > 2 * 252
+
+
+def test_the_heads_file_gives_the_depth_of_the_trained_head(
+    demo: tuple[DepthResults, list[str], Path], tmp_path: Path
+) -> None:
+    results, _, folder = demo
+    samples = sorted(results.files["samples"].iterdir())
+    assert [path.name for path in samples] == [f"{200 + i:06d}.png" for i in range(4)]  # held out
+    saved = load_heads(results.files["heads"])
+    # What train writes for a store of depth maps: the head alone, with its depth range.
+    assert isinstance(saved.heads, LinearDepthHead)
+    assert (saved.heads.min_depth, saved.heads.max_depth) == (0.001, FAR_DEPTH)
+    assert saved.input_size == results.image_size == (126, 252)
+    assert saved.extra["heldout_metrics"]["abs_rel"] == pytest.approx(results.metrics["abs_rel"])
+
+    argv = ["depth", "--heads", str(results.files["heads"]), "--checkpoint"]
+    argv += [str(folder / "backbone.pth"), "--size", "126", "252", "--save-npy"]
+    assert main([*argv, "--out", str(tmp_path), str(samples[0])]) == 0
+    got = torch.from_numpy(np.load(tmp_path / f"{samples[0].stem}.npy"))
+    image = pil_to_tensor(load_image(samples[0]))
+    backbone = load_backbone(folder / "backbone.pth")
+    assert results.head is not None
+    with torch.no_grad():
+        expected = Depther(backbone, results.head).eval()(image[None])[0, 0]
+    torch.testing.assert_close(got, expected)
 
 
 def test_patch_depths_is_the_geometric_mean_of_valid_pixels() -> None:
@@ -108,6 +140,8 @@ def test_bad_settings_are_refused() -> None:
     for name in ("num_train", "num_heldout", "epochs"):
         with pytest.raises(ValueError, match=f"{name} must be a positive int"):
             run_depth_demo(backbone, **{name: 0})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="num_samples must be an int >= 0, got -1"):
+        run_depth_demo(backbone, num_samples=-1)
 
 
 def test_the_command_reports_depth_and_lists_its_files(
@@ -120,12 +154,16 @@ def test_the_command_reports_depth_and_lists_its_files(
     assert "AbsRel" in printed
     listing = printed.split("files in ")[1].split("\n\n")[0].splitlines()[1:]
     names = [line.split()[0] for line in listing]
-    assert names[-5:] == [
+    assert names[-9:] == [
         "parts_overlay.png",
         "parts_results.json",
+        "parts_head.pt",
+        "parts_samples/",
         "depth.png",
         "depth_truth.png",
         "depth_results.json",
+        "depth_head.pt",
+        "depth_samples/",
     ]
     # One column for the descriptions, however long the names.
     starts = {len(line) - len(line[2:].split("  ", 1)[1].lstrip()) for line in listing}
@@ -137,6 +175,9 @@ def test_the_command_reports_depth_and_lists_its_files(
     printed = capsys.readouterr().out
     assert "depth, held out" not in printed
     assert "depth.png" not in printed
+    # No heads files to run: no segment or depth line to try.
+    assert "dinov2-heads segment" not in printed
+    assert "dinov2-heads depth" not in printed
     listing = printed.split("files in ")[1].split("\n\n")[0].splitlines()[1:]
     starts = {len(line) - len(line[2:].split("  ", 1)[1].lstrip()) for line in listing}
     assert len(starts) == 1

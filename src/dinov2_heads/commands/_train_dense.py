@@ -505,7 +505,9 @@ def print_written(heads: MultiHead, heads_file: Path, results: Path, store: Feat
             f"--out {shlex.quote(name)} IMAGES"
         )
     if len(heads) == 1:
+        # Beside the heads file, not in whichever folder the command happens to run from.
+        onnx_file = heads_file.parent / f"{next(iter(heads))}.onnx"
         print(
             f"  dinov2-heads export --heads {quoted} --checkpoint {checkpoint} --whole-image "
-            f"--out {shlex.quote(next(iter(heads)) + '.onnx')}"
+            f"--out {shlex.quote(str(onnx_file))}"
         )

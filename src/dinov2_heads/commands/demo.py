@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -122,28 +123,60 @@ def run(args: argparse.Namespace) -> int:
     if parts is not None:
         listed.append((parts.files["overlay"].name, "held-out parts: image, prediction, truth"))
         listed.append((parts.files["results"].name, "the parts scores as JSON"))
+        listed.append(
+            (parts.files["heads"].name, "the parts head (LinearSegmentationHead), class names")
+        )
+        listed.append((f"{parts.files['samples'].name}/", "held-out vehicles to try segment on"))
     if depth is not None:
         listed.append(
             (depth.files["prediction"].name, "a held-out scene beside its predicted depth")
         )
         listed.append((depth.files["truth"].name, "the same scene beside its true depth"))
         listed.append((depth.files["results"].name, "the depth metrics as JSON"))
+        head = depth.head
+        listed.append(
+            (
+                depth.files["heads"].name,
+                f"the depth head (LinearDepthHead), {head.min_depth:g} to {head.max_depth:g} m",
+            )
+        )
+        listed.append((f"{depth.files['samples'].name}/", "held-out scenes to try depth on"))
     width = max(len(label) for label, _ in listed)
     for label, text in listed:
         print(f"  {label:<{width}}  {text}")
-    checkpoint = results.files.get("backbone", results.checkpoint)
+    checkpoint = _quote(results.files.get("backbone", results.checkpoint))
     features = results.files["features"]
     print("\ntry next:")
     print(
-        f"  dinov2-heads predict --heads {results.files['heads']} --checkpoint {checkpoint} "
-        f"{results.files['samples']}"
+        f"  dinov2-heads predict --heads {_quote(results.files['heads'])} --checkpoint "
+        f"{checkpoint} {_quote(results.files['samples'])}"
     )
+    if parts is not None:
+        print(_dense_command("segment", parts, checkpoint, results.out / "parts-labels"))
+    if depth is not None:
+        print(_dense_command("depth", depth, checkpoint, results.out / "depth-maps"))
     print(
-        f"  dinov2-heads train {features / 'train'} --val {features / 'heldout'} --label colour "
-        f"--out {results.out / 'colour-probe'}"
+        f"  dinov2-heads train {_quote(features / 'train')} --val {_quote(features / 'heldout')} "
+        f"--label colour --out {_quote(results.out / 'colour-probe')}"
     )
     print(f"\ndone in {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def _quote(path: Any) -> str:
+    """A path as the shell reads it back: quoted where it has spaces or other special signs."""
+    return shlex.quote(str(path))
+
+
+def _dense_command(command: str, part: Any, checkpoint: str, out: Path) -> str:
+    """The ``segment`` or ``depth`` line that runs a dense part's heads file on its samples at
+    the size the head was trained at, as ``train`` suggests for a dense store."""
+    height, width = part.image_size
+    return (
+        f"  dinov2-heads {command} --heads {_quote(part.files['heads'])} --checkpoint "
+        f"{checkpoint} --size {height} {width} --out {_quote(out)} "
+        f"{_quote(part.files['samples'])}"
+    )
 
 
 def _trained_on(results: Any) -> Any:

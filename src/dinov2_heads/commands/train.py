@@ -226,7 +226,9 @@ def _print_written(heads: MultiHead, heads_file: Path, results: Path, store: Fea
     quoted = shlex.quote(str(heads_file))
     print(heading)
     print(f"  dinov2-heads predict --heads {quoted} --checkpoint {checkpoint} IMAGES")
-    print(f"  dinov2-heads export --heads {quoted} --checkpoint {checkpoint} --out heads.onnx")
+    # Beside the heads file, not in whichever folder the command happens to run from.
+    onnx_file = shlex.quote(str(heads_file.with_suffix(".onnx")))
+    print(f"  dinov2-heads export --heads {quoted} --checkpoint {checkpoint} --out {onnx_file}")
 
 
 # ---------------------------------------------------------------------------- the grid

@@ -4,7 +4,10 @@
 vehicle on it, background walls; the sky has no depth) in fog, extracts the tokens the head
 reads once, trains a :class:`~dinov2_heads.heads.LinearDepthHead` on them, and reports the
 held-out AbsRel, RMSE and delta < 1.25 next to a constant guess (the training set's median
-depth for every pixel), with a colour-mapped picture of one held-out prediction.
+depth for every pixel), with a colour-mapped picture of one held-out prediction. With a folder
+it also saves the head as a heads file (:func:`~dinov2_heads.export.save_heads`; the head keeps
+its depth range: what ``dinov2-heads train`` writes for a store of depth maps) and a few
+held-out scenes beside it, for ``dinov2-heads depth`` to run on.
 
 The fog (:mod:`dinov2_heads.demo.fog`) dims far things into its colour, so the distance shows
 in each patch's colours: a randomly initialised backbone passes colours on, so the head learns
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -27,12 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dinov2_heads.atomic import atomic_write_bytes
+from dinov2_heads.atomic import atomic_path, atomic_write_bytes
 from dinov2_heads.demo.depth_pairs import SyntheticDepthPairs
 from dinov2_heads.demo.fog import FOG_DISTANCE
 from dinov2_heads.demo.labelled_features import labelled_features
 from dinov2_heads.demo.street_depth import FAR_DEPTH
 from dinov2_heads.demo.synthetic import SyntheticVehicles
+from dinov2_heads.export import save_heads
 from dinov2_heads.features import Features, FrozenBackbone
 from dinov2_heads.heads import LinearDepthHead
 from dinov2_heads.heads.depth_blocks import backbone_depth, depth_head_inputs
@@ -48,6 +53,8 @@ DEPTH_FILES = {
     "prediction": "depth.png",
     "truth": "depth_truth.png",
     "results": "depth_results.json",
+    "heads": "depth_head.pt",
+    "samples": "depth_samples",
 }
 #: The metrics the demo reports, with how they are printed.
 REPORTED = (("abs_rel", "AbsRel"), ("rmse", "RMSE (m)"), ("delta1", "delta<1.25"))
@@ -71,8 +78,11 @@ class DepthResults:
         epochs: Passes over the cached features.
         fog: The fog distance the scenes were drawn with, metres.
         files: ``prediction`` and ``truth`` (a held-out image beside its predicted and its
-            true depth, with a colour bar in metres) and ``results``.
+            true depth, with a colour bar in metres), ``results``, ``heads`` (the head as a
+            heads file) and ``samples`` (a folder of held-out scenes).
         seconds: Wall-clock time per stage and ``total``.
+        head: The trained head, in eval mode.
+        image_size: The input size (H, W) the head was trained and evaluated at.
     """
 
     metrics: dict[str, float]
@@ -84,6 +94,8 @@ class DepthResults:
     fog: float
     files: dict[str, Path] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    head: LinearDepthHead | None = field(default=None, repr=False, compare=False)
+    image_size: tuple[int, int] = IMAGE_SIZE
 
     def table(self) -> str:
         """AbsRel, RMSE and delta < 1.25 of the head beside the constant guess, as aligned text."""
@@ -128,6 +140,7 @@ def run_depth_demo(
     batch_size: int = 16,
     learning_rate: float = 0.1,
     fog: float = FOG_DISTANCE,
+    num_samples: int = 4,
     progress: bool = True,
     echo: Echo | None = None,
 ) -> DepthResults:
@@ -136,8 +149,9 @@ def run_depth_demo(
     Args:
         frozen: The backbone (bare or a ``FrozenBackbone``); the head reads its last block
             without the final norm, with the class token, as the official linear depth head.
-        out: Folder for ``depth.png``, ``depth_truth.png`` and ``depth_results.json``;
-            ``None`` writes nothing.
+        out: Folder for ``depth.png``, ``depth_truth.png``, ``depth_results.json``, the head
+            (``depth_head.pt``) and held-out scenes (``depth_samples/``); ``None`` writes
+            nothing.
         seed: Seed of the images and of the head's training.
         num_train: Training images.
         num_heldout: Held-out images, drawn after the training ones.
@@ -145,6 +159,8 @@ def run_depth_demo(
         batch_size: Training batch size.
         learning_rate: AdamW learning rate, annealed to 0 by a cosine schedule.
         fog: Metres over which the scenes' fog dims a colour to 1/e.
+        num_samples: Held-out scenes written to ``depth_samples/`` as PNG files (in their fog),
+            to try ``dinov2-heads depth`` on (at most ``num_heldout``).
         progress: Show progress bars.
         echo: Called with one line per step; ``None`` logs them.
     """
@@ -152,6 +168,8 @@ def run_depth_demo(
     for name, value in (("num_train", num_train), ("num_heldout", num_heldout), ("epochs", epochs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
+        raise ValueError(f"num_samples must be an int >= 0, got {num_samples!r}")
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     with torch.random.fork_rng(devices=[]):
@@ -186,6 +204,8 @@ def run_depth_demo(
         if out is not None:
             tick = time.perf_counter()
             files = _write(Path(out), pairs, num_train, predictions, held_depths)
+            held = range(num_train, num_train + min(num_samples, num_heldout))
+            files.update(_save(Path(out), head, frozen, metrics, pairs, held))
             seconds["files"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - started
     results = DepthResults(
@@ -198,6 +218,7 @@ def run_depth_demo(
         fog=fog,
         files=files,
         seconds={name: round(value, 3) for name, value in seconds.items()},
+        head=head,
     )
     if "results" in files:
         text = json.dumps(results.to_dict(), indent=2) + "\n"
@@ -325,4 +346,41 @@ def _write(
     low, high = depth_range(depths[0])
     for name, depth in (("prediction", predictions[0]), ("truth", depths[0])):
         save_depth_picture(files[name], depth, image, vmin=low, vmax=high)
+    return files
+
+
+def _save(
+    folder: Path,
+    head: LinearDepthHead,
+    frozen: FrozenBackbone,
+    metrics: dict[str, float],
+    pairs: SyntheticDepthPairs,
+    held: range,
+) -> dict[str, Path]:
+    """The head as a heads file, as ``dinov2-heads train`` saves one dense head (alone, with its
+    depth range, the backbone and the input size), and the scenes ``held`` beside it."""
+    from dinov2_heads.data.functional import tensor_to_pil
+
+    files = {name: folder / DEPTH_FILES[name] for name in ("heads", "samples")}
+    save_heads(
+        files["heads"],
+        head,
+        backbone=frozen,
+        input_size=IMAGE_SIZE,
+        extra={
+            "made_by": "dinov2-heads demo",
+            "heldout_metrics": {
+                name: None if math.isnan(value) else value for name, value in metrics.items()
+            },
+        },
+    )
+    samples = files["samples"]
+    samples.mkdir(exist_ok=True)
+    for stale in samples.glob("[0-9]*.png"):
+        # Scenes of an earlier demo run in this folder, which the new ones replace.
+        stale.unlink()
+    for index in held:
+        image, _ = pairs.raw(index)
+        with atomic_path(samples / f"{index:06d}.png") as temporary:
+            tensor_to_pil(image).save(temporary, format="PNG")
     return files

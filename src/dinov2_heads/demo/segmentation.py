@@ -3,13 +3,17 @@
 :func:`run_parts_demo` draws synthetic vehicles with their part masks (background, body,
 windows, wheels, emblem), extracts the patch tokens once, trains a
 :class:`~dinov2_heads.heads.LinearSegmentationHead` on them, and reports the held-out mIoU
-next to chance, with a picture of a few held-out predictions.
+next to chance, with a picture of a few held-out predictions. With a folder it also saves the
+head as a heads file (:func:`~dinov2_heads.export.save_heads`, with its class names: what
+``dinov2-heads train`` writes for a store of masks) and a few held-out images beside it, for
+``dinov2-heads segment`` to run on.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -20,12 +24,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dinov2_heads.atomic import atomic_write_bytes
+from dinov2_heads.atomic import atomic_path, atomic_write_bytes
 from dinov2_heads.demo.drawing import PART_PALETTE, PARTS
 from dinov2_heads.demo.labelled_features import labelled_features
 from dinov2_heads.demo.synthetic import SyntheticVehicles
 from dinov2_heads.dense.segmentation_loss import segmentation_loss
 from dinov2_heads.dense.segmentation_metrics import SegmentationMetrics, SegmentationScores
+from dinov2_heads.export import save_heads
 from dinov2_heads.features import Features, FrozenBackbone
 from dinov2_heads.heads import LinearSegmentationHead
 from dinov2_heads.progress import Progress
@@ -35,7 +40,12 @@ logger = logging.getLogger(__name__)
 #: The vehicle-crop input size (H, W): a 9x18 patch grid.
 IMAGE_SIZE = (126, 252)
 #: The file names the parts demo writes.
-PARTS_FILES = {"overlay": "parts_overlay.png", "results": "parts_results.json"}
+PARTS_FILES = {
+    "overlay": "parts_overlay.png",
+    "results": "parts_results.json",
+    "heads": "parts_head.pt",
+    "samples": "parts_samples",
+}
 
 Echo = Callable[[str], None]
 
@@ -51,8 +61,11 @@ class PartsResults:
         num_train: Training images.
         num_heldout: Held-out images.
         epochs: Passes over the cached features.
-        files: ``overlay`` (held-out images: picture, prediction, truth) and ``results``.
+        files: ``overlay`` (held-out images: picture, prediction, truth), ``results``,
+            ``heads`` (the head as a heads file) and ``samples`` (a folder of held-out images).
         seconds: Wall-clock time per stage and ``total``.
+        head: The trained head, in eval mode.
+        image_size: The input size (H, W) the head was trained and evaluated at.
     """
 
     scores: SegmentationScores
@@ -63,6 +76,8 @@ class PartsResults:
     epochs: int
     files: dict[str, Path] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    head: LinearSegmentationHead | None = field(default=None, repr=False, compare=False)
+    image_size: tuple[int, int] = IMAGE_SIZE
 
     def table(self) -> str:
         """Held-out IoU per part, then mIoU beside chance, as aligned text."""
@@ -100,6 +115,7 @@ def run_parts_demo(
     batch_size: int = 16,
     learning_rate: float = 1e-2,
     num_pictures: int = 4,
+    num_samples: int = 4,
     progress: bool = True,
     echo: Echo | None = None,
 ) -> PartsResults:
@@ -108,7 +124,8 @@ def run_parts_demo(
     Args:
         frozen: The backbone (bare or a ``FrozenBackbone``); its last block's normed patch
             tokens are read.
-        out: Folder for ``parts_overlay.png`` and ``parts_results.json``; ``None`` writes
+        out: Folder for ``parts_overlay.png``, ``parts_results.json``, the head
+            (``parts_head.pt``) and held-out images (``parts_samples/``); ``None`` writes
             nothing.
         seed: Seed of the images and of the head's training.
         num_train: Training images.
@@ -117,6 +134,8 @@ def run_parts_demo(
         batch_size: Training batch size.
         learning_rate: AdamW learning rate.
         num_pictures: Held-out images shown in the overlay picture.
+        num_samples: Held-out images written to ``parts_samples/`` as PNG files, to try
+            ``dinov2-heads segment`` on (at most ``num_heldout``).
         progress: Show progress bars.
         echo: Called with one line per step; ``None`` logs them.
     """
@@ -124,6 +143,8 @@ def run_parts_demo(
     for name, value in (("num_train", num_train), ("num_heldout", num_heldout), ("epochs", epochs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
+        raise ValueError(f"num_samples must be an int >= 0, got {num_samples!r}")
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     with torch.random.fork_rng(devices=[]):
@@ -165,6 +186,8 @@ def run_parts_demo(
         if out is not None:
             tick = time.perf_counter()
             files = _write(Path(out), vehicles, num_train, predictions, num_pictures)
+            held = range(num_train, num_train + min(num_samples, num_heldout))
+            files.update(_save(Path(out), head, frozen, scores, vehicles, held))
             seconds["files"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - started
     results = PartsResults(
@@ -176,6 +199,7 @@ def run_parts_demo(
         epochs=epochs,
         files=files,
         seconds={name: round(value, 3) for name, value in seconds.items()},
+        head=head,
     )
     if "results" in files:
         text = json.dumps(results.to_dict(), indent=2) + "\n"
@@ -257,3 +281,44 @@ def _write(
             sheet.paste(tile, (column * width, row * height))
     save_image(sheet, files["overlay"])
     return files
+
+
+def _save(
+    folder: Path,
+    head: LinearSegmentationHead,
+    frozen: FrozenBackbone,
+    scores: SegmentationScores,
+    vehicles: SyntheticVehicles,
+    held: range,
+) -> dict[str, Path]:
+    """The head as a heads file, as ``dinov2-heads train`` saves one dense head (alone, with its
+    class names, the backbone and the input size), and the images ``held`` beside it."""
+    files = {name: folder / PARTS_FILES[name] for name in ("heads", "samples")}
+    save_heads(
+        files["heads"],
+        head,
+        backbone=frozen,
+        input_size=IMAGE_SIZE,
+        extra={
+            "made_by": "dinov2-heads demo",
+            "heldout_metrics": {
+                "miou": _number(scores.miou),
+                "pixel_accuracy": _number(scores.pixel_accuracy),
+                "iou": {name: _number(v) for name, v in zip(PARTS, scores.iou, strict=True)},
+            },
+        },
+    )
+    samples = files["samples"]
+    samples.mkdir(exist_ok=True)
+    for stale in samples.glob("[0-9]*.png"):
+        # Samples of an earlier demo run in this folder, which the new ones replace.
+        stale.unlink()
+    for index in held:
+        with atomic_path(samples / f"{index:06d}.png") as temporary:
+            vehicles.render(index).save(temporary, format="PNG")
+    return files
+
+
+def _number(value: float) -> float | None:
+    """``value`` for JSON: ``None`` for NaN (a part that never occurs)."""
+    return None if math.isnan(value) else float(value)
