@@ -478,17 +478,19 @@ def test_try_next_segments_with_the_recorded_checkpoint(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.chdir(tmp_path)  # the printed command writes into --out parts, here
+    monkeypatch.chdir(tmp_path)  # the printed commands write beside the heads file, not here
     store = str(data["masks"])
     argv = ["train", store, "--val", store, "--epochs", "1", "--batch-size", "4"]
     assert main(["--quiet", *argv, "--out", str(tmp_path / "trained")]) == 0
     printed = capsys.readouterr().out.split("try next")[1]
     assert "BACKBONE" not in printed
     segment = next(line for line in printed.splitlines() if "dinov2-heads segment" in line)
-    assert f"--checkpoint {files.checkpoint} --size 28 56 --out segmentation IMAGES" in segment
+    pictures = tmp_path / "trained" / "segmentation"
+    assert f"--checkpoint {files.checkpoint} --size 28 56 --out {pictures} IMAGES" in segment
     image = data["parts"] / "images" / "000003.png"
     assert main(shlex.split(segment.replace("IMAGES", str(image)))[1:]) == 0
-    assert load_mask(tmp_path / "segmentation" / "000003.png").shape == SIZE
+    assert load_mask(pictures / "000003.png").shape == SIZE
+    assert not (tmp_path / "segmentation").exists()
     # The ONNX file goes beside the heads file, not into the folder the command runs from.
     export = next(line for line in printed.splitlines() if "dinov2-heads export" in line)
     assert export.endswith(f"--whole-image --out {tmp_path / 'trained' / 'segmentation.onnx'}")

@@ -500,9 +500,11 @@ def print_written(heads: MultiHead, heads_file: Path, results: Path, store: Feat
         task = dense_task(head)
         command = "segment" if task == "segmentation" else "depth"
         pick = f" --head-name {shlex.quote(name)}" if several[task or "depth"] else ""
+        # The pictures go beside the heads file too, in a folder named after the head.
+        pictures = shlex.quote(str(heads_file.parent / name))
         print(
             f"  dinov2-heads {command} --heads {quoted}{pick} --checkpoint {checkpoint}{size} "
-            f"--out {shlex.quote(name)} IMAGES"
+            f"--out {pictures} IMAGES"
         )
     if len(heads) == 1:
         # Beside the heads file, not in whichever folder the command happens to run from.
