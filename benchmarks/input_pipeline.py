@@ -65,7 +65,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from dinov2_heads import create_backbone
 from dinov2_heads.backbone import list_variants
 from dinov2_heads.cache import extract_features
-from dinov2_heads.cache.source import LoaderSettings, available_cpus, loader_settings
+from dinov2_heads.cache.loader_settings import LoaderSettings, available_cpus, loader_settings
 from dinov2_heads.data import ImageFolderDataset, Preprocess, get_preset, list_presets, load_image
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.progress import BOUND_SHARE, TimeSplit

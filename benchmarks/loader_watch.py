@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from dinov2_heads.cache.source import first_sample_bytes
+from dinov2_heads.cache.loader_settings import first_sample_bytes
 from dinov2_heads.watchdog import STALL_WARNING, Stall, StallWatchdog
 
 

@@ -13,8 +13,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, IterableDataset
 
 from dinov2_heads import create_backbone
-from dinov2_heads.cache import FeatureStore
-from dinov2_heads.cache import source as source_module
+from dinov2_heads.cache import FeatureStore, loader_reading, source
 from dinov2_heads.cache.shared_memory import SharedMemorySpace
 from dinov2_heads.cli import main
 from dinov2_heads.demo import SyntheticVehicles
@@ -24,10 +23,23 @@ from dinov2_heads.features import FrozenBackbone
 ROOMY_SHM = SharedMemorySpace("/dev/shm", 8 * 2**30, 8 * 2**30)
 
 
+#: The modules that call ``shared_memory_space``: where the workers are checked against
+#: ``/dev/shm`` (``source``), and where a worker that ran out is reported (``loader_reading``).
+SHARED_MEMORY_READERS = (source, loader_reading)
+
+
+def simulate_shared_memory(
+    monkeypatch: pytest.MonkeyPatch, space: SharedMemorySpace | None
+) -> None:
+    """The extraction sees ``space`` as ``/dev/shm`` (``None``: there is none)."""
+    for module in SHARED_MEMORY_READERS:
+        monkeypatch.setattr(module, "shared_memory_space", lambda: space)
+
+
 @pytest.fixture(autouse=True)
 def roomy_shared_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     """The extraction sees :data:`ROOMY_SHM`; a test that needs another size sets its own."""
-    monkeypatch.setattr(source_module, "shared_memory_space", lambda: ROOMY_SHM)
+    simulate_shared_memory(monkeypatch, ROOMY_SHM)
 
 
 def tiny_frozen(

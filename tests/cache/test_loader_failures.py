@@ -31,22 +31,26 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dinov2_heads.cache import FeatureStore, SharedMemoryError, WorkerDiedError, extract_features
+from dinov2_heads.cache import loader_settings as settings_module
 from dinov2_heads.cache import source as source_module
+from dinov2_heads.cache.loader_settings import LoaderSettings, first_sample_bytes
 from dinov2_heads.cache.manifest import read_manifest
 from dinov2_heads.cache.shared_memory import SharedMemorySpace
-from dinov2_heads.cache.source import (
-    LoaderSettings,
-    MapSource,
-    StreamSource,
-    as_source,
-    first_sample_bytes,
-)
+from dinov2_heads.cache.source import MapSource, StreamSource, as_source
 from dinov2_heads.cache.worker_death import WorkerDeath, dead_worker
 from dinov2_heads.cli import main
 from dinov2_heads.data import ImageFolderDataset
 from dinov2_heads.features import Features, FrozenBackbone
 from dinov2_heads.watchdog import WATCHDOG_THREAD_NAME
-from tests.cache.conftest import Batches, Files, Images, Samples, extract, layout_of
+from tests.cache.conftest import (
+    Batches,
+    Files,
+    Images,
+    Samples,
+    extract,
+    layout_of,
+    simulate_shared_memory,
+)
 
 KiB = 2**10
 
@@ -416,8 +420,8 @@ def test_the_first_sample_is_measured_in_a_worker_leaving_this_process_alone(
     sample = 3 * 28 * 42 * 4 + 8  # a float32 image and an int label
     # Room for one worker's 3 batches of 4 in flight, not for two workers' 5.
     room = SharedMemorySpace("/dev/shm", 4 * 2**20, int(3 * 4 * sample / 0.75) + 1)
-    monkeypatch.setattr(source_module, "shared_memory_space", lambda: room)
-    monkeypatch.setattr(source_module, "available_cpus", lambda: 3)  # "auto": 2 workers
+    simulate_shared_memory(monkeypatch, room)
+    monkeypatch.setattr(settings_module, "available_cpus", lambda: 3)  # "auto": 2 workers
     generator = torch.get_rng_state()
     with caplog.at_level(logging.WARNING, logger="dinov2_heads.cache"):
         source = as_source(data, 4, "auto")
@@ -461,11 +465,7 @@ class Stream(IterableDataset[Any]):
 def test_an_iterable_with_workers_is_checked_on_its_first_batch_and_never_read_ahead(
     frozen: FrozenBackbone, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(
-        source_module,
-        "shared_memory_space",
-        lambda: SharedMemorySpace("/dev/shm", 2**20, 100 * KiB),
-    )
+    simulate_shared_memory(monkeypatch, SharedMemorySpace("/dev/shm", 2**20, 100 * KiB))
     stream = Stream(9)
     with caplog.at_level(logging.WARNING, logger="dinov2_heads.cache"):
         source = as_source(stream, 3, 2)

@@ -1,9 +1,10 @@
 """DataLoader workers and shared memory: workers that fit ``/dev/shm``, a warning where they
 may not, and a clear, resumable error when a worker runs out all the same.
 
-``/dev/shm`` is simulated (``source.shared_memory_space`` replaced): nothing here depends on
-the machine's. Workers that die do so for real (a bus error in the worker, torch's own errors
-from a worker's collate function), so the errors come through torch's own code paths.
+``/dev/shm`` is simulated (``shared_memory_space`` replaced where it is called): nothing here
+depends on the machine's. Workers that die do so for real (a bus error in the worker, torch's
+own errors from a worker's collate function), so the errors come through torch's own code
+paths.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from torch.utils.data import (
 )
 
 from dinov2_heads.cache import FeatureStore, SharedMemoryError, extract_features
-from dinov2_heads.cache import source as source_module
+from dinov2_heads.cache import loader_settings as settings_module
+from dinov2_heads.cache.loader_settings import PREFETCH_FACTOR, LoaderSettings, fit_shared_memory
 from dinov2_heads.cache.manifest import read_manifest
 from dinov2_heads.cache.shared_memory import (
     SHARED_MEMORY_SHARE,
@@ -45,19 +47,12 @@ from dinov2_heads.cache.shared_memory import (
     suggested_shm_size,
     workers_that_fit,
 )
-from dinov2_heads.cache.source import (
-    PREFETCH_FACTOR,
-    LoaderSettings,
-    MapSource,
-    StreamSource,
-    as_source,
-    fit_shared_memory,
-)
+from dinov2_heads.cache.source import MapSource, StreamSource, as_source
 from dinov2_heads.cache.worker_death import worker_death_of
 from dinov2_heads.data import ImageFolderDataset, Preprocess
 from dinov2_heads.demo import SyntheticVehicles
 from dinov2_heads.features import FrozenBackbone
-from tests.cache.conftest import Files, Images, extract, layout_of
+from tests.cache.conftest import Files, Images, extract, layout_of, simulate_shared_memory
 
 MiB = 2**20
 GiB = 2**30
@@ -80,11 +75,6 @@ TORCH_MESSAGES = (BUS_ERROR, WRITE_FAILED, ALLOCATE_FAILED)
 needs_signals = pytest.mark.skipif(
     sys.platform == "win32", reason="torch reports dead workers by SIGCHLD off Windows only"
 )
-
-
-def simulate(monkeypatch: pytest.MonkeyPatch, space: SharedMemorySpace | None) -> None:
-    """The extraction sees ``space`` as ``/dev/shm`` (``None``: there is none)."""
-    monkeypatch.setattr(source_module, "shared_memory_space", lambda: space)
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -259,10 +249,10 @@ class FileLikeImages(Dataset[Any]):
 def test_as_source_measures_the_first_sample_in_its_own_dtype(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(source_module, "available_cpus", lambda: 8)  # "auto": 7 workers
+    monkeypatch.setattr(settings_module, "available_cpus", lambda: 8)  # "auto": 7 workers
     # 64 float32 images of 224x224 with labels: 36.75 MiB a batch. 40 MiB free (30 usable)
     # hold no float32 batches in flight, but 3 uint8 batches (9.2 MiB each): one worker.
-    simulate(monkeypatch, SharedMemorySpace("/dev/shm", 64 * MiB, 40 * MiB))
+    simulate_shared_memory(monkeypatch, SharedMemorySpace("/dev/shm", 64 * MiB, 40 * MiB))
     as_float = FileLikeImages(640, torch.float32)
     with caplog.at_level(logging.WARNING, logger="dinov2_heads.cache"):
         source = as_source(as_float, 64, "auto")
@@ -303,7 +293,7 @@ def test_as_source_measures_the_first_sample_in_its_own_dtype(
 
 
 def test_no_workers_no_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    simulate(monkeypatch, DOCKER_SHM)
+    simulate_shared_memory(monkeypatch, DOCKER_SHM)
     data = FileLikeImages(64, torch.float32)
     source = as_source(data, 64, 0)
     assert source.num_workers == 0  # type: ignore[union-attr]
@@ -326,12 +316,14 @@ def test_extraction_with_too_little_shared_memory_runs_with_fewer_workers(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(source_module, "available_cpus", lambda: 3)  # "auto": 2 workers
+    monkeypatch.setattr(settings_module, "available_cpus", lambda: 3)  # "auto": 2 workers
     dataset = ImageFolderDataset(folder, Preprocess(resize=(28, 42)))
     image, _ = dataset[0]
     batch = 4 * (image.nbytes + 8)
     # Room for one worker's 3 batches in flight, not for two workers' 5.
-    simulate(monkeypatch, SharedMemorySpace("/dev/shm", 4 * MiB, int(3 * batch / 0.75) + 1))
+    simulate_shared_memory(
+        monkeypatch, SharedMemorySpace("/dev/shm", 4 * MiB, int(3 * batch / 0.75) + 1)
+    )
     assert as_source(dataset, 4, "auto").num_workers == 1  # type: ignore[union-attr]
     with caplog.at_level(logging.WARNING, logger="dinov2_heads.cache"):
         fewer = extract_features(frozen, dataset, batch_size=4, progress=False)
@@ -425,7 +417,7 @@ def test_a_dataset_out_of_shared_memory_fails_clearly_and_resumes(
     monkeypatch: pytest.MonkeyPatch,
     message: str,
 ) -> None:
-    simulate(monkeypatch, DOCKER_SHM)
+    simulate_shared_memory(monkeypatch, DOCKER_SHM)
     error = fails_then_resumes(
         frozen, tmp_path / "store", Run(RunsOut(11, fail_at=7, message=message)), reference
     )
@@ -438,7 +430,7 @@ def test_a_dataset_out_of_shared_memory_fails_clearly_and_resumes(
 def test_a_worker_killed_by_a_bus_error_fails_clearly_and_resumes(
     frozen: FrozenBackbone, reference: FeatureStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    simulate(monkeypatch, DOCKER_SHM)
+    simulate_shared_memory(monkeypatch, DOCKER_SHM)
     failing = Run(RunsOut(11, fail_at=7, how="bus"), num_workers=2)
     error = fails_then_resumes(frozen, tmp_path / "store", failing, reference)
     assert_explains(error, "is killed by signal: Bus error")
@@ -461,7 +453,7 @@ def test_a_worker_whose_batch_finds_no_shared_memory_fails_clearly_and_resumes(
             raise RuntimeError(ALLOCATE_FAILED)
         return default_collate(items)
 
-    simulate(monkeypatch, DOCKER_SHM)
+    simulate_shared_memory(monkeypatch, DOCKER_SHM)
     loader = DataLoader(Images(11), batch_size=3, num_workers=1, collate_fn=collate)
     error = fails_then_resumes(frozen, tmp_path / "store", Run(loader), reference)
     assert_explains(error, ALLOCATE_FAILED)
@@ -476,7 +468,7 @@ def test_a_worker_whose_batch_finds_no_shared_memory_fails_clearly_and_resumes(
 def test_other_errors_pass_as_they_are(
     frozen: FrozenBackbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    simulate(monkeypatch, DOCKER_SHM)
+    simulate_shared_memory(monkeypatch, DOCKER_SHM)
     disk_full = "[Errno 28] No space left on device: '/data/features/labels.bin'"
     with pytest.raises(RuntimeError) as caught:
         extract_features(
@@ -547,7 +539,7 @@ def test_the_command_line_says_what_to_do_in_one_line_and_resumes(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    simulate(monkeypatch, DOCKER_SHM)
+    simulate_shared_memory(monkeypatch, DOCKER_SHM)
     read = ImageFolderDataset.__getitem__
 
     def bus_error_at_5(self: ImageFolderDataset, index: int) -> tuple[Tensor, int]:
@@ -579,8 +571,8 @@ def test_the_command_line_warns_and_reads_with_fewer_workers(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(source_module, "available_cpus", lambda: 4)
-    simulate(monkeypatch, SharedMemorySpace("/dev/shm", 64 * MiB, 16 * 1024))
+    monkeypatch.setattr(settings_module, "available_cpus", lambda: 4)
+    simulate_shared_memory(monkeypatch, SharedMemorySpace("/dev/shm", 64 * MiB, 16 * 1024))
     with caplog.at_level(logging.WARNING, logger="dinov2_heads"):
         assert extract(files, tmp_path / "auto") == 0
         assert extract(files, tmp_path / "asked", "--num-workers", "2") == 0

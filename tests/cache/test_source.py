@@ -13,18 +13,16 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, IterableDataset, Subset
 
 from dinov2_heads.cache import extract_features
-from dinov2_heads.cache import source as source_module
-from dinov2_heads.cache.source import (
+from dinov2_heads.cache import loader_settings as settings_module
+from dinov2_heads.cache.loader_settings import (
     MAX_AUTO_WORKERS,
     PREFETCH_FACTOR,
     LoaderSettings,
-    MapSource,
-    StreamSource,
-    as_source,
     available_cpus,
     loader_settings,
     reads_image_files,
 )
+from dinov2_heads.cache.source import MapSource, StreamSource, as_source
 from dinov2_heads.data import ImageFolderDataset, Preprocess
 from dinov2_heads.demo import SyntheticVehicles
 from dinov2_heads.features import FrozenBackbone
@@ -112,7 +110,7 @@ def test_datasets_that_read_files_are_recognised(folder: Path) -> None:
 
 
 def test_as_source_chooses_the_defaults(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(source_module, "available_cpus", lambda: 4)
+    monkeypatch.setattr(settings_module, "available_cpus", lambda: 4)
     files = as_source(ImageFolderDataset(folder, Preprocess(resize=(28, 56))), 2, "auto")
     assert isinstance(files, MapSource)
     assert (files.num_workers, files.loader.prefetch_factor) == (3, PREFETCH_FACTOR)
@@ -179,7 +177,7 @@ def test_an_iterable_gets_no_workers_by_default() -> None:
 def test_features_are_the_same_with_and_without_workers(
     folder: Path, frozen: FrozenBackbone, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(source_module, "available_cpus", lambda: 3)
+    monkeypatch.setattr(settings_module, "available_cpus", lambda: 3)
     dataset = ImageFolderDataset(folder, Preprocess(resize=(28, 42)))
     assert as_source(dataset, 4, "auto").num_workers == 2  # type: ignore[union-attr]
     by_workers = extract_features(frozen, dataset, batch_size=4, progress=False)

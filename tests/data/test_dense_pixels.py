@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from dinov2_heads.cache.source import reads_image_files
+from dinov2_heads.cache.loader_settings import reads_image_files
 from dinov2_heads.data import (
     IGNORE_LABEL,
     DepthDataset,

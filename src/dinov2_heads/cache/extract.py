@@ -31,6 +31,7 @@ from dinov2_heads.cache.layout import (
     resolve_keep,
     stored_blocks,
 )
+from dinov2_heads.cache.loader_settings import NumWorkers
 from dinov2_heads.cache.manifest import (
     FORMAT_VERSION,
     BackboneInfo,
@@ -42,7 +43,6 @@ from dinov2_heads.cache.manifest import (
 from dinov2_heads.cache.resume import check_layout
 from dinov2_heads.cache.source import (
     MapSource,
-    NumWorkers,
     StreamSource,
     as_source,
     data_class_names,

@@ -9,9 +9,10 @@ than one batch of 64 float32 images of 224x224 (37 MiB) twice over. When a batch
 torch's worker dies of a bus error or fails with "No space left on device" deep in a stack
 trace.
 
-This module measures both sides; :mod:`~dinov2_heads.cache.source` decides with them before
-the workers start, and turns torch's errors into a :class:`SharedMemoryError` that says what
-to do. Where there is no ``/dev/shm`` (macOS, Windows), nothing is checked.
+This module measures both sides; :mod:`~dinov2_heads.cache.loader_settings` decides with them
+before the workers start, and :mod:`~dinov2_heads.cache.loader_reading` turns torch's errors
+into a :class:`SharedMemoryError` that says what to do. Where there is no ``/dev/shm`` (macOS,
+Windows), nothing is checked.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from dinov2_heads import distributed
 from dinov2_heads.cache.dataset import FeatureDataset, collate_features
-from dinov2_heads.cache.source import loader_batch_size, read_and_stop, reading_failure
+from dinov2_heads.cache.loader_reading import read_and_stop, reading_failure
+from dinov2_heads.cache.loader_settings import loader_batch_size
 from dinov2_heads.cache.stalls import stall_message
 from dinov2_heads.features import Features
 from dinov2_heads.heads.losses import LossOutput
