@@ -1,17 +1,22 @@
-"""``dinov2-heads inspect`` on checkpoint files and model folders."""
+"""``dinov2-heads inspect`` on checkpoint files, model folders and heads files."""
 
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from dinov2_heads import create_backbone
+from dinov2_heads.checkpoints import UnknownFormatError, load_backbone
 from dinov2_heads.cli import main
 from dinov2_heads.export import save_heads
-from dinov2_heads.heads import LinearDepthHead, LinearHead, MultiHead
+from dinov2_heads.features import FrozenBackbone
+from dinov2_heads.fingerprint import weights_fingerprint
+from dinov2_heads.heads import LinearDepthHead, LinearHead, LinearSegmentationHead, MultiHead
 
 from .conftest import Files
 
@@ -91,24 +96,171 @@ def test_missing_shard_is_one_line_exit_1(
     assert "download is incomplete" in err[0]
 
 
-def test_a_head_checkpoint_points_to_predict(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_heads_file_is_described_with_the_commands_that_use_it(
+    suffix: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    path = save_heads(tmp_path / "heads.pt", MultiHead({"colour": LinearHead(64, 3)}))
+    torch.manual_seed(0)
+    backbone = create_backbone("dinov2_vits14", depth=2, embed_dim=64, num_heads=1, img_size=56)
+    frozen = FrozenBackbone(backbone, n_last_blocks=2)
+    heads = MultiHead(
+        {
+            "colour": LinearHead(64, 3, n_blocks=2, class_names=["red", "green", "blue"]),
+            "brand": LinearHead(64, 10, class_names=[f"brand{k}" for k in range(10)]),
+        }
+    )
+    extra = {"made_by": "dinov2-heads train", "val_accuracy": {"colour": 0.75, "brand": 0.5}}
+    path = save_heads(
+        tmp_path / f"heads{suffix}", heads, backbone=frozen, input_size=56, extra=extra
+    )
     with caplog.at_level("INFO", logger="dinov2_heads"):
-        assert main(["inspect", str(path)]) == 1
-    error = capsys.readouterr().err
-    assert f"{path} is a heads file written by save_heads (heads: colour), not a backbone" in error
-    assert f"--heads {path}, with the backbone as --checkpoint" in error
-    # Tried as a backbone and then as a released head file, the file is unwrapped once in the log.
-    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("unwrapped:")]
-    assert logged == [
-        "unwrapped: took 'state_dict' out of its container (also held: format, metadata)"
+        assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == f"heads file   {path}"
+    kind = suffix if suffix == ".safetensors" else ".pt"
+    assert (
+        lines[1]
+        == f"format       {kind} ({path.stat().st_size / 1024:.1f} KiB), heads file version 2"
+    )
+    assert "heads        colour, brand" in lines
+    assert "backbone     custom (D = 64, 2 blocks, float32)" in lines
+    assert f"fingerprint  {weights_fingerprint(frozen)[:12]}..." in lines
+    assert "input size   56x56" in lines
+    colour = lines.index("head colour")
+    assert lines[colour + 1 : colour + 5] == [
+        "  type     LinearHead",
+        "  task     classification",
+        "  classes  3: red, green, blue",
+        "  input    class tokens of the last 2 blocks and mean patch token of the last block",
     ]
+    assert (
+        "  classes  10: brand0, brand1, brand2, brand3, brand4, brand5, brand6, brand7, ..."
+        in lines
+    )
+    assert "  val_accuracy: colour 0.75, brand 0.5" in lines
+    assert lines[-2:] == [
+        f"  dinov2-heads predict --heads {path} --checkpoint BACKBONE IMAGES",
+        f"  dinov2-heads export --heads {path} --checkpoint BACKBONE --out "
+        f"{path.with_suffix('.onnx')}",
+    ]
+    # Recognised by its marks before any backbone reading: nothing is unwrapped in the log.
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("unwrapped:")]
+    assert logged == []
+    # The Python API still refuses it as a backbone, with where it goes instead.
+    with pytest.raises(UnknownFormatError, match="is a heads file written by save_heads"):
+        load_backbone(path)
+
     garbage = tmp_path / "other.pt"
     torch.save({"fc.weight": torch.zeros(2, 2)}, garbage)
     assert main(["inspect", str(garbage)]) == 1
     assert "not a DINOv2 backbone in a known layout" in capsys.readouterr().err
+
+
+def test_a_dense_heads_file_is_described_with_segment_and_depth(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frozen = FrozenBackbone(load_backbone(files.checkpoint))
+    heads = MultiHead(
+        {
+            "parts": LinearSegmentationHead(64, 4, class_names=["bg", "body", "wheel", "glass"]),
+            "near": LinearDepthHead(64, n_bins=4, min_depth=0.5, max_depth=20.0),
+            "far": LinearDepthHead(64, n_bins=4),
+        }
+    )
+    path = save_heads(tmp_path / "dense heads.pt", heads, backbone=frozen, input_size=(28, 56))
+    assert main(["inspect", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    parts = lines.index("head parts")
+    assert lines[parts + 1 : parts + 5] == [
+        "  type     LinearSegmentationHead",
+        "  task     segmentation",
+        "  classes  4: bg, body, wheel, glass",
+        "  input    tokens of block 0 of 1 (final norm applied)",
+    ]
+    near = lines.index("head near")
+    assert lines[near + 1 : near + 5] == [
+        "  type   LinearDepthHead",
+        "  task   depth",
+        "  depth  0.5 to 20 m",
+        "  input  tokens of block 0 of 1 (before the final norm)",
+    ]
+    quoted, folder = shlex.quote(str(path)), path.parent
+    # Two depth heads: each is picked by name; the one segmentation head needs no name.
+    assert lines[-3:] == [
+        f"  dinov2-heads segment --heads {quoted} --checkpoint BACKBONE --size 28 56 "
+        f"--out {folder / 'parts'} IMAGES",
+        f"  dinov2-heads depth --heads {quoted} --head-name near --checkpoint BACKBONE "
+        f"--size 28 56 --out {folder / 'near'} IMAGES",
+        f"  dinov2-heads depth --heads {quoted} --head-name far --checkpoint BACKBONE "
+        f"--size 28 56 --out {folder / 'far'} IMAGES",
+    ]
+    assert not any("predict" in line for line in lines)
+
+
+def test_a_heads_file_as_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    head = LinearDepthHead(64, n_bins=4, min_depth=0.001, max_depth=20.0)
+    metrics = {"abs_rel": 0.25, "rmse": 1.5, "delta1": None}
+    path = save_heads(tmp_path / "depth.safetensors", head, extra={"heldout_metrics": metrics})
+    assert main(["inspect", str(path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["kind"] == "heads"
+    assert (data["format"], data["size"], data["multi_head"]) == (
+        ".safetensors",
+        path.stat().st_size,
+        False,
+    )
+    assert data["heads"] == [
+        {
+            "name": "head",
+            "type": "LinearDepthHead",
+            "task": "depth",
+            "num_classes": None,
+            "class_names": None,
+            "depth_range": [0.001, 20.0],
+            "input": {
+                "tokens": None,
+                "last_blocks": None,
+                "blocks": None,
+                "description": "tokens of chosen blocks (the file records no backbone depth "
+                "to place them)",
+            },
+        }
+    ]
+    # Saved without a backbone: only the width the head was built for is known.
+    assert data["backbone"] == {
+        "variant": None,
+        "embed_dim": 64,
+        "depth": None,
+        "fingerprint": None,
+        "dtype": None,
+        "n_last_blocks": None,
+    }
+    assert data["metrics"] == {"heldout_metrics": metrics}
+    assert data["commands"] == [
+        f"dinov2-heads depth --heads {path} --checkpoint BACKBONE --out {tmp_path / 'depth'} "
+        "IMAGES",
+        f"dinov2-heads export --heads {path} --checkpoint BACKBONE --whole-image --out "
+        f"{tmp_path / 'depth.onnx'}",
+    ]
+
+
+def test_a_damaged_heads_file_is_one_line_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = save_heads(tmp_path / "heads.pt", MultiHead({"colour": LinearHead(64, 3)}))
+    content = torch.load(path, weights_only=True)
+    content["state_dict"]["colour.weight"] += 1
+    torch.save(content, path)
+    assert main(["inspect", str(path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"dinov2-heads inspect: error: {path}: the head weights do not match the fingerprint "
+        "stored with them; the file is damaged or was edited"
+    ]
 
 
 @pytest.mark.parametrize("command", ["inspect", "depth"])

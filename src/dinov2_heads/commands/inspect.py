@@ -1,4 +1,4 @@
-"""``dinov2-heads inspect``: what a checkpoint file or model folder holds."""
+"""``dinov2-heads inspect``: what a checkpoint file, model folder, heads file or store holds."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ EXAMPLE = """\
 example:
   dinov2-heads inspect dinov2_vits14_pretrain.pth
   dinov2-heads inspect teacher_checkpoint.pth --json
+  dinov2-heads inspect runs/heads.pt
   dinov2-heads inspect dinov2-base/
   dinov2-heads inspect ~/.cache/huggingface/hub/models--facebook--dinov2-base
   dinov2-heads inspect features/train --verify
@@ -19,17 +20,22 @@ example:
 def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None:
     parser = subparsers.add_parser(
         "inspect",
-        help="describe a checkpoint: format, variant, parameters, dtype, unwrapped containers",
+        help="describe a checkpoint: format, variant, parameters, dtype, unwrapped containers; "
+        "or a heads file or feature store",
         description=(
             "Describe a DINOv2 checkpoint file or Hugging Face model folder (sharded or not, or "
-            "a cache repo) without building a model, or a feature store folder.\n\n" + EXAMPLE
+            "a cache repo) without building a model; a heads file written by save_heads or "
+            "dinov2-heads train (each head's type, task, classes or depth range and input, the "
+            "backbone it was trained on, the recorded metrics and the commands that use it); "
+            "or a feature store folder.\n\n" + EXAMPLE
         ),
         formatter_class=formatter,
     )
     parser.add_argument(
         "checkpoint",
-        help="a .pth, .pt, .bin or .safetensors file, a model folder, or its *.index.json; or "
-        "a feature store folder (dinov2-heads extract --out)",
+        help="a .pth, .pt, .bin or .safetensors file, a model folder, or its *.index.json; a "
+        "heads file (dinov2-heads train's heads.pt); or a feature store folder "
+        "(dinov2-heads extract --out)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
@@ -42,6 +48,8 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
 def run(args: argparse.Namespace) -> int:
     from dinov2_heads.cache.manifest import is_store_manifest
     from dinov2_heads.checkpoints import describe_checkpoint
+    from dinov2_heads.checkpoints.saved_heads import is_saved_heads_file
+    from dinov2_heads.export import describe_heads
 
     if is_store_manifest(args.checkpoint):
         return _inspect_store(args)
@@ -51,6 +59,11 @@ def run(args: argparse.Namespace) -> int:
             f"{args.checkpoint} is not one"
         )
 
+    # Only the marks are read (a .pt file is mapped): milliseconds for a backbone of any size.
+    if is_saved_heads_file(args.checkpoint):
+        heads = describe_heads(args.checkpoint)
+        print(json.dumps(heads.to_dict(), indent=2) if args.json else str(heads))
+        return 0
     summary = describe_checkpoint(args.checkpoint)
     print(json.dumps(summary.to_dict(), indent=2) if args.json else str(summary))
     return 0

@@ -3,6 +3,7 @@
 from dinov2_heads.atomic import atomic_path, atomic_write_bytes
 from dinov2_heads.export.dense_onnx import DenseExportGraph, export_dense_onnx, verify_dense_onnx
 from dinov2_heads.export.heads_checkpoint import HeadCheckpoint, load_heads, save_heads
+from dinov2_heads.export.heads_summary import HeadsFileSummary, describe_heads
 from dinov2_heads.export.onnx import (
     ExportGraph,
     OnnxExport,
@@ -16,10 +17,12 @@ __all__ = [
     "DenseExportGraph",
     "ExportGraph",
     "HeadCheckpoint",
+    "HeadsFileSummary",
     "OnnxExport",
     "OutputLayout",
     "atomic_path",
     "atomic_write_bytes",
+    "describe_heads",
     "export_dense_onnx",
     "export_onnx",
     "load_heads",
