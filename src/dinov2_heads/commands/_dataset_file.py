@@ -8,6 +8,7 @@ placeholder. Files written before the checkpoint was recorded lack the key; they
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -62,16 +63,22 @@ def _same(path: Path, other: Path) -> bool:
         return False
 
 
-def try_next(store: Path | None) -> tuple[str, str]:
-    """``--checkpoint``'s value for the "try next" commands after ``train``, and their heading.
+def print_try_next(heads_file: Path, store: Path | None) -> None:
+    """The commands that use ``heads_file`` (the ones ``inspect`` shows for it), after ``train``.
 
-    The checkpoint that ``dataset.json`` beside ``store`` records, when it still exists; else
-    the placeholder BACKBONE, which the heading explains.
+    ``--checkpoint`` is the checkpoint that ``dataset.json`` beside ``store`` records, when it
+    still exists; else the placeholder BACKBONE, which the heading explains.
     """
+    from dinov2_heads.export import describe_heads
+
     checkpoint = checkpoint_argument(store)
     if checkpoint is not None:
-        return checkpoint, "\ntry next (IMAGES: image files or folders):"
-    return "BACKBONE", (
-        "\ntry next (BACKBONE: the checkpoint the features were extracted with, which the "
-        "store does not record; IMAGES: image files or folders):"
-    )
+        print("\ntry next (IMAGES: image files or folders):")
+    else:
+        print(
+            "\ntry next (BACKBONE: the checkpoint the features were extracted with, which the "
+            "store does not record; IMAGES: image files or folders):"
+        )
+    summary = dataclasses.replace(describe_heads(heads_file), checkpoint=checkpoint)
+    for line in summary.commands():
+        print(f"  {line}")

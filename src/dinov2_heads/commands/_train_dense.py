@@ -14,12 +14,11 @@ import argparse
 import inspect
 import json
 import math
-import shlex
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from dinov2_heads.commands._common import text_table
-from dinov2_heads.commands._dataset_file import DATASET_FILE, try_next
+from dinov2_heads.commands._dataset_file import DATASET_FILE, print_try_next
 from dinov2_heads.commands._train_job import (
     Job,
     data_summary,
@@ -491,25 +490,4 @@ def print_written(heads: MultiHead, heads_file: Path, results: Path, store: Feat
             what = f"depth {getattr(head, 'min_depth'):g}..{getattr(head, 'max_depth'):g} m"  # noqa: B009
         print(f"  {name}: {type(head).__name__}, {what}")
     print(f"wrote {results}: the settings and every head's validation results")
-    size = f" --size {store.input_size[0]} {store.input_size[1]}" if store.input_size else ""
-    several = {task: sum(dense_task(h) == task for h in heads.values()) > 1 for task in _WHAT}
-    checkpoint, heading = try_next(store.path)
-    quoted = shlex.quote(str(heads_file))
-    print(heading)
-    for name, head in heads.items():
-        task = dense_task(head)
-        command = "segment" if task == "segmentation" else "depth"
-        pick = f" --head-name {shlex.quote(name)}" if several[task or "depth"] else ""
-        # The pictures go beside the heads file too, in a folder named after the head.
-        pictures = shlex.quote(str(heads_file.parent / name))
-        print(
-            f"  dinov2-heads {command} --heads {quoted}{pick} --checkpoint {checkpoint}{size} "
-            f"--out {pictures} IMAGES"
-        )
-    if len(heads) == 1:
-        # Beside the heads file, not in whichever folder the command happens to run from.
-        onnx_file = heads_file.parent / f"{next(iter(heads))}.onnx"
-        print(
-            f"  dinov2-heads export --heads {quoted} --checkpoint {checkpoint} --whole-image "
-            f"--out {shlex.quote(str(onnx_file))}"
-        )
+    print_try_next(heads_file, store.path)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 EXAMPLE = """\
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from dinov2_heads.cache.manifest import is_store_manifest
     from dinov2_heads.checkpoints import describe_checkpoint
     from dinov2_heads.checkpoints.saved_heads import is_saved_heads_file
+    from dinov2_heads.commands._dataset_file import checkpoint_argument
     from dinov2_heads.export import describe_heads
 
     if is_store_manifest(args.checkpoint):
@@ -62,6 +65,11 @@ def run(args: argparse.Namespace) -> int:
     # Only the marks are read (a .pt file is mapped): milliseconds for a backbone of any size.
     if is_saved_heads_file(args.checkpoint):
         heads = describe_heads(args.checkpoint)
+        # Heads trained by dinov2-heads train name their store, whose dataset.json may name
+        # the backbone checkpoint: then the commands say it instead of BACKBONE.
+        store = heads.extra.get("store")
+        checkpoint = checkpoint_argument(Path(store)) if isinstance(store, str) else None
+        heads = dataclasses.replace(heads, checkpoint=checkpoint)
         print(json.dumps(heads.to_dict(), indent=2) if args.json else str(heads))
         return 0
     summary = describe_checkpoint(args.checkpoint)

@@ -7,14 +7,13 @@ import inspect
 import json
 import logging
 import math
-import shlex
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dinov2_heads.commands import _common, _train_dense
-from dinov2_heads.commands._dataset_file import try_next
+from dinov2_heads.commands._dataset_file import print_try_next
 from dinov2_heads.commands._train_job import (
     DEFAULTS,
     Job,
@@ -222,13 +221,7 @@ def _print_written(heads: MultiHead, heads_file: Path, results: Path, store: Fea
         classes = int(getattr(head, "num_classes", 0))
         print(f"  {name}: {type(head).__name__}, {classes} classes{shown}")
     print(f"wrote {results}: the settings and every head's validation results")
-    checkpoint, heading = try_next(store.path)
-    quoted = shlex.quote(str(heads_file))
-    print(heading)
-    print(f"  dinov2-heads predict --heads {quoted} --checkpoint {checkpoint} IMAGES")
-    # Beside the heads file, not in whichever folder the command happens to run from.
-    onnx_file = shlex.quote(str(heads_file.with_suffix(".onnx")))
-    print(f"  dinov2-heads export --heads {quoted} --checkpoint {checkpoint} --out {onnx_file}")
+    print_try_next(heads_file, store.path)
 
 
 # ---------------------------------------------------------------------------- the grid

@@ -148,6 +148,9 @@ class HeadsFileSummary:
         metrics: The validation results recorded with the heads (the :data:`METRIC_KEYS` of
             ``extra``), as stored.
         extra: The whole ``extra`` metadata given to ``save_heads``.
+        checkpoint: ``--checkpoint``'s value in :meth:`commands`, quoted for a shell; ``None``
+            leaves the placeholder ``BACKBONE`` (a heads file does not say where its backbone
+            checkpoint is; the command line finds it through the store it was trained on).
     """
 
     source: str
@@ -165,9 +168,11 @@ class HeadsFileSummary:
     input_size: tuple[int, int] | None
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
 
     def commands(self) -> tuple[str, ...]:
-        """The command lines that use the file, ``BACKBONE`` and ``IMAGES`` left to fill in.
+        """The command lines that use the file, ``IMAGES`` (and without :attr:`checkpoint`,
+        ``BACKBONE``) left to fill in.
 
         ``predict`` for the classifiers (``export`` when they are all there is); ``segment`` or
         ``depth`` for each dense head (``--head-name`` where the file holds several of its
@@ -177,16 +182,17 @@ class HeadsFileSummary:
         if any(head.input is None for head in self.heads):
             return ()  # a head outside the registry: only your code rebuilds the file
         quoted = shlex.quote(self.source)
+        backbone = self.checkpoint or "BACKBONE"
         folder = Path(self.source).parent
         lines = []
         classifiers = [head for head in self.heads if head.task == "classification"]
         dense = [head for head in self.heads if head.task in _DENSE_COMMANDS]
         if classifiers:
-            lines.append(f"dinov2-heads predict --heads {quoted} --checkpoint BACKBONE IMAGES")
+            lines.append(f"dinov2-heads predict --heads {quoted} --checkpoint {backbone} IMAGES")
         if classifiers and len(classifiers) == len(self.heads):
             onnx_file = shlex.quote(str(Path(self.source).with_suffix(".onnx")))
             lines.append(
-                f"dinov2-heads export --heads {quoted} --checkpoint BACKBONE --out {onnx_file}"
+                f"dinov2-heads export --heads {quoted} --checkpoint {backbone} --out {onnx_file}"
             )
         size = f" --size {self.input_size[0]} {self.input_size[1]}" if self.input_size else ""
         for head in dense:
@@ -196,12 +202,12 @@ class HeadsFileSummary:
             pictures = shlex.quote(str(folder / (head.name if self.multi_head else task)))
             lines.append(
                 f"dinov2-heads {_DENSE_COMMANDS[task]} --heads {quoted}{pick} --checkpoint "
-                f"BACKBONE{size} --out {pictures} IMAGES"
+                f"{backbone}{size} --out {pictures} IMAGES"
             )
         if len(dense) == 1 == len(self.heads):
             graph = folder / f"{dense[0].name if self.multi_head else dense[0].task}.onnx"
             lines.append(
-                f"dinov2-heads export --heads {quoted} --checkpoint BACKBONE --whole-image "
+                f"dinov2-heads export --heads {quoted} --checkpoint {backbone} --whole-image "
                 f"--out {shlex.quote(str(graph))}"
             )
         return tuple(lines)
@@ -257,10 +263,14 @@ class HeadsFileSummary:
             lines += ["", "metrics (--json for every value)", *(f"  {line}" for line in metrics)]
         commands = self.commands()
         if commands:
+            backbone = (
+                ""
+                if self.checkpoint
+                else "BACKBONE: the backbone checkpoint the heads were trained on; "
+            )
             lines += [
                 "",
-                "use it (BACKBONE: the backbone checkpoint the heads were trained on; IMAGES: "
-                "image files or folders):",
+                f"use it ({backbone}IMAGES: image files or folders):",
                 *(f"  {line}" for line in commands),
             ]
         else:
