@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dinov2_heads.commands import _common, _dense
-from dinov2_heads.commands.depth import _output_names
+from dinov2_heads.commands import _dense
 from dinov2_heads.dense import Depther, Segmenter, get_preset
 from dinov2_heads.heads import LinearDepthHead, LinearSegmentationHead
 from tests.dense.conftest import tiny_backbone
@@ -88,12 +87,31 @@ def test_the_settings_build_the_predictors() -> None:
 
 
 def test_output_names_never_collide() -> None:
-    used: set[str] = set()
-    assert [_common.unique_name(stem, used) for stem in ["x", "x-2", "x", "x"]] == [
-        "x",
-        "x-2",
-        "x-3",
-        "x-4",
-    ]
+    stems = [Path(f"{stem}.jpg") for stem in ["x", "x-2", "x", "x"]]
+    assert _dense.output_names(stems, [".png"]) == ["x", "x-2", "x-3", "x-4"]
     paths = [Path("a/car.jpg"), Path("b/car.png"), Path("car-2.jpg"), Path("c/my car.jpg")]
-    assert _output_names(paths) == ["car", "car-2", "car-2-2", "my_car"]
+    assert _dense.output_names(paths, [".png"]) == ["car", "car-2", "car-2-2", "my_car"]
+
+
+def test_output_names_are_safe_and_differ_on_every_file_they_write() -> None:
+    # Unsafe characters become _, so "my car" meets "my_car"; a stem of nothing safe is "image".
+    paths = [Path("my car.jpg"), Path("my_car.png"), Path("&.jpg"), Path("café's.jpg")]
+    assert _dense.output_names(paths, [".png"]) == ["my_car", "my_car-2", "_", "café_s"]
+    # A file system that ignores case would make X.png and x.png one file.
+    assert _dense.output_names([Path("a/X.jpg"), Path("b/x.jpg")], [".png"]) == ["X", "x-2"]
+    # segment writes NAME.png and NAME_overlay.png: x's overlay is not x_overlay's labels.
+    both = [".png", "_overlay.png"]
+    assert _dense.output_names([Path("x.jpg"), Path("x_overlay.jpg")], both) == [
+        "x",
+        "x_overlay-2",
+    ]
+    assert _dense.output_names([Path("x_overlay.jpg"), Path("x.jpg")], both) == [
+        "x_overlay",
+        "x-2",
+    ]
+    # The same images in the same order: the same names, whatever the suffixes' order.
+    paths = [Path("b/x.jpg"), Path("x_overlay.png"), Path("a/x.jpg"), Path("X.png")]
+    names = _dense.output_names(paths, both)
+    assert names == _dense.output_names(paths, both[::-1]) == _dense.output_names(paths, both)
+    files = [(name + suffix).casefold() for name in names for suffix in both]
+    assert len(set(files)) == len(files)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 
 from dinov2_heads import create_backbone
+from dinov2_heads.checkpoints import UnknownFormatError, load_backbone
 from dinov2_heads.cli import main
 from dinov2_heads.commands.depth import load_depth_head
 from dinov2_heads.data import load_image, normalize, pil_to_tensor
@@ -17,7 +19,7 @@ from dinov2_heads.dense import Depther
 from dinov2_heads.export import save_heads
 from dinov2_heads.heads import DPTDepthHead, LinearDepthHead
 from tests.commands.conftest import DenseFiles, Files
-from tests.helpers import randomize
+from tests.helpers import DENSE_FIXTURES, randomize
 
 
 def released_file(path: Path, head: torch.nn.Module) -> Path:
@@ -258,3 +260,77 @@ def test_a_head_file_read_once_loads_as_its_path_does(
         for a, b in zip(read.state_dict().values(), by_path.state_dict().values(), strict=True)
     )
     assert saved_heads(setup["linear4"]) is None  # a released head: no save_heads metadata
+
+
+def advised_head(path: Path) -> torch.nn.Module:
+    """The head that the message for ``path`` given as a backbone says to build."""
+    with pytest.raises(UnknownFormatError) as caught:
+        load_backbone(path)
+    call = re.search(r"load this file with load_partial\((\w+\(.*?\)), path", str(caught.value))
+    assert call is not None, str(caught.value)
+    return eval(call[1], {"LinearDepthHead": LinearDepthHead, "DPTDepthHead": DPTDepthHead})
+
+
+@pytest.mark.parametrize("kind", ["linear", "linear4", "dpt"])
+def test_the_official_heads_load_as_the_backbone_message_names_them(
+    kind: str, tmp_path: Path
+) -> None:
+    fixture = DENSE_FIXTURES / f"vits14_depth_{ {'linear': 'linear1'}.get(kind, kind) }_head.pth"
+    if not fixture.is_file():
+        pytest.skip(f"dense reference fixtures not found at {DENSE_FIXTURES.resolve()}")
+    path = tmp_path / f"dinov2_vits14_nyu_{kind}_head.pth"
+    path.write_bytes(fixture.read_bytes())
+    head = load_depth_head(path, 384)
+    advised = advised_head(path)
+    assert type(head) is type(advised)
+    assert head.config() == advised.config()
+
+
+def test_the_file_says_what_it_is_and_the_backbone_only_what_the_file_cannot(
+    tmp_path: Path,
+) -> None:
+    # 3072 input channels: a ViT-g linear head by its name, whatever the backbone's width.
+    torch.manual_seed(0)
+    giant = released_file(
+        tmp_path / "dinov2_vitg14_nyu_linear_head.pth", LinearDepthHead(1536, n_bins=4)
+    )
+    assert advised_head(giant).config()["embed_dim"] == 1536
+    loaded = load_depth_head(giant, 1536)
+    assert isinstance(loaded, LinearDepthHead)
+    assert loaded.config() == advised_head(giant).config()
+    # On a ViT-S these channels would read as linear4: the file's name says otherwise.
+    with pytest.raises(
+        ValueError,
+        match=r"the official linear depth head, 1 block, D = 1536, "
+        r"not a head for this backbone's width D = 384; use the backbone it was "
+        r"trained on \(dinov2_vitg14_pretrain.pth\)",
+    ):
+        load_depth_head(giant, 384)
+    # A name that says neither: the backbone settles D and the blocks, as the message allows.
+    unnamed = tmp_path / "head.pth"
+    unnamed.write_bytes(giant.read_bytes())
+    assert load_depth_head(unnamed, 1536).layers == 1
+    assert load_depth_head(unnamed, 384).layers == 4
+    # A DPT head reads its width from its tensors.
+    with pytest.raises(
+        ValueError,
+        match="DPT depth head, 4 blocks, D = 64, not a head for this backbone's width D = 32",
+    ):
+        load_depth_head(
+            released_file(tmp_path / "x_nyu_dpt_head.pth", DPTDepthHead(64, channels=8)), 32
+        )
+
+
+def test_output_names_are_one_per_file_even_where_case_is_ignored(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = tmp_path / "images"
+    for name in ("a/X.png", "b/x.png", "c/my car.png"):
+        (images / name).parent.mkdir(parents=True)
+        (images / name).write_bytes((setup["images"] / "car0.png").read_bytes())
+    out = tmp_path / "out"
+    argv = ["depth", str(images), "--checkpoint", str(setup["backbone"]), "--head"]
+    assert main([*argv, str(setup["linear4"]), "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["depth"]
+    assert [Path(row["picture"]).name for row in report] == ["X.png", "x-2.png", "my_car.png"]
+    assert sorted(path.name for path in out.iterdir()) == ["X.png", "my_car.png", "x-2.png"]

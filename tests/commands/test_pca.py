@@ -111,3 +111,43 @@ def test_the_picture_is_the_one_the_bare_backbone_gives(
         assert now.size == bare.size
         assert now.tobytes() == bare.tobytes()
         assert now.info["Description"] == bare.info["Description"]
+
+
+def test_an_existing_out_file_is_replaced_as_export_replaces_its_own(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "pca.png"
+    out.write_bytes(b"an older picture")
+    argv = ["pca", "--checkpoint", str(files.checkpoint), "--size", "28", "56", "--out", str(out)]
+    assert main([*argv, str(files.images[0])]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {out}: 1 image(s)")
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert [path.name for path in tmp_path.iterdir()] == ["pca.png"]  # no temporary file left
+
+
+@pytest.mark.parametrize("command", ["pca", "export", "search"])
+def test_an_out_that_cannot_be_one_file_is_refused_before_any_work(
+    command: str, files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A checkpoint that does not exist: the --out check comes first, so it is never read.
+    missing = str(tmp_path / "missing.pth")
+    first = {
+        "pca": ["pca", str(files.images[0])],
+        "export": ["export", "--heads", str(files.heads)],
+        "search": ["search", str(tmp_path / "store"), str(files.images[0])],
+    }[command]
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    assert main([*first, "--checkpoint", missing, "--out", str(folder)]) == 1
+    example = {"pca": "pca.png", "export": "heads.onnx", "search": "search.png"}[command]
+    assert capsys.readouterr().err == (
+        f"dinov2-heads {command}: error: --out {folder} is a folder; pass a file name inside "
+        f"it, e.g. {folder / example}\n"
+    )
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file")
+    assert main([*first, "--checkpoint", missing, "--out", str(blocker / "x" / "p.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"lies inside {blocker}, which is a file" in err
+    assert list(folder.iterdir()) == []

@@ -148,3 +148,42 @@ def test_a_head_trained_on_other_weights_is_refused_as_predict_refuses(
     # The checkpoint the heads were trained on passes the check (--overwrite: the labels of the
     # run before are in --out).
     assert main([*argv, "--checkpoint", str(files.checkpoint), "--overwrite"]) == 0
+
+
+def test_output_names_follow_depths_rule_and_never_overwrite(
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    heads = released_head(tmp_path / "dinov2_vits14_voc2012_linear_head.pth")
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    # Four images whose files would meet: x.png's overlay is x_overlay.png's label map.
+    names = ["my car.png", "sub/x.png", "x.png", "x_overlay.png"]
+    sources = dict(zip(names, (files.images * 2)[: len(names)], strict=True))
+    for name, source in sources.items():
+        (images / name).write_bytes(source.read_bytes())
+    out = tmp_path / "labels"
+    argv = ["segment", str(images), "--heads", str(heads), "--checkpoint", str(files.checkpoint)]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    written = {
+        line.split(": ")[0]: Path(line.split(": ")[1].split(" (")[0]).name for line in printed
+    }
+    assert written == {
+        str(images / "my car.png"): "my_car.png",
+        str(images / "sub" / "x.png"): "x.png",
+        str(images / "x.png"): "x-2.png",
+        str(images / "x_overlay.png"): "x_overlay-2.png",
+    }
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        [
+            f"{name}{suffix}"
+            for name in ("my_car", "x", "x-2", "x_overlay-2")
+            for suffix in (".png", "_overlay.png")
+        ]
+    )
+    # x.png's overlay (colours) was not replaced by x_overlay.png's labels (a palette PNG).
+    assert Image.open(out / "x_overlay.png").mode == "RGB"
+    assert Image.open(out / "x_overlay-2.png").mode == "P"
+    # Again: the same names, so every file is refused until --overwrite.
+    assert main([*argv, "--out", str(out)]) == 1
+    assert "8 of the files this run writes" in capsys.readouterr().err

@@ -4,15 +4,19 @@ Those files hold ``{"meta": ..., "state_dict": {"decode_head.<key>": tensor}}`` 
 of the official hub heads: a linear head only ``conv_depth.weight`` (n_bins, 2 L D, 1, 1) and
 ``conv_depth.bias`` (L = 1 or 4 blocks, what ``LinearDepthHead(D, layers=L)`` loads), a DPT
 head ``reassemble_blocks.*``, ``convs.*``, ``fusion_blocks.*``, ``project.*`` and
-``conv_depth.head.*`` (what ``DPTDepthHead(D)`` loads). Given where a backbone belongs, such a
-file is named with the call that loads it.
+``conv_depth.head.*`` (what ``DPTDepthHead(D)`` loads).
+
+One recogniser serves everyone who meets such a file: given where a backbone belongs, the file
+is named with the call that loads it; given to ``dinov2-heads depth --head``, the head is built
+from the same answer, the backbone's width only settling what the file cannot tell
+(:meth:`ReleasedDepthHead.for_backbone`), so the two never disagree on what the file is.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePath
 
 from torch import Tensor
@@ -90,6 +94,50 @@ class ReleasedDepthHead:
         letters = {dim: letter for letter, dim in OFFICIAL_WIDTHS.items()}
         letter = letters.get(self.embed_dim) if self.embed_dim is not None else None
         return f"dinov2_vit{letter}14_pretrain.pth" if letter is not None else None
+
+    def for_backbone(self, embed_dim: int, source: str) -> ReleasedDepthHead:
+        """This head on a backbone of width ``embed_dim``: D and the blocks settled, or refused.
+
+        The file's own answer stands (its shapes and name, as :func:`identify_released_depth_head`
+        read them); the backbone only settles what the file leaves open, a linear head's D and
+        blocks when ``2 x D x blocks`` could be either (3072 channels: ViT-S linear4 or ViT-g
+        linear) and the name does not say.
+
+        Args:
+            embed_dim: D of the backbone the head is to run on.
+            source: The file, for the messages.
+
+        Raises:
+            ValueError: The head reads another width than ``embed_dim``; the message names
+                what the file is and the backbone it needs.
+        """
+        if self.embed_dim is None and self.channels in (2 * embed_dim, 8 * embed_dim):
+            return replace(self, embed_dim=embed_dim, layers=self.channels // (2 * embed_dim))
+        if self.embed_dim == embed_dim:
+            return self
+        backbone = self.backbone_file()
+        use = f"the backbone it was trained on{f' ({backbone})' if backbone else ''}"
+        what = f"the file is {self.description()}; " if self.embed_dim is not None else ""
+        if self.head_type == "LinearDepthHead" and self.channels not in (
+            2 * embed_dim,
+            8 * embed_dim,
+        ):
+            raise ValueError(
+                f"{source}: conv_depth reads {self.channels} channels, which is neither "
+                f"2 x {embed_dim} (a linear head) nor 8 x {embed_dim} (linear4) for this "
+                f"backbone's width {embed_dim}; {what}use {use}"
+            )
+        named = _LINEAR_KIND.search(PurePath(source).name.lower()) is not None
+        own = (
+            f" (a head of your own for D = {embed_dim} in the released layout: put _linear_ or "
+            "_linear4_ in its file name, as the released files have, to say which it is)"
+            if self.head_type == "LinearDepthHead" and not named
+            else ""
+        )
+        raise ValueError(
+            f"{source} is {self.description()}, not a head for this backbone's width "
+            f"D = {embed_dim}; use {use}{own}"
+        )
 
 
 def identify_released_depth_head(

@@ -212,26 +212,42 @@ def check_output_folder(path: str | os.PathLike[str], option: str = "--out") -> 
     return folder
 
 
+def check_output_file(path: str | os.PathLike[str], example: str, option: str = "--out") -> Path:
+    """``path`` as one file to write, checked before any work (nothing is created).
+
+    The commands that write one file (``pca``, ``search``, ``export``) replace an existing
+    ``--out`` file, atomically, as saving a file does anywhere; what cannot be written at all
+    is refused here instead of once the work is done.
+
+    Args:
+        path: The ``--out`` file.
+        example: A file name for the message (``pca.png``).
+        option: The option, for the message.
+
+    Raises:
+        IsADirectoryError: ``path`` is a folder; the message suggests a file inside it.
+        NotADirectoryError: A folder above ``path`` is a file.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(
+            f"{option} {target} is a folder; pass a file name inside it, e.g. {target / example}"
+        )
+    for place in target.parents:
+        if place.exists() and not place.is_dir():
+            raise NotADirectoryError(
+                f"{option} {target} lies inside {place}, which is a file; pass a file in a "
+                "folder, or move the file away"
+            )
+    return target
+
+
 def make_output_folder(path: str | os.PathLike[str], option: str = "--out") -> Path:
     """The folder ``path``, checked as :func:`check_output_folder` checks it, then created
     with its parents where missing."""
     folder = check_output_folder(path, option)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def unique_name(stem: str, used: set[str]) -> str:
-    """``stem``, or ``stem-2``, ``stem-3``, ... : the first not in ``used``, which it joins.
-
-    Output files are named after their images; two images with one stem (``a/x.jpg``,
-    ``b/x.png``) must not overwrite each other, nor may ``x-2`` taken by an image called so.
-    """
-    name, number = stem, 1
-    while name in used:
-        number += 1
-        name = f"{stem}-{number}"
-    used.add(name)
-    return name
 
 
 class ImageFiles(Dataset[Tensor]):

@@ -2,14 +2,17 @@
 
 ``--mode``, ``--crop-size``, ``--stride`` and ``--flip`` map onto
 :class:`~dinov2_heads.dense.InferenceSettings`, which checks them (a window without
-``--mode slide``, a stride larger than the window) when the predictor is built. Files already
-in ``--out`` are refused unless ``--overwrite`` (:func:`refuse_existing`), before anything runs.
+``--mode slide``, a stride larger than the window) when the predictor is built. The files
+each image gets in ``--out`` are named by :func:`output_names`, one rule for both commands;
+files already in ``--out`` are refused unless ``--overwrite`` (:func:`refuse_existing`),
+before anything runs.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +95,44 @@ def window_settings(
     if getattr(args, "scales", None) is not None:
         settings["scales"] = tuple(args.scales)
     return settings
+
+
+#: What an output name keeps of an image's stem: letters, digits, ``_``, ``.`` and ``-``;
+#: anything else (spaces, quotes, ``&``, ...) becomes ``_``.
+_UNSAFE = re.compile(r"[^\w.-]")
+
+
+def output_names(paths: Sequence[Path], suffixes: Sequence[str]) -> list[str]:
+    """The name of each image's files in ``--out``: ``NAME + suffix`` for every suffix.
+
+    NAME is the image's stem with every character other than a letter, a digit, ``_``, ``.``
+    or ``-`` replaced by ``_`` (``my car.jpg`` -> ``my_car``; ``image`` for a stem with nothing
+    left). Images whose files would have one name (``a/x.jpg`` and ``b/x.jpg``, ``x.jpg`` and
+    ``x.png``, ``my car.jpg`` and ``my_car.jpg``, ``X.jpg`` and ``x.jpg`` on a file system
+    that ignores case, or ``x.jpg``'s overlay and ``x_overlay.jpg``'s labels) never share
+    one: in the order given, an image takes the first of ``NAME``, ``NAME-2``, ``NAME-3``, ...
+    none of whose files an earlier image took, compared without case. The same images in the
+    same order always get the same names.
+
+    Args:
+        paths: The images, in the order the command runs them.
+        suffixes: What follows NAME in each file written per image (``".png"``,
+            ``"_overlay.png"``).
+
+    Returns:
+        One name per image, in order.
+    """
+    taken: set[str] = set()
+    names = []
+    for path in paths:
+        stem = _UNSAFE.sub("_", path.stem) or "image"
+        name, number = stem, 1
+        while any((name + suffix).casefold() in taken for suffix in suffixes):
+            number += 1
+            name = f"{stem}-{number}"
+        taken.update((name + suffix).casefold() for suffix in suffixes)
+        names.append(name)
+    return names
 
 
 def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,10 +38,6 @@ dinov2-heads train (--heads is the same option; --head-name picks one of several
 run at their own size unless --size is given (Depther pads them to multiples of 14). For each
 image OUT/<name>.png shows the image beside its depth with a colour bar in metres.
 """
-
-#: The official linear heads' bins, and the DPT heads' ranges per data set (metres).
-_LINEAR_MAX_DEPTH = 80.0
-_DPT_MAX_DEPTH = {"kitti": 80.0, "nyu": 10.0}
 
 
 def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None:
@@ -100,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = _common.check_output_folder(args.out)
     paths = _common.image_paths(args.images)
-    names = _output_names(paths)
     suffixes = (".png", ".npy") if args.save_npy else (".png",)
+    names = _dense.output_names(paths, suffixes)
     _dense.refuse_existing(
         out, [name + suffix for name in names for suffix in suffixes], overwrite=args.overwrite
     )
@@ -180,14 +175,18 @@ def load_depth_head(
 ) -> nn.Module:
     """A depth head from a released ``*_head.pth`` file or a :func:`save_heads` file.
 
-    A released file's kind follows from its tensors: DPT keys, or ``conv_depth`` reading
-    ``2 * D`` (linear, the last block) or ``8 * D`` channels (linear4). Linear heads have bins
-    up to 80 m, as the hub builds them; DPT heads 80 m when "kitti" is in the file name, else
-    10 m. ``max_depth`` overrides either. A save_heads file (or what :func:`saved_heads` read
-    from one) keeps its heads' own range; from a ``MultiHead`` its one depth head is taken, or
-    the one called ``head_name``.
+    A released file is recognised by
+    :func:`~dinov2_heads.checkpoints.released_depth.identify_released_depth_head`, the one
+    that names such a file given as a backbone: DPT keys, or ``conv_depth`` reading ``2 * D``
+    (linear, the last block) or ``8 * D`` channels (linear4), D and the blocks from the shapes
+    and the released file name (``vits14``, ``linear4``), else from ``embed_dim``; a head for
+    another width is refused. Linear heads have bins up to 80 m, as the hub builds them; DPT
+    heads 80 m when "kitti" is in the file name, else 10 m. ``max_depth`` overrides either. A
+    save_heads file (or what :func:`saved_heads` read from one) keeps its heads' own range;
+    from a ``MultiHead`` its one depth head is taken, or the one called ``head_name``.
     """
     from dinov2_heads.checkpoints import load_partial, read_checkpoint, unwrap_state_dict
+    from dinov2_heads.checkpoints.released_depth import identify_released_depth_head
     from dinov2_heads.export import HeadCheckpoint
     from dinov2_heads.heads import DPTDepthHead, LinearDepthHead
 
@@ -205,36 +204,32 @@ def load_depth_head(
             )
         return _saved_depth_head(saved.heads, file, head_name)
     stored = unwrap_state_dict(read_checkpoint(file), backbone=False).state_dict
-    state = {k.removeprefix("decode_head."): v for k, v in stored.items()}
-    head: nn.Module
-    if any(key.startswith("reassemble_blocks.") for key in state):
-        dataset = "kitti" if "kitti" in file.name.lower() else "nyu"
-        channels = (
-            int(state["project.conv.weight"].shape[0]) if "project.conv.weight" in state else 256
-        )
-        head = DPTDepthHead(
-            embed_dim, channels=channels, max_depth=max_depth or _DPT_MAX_DEPTH[dataset]
-        )
-    elif "conv_depth.weight" in state:
-        channels = int(state["conv_depth.weight"].shape[1])
-        layers, remainder = divmod(channels, 2 * embed_dim)
-        if remainder or layers not in (1, 4):
-            raise ValueError(
-                f"{file}: conv_depth reads {channels} channels, which is neither 2 x {embed_dim} "
-                f"(a linear head) nor 8 x {embed_dim} (linear4) for this backbone's width "
-                f"{embed_dim}; use the backbone the head was trained on"
-            )
-        head = LinearDepthHead(
-            embed_dim,
-            layers=layers,
-            n_bins=int(state["conv_depth.weight"].shape[0]),
-            max_depth=max_depth or _LINEAR_MAX_DEPTH,
-        )
-    else:
+    released = identify_released_depth_head(stored, file.name)
+    if released is None:
         raise ValueError(
-            f"{file} is not a DINOv2 depth head: it has no conv_depth or reassemble_blocks "
+            f"{file} is not a DINOv2 depth head: it has neither a linear head's conv_depth "
+            "tensors nor a DPT head's reassemble_blocks, convs, fusion_blocks and project "
             "tensors; pass a *_linear_head.pth, *_linear4_head.pth or *_dpt_head.pth file"
         )
+    # What the file is, as the message for a heads file given as a backbone says; the
+    # backbone only settles the width and blocks the file leaves open.
+    released = released.for_backbone(embed_dim, str(file))
+    head: nn.Module
+    if released.head_type == "DPTDepthHead":
+        head = DPTDepthHead(
+            embed_dim, channels=released.channels, max_depth=max_depth or released.max_depth
+        )
+    else:
+        # for_backbone settled the blocks; a linear head always has its bins.
+        assert released.layers is not None
+        assert released.n_bins is not None
+        head = LinearDepthHead(
+            embed_dim,
+            layers=released.layers,
+            n_bins=released.n_bins,
+            max_depth=max_depth or released.max_depth,
+        )
+    state = {key.removeprefix(released.prefix): value for key, value in stored.items()}
     report = load_partial(head, state, strict=True)
     logger.info("loaded %s as %s (%s)", file, type(head).__name__, report.summary())
     return head.eval()
@@ -244,14 +239,6 @@ def _saved_depth_head(heads: nn.Module, file: Path, head_name: str | None) -> nn
     """The one depth head of a save_heads file (``head_name`` picks it among several)."""
     _, head = pick_dense_head(heads, file, head_name, "depth")
     return head.eval()
-
-
-def _output_names(paths: list[Path]) -> list[str]:
-    """A file name per image: its stem in safe characters, with -2, -3, ... where taken."""
-    used: set[str] = set()
-    return [
-        _common.unique_name(re.sub(r"[^\w.-]", "_", path.stem) or "image", used) for path in paths
-    ]
 
 
 def _save_npy(path: Path, array: Any) -> None:

@@ -85,6 +85,7 @@ def _run(args: argparse.Namespace) -> int:
     from dinov2_heads.export import export_onnx, load_heads
     from dinov2_heads.features import FrozenBackbone
 
+    _common.check_output_file(args.out, "heads.onnx")
     if args.head_name is not None and not args.whole_image:
         raise ValueError(
             f"--head-name picks the head of a --whole-image graph; without --whole-image every "

@@ -18,7 +18,8 @@ example:
       --foreground all crops/
 
 All images go through one PCA, so the same part gets the same colour in every image: pass the
-images you want to compare together.
+images you want to compare together. An existing --out file is replaced, as export and search
+replace theirs; a folder as --out is refused before any work.
 """
 
 
@@ -32,7 +33,9 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
         formatter_class=formatter,
     )
     parser.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
-    parser.add_argument("--out", default="pca.png", help="the PNG to write")
+    parser.add_argument(
+        "--out", default="pca.png", help="the PNG to write (an existing file is replaced)"
+    )
     _common.add_backbone_arguments(parser)
     _common.add_size_arguments(parser, default="official_eval")
     parser.add_argument(
@@ -59,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from dinov2_heads.data import load_batch
     from dinov2_heads.viz import pca_caption, pca_foreground, pca_rgb, save_pca_grid
 
+    _common.check_output_file(args.out, "pca.png")
     transform = _common.preprocessing(args, "official_eval")
     batch = load_batch(_common.image_paths(args.images), transform, on_error=args.on_error)
     backbone = _common.load_backbone(args)

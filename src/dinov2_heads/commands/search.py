@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from dinov2_heads.neighbors.pooling import pool
     from dinov2_heads.viz import contact_sheet_caption, save_contact_sheet
 
+    _common.check_output_file(args.out, "search.png")
     backbone = _common.load_backbone(args)
     store = FeatureStore.open(args.store, backbone=weights_fingerprint(backbone))
     transform = _store_preprocessing(args, store)

@@ -100,12 +100,10 @@ def run(args: argparse.Namespace) -> int:
     preset = get_preset(args.preset) if args.preset else None
     out = _common.check_output_folder(args.out)
     paths = _common.image_paths(args.images)
-    used: set[str] = set()
-    names = [_common.unique_name(path.stem, used) for path in paths]
+    suffixes = (".png", "_overlay.png")
+    names = _dense.output_names(paths, suffixes)
     _dense.refuse_existing(
-        out,
-        [f"{name}{suffix}" for name in names for suffix in (".png", "_overlay.png")],
-        overwrite=args.overwrite,
+        out, [name + suffix for name in names for suffix in suffixes], overwrite=args.overwrite
     )
     backbone = _common.load_backbone(args)
     head, class_names, palette = _load_head(args, backbone, preset)
