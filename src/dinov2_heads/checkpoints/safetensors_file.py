@@ -16,7 +16,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 import torch
 from torch import Tensor
@@ -73,21 +73,7 @@ def read_layout(path: Path, stream: BinaryIO, size: int) -> list[TensorEntry]:
         CheckpointError: The header is malformed, a shape does not match its bytes, the
             tensors overlap or leave a gap, or the file is shorter or longer than they need.
     """
-    stream.seek(0)
-    length = int.from_bytes(stream.read(8), "little")
-    if not 0 < length <= min(size - 8, MAX_HEADER):
-        raise CheckpointError(
-            f"{path} could not be read as a safetensors file; it is truncated or corrupted "
-            f"(its header claims {length} bytes, the file holds {size})"
-        )
-    raw = stream.read(length)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(
-            f"{path} could not be read as a safetensors file; it is truncated or corrupted "
-            f"(its header is not valid JSON: {error})"
-        ) from None
+    header, length = _read_header(path, stream, size)
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: the safetensors header is not a JSON object")
     data_start = 8 + length
@@ -204,6 +190,30 @@ def _check_coverage(path: Path, entries: list[TensorEntry], data_start: int, siz
         )
 
 
+def _read_header(path: Path, stream: BinaryIO, size: int) -> tuple[Any, int]:
+    """The parsed JSON header of the safetensors file open as ``stream`` (``size`` bytes), and
+    its length in bytes.
+
+    Raises:
+        CheckpointError: The length does not fit the file, or the header is not JSON.
+    """
+    stream.seek(0)
+    length = int.from_bytes(stream.read(8), "little")
+    if not 0 < length <= min(size - 8, MAX_HEADER):
+        raise CheckpointError(
+            f"{path} could not be read as a safetensors file; it is truncated or corrupted "
+            f"(its header claims {length} bytes, the file holds {size})"
+        )
+    raw = stream.read(length)
+    try:
+        return json.loads(raw), length
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(
+            f"{path} could not be read as a safetensors file; it is truncated or corrupted "
+            f"(its header is not valid JSON: {error})"
+        ) from None
+
+
 def read_metadata(path: Path) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file's header (``{}`` when it has none).
 
@@ -217,21 +227,9 @@ def read_metadata(path: Path) -> dict[str, str]:
     try:
         size = path.stat().st_size
         with path.open("rb") as stream:
-            length = int.from_bytes(stream.read(8), "little")
-            if not 0 < length <= min(size - 8, MAX_HEADER):
-                raise CheckpointError(
-                    f"{path} could not be read as a safetensors file; its header claims "
-                    f"{length} bytes, the file holds {size}"
-                )
-            raw = stream.read(length)
+            header, _ = _read_header(path, stream, size)
     except OSError as error:
         raise CheckpointFileError(f"cannot read {path}: {error.strerror or error}") from error
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(
-            f"{path}: the safetensors header is not valid JSON ({error})"
-        ) from None
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(metadata, dict):
         return {}
