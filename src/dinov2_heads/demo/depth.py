@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dinov2_heads.atomic import atomic_path, atomic_write_bytes
+from dinov2_heads.atomic import atomic_write_bytes
 from dinov2_heads.demo.depth_pairs import SyntheticDepthPairs
 from dinov2_heads.demo.fog import FOG_DISTANCE
+from dinov2_heads.demo.folders import write_samples
 from dinov2_heads.demo.labelled_features import labelled_features
 from dinov2_heads.demo.street_depth import FAR_DEPTH
 from dinov2_heads.demo.synthetic import SyntheticVehicles
@@ -374,13 +375,5 @@ def _save(
             },
         },
     )
-    samples = files["samples"]
-    samples.mkdir(exist_ok=True)
-    for stale in samples.glob("[0-9]*.png"):
-        # Scenes of an earlier demo run in this folder, which the new ones replace.
-        stale.unlink()
-    for index in held:
-        image, _ = pairs.raw(index)
-        with atomic_path(samples / f"{index:06d}.png") as temporary:
-            tensor_to_pil(image).save(temporary, format="PNG")
+    write_samples(files["samples"], ((index, tensor_to_pil(pairs.raw(index)[0])) for index in held))
     return files

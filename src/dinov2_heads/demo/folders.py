@@ -1,4 +1,4 @@
-"""Writing a demo data set as a folder that appears complete or not at all."""
+"""Writing a demo data set as a folder that appears complete or not at all, and sample images."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from PIL import Image
+
+from dinov2_heads.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -35,3 +39,14 @@ def write_tree(root: Path, fill: Callable[[Path], None]) -> Path:
         raise
     logger.info("wrote %s", root)
     return root
+
+
+def write_samples(folder: Path, pictures: Iterable[tuple[int, Image.Image]]) -> None:
+    """Write each ``(index, picture)`` to ``folder`` as ``<index>.png`` (six digits), each file
+    atomically, after removing the numbered samples an earlier run left there."""
+    folder.mkdir(exist_ok=True)
+    for stale in folder.glob("[0-9]*.png"):
+        stale.unlink()
+    for index, picture in pictures:
+        with atomic_path(folder / f"{index:06d}.png") as temporary:
+            picture.save(temporary, format="PNG")

@@ -24,8 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dinov2_heads.atomic import atomic_path, atomic_write_bytes
+from dinov2_heads.atomic import atomic_write_bytes
 from dinov2_heads.demo.drawing import PART_PALETTE, PARTS
+from dinov2_heads.demo.folders import write_samples
 from dinov2_heads.demo.labelled_features import labelled_features
 from dinov2_heads.demo.synthetic import SyntheticVehicles
 from dinov2_heads.dense.segmentation_loss import segmentation_loss
@@ -308,14 +309,7 @@ def _save(
             },
         },
     )
-    samples = files["samples"]
-    samples.mkdir(exist_ok=True)
-    for stale in samples.glob("[0-9]*.png"):
-        # Samples of an earlier demo run in this folder, which the new ones replace.
-        stale.unlink()
-    for index in held:
-        with atomic_path(samples / f"{index:06d}.png") as temporary:
-            vehicles.render(index).save(temporary, format="PNG")
+    write_samples(files["samples"], ((index, vehicles.render(index)) for index in held))
     return files
 
 
