@@ -121,6 +121,15 @@ def test_a_segmentation_head_alone_keeps_the_output_name_logits(
     assert read_onnx_metadata(out)["outputs"] == ["logits"]
 
 
+def test_missing_folders_above_out_are_made_as_pca_and_search_make_them(
+    files: Files, dense_files: DenseFiles, tmp_path: Path
+) -> None:
+    out = tmp_path / "new" / "sub" / "parts.onnx"
+    assert export(files, dense_files.segmentation, out, "--no-verify") == 0
+    assert read_onnx_metadata(out)["outputs"] == ["logits"]
+    assert sorted(path.name for path in out.parent.iterdir()) == ["parts.onnx"]  # no temporary
+
+
 def test_export_refuses_another_backbone_for_dense_heads(
     files: Files, dense_files: DenseFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

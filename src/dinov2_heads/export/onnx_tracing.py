@@ -134,7 +134,9 @@ def other_parity_grid(grid: tuple[int, int], *, least: int = 2) -> tuple[int, in
 
 def save_program(program: Any, target: Path) -> None:
     """Write the ``torch.onnx`` program to ``target`` atomically, a ``.data`` file beside it
-    for a model over 2 GB."""
+    for a model over 2 GB; missing folders above ``target`` are made, as saving a picture
+    does."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     # The weights go in the .onnx file unless the model is over 2 GB; then torch writes a
     # "<name>.data" file next to it, named after the destination, so the temporary name is
     # only used for the small .onnx file and the data file keeps its final name.
