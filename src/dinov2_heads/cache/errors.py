@@ -18,10 +18,11 @@ __all__ = [
 ]
 
 
-#: The loop that reads the data: an extraction (``extract_features``) or a training
-#: (``fit_grid``, ``train_one_epoch``). Its stall warnings and its errors for a dead worker
-#: say which, and what happened to the work done before.
-ReadingLoop = Literal["extraction", "training"]
+#: The loop that reads the data: an extraction (``extract_features``), a training
+#: (``fit_grid``, ``train_one_epoch``) or an evaluation (``evaluate_grid``,
+#: ``evaluate_dense``). Its stall warnings and its errors for a dead worker say which, and
+#: what happened to the work done before.
+ReadingLoop = Literal["extraction", "training", "evaluation"]
 
 #: What a loop that stopped for its data has kept, and what to run.
 AFTER_FAILURE: dict[str, str] = {
@@ -29,6 +30,10 @@ AFTER_FAILURE: dict[str, str] = {
         "The batches finished before are kept: run the same extraction again to resume it"
     ),
     "training": ("The training stopped part way through an epoch: run it again once this is fixed"),
+    "evaluation": (
+        "The evaluation stopped part way through (the heads are unchanged): run it again once "
+        "this is fixed"
+    ),
 }
 
 
@@ -69,7 +74,8 @@ class WorkerDiedError(Dinov2HeadsError, RuntimeError):
     ``SIGKILL``, nearly always the kernel's out-of-memory killer, so fewer workers, smaller
     batches or more memory; for a crash (``SIGSEGV``, ``SIGABRT``), reading in the main
     process to see where. In an extraction the batches before stay in the store: the same
-    call resumes it; a training (``fit_grid``, ``train_one_epoch``) raises it too. A
+    call resumes it; a training (``fit_grid``, ``train_one_epoch``) and an evaluation
+    (``evaluate_grid``, ``evaluate_dense``) raise it too. A
     ``RuntimeError`` too, as torch's error was. (A worker killed by ``SIGBUS`` ran out of
     shared memory: that is a :class:`SharedMemoryError`.)
     """

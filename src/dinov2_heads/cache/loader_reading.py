@@ -6,8 +6,8 @@ error names its signal or exit code. :func:`reading_failure` turns torch's repor
 that ran out of shared memory into a :class:`~dinov2_heads.cache.errors.SharedMemoryError`
 that says what to do, and of a worker killed from outside (the out-of-memory killer's
 ``SIGKILL``) or crashed into a :class:`~dinov2_heads.cache.errors.WorkerDiedError`, for any
-loop that reads a ``DataLoader`` (an extraction, a training). How a worker died is read by
-:mod:`~dinov2_heads.cache.worker_death`; the shared memory there is, by
+loop that reads a ``DataLoader`` (an extraction, a training, an evaluation). How a worker
+died is read by :mod:`~dinov2_heads.cache.worker_death`; the shared memory there is, by
 :mod:`~dinov2_heads.cache.shared_memory`.
 """
 

@@ -1,11 +1,12 @@
-"""What a stalled extraction (or training) says: who is waiting for whom, for how long, and
-what to try.
+"""What a stalled extraction (or training, or evaluation) says: who is waiting for whom, for how
+long, and what to try.
 
-The :class:`~dinov2_heads.watchdog.StallWatchdog` that ``extract_features`` runs (and
-``fit_grid`` / ``train_one_epoch``) calls :func:`stall_message` when no batch has come for a
-while. The loop is then either waiting for the ``DataLoader`` (a worker stuck on a read from a
-network file system, in a deadlock, on a sample that never returns) or still working on the
-batch it has (the backbone, writing its features; or a training step). Read in this process
+The :class:`~dinov2_heads.watchdog.StallWatchdog` that ``extract_features`` runs (and the
+training and evaluation loops of :mod:`~dinov2_heads.training`) calls :func:`stall_message`
+when no batch has come for a while. The loop is then either waiting for the ``DataLoader`` (a
+worker stuck on a read from a network file system, in a deadlock, on a sample that never
+returns) or still working on the batch it has (the backbone, writing its features; a
+training step; scoring it). Read in this process
 (no workers), the line the reading is at names the culprit; with workers, the main process
 only waits on them, so the message says how to look into them instead.
 """
@@ -23,12 +24,13 @@ __all__ = ["stall_message"]
 _WORKING = {
     "extraction": "the backbone has been working on the last one (and writing its features)",
     "training": "the backbone and the heads have been working on the last one (a training step)",
+    "evaluation": "the backbone and the heads have been working on the last one (scoring it)",
 }
 
 
 def stall_message(stall: Stall, *, workers: int, loop: ReadingLoop = "extraction") -> str:
-    """The warning for ``stall`` in a ``loop`` (an extraction, a training) that reads with
-    ``workers`` worker processes.
+    """The warning for ``stall`` in a ``loop`` (an extraction, a training, an evaluation) that
+    reads with ``workers`` worker processes.
 
     One paragraph on one line; it names the Python argument and the command line option
     alike (``num_workers=0``, ``--num-workers 0``), as a log line is not rewritten for the

@@ -7,10 +7,13 @@ The grid, a spec of classifier heads and a spec of dense heads
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from dinov2_heads.watchdog import STALL_WARNING
 
 if TYPE_CHECKING:
     import torch
@@ -140,13 +143,16 @@ def fit_heads(
     settings: Mapping[str, Any],
     *,
     progress: bool,
-    batches: Callable[[DataLoader[Any]], Iterable[Any]] = lambda loader: loader,
+    batches: Callable[[Iterable[Any]], Iterable[Any]] = lambda read: read,
+    stall_warning: float | None = STALL_WARNING,
 ) -> list[float]:
     """Train ``heads`` for ``settings["epochs"]`` passes: AdamW, a cosine schedule per step.
 
     The same steps as ``train_one_epoch(heads, loader, optimizer, loss_fn, scheduler=...)``
     in a loop with ``torch.optim.AdamW(heads.parameters(), lr=..., weight_decay=...)`` and
-    ``CosineAnnealingLR(optimizer, T_max=epochs * len(loader))``.
+    ``CosineAnnealingLR(optimizer, T_max=epochs * len(loader))``, watched as it watches a
+    ``DataLoader`` (stall warnings that count the loader's workers, ``WorkerDiedError``),
+    also when ``batches`` wraps the loader.
 
     Args:
         heads: The heads to train (put in training mode).
@@ -154,13 +160,16 @@ def fit_heads(
         loss_fn: ``(outputs, labels) -> loss``.
         settings: ``epochs``, ``lr`` and ``weight_decay`` (see :func:`spec_settings`).
         progress: Show a progress bar per epoch.
-        batches: Turns the loader into the batches ``loss_fn`` expects.
+        batches: Turns the loader's batches into the batches ``loss_fn`` expects.
+        stall_warning: Seconds without a new batch before a warning, as
+            ``train_one_epoch`` warns; ``None``: none.
 
     Returns:
         The mean loss of each epoch.
     """
     import torch
 
+    from dinov2_heads.cache.loader_reading import read_and_stop
     from dinov2_heads.progress import Progress
     from dinov2_heads.training import train_one_epoch
 
@@ -173,9 +182,21 @@ def fit_heads(
     losses = []
     for epoch in range(epochs):
         size = len(loader) * (loader.batch_size or 1)
-        with Progress(size, f"epoch {epoch + 1}/{epochs}", enabled=progress) as bar:
+        with (
+            Progress(size, f"epoch {epoch + 1}/{epochs}", enabled=progress) as bar,
+            # Read here (its workers stopped however the epoch ends) and wrapped by batches;
+            # loader= tells the training whose workers it waits for.
+            contextlib.closing(read_and_stop(loader)) as read,
+        ):
             loss, _ = train_one_epoch(
-                heads, batches(loader), optimizer, loss_fn, scheduler=scheduler, progress=bar
+                heads,
+                batches(read),
+                optimizer,
+                loss_fn,
+                scheduler=scheduler,
+                progress=bar,
+                stall_warning=stall_warning,
+                loader=loader,
             )
         logger.info("epoch %d/%d: mean loss %.4f", epoch + 1, epochs, loss)
         losses.append(loss)

@@ -14,6 +14,8 @@ from dinov2_heads.training.dense_loss import SINGLE_HEAD
 from dinov2_heads.training.dense_tasks import require_dense_task
 from dinov2_heads.training.depth_metrics import DepthMetrics
 from dinov2_heads.training.loop import features_of
+from dinov2_heads.training.watched_batches import watched_batches
+from dinov2_heads.watchdog import STALL_WARNING, check_stall_warning
 
 __all__ = ["DenseScores", "dense_metrics", "evaluate_dense", "resize_dense_output"]
 
@@ -61,6 +63,7 @@ def evaluate_dense(
     *,
     labels: Mapping[str, str] | None = None,
     frozen: nn.Module | None = None,
+    stall_warning: float | None = STALL_WARNING,
 ) -> dict[str, DenseScores]:
     """Score dense heads on ``(features or images, targets)`` batches, in eval mode.
 
@@ -77,11 +80,20 @@ def evaluate_dense(
             on, or a dict by label name.
         labels: Per head name, the key of dict targets it is scored on (default: its name).
         frozen: The frozen backbone, when the batches hold images.
+        stall_warning: Seconds without a new batch before a warning that says whether the
+            evaluation waits for the ``DataLoader`` or is still at work on a batch, and what
+            to try (as :func:`~dinov2_heads.training.train_one_epoch` warns); ``None``: none.
 
     Returns:
         ``{name: SegmentationScores}`` for segmentation heads and ``{name: {metric: value}}``
         for depth heads.
+
+    Raises:
+        WorkerDiedError: A ``DataLoader`` worker was killed, crashed or exited; the message
+            names how it ended and the fixes.
+        SharedMemoryError: A worker ran out of shared memory handing a batch over.
     """
+    stall_warning = check_stall_warning(stall_warning)
     members = dict(heads.items()) if isinstance(heads, nn.ModuleDict) else {SINGLE_HEAD: heads}
     metrics = {name: dense_metrics(head, name) for name, head in members.items()}
     keys = {name: (labels or {}).get(name, name) for name in members}
@@ -90,8 +102,9 @@ def evaluate_dense(
     was_training = heads.training
     heads.eval()
     try:
-        with torch.no_grad():
-            for batch in batches:
+        reading = watched_batches(batches, loop="evaluation", stall_warning=stall_warning)
+        with torch.no_grad(), reading as watched:
+            for batch in watched:
                 if not isinstance(batch, tuple | list) or len(batch) < 2:
                     raise TypeError(
                         "evaluate_dense needs labelled batches: (features, targets) or (images, "

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,15 +17,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from dinov2_heads import distributed
 from dinov2_heads.cache.dataset import FeatureDataset, collate_features
-from dinov2_heads.cache.loader_reading import read_and_stop, reading_failure
-from dinov2_heads.cache.loader_settings import loader_batch_size
-from dinov2_heads.cache.stalls import stall_message
 from dinov2_heads.features import Features
 from dinov2_heads.heads.losses import LossOutput
 from dinov2_heads.labels import check_class_labels
 from dinov2_heads.progress import Progress
 from dinov2_heads.training.grid import GridResult, GridResults, LinearProbeGrid
-from dinov2_heads.watchdog import STALL_WARNING, StallWatchdog, check_stall_warning
+from dinov2_heads.training.watched_batches import watched_batches
+from dinov2_heads.watchdog import STALL_WARNING, check_stall_warning
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +105,7 @@ def train_one_epoch(
     label: str | None = None,
     progress: Progress | None = None,
     stall_warning: float | None = STALL_WARNING,
+    loader: DataLoader[Any] | None = None,
 ) -> tuple[float, int]:
     """One pass over ``batches`` for any head: live images or cached features alike.
 
@@ -134,6 +131,12 @@ def train_one_epoch(
             goes on) that says whether it waits for the data or a step is still at work, and
             what to try; repeated at 2, 4, 8, ... times as long, as ``extract_features``
             warns. ``None``: no warning (no watchdog thread).
+        loader: The ``DataLoader`` that ``batches`` wraps, when ``batches`` is a generator
+            over one (relabelling its batches, say) rather than the loader itself: the
+            warning counts its workers, and a dead worker's error names them and its batch
+            size. The caller stops its workers (read it with
+            :func:`~dinov2_heads.cache.loader_reading.read_and_stop`). Without it, batches
+            that are not a ``DataLoader`` count as read in this process.
 
     Returns:
         (mean loss over the batches, number of steps).
@@ -144,61 +147,30 @@ def train_one_epoch(
             and the fixes, as for an extraction.
         SharedMemoryError: A worker ran out of shared memory (``/dev/shm``) handing a batch
             over; the message says how large it is and what to change.
+        ValueError: ``loader`` is given and ``batches`` is another ``DataLoader``.
     """
     stall_warning = check_stall_warning(stall_warning)
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else None
     total = torch.zeros((), dtype=torch.float64)
     steps = 0
-    workers = batches.num_workers if isinstance(batches, DataLoader) else 0
-    watchdog = StallWatchdog(
-        stall_warning,
-        functools.partial(stall_message, workers=workers, loop="training"),
-        item="batch",
-    )
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(watchdog)
-        # read_and_stop stops a DataLoader's workers however the epoch ends, and names how a
-        # worker that vanished ended.
-        items: Iterator[Any] = (
-            stack.enter_context(contextlib.closing(read_and_stop(batches)))
-            if isinstance(batches, DataLoader)
-            else iter(batches)
-        )
-        try:
-            for batch in watchdog.watch(items):
-                inputs, labels = _inputs_and_targets(batch, label)
-                features = features_of(inputs, frozen, device)
-                logits = model(features)
-                loss = _total_loss(loss_fn(logits, _to(labels, _device_of(logits))))
-                optimizer.zero_grad(set_to_none=True)
-                torch.autograd.backward(loss)
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                total += loss.detach().to("cpu", torch.float64)
-                steps += 1
-                if progress is not None:
-                    progress.update(features.batch_size)
-        except (RuntimeError, OSError) as error:
-            # torch's SIGCHLD handler raises a dead worker's report wherever this process is
-            # (waiting for a batch, or in the step), so the whole loop.
-            failure = _reading_failure(error, batches)
-            if failure is None:
-                raise
-            raise failure from error
+    reading = watched_batches(batches, loop="training", stall_warning=stall_warning, loader=loader)
+    with reading as watched:
+        for batch in watched:
+            inputs, labels = _inputs_and_targets(batch, label)
+            features = features_of(inputs, frozen, device)
+            logits = model(features)
+            loss = _total_loss(loss_fn(logits, _to(labels, _device_of(logits))))
+            optimizer.zero_grad(set_to_none=True)
+            torch.autograd.backward(loss)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            total += loss.detach().to("cpu", torch.float64)
+            steps += 1
+            if progress is not None:
+                progress.update(features.batch_size)
     return (float(total) / steps if steps else float("nan")), steps
-
-
-def _reading_failure(error: BaseException, batches: Iterable[Any]) -> Exception | None:
-    """The ``WorkerDiedError`` or ``SharedMemoryError`` for torch's report of a worker that
-    died in ``error``, or ``None`` for any other error."""
-    if isinstance(batches, DataLoader):
-        workers: int | None = batches.num_workers
-        batch_size = loader_batch_size(batches)
-    else:
-        workers = batch_size = None
-    return reading_failure(error, workers=workers, batch_size=batch_size, loop="training")
 
 
 def _inputs_and_targets(batch: Any, label: str | None) -> tuple[Any, Tensor | dict[str, Tensor]]:
@@ -394,6 +366,7 @@ def evaluate_grid(
     num_workers: int = 0,
     label: str | None = None,
     progress: bool = False,
+    stall_warning: float | None = STALL_WARNING,
 ) -> GridResults:
     """Top-1 accuracy and mean cross-entropy of every head of ``grid`` on ``data``.
 
@@ -411,18 +384,28 @@ def evaluate_grid(
         num_workers: DataLoader workers when ``data`` is a ``Dataset``.
         label: The label column, for dict labels (as for ``fit_grid``).
         progress: Show a progress bar (rank 0 only).
+        stall_warning: Seconds without a new batch before a warning that says whether the
+            evaluation waits for the ``DataLoader`` or is still at work on a batch, and what
+            to try (as :func:`train_one_epoch` warns); ``None``: none.
 
     Raises:
         ValueError: No sample has a label.
+        WorkerDiedError: A ``DataLoader`` worker was killed, crashed or exited (see
+            :func:`train_one_epoch`).
+        SharedMemoryError: A worker ran out of shared memory handing a batch over.
     """
+    stall_warning = check_stall_warning(stall_warning)
     world = distributed.world_size() if distributed.is_distributed() else 1
     rank = distributed.rank() if world > 1 else 0
     batches = _evaluation_batches(_read_for(data, grid), batch_size, num_workers, rank, world)
     was_training = grid.training
     grid.eval()
     try:
-        with Progress(None, "evaluating", enabled=progress and rank == 0) as bar:
-            correct, loss_sum, count = _grid_scores(grid, batches, frozen, label, bar)
+        with (
+            Progress(None, "evaluating", enabled=progress and rank == 0) as bar,
+            watched_batches(batches, loop="evaluation", stall_warning=stall_warning) as watched,
+        ):
+            correct, loss_sum, count = _grid_scores(grid, watched, frozen, label, bar)
     finally:
         grid.train(was_training)
     if world > 1:
