@@ -558,6 +558,33 @@ def test_an_error_from_a_worker_that_cannot_travel_keeps_its_type_in_its_message
         )
 
 
+class Unrebuildable(Exception):
+    """Pickles, but unpickling calls ``__init__`` with the message alone, and fails."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+
+
+class FailsUnrebuildably(Images):
+    def __getitem__(self, index: int) -> Any:
+        if index == 4:
+            raise Unrebuildable(f"image{index}.png", "no annotation")
+        return super().__getitem__(index)
+
+
+def test_an_error_from_a_worker_that_pickles_but_cannot_be_rebuilt_keeps_its_message(
+    frozen: FrozenBackbone,
+) -> None:
+    # Not torch's TypeError about missing arguments, raised while unpickling the batch.
+    with pytest.raises(RuntimeError) as caught:
+        extract_features(frozen, FailsUnrebuildably(9), batch_size=3, num_workers=2, progress=False)
+    assert str(caught.value) == "Unrebuildable: image4.png: no annotation"
+    if sys.version_info >= (3, 11):
+        notes = caught.value.__notes__
+        assert notes[0] == "(while reading sample 4 of the data in a DataLoader worker process)"
+        assert notes[1].endswith("Unrebuildable: image4.png: no annotation")
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_an_iterable_read_through_the_reporting_loader_gives_the_same_store(
     frozen: FrozenBackbone, workers: int

@@ -180,6 +180,23 @@ def test_a_model_with_external_data_is_saved_under_its_final_names(tmp_path: Pat
     assert list(onnx.numpy_helper.to_array(model.graph.initializer[0])) == [1.0, 2.0]
 
 
+class _FailingProgram(_FakeProgram):
+    """Writes both files, then fails, as a save cut short by a full disk would."""
+
+    def save(self, destination: str) -> None:
+        super().save(destination)
+        raise OSError(28, "No space left on device")
+
+
+def test_a_failed_save_leaves_the_earlier_files_and_no_temporary_data(tmp_path: Path) -> None:
+    target = tmp_path / "big.onnx"
+    save_program(_FakeProgram(), target)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(OSError, match="No space left"):
+        save_program(_FailingProgram(), target)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 @pytest.mark.parametrize(
     ("heads", "input_size", "match"),
     [

@@ -85,7 +85,8 @@ DataKind = Literal["files", "tensors", "other"]
 
 @dataclass(frozen=True)
 class LoaderSettings:
-    """How the ``DataLoader`` that reads a map-style dataset is set up.
+    """How a ``DataLoader`` is set up: the one that reads a map-style dataset, or a copy of a
+    user's ``DataLoader`` (:meth:`of`) that reads the same data through a wrapper.
 
     Attributes:
         num_workers: Worker processes (0: read in the main process).
@@ -97,7 +98,8 @@ class LoaderSettings:
         generator: Seeds the workers (a user's ``DataLoader``'s).
         timeout: Seconds to wait for a batch from a worker (0: no limit).
 
-    Workers are never persistent: an extraction reads its data once.
+    Workers are never persistent: an extraction reads its data once, and a loader made from
+    these settings is read once.
     """
 
     num_workers: int = 0

@@ -124,33 +124,52 @@ def _add_note(error: BaseException, note: str) -> None:
 
 def _failure(index: int | None, error: Exception) -> SampleFailure:
     """The failure to hand back for ``error``: as it is in this process; from a worker, with
-    its traceback as text, its id, and as a ``RuntimeError`` with its text where it cannot be
-    pickled."""
+    its traceback as text, its id, and as a ``RuntimeError`` with its text where it cannot
+    travel to the main process."""
     info = get_worker_info()
     if info is None:
         return SampleFailure(index, error)  # raised again as it is, traceback and all
     trace = "".join(traceback.format_exception(error))
-    try:
-        pickle.dumps(error)
-    except Exception:
+    if not _travels(error):
         error = RuntimeError(f"{type(error).__name__}: {error}")
     return SampleFailure(index, error, trace, worker=info.id)
 
 
-class ReportingDataset(Dataset[Any]):
+def _travels(error: BaseException) -> bool:
+    """Whether ``error`` survives the trip to the main process: pickled here, rebuilt there.
+
+    Pickling alone is not enough: an exception whose ``__init__`` takes other arguments than
+    its message (``MyError(path, reason)`` calling ``super().__init__(text)``) pickles, but
+    is rebuilt from its message only, and the main process would raise torch's ``TypeError``
+    about missing arguments instead of it.
+    """
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return False
+    return True
+
+
+class _Wrapping:
+    """The attributes of the wrapped ``dataset`` read through the wrapper: a
+    ``worker_init_fn`` that reaches the dataset through ``get_worker_info()`` reads its own."""
+
+    dataset: Any
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (while unpickling in a worker): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+class ReportingDataset(_Wrapping, Dataset[Any]):
     """A dataset whose items are the wrapped dataset's, or a :class:`SampleFailure`."""
 
     def __init__(self, dataset: Dataset[Any]) -> None:
         self.dataset = dataset
 
-    def __getattr__(self, name: str) -> Any:
-        # A worker_init_fn that reaches the dataset through get_worker_info() reads its own.
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
-
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
         try:
@@ -159,19 +178,13 @@ class ReportingDataset(Dataset[Any]):
             return _failure(index, error)
 
 
-class _ReportingStream(IterableDataset[Any]):
+class _ReportingStream(_Wrapping, IterableDataset[Any]):
     """An ``IterableDataset`` whose items are the wrapped one's, then, where reading one
     raises, a :class:`SampleFailure` that names its position (in this worker's share), and no more.
     """
 
     def __init__(self, dataset: IterableDataset[Any]) -> None:
         self.dataset = dataset
-
-    def __getattr__(self, name: str) -> Any:
-        # A worker_init_fn that reaches the dataset through get_worker_info() reads its own.
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
 
     def __iter__(self) -> Iterator[Any]:
         position = 0

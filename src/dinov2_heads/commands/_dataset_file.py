@@ -15,8 +15,17 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-#: The file beside a store that describes its images (the neighbours' reader has its twin).
-DATASET_FILE = "dataset.json"
+# The file beside a store that describes its images; the neighbours read its image paths.
+from dinov2_heads.neighbors.image_paths import DATASET_FILE
+
+__all__ = [
+    "CHECKPOINT_KEY",
+    "DATASET_FILE",
+    "checkpoint_argument",
+    "checkpoint_record",
+    "print_try_next",
+]
+
 #: The key of the checkpoint record: ``{"given": "as typed", "path": "/absolute/path"}``.
 CHECKPOINT_KEY = "checkpoint"
 
@@ -35,9 +44,12 @@ def checkpoint_argument(store: Path | None) -> str | None:
     """``--checkpoint`` as the ``dataset.json`` beside ``store`` records it, quoted for a shell.
 
     The path as it was given when it still names the same file or folder from here (short, as
-    the user typed it), else the absolute one; ``None`` when nothing is recorded (an older
-    file, a store made in Python) or the recorded path no longer exists.
+    the user typed it), else the absolute one; a Hugging Face repo id as given while the cache
+    still holds it. ``None`` when nothing is recorded (an older file, a store made in Python)
+    or the recorded path (or cached repo) no longer exists.
     """
+    from dinov2_heads.checkpoints.huggingface_cache import cached_repo
+
     if store is None:
         return None
     try:
@@ -45,12 +57,17 @@ def checkpoint_argument(store: Path | None) -> str | None:
     except (OSError, ValueError):
         return None
     entry: Any = recorded.get(CHECKPOINT_KEY) if isinstance(recorded, dict) else None
-    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+    if not isinstance(entry, dict):
+        return None
+    given = entry.get("given")
+    if entry.get("path") is None and isinstance(given, str):
+        # A repo id (checkpoint_record records no path for one), read from the cache.
+        return shlex.quote(given) if cached_repo(given) is not None else None
+    if not isinstance(entry.get("path"), str):
         return None
     absolute = Path(entry["path"])
     if not absolute.exists():
         return None
-    given = entry.get("given")
     if isinstance(given, str) and _same(Path(given).expanduser(), absolute):
         return shlex.quote(given)
     return shlex.quote(str(absolute))

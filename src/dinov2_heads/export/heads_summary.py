@@ -435,7 +435,9 @@ def _embed_dim(config: Mapping[str, Any], specs: Mapping[str, Mapping[str, Any]]
     widths = {
         spec["config"].get("embed_dim") for spec in specs.values() if spec.get("config") is not None
     }
-    (width,) = widths if len(widths) == 1 else (None,)
+    if len(widths) != 1:
+        return None  # no head records one, or the heads disagree
+    width = widths.pop()
     return width if isinstance(width, int) else None
 
 

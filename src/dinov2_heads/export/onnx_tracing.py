@@ -137,15 +137,21 @@ def save_program(program: Any, target: Path) -> None:
     for a model over 2 GB; missing folders above ``target`` are made, as saving a picture
     does."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    # The weights go in the .onnx file unless the model is over 2 GB; then torch writes a
-    # "<name>.data" file next to it, named after the destination, so the temporary name is
-    # only used for the small .onnx file and the data file keeps its final name.
+    # The weights go in the .onnx file unless the model is over 2 GB; then torch writes them
+    # to "<name>.data" beside it, named after the temporary file. The graph is pointed at the
+    # final data file's name before that file is moved there, and the .onnx file last; a
+    # failure on the way leaves no temporary data file behind.
     with atomic_path(target) as temporary:
-        program.save(str(temporary))
         data = temporary.with_name(temporary.name + ".data")
-        if data.exists():
-            os.replace(data, target.with_name(target.name + ".data"))
-            _rewrite_external_location(temporary, target.name + ".data")
+        try:
+            program.save(str(temporary))
+            if data.exists():
+                _rewrite_external_location(temporary, target.name + ".data")
+                os.replace(data, target.with_name(target.name + ".data"))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                data.unlink()
+            raise
 
 
 def _rewrite_external_location(model_path: Path, location: str) -> None:

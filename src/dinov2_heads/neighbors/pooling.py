@@ -79,13 +79,12 @@ def check_matrix(
         )
     if features.device.type != "meta" and not bool(torch.isfinite(features).all()):
         bad = (~torch.isfinite(features)).any(dim=1).nonzero().flatten()
-        if bad.numel():
-            rows = ", ".join(str(int(i)) for i in bad[:5]) + (", ..." if bad.numel() > 5 else "")
-            raise ValueError(
-                f"{what} hold NaN or inf in {bad.numel()} of {features.shape[0]} rows ({rows}); "
-                "drop those samples, or find where they come from (a NaN in the images or "
-                "weights, an overflow in float16)"
-            )
+        listed = ", ".join(str(int(i)) for i in bad[:5]) + (", ..." if bad.numel() > 5 else "")
+        raise ValueError(
+            f"{what} hold NaN or inf in {bad.numel()} of {features.shape[0]} rows ({listed}); "
+            "drop those samples, or find where they come from (a NaN in the images or "
+            "weights, an overflow in float16)"
+        )
 
 
 def as_matrix(source: Source, pooling: str = "class") -> Tensor:
