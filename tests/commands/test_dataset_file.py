@@ -7,12 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dinov2_heads.commands._dataset_file import (
-    CHECKPOINT_KEY,
-    DATASET_FILE,
-    checkpoint_argument,
-    checkpoint_record,
-)
+from dinov2_heads.checkpoints.record import CHECKPOINT_KEY, checkpoint_record
+from dinov2_heads.commands._dataset_file import DATASET_FILE, checkpoint_argument
 from dinov2_heads.neighbors.image_paths import DATASET_FILE as NEIGHBORS_DATASET_FILE
 
 

@@ -9,8 +9,9 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dinov2_heads.checkpoints.record import checkpoint_record
 from dinov2_heads.commands import _common, _extract_dense
-from dinov2_heads.commands._dataset_file import DATASET_FILE, checkpoint_record
+from dinov2_heads.commands._dataset_file import DATASET_FILE
 from dinov2_heads.watchdog import STALL_WARNING
 
 if TYPE_CHECKING:

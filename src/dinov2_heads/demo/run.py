@@ -43,11 +43,12 @@ from dinov2_heads.atomic import atomic_path, atomic_write_bytes
 from dinov2_heads.backbone import DinoVisionTransformer, get_config
 from dinov2_heads.cache import FeatureDataset, FeatureStore, extract_features, remove_store
 from dinov2_heads.checkpoints import create_backbone
-from dinov2_heads.commands._dataset_file import CHECKPOINT_KEY, DATASET_FILE, checkpoint_record
+from dinov2_heads.checkpoints.record import CHECKPOINT_KEY, checkpoint_record
 from dinov2_heads.demo.synthetic import SyntheticVehicles
 from dinov2_heads.export import save_heads
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.heads import Conv1dNeck, LinearHead, MultiHead, MultiHeadLoss, predict
+from dinov2_heads.neighbors.image_paths import DATASET_FILE
 from dinov2_heads.progress import Progress
 
 logger = logging.getLogger(__name__)
