@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -94,7 +95,8 @@ def test_a_segmentation_file_is_refused_with_the_segment_command_to_run(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    argv = ["predict", "--heads", str(dense_files.segmentation)]
+    heads_file = Path(shutil.copy(dense_files.segmentation, tmp_path / "parts.pt"))
+    argv = ["predict", "--heads", str(heads_file)]
     argv += ["--checkpoint", str(files.checkpoint), *map(str, files.images)]
     assert main(argv) == 1
     err = capsys.readouterr().err
@@ -104,14 +106,17 @@ def test_a_segmentation_file_is_refused_with_the_segment_command_to_run(
     (command,) = advice(err)
     images = list(map(str, files.images))
     assert command == [
-        "dinov2-heads", "segment", "--heads", str(dense_files.segmentation),
+        "dinov2-heads", "segment", "--heads", str(heads_file),
         "--checkpoint", str(files.checkpoint), "--size", "28", "56",
-        "--out", "segmentation", *images,
+        "--out", str(tmp_path / "segmentation"), *images,
     ]  # fmt: skip
-    # The advice runs as printed.
-    monkeypatch.chdir(tmp_path)
+    # The advice runs as printed, from any folder: the pictures go beside the heads file.
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     assert main(command[1:]) == 0
-    assert sorted(p.name for p in (tmp_path / "segmentation").iterdir()) == sorted(
+    assert not (tmp_path / "elsewhere" / "segmentation").exists()
+    pictures = tmp_path / "segmentation"
+    assert sorted(p.name for p in pictures.iterdir()) == sorted(
         name for path in files.images for name in (f"{path.stem}.png", f"{path.stem}_overlay.png")
     )
 
@@ -123,7 +128,8 @@ def test_a_depth_file_is_refused_with_the_depth_command_to_run(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    argv = ["predict", "--heads", str(dense_files.depth), "--checkpoint", str(files.checkpoint)]
+    heads_file = shutil.copy(dense_files.depth, tmp_path / "depth.pt")
+    argv = ["predict", "--heads", str(heads_file), "--checkpoint", str(files.checkpoint)]
     argv += ["--size", "42", "84", "--device", "cpu", str(files.images[0])]
     assert main(argv) == 1
     err = capsys.readouterr().err
@@ -166,7 +172,8 @@ def test_a_mixed_file_predicts_its_classifiers_and_names_the_dense_heads_left_ou
     from dinov2_heads.export import load_heads
     from dinov2_heads.features import FrozenBackbone
 
-    argv = ["predict", "--heads", str(dense_files.mixed), "--checkpoint", str(files.checkpoint)]
+    heads_file = shutil.copy(dense_files.mixed, tmp_path / "mixed.pt")
+    argv = ["predict", "--heads", str(heads_file), "--checkpoint", str(files.checkpoint)]
     images = list(map(str, files.images))
     assert main([*argv, *images]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -198,4 +205,5 @@ def test_a_mixed_file_predicts_its_classifiers_and_names_the_dense_heads_left_ou
         command = shlex.split(entry["command"])
         assert command[command.index("--head-name") + 1] == entry["head"]
         assert main(command[1:]) == 0
-        assert (tmp_path / entry["head"] / f"{files.images[0].stem}.png").is_file()
+        pictures = tmp_path / entry["head"]
+        assert (pictures / f"{files.images[0].stem}.png").is_file()

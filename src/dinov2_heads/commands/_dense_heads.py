@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import shlex
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -112,7 +113,8 @@ def run_command(
 
     It keeps the user's heads file, checkpoint, ``--variant``, ``--device`` and images, and
     the size the heads were trained at (``--size``, else ``input_size``) as ``train``
-    advises; the output folder is named after the head (or its task for a file of one head).
+    advises; the output folder, beside the heads file, is named after the head (or its task for
+    a file of one head).
 
     Args:
         args: The parsed options of a command with ``--heads``, the backbone options and
@@ -133,5 +135,7 @@ def run_command(
     size = tuple(args.size) if getattr(args, "size", None) is not None else input_size
     if size is not None:
         words += ["--size", str(size[0]), str(size[1])]
-    words += ["--out", name if pick else task, *map(str, args.images)]
+    # The pictures go beside the heads file, as train and inspect suggest.
+    pictures = Path(args.heads).parent / (name if pick else task)
+    words += ["--out", str(pictures), *map(str, args.images)]
     return shlex.join(words)
