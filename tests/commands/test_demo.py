@@ -82,14 +82,14 @@ def test_the_segment_and_depth_lines_run_as_printed(
     assert len(labelled) == 2
     assert all(f"{out / 'parts_samples'}" in line for line in labelled)
     for name in ("000004", "000005"):  # the held-out images after 4 training ones
-        assert load_mask(out / "parts-labels" / f"{name}.png").shape == (126, 252)
-        assert (out / "parts-labels" / f"{name}_overlay.png").is_file()
+        assert load_mask(out / "segmentation" / f"{name}.png").shape == (126, 252)
+        assert (out / "segmentation" / f"{name}_overlay.png").is_file()
 
     assert main(shlex.split(depth)[1:]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:2] == ["image", "min"]
     assert len(table) == 1 + 2
-    assert sorted(path.name for path in (out / "depth-maps").iterdir()) == [
+    assert sorted(path.name for path in (out / "depth").iterdir()) == [
         "000004.png",
         "000005.png",
     ]

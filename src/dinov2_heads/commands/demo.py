@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 import time
@@ -152,9 +153,9 @@ def run(args: argparse.Namespace) -> int:
         f"{checkpoint} {_quote(results.files['samples'])}"
     )
     if parts is not None:
-        print(_dense_command("segment", parts, checkpoint, results.out / "parts-labels"))
+        print(_dense_command(parts, checkpoint))
     if depth is not None:
-        print(_dense_command("depth", depth, checkpoint, results.out / "depth-maps"))
+        print(_dense_command(depth, checkpoint))
     print(
         f"  dinov2-heads train {_quote(features / 'train')} --val {_quote(features / 'heldout')} "
         f"--label colour --out {_quote(results.out / 'colour-probe')}"
@@ -168,15 +169,15 @@ def _quote(path: Any) -> str:
     return shlex.quote(str(path))
 
 
-def _dense_command(command: str, part: Any, checkpoint: str, out: Path) -> str:
-    """The ``segment`` or ``depth`` line that runs a dense part's heads file on its samples at
-    the size the head was trained at, as ``train`` suggests for a dense store."""
-    height, width = part.image_size
-    return (
-        f"  dinov2-heads {command} --heads {_quote(part.files['heads'])} --checkpoint "
-        f"{checkpoint} --size {height} {width} --out {_quote(out)} "
-        f"{_quote(part.files['samples'])}"
-    )
+def _dense_command(part: Any, checkpoint: str) -> str:
+    """The ``segment`` or ``depth`` line that runs a dense part's heads file on its samples: the
+    one ``inspect`` shows for the file (at the size the head was trained at, pictures beside
+    it), with the samples for ``IMAGES``."""
+    from dinov2_heads.export import describe_heads
+
+    summary = dataclasses.replace(describe_heads(part.files["heads"]), checkpoint=checkpoint)
+    line = summary.commands()[0]
+    return f"  {line.removesuffix('IMAGES')}{_quote(part.files['samples'])}"
 
 
 def _trained_on(results: Any) -> Any:
