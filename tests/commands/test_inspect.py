@@ -11,12 +11,18 @@ import pytest
 import torch
 
 from dinov2_heads import create_backbone
-from dinov2_heads.checkpoints import UnknownFormatError, load_backbone
+from dinov2_heads.checkpoints import UnknownFormatError, load_backbone, load_partial
 from dinov2_heads.cli import main
 from dinov2_heads.export import save_heads
 from dinov2_heads.features import FrozenBackbone
 from dinov2_heads.fingerprint import weights_fingerprint
-from dinov2_heads.heads import LinearDepthHead, LinearHead, LinearSegmentationHead, MultiHead
+from dinov2_heads.heads import (
+    DPTDepthHead,
+    LinearDepthHead,
+    LinearHead,
+    LinearSegmentationHead,
+    MultiHead,
+)
 
 from .conftest import Files
 
@@ -263,26 +269,122 @@ def test_a_damaged_heads_file_is_one_line_exit_1(
     ]
 
 
-@pytest.mark.parametrize("command", ["inspect", "depth"])
 def test_a_released_depth_head_in_a_backbones_place_is_named_with_its_load_call(
-    command: str, files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     head = LinearDepthHead(384, layers=4, n_bins=4)
     path = tmp_path / "dinov2_vits14_nyu_linear4_head.pth"
     state = {f"decode_head.{key}": value for key, value in head.state_dict().items()}
     torch.save({"meta": {}, "state_dict": state}, path)
-    if command == "inspect":
-        argv = ["inspect", str(path)]
-    else:  # the head given as --checkpoint, the backbone as --head
-        out = tmp_path / "out"
-        argv = ["depth", str(files.images[0]), "--checkpoint", str(path)]
-        argv += ["--head", str(files.checkpoint), "--out", str(out)]
+    # The head given as --checkpoint, the backbone as --head.
+    out = tmp_path / "out"
+    argv = ["depth", str(files.images[0]), "--checkpoint", str(path)]
+    argv += ["--head", str(files.checkpoint), "--out", str(out)]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        f"dinov2-heads {command}: error: {path} is a released DINOv2 depth head (the official "
+        f"dinov2-heads depth: error: {path} is a released DINOv2 depth head (the official "
         "linear4 depth head, 4 blocks, D = 384), not a backbone checkpoint: pass the DINOv2 "
         "backbone checkpoint (dinov2_vits14_pretrain.pth for D = 384) instead, and load this "
         'file with load_partial(LinearDepthHead(384, layers=4, n_bins=4), path, rename={"'
         f'decode_head.": ""}}) (on the command line: dinov2-heads depth --head {path})'
     ]
+
+
+def released_head_file(folder: Path, kind: str) -> tuple[Path, torch.nn.Module]:
+    """A small head saved in the key layout and under the name of a released file."""
+    torch.manual_seed(0)
+    if kind == "linear":
+        head: torch.nn.Module = LinearHead(384, 7, n_blocks=4)
+        path = folder / "dinov2_vits14_linear4_head.pth"
+        torch.save(head.state_dict(), path)  # bare weight and bias
+        return path, head
+    head, name = {
+        "segmentation": (LinearSegmentationHead(384, 21), "dinov2_vits14_voc2012_linear_head.pth"),
+        "depth": (LinearDepthHead(384, layers=4, n_bins=4), "dinov2_vits14_nyu_linear4_head.pth"),
+        "dpt": (DPTDepthHead(384, channels=8, max_depth=80.0), "dinov2_vits14_kitti_dpt_head.pth"),
+    }[kind]
+    state = {f"decode_head.{key}": value for key, value in head.state_dict().items()}
+    torch.save({"meta": {}, "state_dict": state}, folder / name)
+    return folder / name, head
+
+
+@pytest.mark.parametrize(
+    ("kind", "head_type", "amount"),
+    [
+        ("linear", "LinearHead", "classes     7"),
+        ("segmentation", "LinearSegmentationHead", "classes     21 (VOC2012)"),
+        ("depth", "LinearDepthHead", "depth       4 bins, 0.001 to 80 m (NYU Depth V2)"),
+        ("dpt", "DPTDepthHead", "depth       regression, 0.001 to 80 m (KITTI)"),
+    ],
+)
+def test_a_released_head_file_is_described_with_the_line_that_loads_it(
+    kind: str, head_type: str, amount: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, head = released_head_file(tmp_path, kind)
+    assert main(["inspect", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"checkpoint  {path}"
+    assert lines[1].startswith(f"head        {head_type}: the official ")
+    assert amount in lines
+    assert "embed_dim   384" in lines
+    load = [line.removeprefix("load with   ") for line in lines if line.startswith("load with")]
+    assert len(load) == 1
+    # The line, run as printed, loads every tensor of the file.
+    loaded: list[torch.nn.Module] = []
+
+    def checked_load_partial(module: torch.nn.Module, file: Path, **options: object) -> object:
+        report = load_partial(module, file, **options)  # type: ignore[arg-type]
+        assert report.complete, report
+        loaded.append(module)
+        return report
+
+    namespace: dict[str, object] = {"torch": torch, "path": path}
+    namespace.update(load_partial=checked_load_partial, LinearHead=LinearHead)
+    namespace.update(LinearSegmentationHead=LinearSegmentationHead)
+    namespace.update(LinearDepthHead=LinearDepthHead, DPTDepthHead=DPTDepthHead)
+    exec(load[0], namespace)
+    result = loaded[0] if loaded else namespace["head"]
+    assert isinstance(result, torch.nn.Module)
+    assert type(result) is type(head)
+    expected = head.state_dict()
+    assert result.state_dict().keys() == expected.keys()
+    assert all(torch.equal(result.state_dict()[k], v) for k, v in expected.items())
+
+    assert main(["inspect", str(path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["source"], data["head_type"], data["embed_dim"]) == (str(path), head_type, 384)
+    assert data["load"] == load[0]
+    assert (
+        data["task"]
+        == {
+            "linear": "classification",
+            "segmentation": "segmentation",
+            "depth": "depth",
+            "dpt": "depth",
+        }[kind]
+    )
+    assert data["num_tensors"] == len(expected)
+
+
+@pytest.mark.parametrize("kind", ["linear", "segmentation", "depth", "dpt"])
+def test_a_released_head_file_is_still_refused_as_a_backbone(
+    kind: str, files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = released_head_file(tmp_path, kind)
+    with pytest.raises(UnknownFormatError, match="not a backbone checkpoint"):
+        load_backbone(path)
+    assert (
+        main(
+            [
+                "extract",
+                str(files.images[0]),
+                "--checkpoint",
+                str(path),
+                "--out",
+                str(tmp_path / "f"),
+            ]
+        )
+        == 1
+    )
+    assert "not a backbone checkpoint" in capsys.readouterr().err

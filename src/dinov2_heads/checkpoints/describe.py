@@ -10,7 +10,7 @@ from pathlib import PurePath
 from typing import Any
 
 from dinov2_heads.backbone.config import variant_name
-from dinov2_heads.checkpoints.errors import UnknownFormatError
+from dinov2_heads.checkpoints.errors import CheckpointError, UnknownFormatError
 from dinov2_heads.checkpoints.folders import (
     CONFIG_NAME,
     INDEX_SUFFIX,
@@ -21,6 +21,9 @@ from dinov2_heads.checkpoints.formats import CheckpointFormat
 from dinov2_heads.checkpoints.head_files import HeadFileSummary, identify_head_file
 from dinov2_heads.checkpoints.loading import CheckpointSource, read_backbone
 from dinov2_heads.checkpoints.nonfinite import nonfinite_names
+from dinov2_heads.checkpoints.released_depth import identify_released_depth_head
+from dinov2_heads.checkpoints.released_linear import identify_released_linear_head
+from dinov2_heads.checkpoints.saved_heads import saved_heads_metadata
 from dinov2_heads.checkpoints.unwrap import unwrap_quietly
 
 _SHOWN = 8
@@ -112,9 +115,13 @@ def describe_checkpoint(
 ) -> CheckpointSummary | HeadFileSummary:
     """Read a backbone checkpoint and say what it is, without building the model.
 
-    A released DINOv2 segmentation head file (``*_ade20k_linear_head.pth``, ...) is named
-    instead: a :class:`HeadFileSummary` gives its type, layers, classes and the call that loads
-    it.
+    A released DINOv2 head file is described instead, by the recognisers that name it when it
+    is given as a backbone: an ImageNet linear head (``*_linear_head.pth``,
+    ``*_linear4_head.pth``), a segmentation head (``*_ade20k_linear_head.pth``, ...) or a depth
+    head (``*_nyu_linear4_head.pth``, ``*_kitti_dpt_head.pth``, ...). A
+    :class:`HeadFileSummary` gives its type, width, blocks, classes or depth bins and range, and
+    the call that loads it. A heads file written by ``save_heads`` is still refused, naming it
+    (``dinov2_heads.export.describe_heads`` describes those).
 
     Args:
         source: A checkpoint path (a file, a model folder, a shard index or a Hugging Face cache
@@ -127,7 +134,8 @@ def describe_checkpoint(
 
     Raises:
         ArchitectureMismatchError: A model folder's ``config.json`` contradicts the weights.
-        CheckpointError: The checkpoint cannot be read or is not a DINOv2 backbone.
+        CheckpointError: The checkpoint cannot be read or is neither a DINOv2 backbone nor a
+            released head file.
         CheckpointFileError: The file cannot be opened.
     """
     try:
@@ -159,14 +167,31 @@ def describe_checkpoint(
 
 
 def _head_file(source: CheckpointSource) -> HeadFileSummary | None:
+    """The released head file that ``source`` holds, described; ``None`` for anything else."""
     if isinstance(source, Mapping):
         content: Mapping[str, Any] = source
         name = "<state dict>"
+        single = None
     else:
-        content = read_checkpoint_files(find_checkpoint_files(source))
+        files = find_checkpoint_files(source)
+        content = read_checkpoint_files(files)
         name = os.fspath(source)
+        single = files.weights[0] if len(files.weights) == 1 else None
+    if saved_heads_metadata(content, single) is not None:
+        return None  # a heads file keeps the error that sends it to load_heads
+    linear = identify_released_linear_head(content)
+    if linear is not None:
+        return linear.summary(content, name)
     # read_backbone has just logged the unwrapping steps (the containers, the same here).
-    return identify_head_file(unwrap_quietly(content, backbone=False).state_dict, name)
+    try:
+        state_dict = unwrap_quietly(content, backbone=False).state_dict
+    except CheckpointError:
+        return None  # the backbone reading's error says more
+    segmentation = identify_head_file(state_dict, name)
+    if segmentation is not None:
+        return segmentation
+    depth = identify_released_depth_head(state_dict, name)
+    return depth.summary(state_dict, name) if depth is not None else None
 
 
 def _files(files: tuple[str, ...]) -> str:

@@ -22,7 +22,7 @@ from pathlib import PurePath
 from torch import Tensor
 
 from dinov2_heads.backbone.config import OFFICIAL_WIDTHS
-from dinov2_heads.checkpoints.head_files import RELEASED_PREFIX
+from dinov2_heads.checkpoints.head_files import RELEASED_PREFIX, HeadFileSummary, count_dtypes
 
 __all__ = ["ReleasedDepthHead", "identify_released_depth_head"]
 
@@ -34,6 +34,9 @@ _DPT_PREFIXES = ("reassemble_blocks.", "convs.", "fusion_blocks.", "project.", "
 #: 80 m for KITTI, 10 m for NYU (the default of ``DPTDepthHead``).
 _LINEAR_MAX_DEPTH = 80.0
 _DPT_MAX_DEPTH = {"kitti": 80.0, "nyu": 10.0}
+#: The start of every head's range, the heads' default, which the load call keeps.
+_MIN_DEPTH = 0.001
+_DATASETS = {"nyu": "NYU Depth V2", "kitti": "KITTI"}
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,32 @@ class ReleasedDepthHead:
                 f" (D the backbone's width, L its blocks: 1 or 4, with 2 x D x L = {self.channels})"
             )
         return call
+
+    def summary(self, state_dict: Mapping[str, Tensor], source: str) -> HeadFileSummary:
+        """The file described like the other released head files.
+
+        Args:
+            state_dict: The file's tensors.
+            source: The path, or ``"<state dict>"``; ``nyu`` or ``kitti`` in its name gives
+                the data set.
+        """
+        name = PurePath(source).name.lower()
+        datasets = [dataset for key, dataset in _DATASETS.items() if key in name]
+        return HeadFileSummary(
+            source=source,
+            head_type=self.head_type,
+            task="depth",
+            description=self.description(),
+            embed_dim=self.embed_dim,
+            layers=self.layers,
+            num_classes=None,
+            dataset=datasets[0] if len(datasets) == 1 else None,
+            num_tensors=len(state_dict),
+            dtypes=count_dtypes(state_dict),
+            load=self.load(),
+            n_bins=self.n_bins,
+            depth_range=(_MIN_DEPTH, self.max_depth),
+        )
 
     def backbone_file(self) -> str | None:
         """The official backbone file of width D (``dinov2_vits14_pretrain.pth``), if official."""

@@ -14,6 +14,7 @@ from typing import Any
 from torch import Tensor
 
 from dinov2_heads.backbone.config import OFFICIAL_WIDTHS
+from dinov2_heads.checkpoints.head_files import HeadFileSummary, count_dtypes
 
 __all__ = ["ReleasedLinearHead", "identify_released_linear_head"]
 
@@ -44,12 +45,48 @@ class ReleasedLinearHead:
             "DINOv2 linear head"
         )
 
-    def recipe(self) -> str:
-        """The Python lines that load the file into a :class:`~dinov2_heads.heads.LinearHead`."""
-        backbone = "" if self.n_blocks == 1 else ", n_last_blocks=4"
+    def load(self) -> str:
+        """The Python line that loads the file (``path`` being the file) into a
+        :class:`~dinov2_heads.heads.LinearHead`, strictly."""
         return (
             f"head = LinearHead({self.embed_dim}, {self.num_classes}, n_blocks={self.n_blocks}); "
-            f"head.load_state_dict(torch.load(path)) (with FrozenBackbone(...{backbone}))"
+            "head.load_state_dict(torch.load(path))"
+        )
+
+    def frozen_backbone(self) -> str:
+        """The backbone wrapper the head reads from: ``FrozenBackbone(..., n_last_blocks=4)``."""
+        return f"FrozenBackbone(...{'' if self.n_blocks == 1 else ', n_last_blocks=4'})"
+
+    def recipe(self) -> str:
+        """The Python lines that load the file into a :class:`~dinov2_heads.heads.LinearHead`."""
+        return f"{self.load()} (with {self.frozen_backbone()})"
+
+    def summary(self, state_dict: Mapping[str, Tensor], source: str) -> HeadFileSummary:
+        """The file described like the other released head files.
+
+        Args:
+            state_dict: The file's tensors (``weight`` and ``bias``).
+            source: The path, or ``"<state dict>"``.
+        """
+        reads = (
+            "the class token and mean patch token of the last block"
+            if self.n_blocks == 1
+            else f"the class tokens of the last {self.n_blocks} blocks and the mean patch token"
+        )
+        return HeadFileSummary(
+            source=source,
+            head_type="LinearHead",
+            task="classification",
+            description=(
+                f"the official linear classifier on {reads}, with {self.frozen_backbone()}"
+            ),
+            embed_dim=self.embed_dim,
+            layers=self.n_blocks,
+            num_classes=self.num_classes,
+            dataset="ImageNet-1k" if self.num_classes == 1000 else None,
+            num_tensors=len(state_dict),
+            dtypes=count_dtypes(state_dict),
+            load=self.load(),
         )
 
     def backbone_files(self) -> str:

@@ -1,4 +1,5 @@
-"""``dinov2-heads inspect``: what a checkpoint file, model folder, heads file or store holds."""
+"""``dinov2-heads inspect``: what a checkpoint file, model folder, released head file, heads file
+or store holds."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ example:
   dinov2-heads inspect dinov2_vits14_pretrain.pth
   dinov2-heads inspect teacher_checkpoint.pth --json
   dinov2-heads inspect runs/heads.pt
+  dinov2-heads inspect dinov2_vits14_nyu_linear4_head.pth
   dinov2-heads inspect dinov2-base/
   dinov2-heads inspect ~/.cache/huggingface/hub/models--facebook--dinov2-base
   dinov2-heads inspect features/train --verify
@@ -23,10 +25,12 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
     parser = subparsers.add_parser(
         "inspect",
         help="describe a checkpoint: format, variant, parameters, dtype, unwrapped containers; "
-        "or a heads file or feature store",
+        "or a released head file, a heads file or a feature store",
         description=(
             "Describe a DINOv2 checkpoint file or Hugging Face model folder (sharded or not, or "
-            "a cache repo) without building a model; a heads file written by save_heads or "
+            "a cache repo) without building a model; a released DINOv2 head file (ImageNet "
+            "linear, segmentation or depth: its type, width, blocks, classes or depth bins and "
+            "range, and the call that loads it); a heads file written by save_heads or "
             "dinov2-heads train (each head's type, task, classes or depth range and input, the "
             "backbone it was trained on, the recorded metrics and the commands that use it); "
             "or a feature store folder.\n\n" + EXAMPLE
@@ -36,8 +40,8 @@ def add_parser(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None
     parser.add_argument(
         "checkpoint",
         help="a .pth, .pt, .bin or .safetensors file, a model folder, or its *.index.json; a "
-        "heads file (dinov2-heads train's heads.pt); or a feature store folder "
-        "(dinov2-heads extract --out)",
+        "released head file (*_head.pth); a heads file (dinov2-heads train's heads.pt); or a "
+        "feature store folder (dinov2-heads extract --out)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(

@@ -192,12 +192,14 @@ def _load_head(
                 f"{args.heads} is a head for D = {released.embed_dim} but the backbone has "
                 f"D = {embed_dim}; use the matching backbone checkpoint"
             )
-        head = LinearSegmentationHead(embed_dim, released.num_classes, layers=layers)
+        classes = released.num_classes
+        assert classes is not None  # a segmentation head file always gives K
+        head = LinearSegmentationHead(embed_dim, classes, layers=layers)
         load_partial(head, state, rename={RELEASED_PREFIX: ""}, strict=True)
-        labels = preset.labels if preset is not None else _label_set(released.num_classes)
-        if labels is not None and labels.num_classes == released.num_classes:
+        labels = preset.labels if preset is not None else _label_set(classes)
+        if labels is not None and labels.num_classes == classes:
             return head, labels.class_names, labels.palette
-        return head, _numbered(released.num_classes), _palette(released.num_classes)
+        return head, _numbered(classes), _palette(classes)
     return _saved_head(args, backbone)
 
 
