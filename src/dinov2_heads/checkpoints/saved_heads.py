@@ -65,12 +65,12 @@ def is_saved_heads_file(path: str | os.PathLike[str]) -> bool:
     if not file.is_file():
         return False
     try:
-        if sniff_file_kind(file) == "safetensors":
-            return HEADS_METADATA_KEY in read_metadata(file)
-        content = read_checkpoint_file(file, mmap=True)
+        # A safetensors file's marks are in its header, which saved_heads_metadata reads.
+        safetensors = sniff_file_kind(file) == "safetensors"
+        content = {} if safetensors else read_checkpoint_file(file, mmap=True)
     except (CheckpointError, CheckpointFileError):
         return False
-    return content.get("format") == HEADS_FORMAT
+    return saved_heads_metadata(content, file if safetensors else None) is not None
 
 
 def _decoded(text: Any) -> dict[str, Any]:

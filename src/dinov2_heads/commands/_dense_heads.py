@@ -18,8 +18,6 @@ if TYPE_CHECKING:
 
     from dinov2_heads.training import DenseTask
 
-#: The command that runs each kind of dense head on images.
-COMMANDS: dict[str, str] = {"segmentation": "segment", "depth": "depth"}
 #: What each kind of dense head gives, for messages.
 ANSWERS: dict[str, str] = {"segmentation": "a class per pixel", "depth": "depth per pixel"}
 #: The file to give instead when a heads file does not hold one head of a kind (``None``:
@@ -124,7 +122,9 @@ def run_command(
         pick: Add ``--head-name name`` (the file holds several heads).
         input_size: The (H, W) the heads were trained at, or ``None``.
     """
-    words = ["dinov2-heads", COMMANDS[task], "--heads", str(args.heads)]
+    from dinov2_heads.export.heads_summary import DENSE_COMMANDS
+
+    words = ["dinov2-heads", DENSE_COMMANDS[task], "--heads", str(args.heads)]
     if pick:
         words += ["--head-name", name]
     words += ["--checkpoint", str(args.checkpoint)]

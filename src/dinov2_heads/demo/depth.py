@@ -34,11 +34,10 @@ from torch import Tensor, nn
 from dinov2_heads.atomic import atomic_write_bytes
 from dinov2_heads.demo.depth_pairs import SyntheticDepthPairs
 from dinov2_heads.demo.fog import FOG_DISTANCE
-from dinov2_heads.demo.folders import write_samples
+from dinov2_heads.demo.folders import save_demo_head
 from dinov2_heads.demo.labelled_features import labelled_features
 from dinov2_heads.demo.street_depth import FAR_DEPTH
 from dinov2_heads.demo.synthetic import SyntheticVehicles
-from dinov2_heads.export import save_heads
 from dinov2_heads.features import Features, FrozenBackbone
 from dinov2_heads.heads import LinearDepthHead
 from dinov2_heads.heads.depth_blocks import backbone_depth, depth_head_inputs
@@ -363,17 +362,7 @@ def _save(
     from dinov2_heads.data.functional import tensor_to_pil
 
     files = {name: folder / DEPTH_FILES[name] for name in ("heads", "samples")}
-    save_heads(
-        files["heads"],
-        head,
-        backbone=frozen,
-        input_size=IMAGE_SIZE,
-        extra={
-            "made_by": "dinov2-heads demo",
-            "heldout_metrics": {
-                name: None if math.isnan(value) else value for name, value in metrics.items()
-            },
-        },
-    )
-    write_samples(files["samples"], ((index, tensor_to_pil(pairs.raw(index)[0])) for index in held))
+    metrics_json = {name: None if math.isnan(value) else value for name, value in metrics.items()}
+    pictures = ((index, tensor_to_pil(pairs.raw(index)[0])) for index in held)
+    save_demo_head(files, head, frozen, IMAGE_SIZE, metrics_json, pictures)
     return files

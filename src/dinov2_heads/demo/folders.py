@@ -1,4 +1,5 @@
-"""Writing a demo data set as a folder that appears complete or not at all, and sample images."""
+"""Writing a demo data set as a folder that appears complete or not at all, sample images, and
+the dense heads the demo trains."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
+from torch import nn
 
 from dinov2_heads.atomic import atomic_path
+from dinov2_heads.export import save_heads
 
 logger = logging.getLogger(__name__)
 
@@ -50,3 +54,24 @@ def write_samples(folder: Path, pictures: Iterable[tuple[int, Image.Image]]) -> 
     for index, picture in pictures:
         with atomic_path(folder / f"{index:06d}.png") as temporary:
             picture.save(temporary, format="PNG")
+
+
+def save_demo_head(
+    files: Mapping[str, Path],
+    head: nn.Module,
+    backbone: nn.Module,
+    input_size: tuple[int, int],
+    metrics: Mapping[str, Any],
+    pictures: Iterable[tuple[int, Image.Image]],
+) -> None:
+    """Save a dense head of the demo as ``dinov2-heads train`` saves one (alone, with the
+    backbone, the input size and its held-out ``metrics``) to ``files["heads"]``, and its held-out
+    ``pictures`` to ``files["samples"]`` (see :func:`write_samples`)."""
+    save_heads(
+        files["heads"],
+        head,
+        backbone=backbone,
+        input_size=input_size,
+        extra={"made_by": "dinov2-heads demo", "heldout_metrics": dict(metrics)},
+    )
+    write_samples(files["samples"], pictures)

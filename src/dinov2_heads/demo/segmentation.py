@@ -26,12 +26,11 @@ from torch import Tensor, nn
 
 from dinov2_heads.atomic import atomic_write_bytes
 from dinov2_heads.demo.drawing import PART_PALETTE, PARTS
-from dinov2_heads.demo.folders import write_samples
+from dinov2_heads.demo.folders import save_demo_head
 from dinov2_heads.demo.labelled_features import labelled_features
 from dinov2_heads.demo.synthetic import SyntheticVehicles
 from dinov2_heads.dense.segmentation_loss import segmentation_loss
 from dinov2_heads.dense.segmentation_metrics import SegmentationMetrics, SegmentationScores
-from dinov2_heads.export import save_heads
 from dinov2_heads.features import Features, FrozenBackbone
 from dinov2_heads.heads import LinearSegmentationHead
 from dinov2_heads.progress import Progress
@@ -295,21 +294,13 @@ def _save(
     """The head as a heads file, as ``dinov2-heads train`` saves one dense head (alone, with its
     class names, the backbone and the input size), and the images ``held`` beside it."""
     files = {name: folder / PARTS_FILES[name] for name in ("heads", "samples")}
-    save_heads(
-        files["heads"],
-        head,
-        backbone=frozen,
-        input_size=IMAGE_SIZE,
-        extra={
-            "made_by": "dinov2-heads demo",
-            "heldout_metrics": {
-                "miou": _number(scores.miou),
-                "pixel_accuracy": _number(scores.pixel_accuracy),
-                "iou": {name: _number(v) for name, v in zip(PARTS, scores.iou, strict=True)},
-            },
-        },
-    )
-    write_samples(files["samples"], ((index, vehicles.render(index)) for index in held))
+    metrics = {
+        "miou": _number(scores.miou),
+        "pixel_accuracy": _number(scores.pixel_accuracy),
+        "iou": {name: _number(v) for name, v in zip(PARTS, scores.iou, strict=True)},
+    }
+    pictures = ((index, vehicles.render(index)) for index in held)
+    save_demo_head(files, head, frozen, IMAGE_SIZE, metrics, pictures)
     return files
 
 

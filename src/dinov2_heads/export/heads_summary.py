@@ -20,12 +20,20 @@ from typing import Any
 
 from torch import nn
 
+from dinov2_heads.cache.layout import format_bytes
 from dinov2_heads.checkpoints.reading import sniff_file_kind
 from dinov2_heads.export.heads_checkpoint import HeadCheckpoint, load_heads
 from dinov2_heads.heads import HEAD_TYPES, MultiHead
 from dinov2_heads.training.dense_tasks import DENSE_TASKS
 
-__all__ = ["METRIC_KEYS", "HeadInput", "HeadSummary", "HeadsFileSummary", "describe_heads"]
+__all__ = [
+    "DENSE_COMMANDS",
+    "METRIC_KEYS",
+    "HeadInput",
+    "HeadSummary",
+    "HeadsFileSummary",
+    "describe_heads",
+]
 
 #: The keys of a heads file's ``extra`` under which this library records validation results:
 #: ``dinov2-heads train`` (``val_accuracy`` of classifiers, ``val_metrics`` of dense heads) and
@@ -45,7 +53,7 @@ _TOKENS = {
     "register_tokens": "register tokens",
 }
 #: The command that runs each kind of dense head on images.
-_DENSE_COMMANDS = {"segmentation": "segment", "depth": "depth"}
+DENSE_COMMANDS: dict[str, str] = {"segmentation": "segment", "depth": "depth"}
 
 
 @dataclass(frozen=True)
@@ -186,7 +194,7 @@ class HeadsFileSummary:
         folder = Path(self.source).parent
         lines = []
         classifiers = [head for head in self.heads if head.task == "classification"]
-        dense = [head for head in self.heads if head.task in _DENSE_COMMANDS]
+        dense = [head for head in self.heads if head.task in DENSE_COMMANDS]
         if classifiers:
             lines.append(f"dinov2-heads predict --heads {quoted} --checkpoint {backbone} IMAGES")
         if classifiers and len(classifiers) == len(self.heads):
@@ -201,7 +209,7 @@ class HeadsFileSummary:
             pick = f" --head-name {shlex.quote(head.name)}" if several else ""
             pictures = shlex.quote(str(folder / (head.name if self.multi_head else task)))
             lines.append(
-                f"dinov2-heads {_DENSE_COMMANDS[task]} --heads {quoted}{pick} --checkpoint "
+                f"dinov2-heads {DENSE_COMMANDS[task]} --heads {quoted}{pick} --checkpoint "
                 f"{backbone}{size} --out {pictures} IMAGES"
             )
         if len(dense) == 1 == len(self.heads):
@@ -241,7 +249,8 @@ class HeadsFileSummary:
             ("heads file", self.source),
             (
                 "format",
-                f"{self.format} ({_size(self.size)}), heads file version {self.format_version}",
+                f"{self.format} ({format_bytes(self.size)}), "
+                f"heads file version {self.format_version}",
             ),
             ("heads", ", ".join(head.name for head in self.heads)),
             ("backbone", self._backbone()),
@@ -474,14 +483,6 @@ def _short(fingerprint: str | None) -> str:
 def _shorten(names: Sequence[str] | None) -> str:
     names = list(names or ())
     return ", ".join(names[:_SHOWN]) + (", ..." if len(names) > _SHOWN else "")
-
-
-def _size(size: int) -> str:
-    if size < 1024:
-        return f"{size} bytes"
-    if size < 1024**2:
-        return f"{size / 1024:.1f} KiB"
-    return f"{size / 1024**2:.1f} MiB"
 
 
 def _table(rows: list[tuple[str, str]]) -> list[str]:
